@@ -1,0 +1,76 @@
+//! Calls into the `ipam-strategy` world.
+
+use knit_ipam_core::{AllocateError, FreeSpace, Request, check_answer};
+
+use super::bindings::ipam_strategy::exports::knit::plugin::ipam;
+use super::bindings::types::ConfigEntry;
+use super::plugin::Pre;
+use super::{CallError, Plugin, World};
+
+impl Plugin {
+    /// Asks the strategy for `request.count` offsets. The outer error is the
+    /// plugin failing; the inner one is the strategy's own answer (exhausted,
+    /// bad config). Every offset is checked before it is returned.
+    pub fn allocate(
+        &self,
+        request: &Request,
+        config: &[(String, String)],
+    ) -> Result<Result<Vec<u64>, AllocateError>, CallError> {
+        let wit_request = ipam::AllocateRequest {
+            size: request.size,
+            allocated: ipam::OffsetSet {
+                words: request
+                    .allocated
+                    .words()
+                    .map(|(index, bits)| ipam::BitmapWord { index, bits })
+                    .collect(),
+            },
+            excluded: request
+                .excluded
+                .iter()
+                .map(|r| ipam::OffsetRange { first: *r.start(), last: *r.end() })
+                .collect(),
+            cursor: request.cursor,
+            count: request.count,
+            seed: request.seed,
+            config: self
+                .settings
+                .config
+                .iter()
+                .chain(config)
+                .map(|(key, value)| ConfigEntry { key: key.clone(), value: value.clone() })
+                .collect(),
+        };
+        let answer = self.call("allocate", |store, pre| match pre {
+            Pre::IpamStrategy(pre) => {
+                let instance = pre.instantiate(&mut *store)?;
+                instance.knit_plugin_ipam().call_allocate(&mut *store, &wit_request)
+            }
+        })?;
+        let bad_output = |reason| CallError::BadOutput { plugin: self.reference(), reason };
+        match answer {
+            Ok(offsets) => match check_answer(request, &offsets) {
+                Ok(()) => Ok(Ok(offsets)),
+                Err(reason) => Err(bad_output(reason)),
+            },
+            Err(ipam::AllocateError::Exhausted(claimed)) => {
+                // A strategy that wrongly says "full" would mark a pool
+                // exhausted: recount before believing it.
+                let free = FreeSpace::new(request).map_err(bad_output)?.free_count();
+                if free >= u64::from(request.count) {
+                    return Err(bad_output(format!(
+                        "claims the pool is exhausted ({claimed} free) but {free} offsets are free"
+                    )));
+                }
+                Ok(Err(AllocateError::Exhausted(free)))
+            }
+            Err(ipam::AllocateError::InvalidConfig(why)) => Ok(Err(AllocateError::InvalidConfig(why))),
+            Err(ipam::AllocateError::InvalidRequest(why)) => Ok(Err(AllocateError::InvalidRequest(why))),
+        }
+    }
+
+    /// Fails unless this plugin is an IPAM strategy.
+    pub fn expect_world(&self, world: World) -> Result<(), CallError> {
+        if self.world == world { Ok(()) } else { Err(self.wrong_world(world)) }
+    }
+}

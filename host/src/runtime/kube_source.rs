@@ -1,0 +1,181 @@
+//! `Plugin` objects as a plugin source: bytes from a ConfigMap key in knit's
+//! namespace, hot-swapped when the ConfigMap or the object changes.
+//!
+//! Plugins are few, so any change to a `Plugin` or a ConfigMap resyncs them
+//! all; unchanged bytes and settings cost one hash each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+
+use super::kind::{Plugin, PluginState, PluginStatus};
+use super::{PluginSettings, PluginSource, Registry};
+
+/// Follows `Plugin` objects and the ConfigMaps of `namespace` until the
+/// future is dropped or a watch fails for good.
+pub async fn run(client: Client, namespace: String, registry: Arc<Registry>) -> anyhow::Result<()> {
+    let plugins_api: Api<Plugin> = Api::all(client.clone());
+    let configmaps_api: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    let (plugins, plugins_writer) = reflector::store();
+    let (configmaps, configmaps_writer) = reflector::store();
+    let plugin_changes = reflector::reflector(
+        plugins_writer,
+        watcher(plugins_api.clone(), watcher::Config::default()),
+    )
+    .default_backoff()
+    .map(|_| ())
+    .boxed();
+    let configmap_changes = reflector::reflector(
+        configmaps_writer,
+        watcher(configmaps_api, watcher::Config::default()),
+    )
+    .default_backoff()
+    .map(|_| ())
+    .boxed();
+    let mut changes = futures::stream::select(plugin_changes, configmap_changes);
+
+    let recorder = Recorder::new(client, Reporter { controller: "knit".into(), instance: None });
+    let sync = PluginSync { api: plugins_api, plugins, configmaps, namespace, registry, recorder };
+    sync.plugins.wait_until_ready().await?;
+    sync.configmaps.wait_until_ready().await?;
+    loop {
+        sync.sync_all().await;
+        if changes.next().await.is_none() {
+            return Ok(());
+        }
+        // Let a burst of changes (an update touching both kinds) settle.
+        while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(50), changes.next()).await {}
+    }
+}
+
+struct PluginSync {
+    api: Api<Plugin>,
+    plugins: Store<Plugin>,
+    configmaps: Store<ConfigMap>,
+    namespace: String,
+    registry: Arc<Registry>,
+    recorder: Recorder,
+}
+
+impl PluginSync {
+    async fn sync_all(&self) {
+        let objects = self.plugins.state();
+        for plugin in &objects {
+            if let Err(error) = self.sync_one(plugin).await {
+                tracing::warn!(plugin = %plugin.name_any(), %error, "cannot update Plugin status");
+            }
+        }
+        let is_object = |source: &PluginSource| matches!(source, PluginSource::Object(_));
+        for (name, source) in self.registry.names_from(is_object) {
+            if !objects.iter().any(|p| p.name_any() == name) {
+                self.registry.remove(&source, &name);
+            }
+        }
+    }
+
+    async fn sync_one(&self, plugin: &Plugin) -> Result<(), kube::Error> {
+        let name = plugin.name_any();
+        let source = PluginSource::Object(name.clone());
+        let settings = PluginSettings {
+            limits: plugin.spec.limits.clone().unwrap_or_default().to_limits(),
+            config: plugin.spec.config.clone().into_iter().collect(),
+        };
+        let loaded = match self.bytes_of(plugin) {
+            Ok(bytes) => self
+                .registry
+                .load_async(source.clone(), name.clone(), bytes, settings, plugin.spec.world.map(Into::into))
+                .await
+                .map_err(|error| error.to_string()),
+            Err(missing) => Err(missing),
+        };
+        let serving = self.registry.provided_by(&name, &source);
+        let mut status = PluginStatus {
+            observed_generation: plugin.metadata.generation,
+            version: serving.as_ref().map(|p| p.info.version.clone()),
+            digest: serving.as_ref().map(|p| p.digest.clone()),
+            loaded_at: serving.as_ref().map(|p| Time(p.loaded_at.try_into().unwrap_or_default())),
+            ..PluginStatus::default()
+        };
+        let previous = plugin.status.clone().unwrap_or_default();
+        let (state, reason, message) = match &loaded {
+            Ok(p) => (PluginState::Active, "Loaded", format!("serving {} {}", p.name_version(), p.digest)),
+            Err(error) => {
+                let still = serving
+                    .as_ref()
+                    .map(|p| format!("; still serving {} {}", p.name_version(), p.digest))
+                    .unwrap_or_default();
+                (PluginState::Failed, "LoadFailed", format!("{error}{still}"))
+            }
+        };
+        status.state = Some(state);
+        status.message = Some(message.clone());
+        status.conditions = vec![ready_condition(&previous, state, reason, &message, plugin.metadata.generation)];
+        if previous == status {
+            return Ok(());
+        }
+        if previous.state != status.state || previous.digest != status.digest || previous.message != status.message {
+            let event = Event {
+                type_: if state == PluginState::Active { EventType::Normal } else { EventType::Warning },
+                reason: reason.into(),
+                note: Some(message),
+                action: "Load".into(),
+                secondary: None,
+            };
+            if let Err(error) = self.recorder.publish(&event, &plugin.object_ref(&())).await {
+                tracing::warn!(plugin = %name, %error, "cannot publish event");
+            }
+        }
+        let patch = serde_json::json!({
+            "apiVersion": Plugin::api_version(&()),
+            "kind": Plugin::kind(&()),
+            "status": status,
+        });
+        self.api
+            .patch_status(&name, &PatchParams::apply("knit").force(), &Patch::Apply(&patch))
+            .await?;
+        Ok(())
+    }
+
+    fn bytes_of(&self, plugin: &Plugin) -> Result<Vec<u8>, String> {
+        let key = &plugin.spec.source.config_map;
+        let reference = ObjectRef::<ConfigMap>::new(&key.name).within(&self.namespace);
+        let configmap = self
+            .configmaps
+            .get(&reference)
+            .ok_or_else(|| format!("ConfigMap {}/{} not found", self.namespace, key.name))?;
+        if let Some(bytes) = configmap.binary_data.as_ref().and_then(|d| d.get(&key.key)) {
+            return Ok(bytes.0.clone());
+        }
+        if let Some(text) = configmap.data.as_ref().and_then(|d| d.get(&key.key)) {
+            return Ok(text.clone().into_bytes());
+        }
+        Err(format!("ConfigMap {}/{} has no key {:?}", self.namespace, key.name, key.key))
+    }
+}
+
+/// The `Ready` condition, keeping its transition time while the state holds.
+fn ready_condition(previous: &PluginStatus, state: PluginState, reason: &str, message: &str, generation: Option<i64>) -> Condition {
+    let status = if state == PluginState::Active { "True" } else { "False" };
+    let last_transition_time = previous
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: generation,
+        last_transition_time,
+    }
+}

@@ -1,0 +1,299 @@
+//! A loaded plugin: a linked, described component ready to be instantiated.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use wasmtime::component::Component;
+use wasmtime::{Store, Trap};
+
+use super::bindings::{PACKAGE, PACKAGE_VERSION, ipam_strategy};
+use super::sandbox::Sandbox;
+use super::{CallError, LoadError, PluginRef, PluginSettings, Runtime};
+
+/// The worlds a plugin can implement. Each is recognised by the domain
+/// interface it exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum World {
+    IpamStrategy,
+}
+
+impl World {
+    pub const ALL: [World; 1] = [World::IpamStrategy];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            World::IpamStrategy => "ipam-strategy",
+        }
+    }
+
+    /// The exported interface that makes a component this world.
+    fn interface(self) -> &'static str {
+        match self {
+            World::IpamStrategy => "ipam",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<World> {
+        World::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+impl std::fmt::Display for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What `describe()` returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+}
+
+pub(super) enum Pre {
+    IpamStrategy(ipam_strategy::IpamStrategyPre<Sandbox>),
+}
+
+pub struct Plugin {
+    /// The name policies refer to (file stem or `Plugin` object name).
+    pub name: String,
+    pub info: PluginInfo,
+    pub world: World,
+    pub digest: String,
+    pub size_bytes: usize,
+    pub compile_time: Duration,
+    /// Interfaces the component imports, e.g. `wasi:cli/stdout@0.2.0`.
+    pub imports: Vec<String>,
+    pub settings: PluginSettings,
+    pub loaded_at: SystemTime,
+    pub(super) pre: Pre,
+    runtime: std::sync::Arc<RuntimeHandle>,
+}
+
+/// What a plugin needs from the runtime to make calls.
+pub(super) struct RuntimeHandle {
+    engine: wasmtime::Engine,
+    deadline_ticks: u64,
+    metrics: std::sync::Arc<super::RuntimeMetrics>,
+}
+
+impl Plugin {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn link(
+        runtime: &Runtime,
+        name: &str,
+        digest: String,
+        size_bytes: usize,
+        compile_time: Duration,
+        component: Component,
+        settings: PluginSettings,
+        expected_world: Option<World>,
+    ) -> Result<Plugin, LoadError> {
+        let engine = &runtime.engine;
+        let ty = component.component_type();
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
+        let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+        let world = detect_world(&exports)?;
+        if let Some(expected) = expected_world
+            && expected != world
+        {
+            return Err(LoadError::WrongWorld(format!(
+                "component implements the {world} world, expected {expected}"
+            )));
+        }
+        let instance_pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let pre = match world {
+            World::IpamStrategy => Pre::IpamStrategy(
+                ipam_strategy::IpamStrategyPre::new(instance_pre).map_err(|e| {
+                    LoadError::WrongWorld(format!(
+                        "component claims the {world} world but does not match it: {e:#}"
+                    ))
+                })?,
+            ),
+        };
+        let runtime = std::sync::Arc::new(RuntimeHandle {
+            engine: engine.clone(),
+            deadline_ticks: runtime.deadline_ticks(settings.limits.deadline),
+            metrics: runtime.metrics.clone(),
+        });
+        // `describe()` needs a plugin to call, so the info is filled in after.
+        let mut plugin = Plugin {
+            name: name.to_string(),
+            info: PluginInfo {
+                name: String::new(),
+                version: String::new(),
+                description: String::new(),
+            },
+            world,
+            digest,
+            size_bytes,
+            compile_time,
+            imports,
+            settings,
+            loaded_at: SystemTime::now(),
+            pre,
+            runtime,
+        };
+        plugin.info = plugin.describe().map_err(LoadError::Describe)?;
+        Ok(plugin)
+    }
+
+    pub fn reference(&self) -> PluginRef {
+        PluginRef {
+            name: self.name.clone(),
+            version: self.info.version.clone(),
+            digest: self.digest.clone(),
+        }
+    }
+
+    /// `name@version`, as written into the status of the objects it decided for.
+    pub fn name_version(&self) -> String {
+        format!("{}@{}", self.name, self.info.version)
+    }
+
+    pub fn describe(&self) -> Result<PluginInfo, CallError> {
+        let info = self.call("describe", |store, pre| match pre {
+            Pre::IpamStrategy(pre) => {
+                let instance = pre.instantiate(&mut *store)?;
+                instance.knit_plugin_describe().call_describe(&mut *store)
+            }
+        })?;
+        Ok(PluginInfo {
+            name: info.name,
+            version: info.version,
+            description: info.description,
+        })
+    }
+
+    /// Runs `f` against a fresh instance in a fresh store with this plugin's
+    /// limits, and turns every way it can fail into a `CallError`.
+    pub(super) fn call<R>(
+        &self,
+        function: &'static str,
+        f: impl FnOnce(&mut Store<Sandbox>, &Pre) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let started = Instant::now();
+        let limits = self.settings.limits;
+        let mut store = Store::new(
+            &self.runtime.engine,
+            Sandbox::new(&self.name, limits.memory_bytes),
+        );
+        store.limiter(|sandbox| sandbox);
+        store.set_epoch_deadline(self.runtime.deadline_ticks);
+        store.epoch_deadline_trap();
+
+        let result = f(&mut store, &self.pre);
+        let sandbox = store.data();
+        sandbox.forward_output();
+        let result = result.map_err(|error| self.classify(error, sandbox.memory_limit_hit));
+        self.runtime.metrics.observe_call(
+            &self.name,
+            function,
+            started.elapsed(),
+            result.as_ref().err().map(CallError::kind),
+        );
+        result
+    }
+
+    fn classify(&self, error: wasmtime::Error, memory_limit_hit: bool) -> CallError {
+        let plugin = self.reference();
+        let limits = self.settings.limits;
+        if memory_limit_hit {
+            return CallError::MemoryLimit {
+                plugin,
+                limit_bytes: limits.memory_bytes,
+            };
+        }
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallError::Deadline {
+                plugin,
+                deadline: limits.deadline,
+            },
+            Some(_) => CallError::Trap {
+                plugin,
+                message: format!("{error:#}"),
+            },
+            None => CallError::Instantiate {
+                plugin,
+                message: format!("{error:#}"),
+            },
+        }
+    }
+
+    pub(super) fn wrong_world(&self, wanted: World) -> CallError {
+        CallError::WrongWorld {
+            plugin: self.reference(),
+            actual: self.world.name(),
+            wanted: wanted.name(),
+        }
+    }
+}
+
+/// Finds the world from the exports, checking the contract version on the way.
+fn detect_world(exports: &[String]) -> Result<World, LoadError> {
+    for world in World::ALL {
+        let prefix = format!("{PACKAGE}/{}@", world.interface());
+        if let Some(export) = exports.iter().find(|e| e.starts_with(&prefix)) {
+            let version = &export[prefix.len()..];
+            if !compatible(version, PACKAGE_VERSION) {
+                return Err(LoadError::IncompatibleVersion {
+                    found: format!("{PACKAGE}@{version}"),
+                });
+            }
+            return Ok(world);
+        }
+    }
+    let expected: Vec<String> = World::ALL
+        .iter()
+        .map(|w| format!("{PACKAGE}/{}@{PACKAGE_VERSION} (world {w})", w.interface()))
+        .collect();
+    Err(LoadError::WrongWorld(format!(
+        "component exports [{}], but a knit plugin exports one of: {}",
+        exports.join(", "),
+        expected.join(", ")
+    )))
+}
+
+/// Semver compatibility as the component model applies it: same major, and
+/// for 0.x the same minor.
+fn compatible(found: &str, host: &str) -> bool {
+    let parts = |v: &str| -> Option<(u64, u64)> {
+        let mut it = v.split(['.', '-', '+']);
+        Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+    };
+    match (parts(found), parts(host)) {
+        (Some((0, minor_a)), Some((0, minor_b))) => minor_a == minor_b,
+        (Some((major_a, _)), Some((major_b, _))) => major_a == major_b,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_compatibility() {
+        assert!(compatible("0.1.0", "0.1.0"));
+        assert!(compatible("0.1.7", "0.1.0"));
+        assert!(!compatible("0.2.0", "0.1.0"));
+        assert!(!compatible("1.0.0", "0.1.0"));
+        assert!(!compatible("garbage", "0.1.0"));
+    }
+
+    #[test]
+    fn world_detection_messages() {
+        let ipam = vec!["knit:plugin/describe@0.1.0".into(), "knit:plugin/ipam@0.1.0".into()];
+        assert_eq!(detect_world(&ipam).unwrap(), World::IpamStrategy);
+        let newer = vec!["knit:plugin/ipam@0.2.0".to_string()];
+        let error = detect_world(&newer).unwrap_err().to_string();
+        assert!(error.contains("knit:plugin@0.2.0") && error.contains("0.1.0"), "{error}");
+        let other = vec!["acme:thing/run@1.0.0".to_string()];
+        let error = detect_world(&other).unwrap_err().to_string();
+        assert!(error.contains("acme:thing/run") && error.contains("ipam-strategy"), "{error}");
+    }
+}

@@ -1,0 +1,150 @@
+use std::collections::BTreeMap;
+
+/// A set of offsets stored as the non-zero words of a bitmap, keyed by word
+/// index: a dense /24 is four words, a sparse IPv6 pool one word per cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OffsetSet {
+    words: BTreeMap<u64, u64>,
+}
+
+impl OffsetSet {
+    /// Builds a set from `(index, bits)` words as they travel over WIT; zero
+    /// words are dropped and repeated indexes merged, so any input is safe.
+    pub fn from_words(words: impl IntoIterator<Item = (u64, u64)>) -> Self {
+        let mut set = OffsetSet::default();
+        for (index, bits) in words {
+            if bits != 0 {
+                *set.words.entry(index).or_insert(0) |= bits;
+            }
+        }
+        set
+    }
+
+    /// The non-zero words in index order.
+    pub fn words(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.words.iter().map(|(&index, &bits)| (index, bits))
+    }
+
+    /// The non-zero words with index in `first ..= last`.
+    pub fn words_in(&self, first: u64, last: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.words.range(first..=last).map(|(&index, &bits)| (index, bits))
+    }
+
+    /// Adds an offset; false if it was already there.
+    pub fn insert(&mut self, offset: u64) -> bool {
+        let word = self.words.entry(offset / 64).or_insert(0);
+        let bit = 1u64 << (offset % 64);
+        let added = *word & bit == 0;
+        *word |= bit;
+        added
+    }
+
+    /// Removes an offset; false if it was not there.
+    pub fn remove(&mut self, offset: u64) -> bool {
+        let index = offset / 64;
+        let Some(word) = self.words.get_mut(&index) else {
+            return false;
+        };
+        let bit = 1u64 << (offset % 64);
+        let removed = *word & bit != 0;
+        *word &= !bit;
+        if *word == 0 {
+            self.words.remove(&index);
+        }
+        removed
+    }
+
+    pub fn contains(&self, offset: u64) -> bool {
+        self.word(offset / 64) & (1u64 << (offset % 64)) != 0
+    }
+
+    /// The word with this index (zero when absent).
+    pub fn word(&self, index: u64) -> u64 {
+        self.words.get(&index).copied().unwrap_or(0)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.words.values().map(|bits| u64::from(bits.count_ones())).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.words.is_empty()
+    }
+
+    /// Offsets in ascending order.
+    pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
+        self.words.iter().flat_map(|(&index, &bits)| {
+            (0..64)
+                .filter(move |bit| bits & (1u64 << bit) != 0)
+                .map(move |bit| index * 64 + bit)
+        })
+    }
+
+    /// Offsets in `first ..= last`, counted word by word.
+    pub fn count_in(&self, first: u64, last: u64) -> u64 {
+        if first > last {
+            return 0;
+        }
+        let (first_word, last_word) = (first / 64, last / 64);
+        self.words
+            .range(first_word..=last_word)
+            .map(|(&index, &bits)| {
+                let mut mask = u64::MAX;
+                if index == first_word {
+                    mask &= u64::MAX << (first % 64);
+                }
+                if index == last_word {
+                    mask &= u64::MAX >> (63 - last % 64);
+                }
+                u64::from((bits & mask).count_ones())
+            })
+            .sum()
+    }
+}
+
+impl FromIterator<u64> for OffsetSet {
+    fn from_iter<I: IntoIterator<Item = u64>>(offsets: I) -> Self {
+        let mut set = OffsetSet::default();
+        for offset in offsets {
+            set.insert(offset);
+        }
+        set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_remove_contains() {
+        let mut set = OffsetSet::default();
+        assert!(set.insert(0));
+        assert!(set.insert(63));
+        assert!(set.insert(64));
+        assert!(!set.insert(64));
+        assert!(set.insert(u64::MAX));
+        assert_eq!(set.len(), 4);
+        assert!(set.contains(63) && set.contains(u64::MAX) && !set.contains(1));
+        assert!(set.remove(63));
+        assert!(!set.remove(63));
+        assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 64, u64::MAX]);
+    }
+
+    #[test]
+    fn from_words_drops_zero_and_merges() {
+        let set = OffsetSet::from_words([(1, 0), (2, 0b1), (2, 0b10)]);
+        assert_eq!(set.words().collect::<Vec<_>>(), vec![(2, 0b11)]);
+    }
+
+    #[test]
+    fn count_in_partial_words() {
+        let set: OffsetSet = [1, 2, 63, 64, 130].into_iter().collect();
+        assert_eq!(set.count_in(0, u64::MAX), 5);
+        assert_eq!(set.count_in(2, 64), 3);
+        assert_eq!(set.count_in(3, 62), 0);
+        assert_eq!(set.count_in(64, 64), 1);
+        assert_eq!(set.count_in(65, 129), 0);
+        assert_eq!(set.count_in(5, 4), 0);
+    }
+}
