@@ -7,7 +7,12 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
 )
+
+// etcdLogLevel can be raised while stopping: closing an embedded etcd logs
+// errors such as "http: Server closed" that mean nothing here.
+var etcdLogLevel = zap.NewAtomicLevelAt(zap.ErrorLevel) // even "warn" logs every request
 
 // freePort asks the kernel for an unused TCP port on 127.0.0.1. There is a
 // small window before the component binds it; good enough for tests.
@@ -44,12 +49,16 @@ func startEtcd(dataDir string, verbose bool) (*embed.Etcd, string, error) {
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
 	// Test data is disposable: skipping fsync makes every write much faster.
 	cfg.UnsafeNoFsync = true
-	cfg.Logger = "zap"
-	cfg.LogOutputs = []string{"stderr"}
-	cfg.LogLevel = "error" // even "warn" logs every request as "request stats"
 	if verbose {
-		cfg.LogLevel = "info"
+		etcdLogLevel.SetLevel(zap.InfoLevel)
 	}
+	zcfg := zap.NewProductionConfig()
+	zcfg.Level = etcdLogLevel
+	lg, err := zcfg.Build()
+	if err != nil {
+		return nil, "", err
+	}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"go.uber.org/zap"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
@@ -174,6 +175,7 @@ func run(o *options) (err error) {
 		return err
 	}
 	defer func() {
+		etcdLogLevel.SetLevel(zap.FatalLevel)
 		etcd.Close()
 		logf("etcd stopped")
 	}()

@@ -56,8 +56,8 @@ type child struct {
 	// being stopped: start-up and shutdown produce harmless error lines (they
 	// are still in the log file and in lastLines for failure reports).
 	forwardErrors atomic.Bool
-	tailMu  sync.Mutex
-	tail    []string // last lines of output, for startup failure reports
+	tailMu        sync.Mutex
+	tail          []string // last lines of output, for startup failure reports
 }
 
 // klogInfoOrWarning matches klog headers of info/warning lines ("I0722 ...").

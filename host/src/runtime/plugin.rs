@@ -78,6 +78,12 @@ pub(super) struct RuntimeHandle {
     metrics: std::sync::Arc<super::RuntimeMetrics>,
 }
 
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Plugin({} {})", self.reference(), self.world)
+    }
+}
+
 impl Plugin {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn link(
