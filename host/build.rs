@@ -11,7 +11,10 @@ fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let workspace = manifest_dir.parent().unwrap().to_path_buf();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
-    println!("cargo:rerun-if-changed={}", workspace.join("plugins").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        workspace.join("plugins").display()
+    );
     println!("cargo:rerun-if-changed={}", workspace.join("wit").display());
 
     let plugins = plugin_crates(&workspace.join("plugins"));
@@ -32,16 +35,30 @@ fn main() {
         cargo.args(["-p", package]);
     }
     // The outer build's flags and wrappers (clippy, coverage) are for the host.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CARGO_BUILD_TARGET"] {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+    ] {
         cargo.env_remove(var);
     }
     let status = cargo.status().expect("running cargo to build the plugins");
     assert!(status.success(), "building the built-in plugins failed");
 
-    let mut table = String::from("/// Plugins compiled into the binary: (name, component bytes).\npub const BUILTIN_PLUGINS: &[(&str, &[u8])] = &[\n");
+    let mut table = String::from(
+        "/// Plugins compiled into the binary: (name, component bytes).\npub const BUILTIN_PLUGINS: &[(&str, &[u8])] = &[\n",
+    );
     for (package, lib) in &plugins {
-        let wasm = plugin_target.join(TARGET).join("release").join(format!("{lib}.wasm"));
-        table.push_str(&format!("    ({package:?}, include_bytes!({:?})),\n", wasm.display().to_string()));
+        let wasm = plugin_target
+            .join(TARGET)
+            .join("release")
+            .join(format!("{lib}.wasm"));
+        table.push_str(&format!(
+            "    ({package:?}, include_bytes!({:?})),\n",
+            wasm.display().to_string()
+        ));
     }
     table.push_str("];\n");
     std::fs::write(out_dir.join("builtin_plugins.rs"), table).unwrap();
@@ -52,7 +69,9 @@ fn plugin_crates(dir: &Path) -> Vec<(String, String)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let manifest = entry.unwrap().path().join("Cargo.toml");
-        let Ok(text) = std::fs::read_to_string(&manifest) else { continue };
+        let Ok(text) = std::fs::read_to_string(&manifest) else {
+            continue;
+        };
         if !text.contains("cdylib") {
             continue;
         }
@@ -74,11 +93,20 @@ fn ensure_target_installed() {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().any(|l| l.trim() == TARGET))
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == TARGET)
+        })
         .unwrap_or(true);
     if !installed {
         println!("cargo:warning=installing the {TARGET} target with rustup to build the plugins");
-        let status = Command::new("rustup").args(["target", "add", TARGET]).status();
-        assert!(status.is_ok_and(|s| s.success()), "rustup target add {TARGET} failed");
+        let status = Command::new("rustup")
+            .args(["target", "add", TARGET])
+            .status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "rustup target add {TARGET} failed"
+        );
     }
 }

@@ -1,9 +1,18 @@
 //! knit: a Kubernetes controller for edge networking whose decisions are
 //! WebAssembly components. See DESIGN.md in the repository for the map.
 
+pub mod cli;
+pub mod crds;
+pub mod domains;
+pub mod plugin_test;
 pub mod runtime;
+pub mod simulate;
+pub mod telemetry;
 
 /// The plugins shipped inside the binary.
 pub mod builtin {
     include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 }
+
+/// What `knit simulate` plans when given no manifests.
+pub const DEFAULT_EXAMPLE: &str = include_str!("../../examples/ipam/pool-and-pods.yaml");

@@ -1,1 +1,127 @@
-fn main() {}
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use knit::cli::{self, Cli, Command, PluginCommand, RunArgs};
+use knit::runtime::{RuntimeMetrics, dir_source, kube_source};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    knit::telemetry::init_logging(&cli.log_format);
+    let metrics = Arc::new(RuntimeMetrics::default());
+    match cli.command {
+        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args, metrics)),
+        Command::Crds { output_dir } => {
+            for (file, crd) in knit::crds::all() {
+                match &output_dir {
+                    Some(dir) => std::fs::write(dir.join(file), knit::crds::to_yaml(&crd))?,
+                    None => print!("{}", knit::crds::to_yaml(&crd)),
+                }
+            }
+            Ok(())
+        }
+        Command::Plugin(command) => {
+            let registry = knit::cli::PluginsArgs {
+                plugins_dir: None,
+                plugin_cache: None,
+            }
+            .registry(metrics)?;
+            match command {
+                PluginCommand::Check { files } => cli::plugin_check(&registry, &files),
+                PluginCommand::Bench { file, iterations } => {
+                    cli::plugin_bench(&registry, &file, iterations)
+                }
+                PluginCommand::Test { dir, plugin } => {
+                    let file = match plugin {
+                        Some(file) => file,
+                        None => single_wasm_in(&dir)?,
+                    };
+                    let plugin = cli::load_file(&registry, &file)?;
+                    let (_, failed) = knit::plugin_test::run(&dir, &plugin)?;
+                    anyhow::ensure!(failed == 0, "{failed} case(s) failed");
+                    Ok(())
+                }
+            }
+        }
+        Command::Simulate {
+            files,
+            plugins,
+            seed,
+        } => {
+            let registry = plugins.registry(metrics)?;
+            if let Some(dir) = &plugins.plugins_dir {
+                dir_source::sync(&registry, dir, &Default::default());
+            }
+            let manifests = if files.is_empty() {
+                let mut manifests = knit::simulate::Manifests::default();
+                manifests.add_stream(knit::DEFAULT_EXAMPLE)?;
+                manifests
+            } else {
+                knit::simulate::read_manifests(&files)?
+            };
+            for ignored in &manifests.ignored {
+                tracing::info!("not planned by knit: {ignored}");
+            }
+            print!(
+                "{}",
+                knit::simulate::render(&knit::simulate::simulate(&manifests, &registry, seed))
+            );
+            Ok(())
+        }
+    }
+}
+
+fn single_wasm_in(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let found: Vec<_> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => anyhow::bail!(
+            "{}: expected exactly one .wasm, found {}; pass --plugin",
+            dir.display(),
+            found.len()
+        ),
+    }
+}
+
+/// The controller. Leadership will gate `start_controllers` once leader
+/// election lands; plugins and the HTTP endpoints run on every replica.
+async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> {
+    let mut prometheus = prometheus_client::registry::Registry::default();
+    metrics.register(&mut prometheus);
+    let readiness = knit::telemetry::Readiness::default();
+    let server = tokio::spawn(knit::telemetry::serve(
+        args.metrics_addr,
+        Arc::new(prometheus),
+        readiness.clone(),
+    ));
+
+    let registry = tokio::task::spawn_blocking({
+        let plugins = args.plugins;
+        move || plugins.registry(metrics).map(|r| (r, plugins))
+    })
+    .await??;
+    let (registry, plugins) = registry;
+    let _watch = match &plugins.plugins_dir {
+        Some(dir) => Some(
+            dir_source::watch(registry.clone(), dir.clone(), Default::default())
+                .await
+                .with_context(|| format!("watching {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes")?;
+    let plugin_objects = tokio::spawn(kube_source::run(client, args.namespace, registry.clone()));
+    readiness.set_ready();
+    tracing::info!("knit running");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        result = plugin_objects => result??,
+        result = server => result??,
+    }
+    Ok(())
+}

@@ -11,7 +11,9 @@ pub fn built_plugin(lib_name: &str) -> Vec<u8> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("wasm32-wasip2/release").join(format!("{lib_name}.wasm"));
+    let path = target
+        .join("wasm32-wasip2/release")
+        .join(format!("{lib_name}.wasm"));
     std::fs::read(&path).unwrap_or_else(|e| {
         panic!(
             "{}: {e}; build the plugins and fixtures first (the README's test command does)",
@@ -21,7 +23,10 @@ pub fn built_plugin(lib_name: &str) -> Vec<u8> {
 }
 
 pub fn registry() -> Arc<Registry> {
-    let runtime = Runtime::new(RuntimeConfig::default(), Arc::new(RuntimeMetrics::default()))
-        .expect("runtime");
+    let runtime = Runtime::new(
+        RuntimeConfig::default(),
+        Arc::new(RuntimeMetrics::default()),
+    )
+    .expect("runtime");
     Registry::new(runtime)
 }

@@ -11,7 +11,12 @@ use knit::runtime::{CallError, PluginSettings, Registry, dir_source};
 use knit_ipam_core::Request;
 
 fn request() -> Request {
-    Request { size: 256, excluded: vec![0..=0, 255..=255], count: 1, ..Request::default() }
+    Request {
+        size: 256,
+        excluded: vec![0..=0, 255..=255],
+        count: 1,
+        ..Request::default()
+    }
 }
 
 /// Writes a file the way careful tools do: to a temp name, then rename.
@@ -28,7 +33,10 @@ async fn wait_for_version(registry: &Registry, name: &str, version: &str) -> Dur
         if registry.get(name).is_ok_and(|p| p.info.version == version) {
             return started.elapsed();
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "{name} never reached {version}");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{name} never reached {version}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -52,11 +60,18 @@ fn start_load(registry: &Arc<Registry>, name: &'static str, threads: usize) -> L
     };
     let handles = (0..threads)
         .map(|_| {
-            let (registry, stop, ok, failed, last) =
-                (registry.clone(), load.stop.clone(), load.ok.clone(), load.failed.clone(), load.last_version.clone());
+            let (registry, stop, ok, failed, last) = (
+                registry.clone(),
+                load.stop.clone(),
+                load.ok.clone(),
+                load.failed.clone(),
+                load.last_version.clone(),
+            );
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let result = registry.get(name).and_then(|p| p.allocate(&request(), &[]).map(|r| (p, r)));
+                    let result = registry
+                        .get(name)
+                        .and_then(|p| p.allocate(&request(), &[]).map(|r| (p, r)));
                     match result {
                         Ok((plugin, Ok(_))) => {
                             ok.fetch_add(1, Ordering::Relaxed);
@@ -72,7 +87,10 @@ fn start_load(registry: &Arc<Registry>, name: &'static str, threads: usize) -> L
             })
         })
         .collect();
-    Load { threads: handles, ..load }
+    Load {
+        threads: handles,
+        ..load
+    }
 }
 
 impl Load {
@@ -81,7 +99,10 @@ impl Load {
         for thread in self.threads {
             thread.join().unwrap();
         }
-        (self.ok.load(Ordering::Relaxed), self.failed.load(Ordering::Relaxed))
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -89,13 +110,20 @@ impl Load {
 async fn swap_under_load_without_failed_calls() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("swap.wasm");
-    let (v1, v2) = (common::built_plugin("fixture_swap_v1"), common::built_plugin("fixture_swap_v2"));
+    let (v1, v2) = (
+        common::built_plugin("fixture_swap_v1"),
+        common::built_plugin("fixture_swap_v2"),
+    );
     std::fs::write(&path, &v1).unwrap();
     let registry = common::registry();
     let mut events = registry.subscribe();
-    let _watch = dir_source::watch(registry.clone(), dir.path().to_path_buf(), PluginSettings::default())
-        .await
-        .unwrap();
+    let _watch = dir_source::watch(
+        registry.clone(),
+        dir.path().to_path_buf(),
+        PluginSettings::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(registry.get("swap").unwrap().info.version, "1.0.0");
 
     let load = start_load(&registry, "swap", 2);
@@ -110,10 +138,17 @@ async fn swap_under_load_without_failed_calls() {
     // previous one keeps serving.
     std::fs::write(&path, b"\0asm\x0d\0\x01\0 truncated").unwrap();
     loop {
-        match tokio::time::timeout(Duration::from_secs(20), events.recv()).await.unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(20), events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
             knit::runtime::PluginEvent::Rejected { name, error, .. } => {
                 assert_eq!(name, "swap");
-                assert!(error.contains("not a valid WebAssembly component"), "{error}");
+                assert!(
+                    error.contains("not a valid WebAssembly component"),
+                    "{error}"
+                );
                 break;
             }
             _ => continue,
@@ -130,7 +165,10 @@ async fn swap_under_load_without_failed_calls() {
     std::fs::remove_file(&path).unwrap();
     let started = Instant::now();
     while registry.get("swap").is_ok() {
-        assert!(started.elapsed() < Duration::from_secs(20), "deleted plugin still served");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "deleted plugin still served"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(matches!(registry.get("swap"), Err(CallError::NotFound(_))));
@@ -153,21 +191,35 @@ async fn configmap_volume_symlink_swap() {
         symlink(format!("..{generation}"), root.join("..data_tmp")).unwrap();
         std::fs::rename(root.join("..data_tmp"), root.join("..data")).unwrap();
     };
-    publish("2026_11_21_00_00_00.1", &common::built_plugin("fixture_swap_v1"));
+    publish(
+        "2026_11_21_00_00_00.1",
+        &common::built_plugin("fixture_swap_v1"),
+    );
     symlink("..data/swap.wasm", root.join("swap.wasm")).unwrap();
 
     let registry = common::registry();
-    let _watch = dir_source::watch(registry.clone(), root.to_path_buf(), PluginSettings::default())
-        .await
-        .unwrap();
+    let _watch = dir_source::watch(
+        registry.clone(),
+        root.to_path_buf(),
+        PluginSettings::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(registry.get("swap").unwrap().info.version, "1.0.0");
     let load = start_load(&registry, "swap", 1);
 
-    publish("2026_11_21_00_01_00.2", &common::built_plugin("fixture_swap_v2"));
+    publish(
+        "2026_11_21_00_01_00.2",
+        &common::built_plugin("fixture_swap_v2"),
+    );
     std::fs::remove_dir_all(root.join("..2026_11_21_00_00_00.1")).unwrap();
     let took = wait_for_version(&registry, "swap", "2.0.0").await;
     eprintln!("new version serving {took:?} after the symlink swap");
     let (_, failed) = load.stop();
     assert_eq!(failed, 0);
-    assert_eq!(registry.serving().len(), 1, "hidden entries must not load as plugins");
+    assert_eq!(
+        registry.serving().len(),
+        1,
+        "hidden entries must not load as plugins"
+    );
 }

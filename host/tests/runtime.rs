@@ -31,30 +31,63 @@ fn sequential_plugin_loads_describes_and_allocates() {
     let registry = common::registry();
     let bytes = common::built_plugin("ipam_sequential");
     let plugin = registry
-        .load(PluginSource::BuiltIn, "ipam-sequential", &bytes, PluginSettings::default(), Some(World::IpamStrategy))
+        .load(
+            PluginSource::BuiltIn,
+            "ipam-sequential",
+            &bytes,
+            PluginSettings::default(),
+            Some(World::IpamStrategy),
+        )
         .unwrap();
     assert_eq!(plugin.world, World::IpamStrategy);
     assert_eq!(plugin.info.name, "ipam-sequential");
     assert_eq!(plugin.info.version, env!("CARGO_PKG_VERSION"));
     assert!(plugin.digest.starts_with("sha256:"));
-    let request = Request { cursor: Some(9), ..slash24(3) };
-    assert_eq!(plugin.allocate(&request, &[]).unwrap(), Ok(vec![10, 11, 12]));
-    let full = Request { allocated: (2..255).collect(), ..slash24(1) };
-    assert_eq!(plugin.allocate(&full, &[]).unwrap(), Err(AllocateError::Exhausted(0)));
+    let request = Request {
+        cursor: Some(9),
+        ..slash24(3)
+    };
+    assert_eq!(
+        plugin.allocate(&request, &[]).unwrap(),
+        Ok(vec![10, 11, 12])
+    );
+    let full = Request {
+        allocated: (2..255).collect(),
+        ..slash24(1)
+    };
+    assert_eq!(
+        plugin.allocate(&full, &[]).unwrap(),
+        Err(AllocateError::Exhausted(0))
+    );
     let config = [("unknown".to_string(), "x".to_string())];
-    assert!(matches!(plugin.allocate(&slash24(1), &config).unwrap(), Err(AllocateError::InvalidConfig(_))));
+    assert!(matches!(
+        plugin.allocate(&slash24(1), &config).unwrap(),
+        Err(AllocateError::InvalidConfig(_))
+    ));
 }
 
 #[test]
 fn hostile_plugins_become_typed_errors_and_others_keep_serving() {
     let registry = common::registry();
     let good = registry
-        .load(PluginSource::BuiltIn, "good", &common::built_plugin("ipam_sequential"), PluginSettings::default(), None)
+        .load(
+            PluginSource::BuiltIn,
+            "good",
+            &common::built_plugin("ipam_sequential"),
+            PluginSettings::default(),
+            None,
+        )
         .unwrap();
     let hostile_bytes = common::built_plugin("fixture_hostile");
     let load = |mode: &str, deadline_ms, memory_mib| {
         registry
-            .load(PluginSource::BuiltIn, &format!("hostile-{mode}"), &hostile_bytes, settings(deadline_ms, memory_mib, mode), None)
+            .load(
+                PluginSource::BuiltIn,
+                &format!("hostile-{mode}"),
+                &hostile_bytes,
+                settings(deadline_ms, memory_mib, mode),
+                None,
+            )
             .unwrap()
     };
     let still_serving = || assert_eq!(good.allocate(&slash24(1), &[]).unwrap(), Ok(vec![2]));
@@ -65,13 +98,22 @@ fn hostile_plugins_become_typed_errors_and_others_keep_serving() {
     let error = spin.allocate(&slash24(1), &[]).unwrap_err();
     let took = started.elapsed();
     assert!(matches!(error, CallError::Deadline { .. }), "{error}");
-    assert!(took < Duration::from_millis(400), "deadline of 200 ms took {took:?}");
-    assert!(error.to_string().contains("hostile-spin@0.1.0 (sha256:"), "{error}");
+    assert!(
+        took < Duration::from_millis(400),
+        "deadline of 200 ms took {took:?}"
+    );
+    assert!(
+        error.to_string().contains("hostile-spin@0.1.0 (sha256:"),
+        "{error}"
+    );
     still_serving();
 
     let bomb = load("memory-bomb", 5_000, 16);
     let error = bomb.allocate(&slash24(1), &[]).unwrap_err();
-    assert!(matches!(error, CallError::MemoryLimit { limit_bytes, .. } if limit_bytes == 16 << 20), "{error}");
+    assert!(
+        matches!(error, CallError::MemoryLimit { limit_bytes, .. } if limit_bytes == 16 << 20),
+        "{error}"
+    );
     still_serving();
 
     let trap = load("trap", 250, 64);
@@ -85,12 +127,20 @@ fn hostile_plugins_become_typed_errors_and_others_keep_serving() {
         ("lie-exhausted", "claims the pool is exhausted"),
     ] {
         let error = load(mode, 250, 64).allocate(&slash24(2), &[]).unwrap_err();
-        assert!(matches!(&error, CallError::BadOutput { reason: r, .. } if r.contains(reason)), "{mode}: {error}");
+        assert!(
+            matches!(&error, CallError::BadOutput { reason: r, .. } if r.contains(reason)),
+            "{mode}: {error}"
+        );
         still_serving();
     }
 
     // Log floods are capped, not fatal.
-    assert_eq!(load("log-spam", 2_000, 64).allocate(&slash24(1), &[]).unwrap(), Ok(vec![2]));
+    assert_eq!(
+        load("log-spam", 2_000, 64)
+            .allocate(&slash24(1), &[])
+            .unwrap(),
+        Ok(vec![2])
+    );
 
     let metrics = registry.runtime().metrics();
     assert!(metrics.calls_of("hostile-spin", "allocate") >= 1);
@@ -100,10 +150,22 @@ fn hostile_plugins_become_typed_errors_and_others_keep_serving() {
 fn a_spinning_plugin_does_not_block_calls_to_others() {
     let registry = common::registry();
     let good = registry
-        .load(PluginSource::BuiltIn, "good", &common::built_plugin("ipam_sequential"), PluginSettings::default(), None)
+        .load(
+            PluginSource::BuiltIn,
+            "good",
+            &common::built_plugin("ipam_sequential"),
+            PluginSettings::default(),
+            None,
+        )
         .unwrap();
     let spin = registry
-        .load(PluginSource::BuiltIn, "spin", &common::built_plugin("fixture_hostile"), settings(1_000, 64, "spin"), None)
+        .load(
+            PluginSource::BuiltIn,
+            "spin",
+            &common::built_plugin("fixture_hostile"),
+            settings(1_000, 64, "spin"),
+            None,
+        )
         .unwrap();
     let spinner = std::thread::spawn(move || spin.allocate(&slash24(1), &[]));
     let mut served = 0;
@@ -111,7 +173,10 @@ fn a_spinning_plugin_does_not_block_calls_to_others() {
         assert_eq!(good.allocate(&slash24(1), &[]).unwrap(), Ok(vec![2]));
         served += 1;
     }
-    assert!(matches!(spinner.join().unwrap(), Err(CallError::Deadline { .. })));
+    assert!(matches!(
+        spinner.join().unwrap(),
+        Err(CallError::Deadline { .. })
+    ));
     assert_eq!(served, 200);
 }
 
@@ -119,7 +184,13 @@ fn a_spinning_plugin_does_not_block_calls_to_others() {
 fn bad_components_are_rejected_at_load() {
     let registry = common::registry();
     let load = |bytes: &[u8], expected| {
-        registry.load(PluginSource::BuiltIn, "candidate", bytes, PluginSettings::default(), expected)
+        registry.load(
+            PluginSource::BuiltIn,
+            "candidate",
+            bytes,
+            PluginSettings::default(),
+            expected,
+        )
     };
     let error = load(b"\0asm garbage that is not wasm", None).unwrap_err();
     assert!(matches!(error, LoadError::Compile(_)), "{error}");
@@ -127,17 +198,35 @@ fn bad_components_are_rejected_at_load() {
     let error = load(&common::built_plugin("fixture_wrong_world"), None).unwrap_err();
     let message = error.to_string();
     assert!(matches!(error, LoadError::WrongWorld(_)), "{message}");
-    assert!(message.contains("run") && message.contains("knit:plugin/ipam@0.1.0"), "{message}");
+    assert!(
+        message.contains("run") && message.contains("knit:plugin/ipam@0.1.0"),
+        "{message}"
+    );
 
     let error = load(&common::built_plugin("ipam_sequential"), None).map(|_| ());
     assert!(error.is_ok());
 
-    let too_big = PluginSettings { limits: Limits { memory_bytes: 4 << 30, ..Limits::default() }, config: vec![] };
+    let too_big = PluginSettings {
+        limits: Limits {
+            memory_bytes: 4 << 30,
+            ..Limits::default()
+        },
+        config: vec![],
+    };
     let error = registry
-        .load(PluginSource::BuiltIn, "big", &common::built_plugin("ipam_sequential"), too_big, None)
+        .load(
+            PluginSource::BuiltIn,
+            "big",
+            &common::built_plugin("ipam_sequential"),
+            too_big,
+            None,
+        )
         .unwrap_err();
     assert!(matches!(error, LoadError::Limits(_)), "{error}");
-    assert!(matches!(registry.get("candidate-missing"), Err(CallError::NotFound(_))));
+    assert!(matches!(
+        registry.get("candidate-missing"),
+        Err(CallError::NotFound(_))
+    ));
 }
 
 #[test]
@@ -146,13 +235,25 @@ fn stronger_sources_override_and_removal_uncovers_the_weaker() {
     let mut events = registry.subscribe();
     let v1 = common::built_plugin("fixture_swap_v1");
     let v2 = common::built_plugin("fixture_swap_v2");
-    registry.load(PluginSource::BuiltIn, "swap", &v1, PluginSettings::default(), None).unwrap();
+    registry
+        .load(
+            PluginSource::BuiltIn,
+            "swap",
+            &v1,
+            PluginSettings::default(),
+            None,
+        )
+        .unwrap();
     let object = PluginSource::Object("swap".into());
-    registry.load(object.clone(), "swap", &v2, PluginSettings::default(), None).unwrap();
+    registry
+        .load(object.clone(), "swap", &v2, PluginSettings::default(), None)
+        .unwrap();
     assert_eq!(registry.get("swap").unwrap().info.version, "2.0.0");
     // A weaker source loading now does not take over.
     let dir = PluginSource::Directory("/plugins/swap.wasm".into());
-    registry.load(dir.clone(), "swap", &v1, PluginSettings::default(), None).unwrap();
+    registry
+        .load(dir.clone(), "swap", &v1, PluginSettings::default(), None)
+        .unwrap();
     assert_eq!(registry.get("swap").unwrap().info.version, "2.0.0");
     registry.remove(&object, "swap");
     assert_eq!(registry.get("swap").unwrap().info.version, "1.0.0");

@@ -63,15 +63,19 @@ pub fn sync(registry: &Registry, dir: &Path, settings: &PluginSettings) -> usize
                 continue;
             }
         };
-        if registry.load(source, name, &bytes, settings.clone(), None).is_err() {
+        if registry
+            .load(source, name, &bytes, settings.clone(), None)
+            .is_err()
+        {
             failures += 1;
         }
     }
-    let in_dir = |source: &PluginSource| {
-        matches!(source, PluginSource::Directory(path) if path.parent() == Some(dir))
-    };
+    let in_dir = |source: &PluginSource| matches!(source, PluginSource::Directory(path) if path.parent() == Some(dir));
     for (name, source) in registry.names_from(in_dir) {
-        if files.get(&name).is_none_or(|path| PluginSource::Directory(path.clone()) != source) {
+        if files
+            .get(&name)
+            .is_none_or(|path| PluginSource::Directory(path.clone()) != source)
+        {
             registry.remove(&source, &name);
         }
     }
@@ -107,7 +111,10 @@ pub async fn watch(
             let _ = tokio::task::spawn_blocking(move || sync(&registry, &dir, &settings)).await;
         }
     });
-    Ok(DirectoryWatch { _watcher: watcher, task })
+    Ok(DirectoryWatch {
+        _watcher: watcher,
+        task,
+    })
 }
 
 /// Stops watching when dropped.

@@ -34,9 +34,15 @@ pub enum CallError {
         wanted: &'static str,
     },
     #[error("plugin {plugin} ran past its deadline of {deadline:?}")]
-    Deadline { plugin: PluginRef, deadline: Duration },
+    Deadline {
+        plugin: PluginRef,
+        deadline: Duration,
+    },
     #[error("plugin {plugin} hit its memory limit of {limit_bytes} bytes")]
-    MemoryLimit { plugin: PluginRef, limit_bytes: usize },
+    MemoryLimit {
+        plugin: PluginRef,
+        limit_bytes: usize,
+    },
     #[error("plugin {plugin} trapped: {message}")]
     Trap { plugin: PluginRef, message: String },
     #[error("plugin {plugin} could not be instantiated: {message}")]

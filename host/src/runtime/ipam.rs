@@ -16,38 +16,19 @@ impl Plugin {
         request: &Request,
         config: &[(String, String)],
     ) -> Result<Result<Vec<u64>, AllocateError>, CallError> {
-        let wit_request = ipam::AllocateRequest {
-            size: request.size,
-            allocated: ipam::OffsetSet {
-                words: request
-                    .allocated
-                    .words()
-                    .map(|(index, bits)| ipam::BitmapWord { index, bits })
-                    .collect(),
-            },
-            excluded: request
-                .excluded
-                .iter()
-                .map(|r| ipam::OffsetRange { first: *r.start(), last: *r.end() })
-                .collect(),
-            cursor: request.cursor,
-            count: request.count,
-            seed: request.seed,
-            config: self
-                .settings
-                .config
-                .iter()
-                .chain(config)
-                .map(|(key, value)| ConfigEntry { key: key.clone(), value: value.clone() })
-                .collect(),
-        };
+        let wit_request = self.wit_request(request, config);
         let answer = self.call("allocate", |store, pre| match pre {
             Pre::IpamStrategy(pre) => {
                 let instance = pre.instantiate(&mut *store)?;
-                instance.knit_plugin_ipam().call_allocate(&mut *store, &wit_request)
+                instance
+                    .knit_plugin_ipam()
+                    .call_allocate(&mut *store, &wit_request)
             }
         })?;
-        let bad_output = |reason| CallError::BadOutput { plugin: self.reference(), reason };
+        let bad_output = |reason| CallError::BadOutput {
+            plugin: self.reference(),
+            reason,
+        };
         match answer {
             Ok(offsets) => match check_answer(request, &offsets) {
                 Ok(()) => Ok(Ok(offsets)),
@@ -64,13 +45,83 @@ impl Plugin {
                 }
                 Ok(Err(AllocateError::Exhausted(free)))
             }
-            Err(ipam::AllocateError::InvalidConfig(why)) => Ok(Err(AllocateError::InvalidConfig(why))),
-            Err(ipam::AllocateError::InvalidRequest(why)) => Ok(Err(AllocateError::InvalidRequest(why))),
+            Err(ipam::AllocateError::InvalidConfig(why)) => {
+                Ok(Err(AllocateError::InvalidConfig(why)))
+            }
+            Err(ipam::AllocateError::InvalidRequest(why)) => {
+                Ok(Err(AllocateError::InvalidRequest(why)))
+            }
         }
     }
 
-    /// Fails unless this plugin is an IPAM strategy.
+    fn wit_request(&self, request: &Request, config: &[(String, String)]) -> ipam::AllocateRequest {
+        ipam::AllocateRequest {
+            size: request.size,
+            allocated: ipam::OffsetSet {
+                words: request
+                    .allocated
+                    .words()
+                    .map(|(index, bits)| ipam::BitmapWord { index, bits })
+                    .collect(),
+            },
+            excluded: request
+                .excluded
+                .iter()
+                .map(|r| ipam::OffsetRange {
+                    first: *r.start(),
+                    last: *r.end(),
+                })
+                .collect(),
+            cursor: request.cursor,
+            count: request.count,
+            seed: request.seed,
+            config: self
+                .settings
+                .config
+                .iter()
+                .chain(config)
+                .map(|(key, value)| ConfigEntry {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Fails unless this plugin implements `world`.
     pub fn expect_world(&self, world: World) -> Result<(), CallError> {
-        if self.world == world { Ok(()) } else { Err(self.wrong_world(world)) }
+        if self.world == world {
+            Ok(())
+        } else {
+            Err(self.wrong_world(world))
+        }
+    }
+}
+
+impl Plugin {
+    /// Times `iterations` calls on one instance (warm: no instantiation), for
+    /// `knit plugin bench` and the benchmarks. Answers are not checked here.
+    pub fn time_warm_allocate(
+        &self,
+        request: &Request,
+        iterations: usize,
+    ) -> Result<Vec<std::time::Duration>, CallError> {
+        let wit_request = self.wit_request(request, &[]);
+        let ticks = self.deadline_ticks();
+        self.call("allocate-warm", |store, pre| match pre {
+            Pre::IpamStrategy(pre) => {
+                let instance = pre.instantiate(&mut *store)?;
+                let mut timings = Vec::with_capacity(iterations);
+                for _ in 0..iterations {
+                    store.set_epoch_deadline(ticks);
+                    let started = std::time::Instant::now();
+                    let _ = instance
+                        .knit_plugin_ipam()
+                        .call_allocate(&mut *store, &wit_request)?;
+                    timings.push(started.elapsed());
+                }
+                Ok(timings)
+            }
+        })
     }
 }

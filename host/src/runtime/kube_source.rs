@@ -42,8 +42,21 @@ pub async fn run(client: Client, namespace: String, registry: Arc<Registry>) -> 
     .boxed();
     let mut changes = futures::stream::select(plugin_changes, configmap_changes);
 
-    let recorder = Recorder::new(client, Reporter { controller: "knit".into(), instance: None });
-    let sync = PluginSync { api: plugins_api, plugins, configmaps, namespace, registry, recorder };
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "knit".into(),
+            instance: None,
+        },
+    );
+    let sync = PluginSync {
+        api: plugins_api,
+        plugins,
+        configmaps,
+        namespace,
+        registry,
+        recorder,
+    };
     sync.plugins.wait_until_ready().await?;
     sync.configmaps.wait_until_ready().await?;
     loop {
@@ -52,7 +65,9 @@ pub async fn run(client: Client, namespace: String, registry: Arc<Registry>) -> 
             return Ok(());
         }
         // Let a burst of changes (an update touching both kinds) settle.
-        while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(50), changes.next()).await {}
+        while let Ok(Some(())) =
+            tokio::time::timeout(Duration::from_millis(50), changes.next()).await
+        {}
     }
 }
 
@@ -91,7 +106,13 @@ impl PluginSync {
         let loaded = match self.bytes_of(plugin) {
             Ok(bytes) => self
                 .registry
-                .load_async(source.clone(), name.clone(), bytes, settings, plugin.spec.world.map(Into::into))
+                .load_async(
+                    source.clone(),
+                    name.clone(),
+                    bytes,
+                    settings,
+                    plugin.spec.world.map(Into::into),
+                )
                 .await
                 .map_err(|error| error.to_string()),
             Err(missing) => Err(missing),
@@ -101,12 +122,18 @@ impl PluginSync {
             observed_generation: plugin.metadata.generation,
             version: serving.as_ref().map(|p| p.info.version.clone()),
             digest: serving.as_ref().map(|p| p.digest.clone()),
-            loaded_at: serving.as_ref().map(|p| Time(p.loaded_at.try_into().unwrap_or_default())),
+            loaded_at: serving
+                .as_ref()
+                .map(|p| Time(p.loaded_at.try_into().unwrap_or_default())),
             ..PluginStatus::default()
         };
         let previous = plugin.status.clone().unwrap_or_default();
         let (state, reason, message) = match &loaded {
-            Ok(p) => (PluginState::Active, "Loaded", format!("serving {} {}", p.name_version(), p.digest)),
+            Ok(p) => (
+                PluginState::Active,
+                "Loaded",
+                format!("serving {} {}", p.name_version(), p.digest),
+            ),
             Err(error) => {
                 let still = serving
                     .as_ref()
@@ -117,13 +144,26 @@ impl PluginSync {
         };
         status.state = Some(state);
         status.message = Some(message.clone());
-        status.conditions = vec![ready_condition(&previous, state, reason, &message, plugin.metadata.generation)];
+        status.conditions = vec![ready_condition(
+            &previous,
+            state,
+            reason,
+            &message,
+            plugin.metadata.generation,
+        )];
         if previous == status {
             return Ok(());
         }
-        if previous.state != status.state || previous.digest != status.digest || previous.message != status.message {
+        if previous.state != status.state
+            || previous.digest != status.digest
+            || previous.message != status.message
+        {
             let event = Event {
-                type_: if state == PluginState::Active { EventType::Normal } else { EventType::Warning },
+                type_: if state == PluginState::Active {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
                 reason: reason.into(),
                 note: Some(message),
                 action: "Load".into(),
@@ -139,7 +179,11 @@ impl PluginSync {
             "status": status,
         });
         self.api
-            .patch_status(&name, &PatchParams::apply("knit").force(), &Patch::Apply(&patch))
+            .patch_status(
+                &name,
+                &PatchParams::apply("knit").force(),
+                &Patch::Apply(&patch),
+            )
             .await?;
         Ok(())
     }
@@ -157,13 +201,26 @@ impl PluginSync {
         if let Some(text) = configmap.data.as_ref().and_then(|d| d.get(&key.key)) {
             return Ok(text.clone().into_bytes());
         }
-        Err(format!("ConfigMap {}/{} has no key {:?}", self.namespace, key.name, key.key))
+        Err(format!(
+            "ConfigMap {}/{} has no key {:?}",
+            self.namespace, key.name, key.key
+        ))
     }
 }
 
 /// The `Ready` condition, keeping its transition time while the state holds.
-fn ready_condition(previous: &PluginStatus, state: PluginState, reason: &str, message: &str, generation: Option<i64>) -> Condition {
-    let status = if state == PluginState::Active { "True" } else { "False" };
+fn ready_condition(
+    previous: &PluginStatus,
+    state: PluginState,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+) -> Condition {
+    let status = if state == PluginState::Active {
+        "True"
+    } else {
+        "False"
+    };
     let last_transition_time = previous
         .conditions
         .iter()

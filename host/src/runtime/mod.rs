@@ -154,7 +154,16 @@ impl Runtime {
         let started = Instant::now();
         let component = self.compile(&digest, bytes)?;
         let compile_time = started.elapsed();
-        plugin::Plugin::link(self, name, digest, bytes.len(), compile_time, component, settings, expected_world)
+        plugin::Plugin::link(
+            self,
+            name,
+            digest,
+            bytes.len(),
+            compile_time,
+            component,
+            settings,
+            expected_world,
+        )
     }
 
     fn compile(&self, digest: &str, bytes: &[u8]) -> Result<Component, LoadError> {
@@ -168,7 +177,10 @@ impl Runtime {
 
     fn deadline_ticks(&self, deadline: Duration) -> u64 {
         // +1: the tick in progress when the call starts is already partly gone.
-        (deadline.as_nanos().div_ceil(self.config.epoch_tick.as_nanos()) as u64) + 1
+        (deadline
+            .as_nanos()
+            .div_ceil(self.config.epoch_tick.as_nanos()) as u64)
+            + 1
     }
 }
 

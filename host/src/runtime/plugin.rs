@@ -230,6 +230,10 @@ impl Plugin {
         }
     }
 
+    pub(super) fn deadline_ticks(&self) -> u64 {
+        self.runtime.deadline_ticks
+    }
+
     pub(super) fn wrong_world(&self, wanted: World) -> CallError {
         CallError::WrongWorld {
             plugin: self.reference(),
@@ -293,13 +297,22 @@ mod tests {
 
     #[test]
     fn world_detection_messages() {
-        let ipam = vec!["knit:plugin/describe@0.1.0".into(), "knit:plugin/ipam@0.1.0".into()];
+        let ipam = vec![
+            "knit:plugin/describe@0.1.0".into(),
+            "knit:plugin/ipam@0.1.0".into(),
+        ];
         assert_eq!(detect_world(&ipam).unwrap(), World::IpamStrategy);
         let newer = vec!["knit:plugin/ipam@0.2.0".to_string()];
         let error = detect_world(&newer).unwrap_err().to_string();
-        assert!(error.contains("knit:plugin@0.2.0") && error.contains("0.1.0"), "{error}");
+        assert!(
+            error.contains("knit:plugin@0.2.0") && error.contains("0.1.0"),
+            "{error}"
+        );
         let other = vec!["acme:thing/run@1.0.0".to_string()];
         let error = detect_world(&other).unwrap_err().to_string();
-        assert!(error.contains("acme:thing/run") && error.contains("ipam-strategy"), "{error}");
+        assert!(
+            error.contains("acme:thing/run") && error.contains("ipam-strategy"),
+            "{error}"
+        );
     }
 }

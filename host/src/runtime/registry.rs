@@ -48,9 +48,17 @@ impl std::fmt::Display for PluginSource {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PluginEvent {
     /// A new version serves `name` (also after a removal uncovers another).
-    Serving { name: String, version: String, digest: String },
+    Serving {
+        name: String,
+        version: String,
+        digest: String,
+    },
     /// A new version was refused; whatever served before still does.
-    Rejected { name: String, source: String, error: String },
+    Rejected {
+        name: String,
+        source: String,
+        error: String,
+    },
     /// Nothing serves `name` any more.
     Removed { name: String },
 }
@@ -176,7 +184,13 @@ impl Registry {
             }
         };
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
-        entries.insert(key, Entry { source: source.clone(), plugin: plugin.clone() });
+        entries.insert(
+            key,
+            Entry {
+                source: source.clone(),
+                plugin: plugin.clone(),
+            },
+        );
         let serves = self
             .strongest(&entries, name)
             .is_some_and(|entry| Arc::ptr_eq(&entry.plugin, &plugin));
@@ -200,14 +214,19 @@ impl Registry {
     pub fn remove(&self, source: &PluginSource, name: &str) {
         let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
         let key = (name.to_string(), source.strength());
-        if entries.get(&key).is_none_or(|entry| &entry.source != source) {
+        if entries
+            .get(&key)
+            .is_none_or(|entry| &entry.source != source)
+        {
             return;
         }
         let was_serving = self
             .strongest(&entries, name)
             .is_some_and(|entry| &entry.source == source);
         entries.remove(&key);
-        let now = self.strongest(&entries, name).map(|entry| entry.plugin.clone());
+        let now = self
+            .strongest(&entries, name)
+            .map(|entry| entry.plugin.clone());
         drop(entries);
         self.runtime.metrics().observe_reload(name, "removed");
         tracing::info!(plugin = name, %source, "plugin removed");
@@ -220,12 +239,17 @@ impl Registry {
                 version: plugin.info.version.clone(),
                 digest: plugin.digest.clone(),
             },
-            None => PluginEvent::Removed { name: name.to_string() },
+            None => PluginEvent::Removed {
+                name: name.to_string(),
+            },
         });
     }
 
     /// Names `source`-kind entries hold, for sources that resync themselves.
-    pub fn names_from(&self, matches: impl Fn(&PluginSource) -> bool) -> Vec<(String, PluginSource)> {
+    pub fn names_from(
+        &self,
+        matches: impl Fn(&PluginSource) -> bool,
+    ) -> Vec<(String, PluginSource)> {
         let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
         entries
             .iter()
@@ -234,7 +258,11 @@ impl Registry {
             .collect()
     }
 
-    fn strongest<'a>(&self, entries: &'a HashMap<(String, u8), Entry>, name: &str) -> Option<&'a Entry> {
+    fn strongest<'a>(
+        &self,
+        entries: &'a HashMap<(String, u8), Entry>,
+        name: &str,
+    ) -> Option<&'a Entry> {
         (0..=2)
             .rev()
             .find_map(|strength| entries.get(&(name.to_string(), strength)))

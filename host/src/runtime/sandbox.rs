@@ -42,8 +42,12 @@ impl Sandbox {
         let wasi = WasiCtx::builder()
             .stdout(stdout.clone())
             .stderr(stderr.clone())
-            .secure_random(wasmtime_wasi::Deterministic::new(vec![0x6b, 0x6e, 0x69, 0x74]))
-            .insecure_random(wasmtime_wasi::Deterministic::new(vec![0x6b, 0x6e, 0x69, 0x74]))
+            .secure_random(wasmtime_wasi::Deterministic::new(vec![
+                0x6b, 0x6e, 0x69, 0x74,
+            ]))
+            .insecure_random(wasmtime_wasi::Deterministic::new(vec![
+                0x6b, 0x6e, 0x69, 0x74,
+            ]))
             .insecure_random_seed(0)
             .wall_clock(FrozenClock)
             .monotonic_clock(FrozenClock)
@@ -68,7 +72,10 @@ impl Sandbox {
     pub fn forward_output(&self) {
         for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let bytes = pipe.contents();
-            for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.is_empty()) {
+            for line in String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| !l.is_empty())
+            {
                 tracing::info!(target: "knit::plugin::output", plugin = %self.plugin, stream, "{line}");
             }
         }

@@ -61,8 +61,10 @@ macro_rules! ipam_plugin {
         impl $crate::component::bindings::exports::knit::plugin::ipam::Guest for Plugin {
             fn allocate(
                 request: $crate::component::bindings::exports::knit::plugin::ipam::AllocateRequest,
-            ) -> Result<Vec<u64>, $crate::component::bindings::exports::knit::plugin::ipam::AllocateError>
-            {
+            ) -> Result<
+                Vec<u64>,
+                $crate::component::bindings::exports::knit::plugin::ipam::AllocateError,
+            > {
                 $crate::component::allocate($strategy, request)
             }
         }

@@ -48,7 +48,9 @@ impl<'a> FreeSpace<'a> {
 
     /// How many offsets are neither excluded nor allocated.
     pub fn free_count(&self) -> u64 {
-        self.gaps().map(|(first, last)| self.gap_free(first, last)).sum()
+        self.gaps()
+            .map(|(first, last)| self.gap_free(first, last))
+            .sum()
     }
 
     /// The lowest free offset at or after `from`.

@@ -27,7 +27,9 @@ impl OffsetSet {
 
     /// The non-zero words with index in `first ..= last`.
     pub fn words_in(&self, first: u64, last: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.words.range(first..=last).map(|(&index, &bits)| (index, bits))
+        self.words
+            .range(first..=last)
+            .map(|(&index, &bits)| (index, bits))
     }
 
     /// Adds an offset; false if it was already there.
@@ -64,7 +66,10 @@ impl OffsetSet {
     }
 
     pub fn len(&self) -> u64 {
-        self.words.values().map(|bits| u64::from(bits.count_ones())).sum()
+        self.words
+            .values()
+            .map(|bits| u64::from(bits.count_ones()))
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {

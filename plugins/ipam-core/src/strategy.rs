@@ -154,12 +154,21 @@ mod tests {
     #[test]
     fn sequential_continues_after_cursor_and_wraps() {
         let request = slash24(&[2, 3, 11], Some(10), 3);
-        assert_eq!(allocate(Strategy::Sequential, &request, &[]).unwrap(), vec![12, 13, 14]);
+        assert_eq!(
+            allocate(Strategy::Sequential, &request, &[]).unwrap(),
+            vec![12, 13, 14]
+        );
         let request = slash24(&[2], Some(253), 3);
-        assert_eq!(allocate(Strategy::Sequential, &request, &[]).unwrap(), vec![254, 3, 4]);
+        assert_eq!(
+            allocate(Strategy::Sequential, &request, &[]).unwrap(),
+            vec![254, 3, 4]
+        );
         // A cursor past the end (the pool shrank) starts over.
         let request = slash24(&[], Some(9999), 1);
-        assert_eq!(allocate(Strategy::Sequential, &request, &[]).unwrap(), vec![2]);
+        assert_eq!(
+            allocate(Strategy::Sequential, &request, &[]).unwrap(),
+            vec![2]
+        );
     }
 
     #[test]
@@ -167,13 +176,19 @@ mod tests {
         // Free: 5 (before the cursor) and 250 (after it); asking for both.
         let allocated: Vec<u64> = (2..255).filter(|o| *o != 5 && *o != 250).collect();
         let request = slash24(&allocated, Some(100), 2);
-        assert_eq!(allocate(Strategy::Sequential, &request, &[]).unwrap(), vec![250, 5]);
+        assert_eq!(
+            allocate(Strategy::Sequential, &request, &[]).unwrap(),
+            vec![250, 5]
+        );
     }
 
     #[test]
     fn dense_pack_fills_holes_first() {
         let request = slash24(&[2, 3, 5, 6, 9], Some(200), 3);
-        assert_eq!(allocate(Strategy::DensePack, &request, &[]).unwrap(), vec![4, 7, 8]);
+        assert_eq!(
+            allocate(Strategy::DensePack, &request, &[]).unwrap(),
+            vec![4, 7, 8]
+        );
     }
 
     #[test]
@@ -181,17 +196,31 @@ mod tests {
         let request = slash24(&[10, 20, 30], None, 5);
         let first = allocate(Strategy::Random, &request, &[]).unwrap();
         assert_eq!(first, allocate(Strategy::Random, &request, &[]).unwrap());
-        let other_seed = Request { seed: 8, ..request.clone() };
+        let other_seed = Request {
+            seed: 8,
+            ..request.clone()
+        };
         assert_ne!(first, allocate(Strategy::Random, &other_seed, &[]).unwrap());
     }
 
     #[test]
     fn random_is_roughly_uniform() {
         // 40 free offsets, 20,000 single draws: each should get about 500.
-        let request = Request { size: 40, count: 1, ..Request::default() };
+        let request = Request {
+            size: 40,
+            count: 1,
+            ..Request::default()
+        };
         let mut hits = [0u32; 40];
         for seed in 0..20_000 {
-            let picked = allocate(Strategy::Random, &Request { seed, ..request.clone() }, &[]);
+            let picked = allocate(
+                Strategy::Random,
+                &Request {
+                    seed,
+                    ..request.clone()
+                },
+                &[],
+            );
             hits[picked.unwrap()[0] as usize] += 1;
         }
         assert!(hits.iter().all(|&h| (350..650).contains(&h)), "{hits:?}");
@@ -221,7 +250,10 @@ mod tests {
     fn exhaustion_reports_how_many_are_free() {
         for strategy in ALL {
             let request = slash24(&(2..250).collect::<Vec<_>>(), None, 10);
-            assert_eq!(allocate(strategy, &request, &[]), Err(AllocateError::Exhausted(5)));
+            assert_eq!(
+                allocate(strategy, &request, &[]),
+                Err(AllocateError::Exhausted(5))
+            );
         }
     }
 
@@ -262,10 +294,30 @@ mod tests {
     fn check_answer_catches_bad_plans() {
         let request = slash24(&[5], None, 2);
         assert!(check_answer(&request, &[3, 4]).is_ok());
-        assert!(check_answer(&request, &[3]).unwrap_err().contains("asked for 2"));
-        assert!(check_answer(&request, &[3, 5]).unwrap_err().contains("already allocated"));
-        assert!(check_answer(&request, &[3, 255]).unwrap_err().contains("excluded"));
-        assert!(check_answer(&request, &[3, 256]).unwrap_err().contains("outside"));
-        assert!(check_answer(&request, &[3, 3]).unwrap_err().contains("twice"));
+        assert!(
+            check_answer(&request, &[3])
+                .unwrap_err()
+                .contains("asked for 2")
+        );
+        assert!(
+            check_answer(&request, &[3, 5])
+                .unwrap_err()
+                .contains("already allocated")
+        );
+        assert!(
+            check_answer(&request, &[3, 255])
+                .unwrap_err()
+                .contains("excluded")
+        );
+        assert!(
+            check_answer(&request, &[3, 256])
+                .unwrap_err()
+                .contains("outside")
+        );
+        assert!(
+            check_answer(&request, &[3, 3])
+                .unwrap_err()
+                .contains("twice")
+        );
     }
 }

@@ -1,0 +1,214 @@
+//! The `knit` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::runtime::{
+    PluginSettings, PluginSource, Registry, Runtime, RuntimeConfig, RuntimeMetrics, World,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "knit",
+    version,
+    about = "Kubernetes edge networking with WebAssembly decisions"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the controller (kubeconfig from $KUBECONFIG or in-cluster).
+    Run(RunArgs),
+    /// Print every CRD knit serves, as YAML.
+    Crds {
+        /// Write one file per CRD into this directory instead (as in `crds/`).
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
+    /// Work with plugin components.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Plan manifests without a cluster; prints what the controller would do.
+    Simulate {
+        /// Manifest files or directories; without any, the built-in example.
+        #[arg(short = 'f', long = "filename")]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        plugins: PluginsArgs,
+        /// Seed for strategies that use randomness.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub plugins: PluginsArgs,
+    /// Serves /metrics, /healthz and /readyz.
+    #[arg(long, env = "KNIT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// knit's own namespace: where `Plugin` ConfigMaps live.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "knit-system")]
+    pub namespace: String,
+}
+
+#[derive(clap::Args)]
+pub struct PluginsArgs {
+    /// A directory of `<name>.wasm` plugins, watched for changes; overrides
+    /// built-in plugins of the same name.
+    #[arg(long, env = "KNIT_PLUGINS_DIR")]
+    pub plugins_dir: Option<PathBuf>,
+    /// Where compiled plugins are cached.
+    #[arg(long, env = "KNIT_PLUGIN_CACHE")]
+    pub plugin_cache: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Load a component and print its world, name, version, imports, size and
+    /// compile time.
+    Check { files: Vec<PathBuf> },
+    /// Time calls: warm (one instance) and fresh (an instance per call).
+    Bench {
+        file: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        iterations: usize,
+    },
+    /// Run fixture cases (`*.yaml`: input and expected output) against a plugin.
+    Test {
+        dir: PathBuf,
+        /// The component; by default the single `.wasm` in DIR.
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+    },
+}
+
+impl PluginsArgs {
+    /// A registry with the built-in plugins loaded (and the directory, once,
+    /// when given; `run` watches it instead).
+    pub fn registry(&self, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<Arc<Registry>> {
+        let runtime = Runtime::new(
+            RuntimeConfig {
+                cache_dir: self.plugin_cache.clone(),
+                ..RuntimeConfig::default()
+            },
+            metrics,
+        )?;
+        let registry = Registry::new(runtime);
+        for (name, bytes) in crate::builtin::BUILTIN_PLUGINS {
+            registry
+                .load(
+                    PluginSource::BuiltIn,
+                    name,
+                    bytes,
+                    PluginSettings::default(),
+                    None,
+                )
+                .with_context(|| format!("built-in plugin {name}"))?;
+        }
+        Ok(registry)
+    }
+}
+
+pub fn load_file(
+    registry: &Registry,
+    file: &std::path::Path,
+) -> anyhow::Result<Arc<crate::runtime::Plugin>> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let name = file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
+    let plugin = registry
+        .load(
+            PluginSource::Directory(file.to_path_buf()),
+            &name,
+            &bytes,
+            PluginSettings::default(),
+            None,
+        )
+        .with_context(|| format!("loading {}", file.display()))?;
+    Ok(plugin)
+}
+
+pub fn plugin_check(registry: &Registry, files: &[PathBuf]) -> anyhow::Result<()> {
+    for file in files {
+        let plugin = load_file(registry, file)?;
+        println!("{}:", file.display());
+        println!("  world:        {}", plugin.world);
+        println!("  name:         {}", plugin.info.name);
+        println!("  version:      {}", plugin.info.version);
+        println!("  description:  {}", plugin.info.description);
+        println!("  digest:       {}", plugin.digest);
+        println!("  size:         {} bytes", plugin.size_bytes);
+        println!(
+            "  compile time: {:.1} ms",
+            plugin.compile_time.as_secs_f64() * 1e3
+        );
+        println!("  imports:");
+        for import in &plugin.imports {
+            println!("    {import}");
+        }
+    }
+    Ok(())
+}
+
+pub fn plugin_bench(
+    registry: &Registry,
+    file: &std::path::Path,
+    iterations: usize,
+) -> anyhow::Result<()> {
+    let plugin = load_file(registry, file)?;
+    plugin.expect_world(World::IpamStrategy)?;
+    let request = bench_request();
+    let warm = plugin.time_warm_allocate(&request, iterations)?;
+    let mut fresh = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        plugin.allocate(&request, &[])??;
+        fresh.push(started.elapsed());
+    }
+    println!(
+        "{} ({}) on a /24 with 100 allocated, {iterations} calls each:",
+        plugin.name_version(),
+        plugin.world
+    );
+    println!("  warm call (one instance):     {}", summary(warm));
+    println!("  fresh-instance call:          {}", summary(fresh));
+    Ok(())
+}
+
+/// A /24 as the controller would send it: 100 addresses taken.
+pub fn bench_request() -> knit_ipam_core::Request {
+    knit_ipam_core::Request {
+        size: 256,
+        allocated: (2..102).collect(),
+        excluded: vec![0..=1, 255..=255],
+        cursor: Some(101),
+        count: 1,
+        seed: 1,
+    }
+}
+
+fn summary(mut timings: Vec<Duration>) -> String {
+    timings.sort();
+    let at = |q: f64| timings[((timings.len() - 1) as f64 * q) as usize];
+    format!(
+        "median {:.1} µs, p99 {:.1} µs",
+        at(0.5).as_secs_f64() * 1e6,
+        at(0.99).as_secs_f64() * 1e6
+    )
+}

@@ -1,0 +1,5 @@
+//! IPAM: `IPPool` and `IPAllocation`, strategies as plugins.
+
+pub mod address_space;
+pub mod plan;
+pub mod types;

@@ -1,0 +1,135 @@
+//! The IPAM kinds.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// The pod annotation that asks for an address from a pool.
+pub const POOL_ANNOTATION: &str = "knit.dev/ippool";
+/// The pod annotation knit writes the address into.
+pub const ADDRESS_ANNOTATION: &str = "knit.dev/ip";
+
+/// A pool of addresses (IPv4 or IPv6, one or more CIDRs) handed out by a
+/// strategy plugin.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "knit.dev",
+    version = "v1alpha1",
+    kind = "IPPool",
+    status = "IPPoolStatus",
+    shortname = "ipp",
+    category = "knit",
+    printcolumn = r#"{"name":"CIDRs","type":"string","jsonPath":".spec.cidrs"}"#,
+    printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.strategy.plugin"}"#,
+    printcolumn = r#"{"name":"Allocated","type":"integer","jsonPath":".status.allocated"}"#,
+    printcolumn = r#"{"name":"Free","type":"integer","jsonPath":".status.free"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPoolSpec {
+    /// CIDRs of one address family, laid end to end in this order.
+    #[schemars(length(min = 1, max = 16))]
+    pub cidrs: Vec<String>,
+    /// Never handed out; must lie inside the pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<String>,
+    /// Addresses never handed out: single addresses, CIDRs, or `first-last`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// Seconds a released address rests before it is handed out again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reuse_cooldown_seconds: Option<u32>,
+}
+
+/// Which plugin chooses addresses, and its configuration.
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Strategy {
+    #[serde(default = "default_strategy_plugin")]
+    pub plugin: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_strategy_plugin() -> String {
+    "ipam-sequential".into()
+}
+
+impl Default for Strategy {
+    fn default() -> Self {
+        Strategy {
+            plugin: default_strategy_plugin(),
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IPPoolStatus {
+    pub capacity: u64,
+    pub allocated: u64,
+    pub free: u64,
+    /// Allocated share of capacity, in percent, e.g. "42.5".
+    pub utilization: String,
+    /// The plugin that made the last decision: `name@version`, and its digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One address handed out. Its name is derived from pool and address, so the
+/// API server's name uniqueness forbids handing one address out twice.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[kube(
+    group = "knit.dev",
+    version = "v1alpha1",
+    kind = "IPAllocation",
+    shortname = "ipa",
+    category = "knit",
+    printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.pool"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
+    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.owner.podName"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IPAllocationSpec {
+    pub pool: String,
+    pub address: String,
+    pub owner: AllocationOwner,
+}
+
+/// Who holds the address: a pod (namespace, name, UID) or a container
+/// (ID and interface) when allocated by the CNI plugin.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AllocationOwner {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+}
+
+/// `<pool>-<address>` with the address made name-safe (`10-0-0-5`,
+/// `fd00--5`).
+pub fn allocation_name(pool: &str, address: &std::net::IpAddr) -> String {
+    let address = address.to_string().replace(['.', ':'], "-");
+    format!("{pool}-{address}")
+}

@@ -1,0 +1,4 @@
+//! One folder per domain: its kinds, its pure planning, and (as each domain
+//! lands) its controller.
+
+pub mod ipam;

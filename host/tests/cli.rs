@@ -1,0 +1,134 @@
+//! The `knit` binary as a user runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn knit(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_knit"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("running knit")
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "knit failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// `crds/` must be exactly what `knit crds` prints, file by file.
+#[test]
+fn crds_directory_is_up_to_date() {
+    let printed = stdout(&knit(&["crds"]));
+    let mut expected = String::new();
+    for (file, crd) in knit::crds::all() {
+        let yaml = knit::crds::to_yaml(&crd);
+        let on_disk = std::fs::read_to_string(repo().join("crds").join(file)).unwrap_or_default();
+        assert_eq!(
+            on_disk, yaml,
+            "crds/{file} is stale: regenerate with `cargo run -p knit -- crds --output-dir crds`"
+        );
+        expected.push_str(&yaml);
+    }
+    assert_eq!(printed, expected);
+}
+
+#[test]
+fn simulate_default_example_allocates_sequentially() {
+    let output = stdout(&knit(&["simulate"]));
+    let documents: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&output)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let addresses: Vec<&str> = documents
+        .iter()
+        .filter(|d| d["kind"] == "IPAllocation")
+        .map(|d| d["spec"]["address"].as_str().unwrap())
+        .collect();
+    // Gateway .1 and the excluded .2-.9 are skipped.
+    assert_eq!(addresses, ["10.44.0.10", "10.44.0.11", "10.44.0.12"]);
+    let pool = documents.iter().find(|d| d["kind"] == "IPPool").unwrap();
+    // 256 less network, broadcast, gateway and the eight excluded.
+    assert_eq!(pool["status"]["capacity"], 245);
+    assert_eq!(pool["status"]["allocated"], 3);
+    assert_eq!(pool["status"]["free"], 242);
+    assert_eq!(
+        pool["status"]["plugin"],
+        format!("ipam-sequential@{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(stdout(&knit(&["simulate", "-f", "examples/ipam"])), output);
+}
+
+#[test]
+fn simulate_reports_an_unknown_strategy_in_the_pool_status() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("pool.yaml");
+    std::fs::write(
+        &manifest,
+        knit::DEFAULT_EXAMPLE.replace("plugin: ipam-sequential", "plugin: ipam-nonexistent"),
+    )
+    .unwrap();
+    let output = stdout(&knit(&["simulate", "-f", manifest.to_str().unwrap()]));
+    assert!(!output.contains("kind: IPAllocation"));
+    assert!(
+        output.contains("PluginUnavailable")
+            && output.contains("no plugin named \"ipam-nonexistent\""),
+        "{output}"
+    );
+}
+
+#[test]
+fn plugin_check_prints_the_world_of_every_built_plugin() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let wasm = target.join("wasm32-wasip2/release/ipam_sequential.wasm");
+    let output = stdout(&knit(&["plugin", "check", wasm.to_str().unwrap()]));
+    assert!(output.contains("world:        ipam-strategy"), "{output}");
+    assert!(output.contains("name:         ipam-sequential"), "{output}");
+    assert!(output.contains("wasi:cli/"), "imports are listed: {output}");
+}
+
+#[test]
+fn plugin_test_runs_fixtures_and_shows_a_diff_on_mismatch() {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    let wasm = target.join("wasm32-wasip2/release/ipam_sequential.wasm");
+    let output = stdout(&knit(&[
+        "plugin",
+        "test",
+        "plugins/ipam-sequential/fixtures",
+        "--plugin",
+        wasm.to_str().unwrap(),
+    ]));
+    assert!(output.contains(" 0 failed"), "{output}");
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("wrong.yaml"),
+        "description: expects the wrong offsets\ninput: {size: 16, count: 2, excluded: [0]}\nexpect: {offsets: [1, 3]}\n",
+    )
+    .unwrap();
+    let failed = knit(&[
+        "plugin",
+        "test",
+        dir.path().to_str().unwrap(),
+        "--plugin",
+        wasm.to_str().unwrap(),
+    ]);
+    assert!(!failed.status.success());
+    let text = String::from_utf8_lossy(&failed.stdout);
+    assert!(
+        text.contains("FAIL wrong.yaml") && text.contains("-- 3") && text.contains("+- 2"),
+        "diff shows both sides"
+    );
+    assert!(text.contains("FAIL"), "{text}");
+}
