@@ -96,17 +96,11 @@ pub enum PluginCommand {
 }
 
 impl PluginsArgs {
-    /// A registry with the built-in plugins loaded (and the directory, once,
-    /// when given; `run` watches it instead).
+    /// A registry serving the built-in plugins (a directory given is loaded
+    /// or watched by the caller, since `run` follows it and `simulate` reads
+    /// it once).
     pub fn registry(&self, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<Arc<Registry>> {
-        let runtime = Runtime::new(
-            RuntimeConfig {
-                cache_dir: self.plugin_cache.clone(),
-                ..RuntimeConfig::default()
-            },
-            metrics,
-        )?;
-        let registry = Registry::new(runtime);
+        let registry = empty_registry(self.plugin_cache.clone(), metrics)?;
         for (name, bytes) in crate::builtin::BUILTIN_PLUGINS {
             registry
                 .load(
@@ -120,6 +114,21 @@ impl PluginsArgs {
         }
         Ok(registry)
     }
+}
+
+/// A registry with no plugins, for commands that load their own.
+pub fn empty_registry(
+    cache_dir: Option<PathBuf>,
+    metrics: Arc<RuntimeMetrics>,
+) -> anyhow::Result<Arc<Registry>> {
+    let runtime = Runtime::new(
+        RuntimeConfig {
+            cache_dir,
+            ..RuntimeConfig::default()
+        },
+        metrics,
+    )?;
+    Ok(Registry::new(runtime))
 }
 
 pub fn load_file(

@@ -14,6 +14,35 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("knit.dev_ippools.yaml", IPPool::crd()),
         ("knit.dev_ipallocations.yaml", IPAllocation::crd()),
     ]
+    .into_iter()
+    .map(|(file, crd)| (file, with_kubernetes_formats(crd)))
+    .collect()
+}
+
+/// schemars describes Rust's unsigned integers as `format: uint32`/`uint64`,
+/// which the API server does not know (it warns on every request). Kubernetes
+/// integers are int64 with a minimum, so say that instead.
+fn with_kubernetes_formats(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let unsigned = matches!(
+                    map.get("format").and_then(|f| f.as_str()),
+                    Some("uint" | "uint8" | "uint16" | "uint32" | "uint64")
+                );
+                if unsigned {
+                    map.insert("format".into(), "int64".into());
+                    map.entry("minimum").or_insert(0.into());
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("CRDs serialize");
+    walk(&mut value);
+    serde_json::from_value(value).expect("the CRD still deserializes")
 }
 
 /// One CRD as the YAML written to `crds/<file>`.

@@ -86,10 +86,7 @@ fn simulate_reports_an_unknown_strategy_in_the_pool_status() {
 
 #[test]
 fn plugin_check_prints_the_world_of_every_built_plugin() {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let wasm = target.join("wasm32-wasip2/release/ipam_sequential.wasm");
+    let wasm = knit_tests::built_plugin_path("ipam_sequential");
     let output = stdout(&knit(&["plugin", "check", wasm.to_str().unwrap()]));
     assert!(output.contains("world:        ipam-strategy"), "{output}");
     assert!(output.contains("name:         ipam-sequential"), "{output}");
@@ -98,10 +95,7 @@ fn plugin_check_prints_the_world_of_every_built_plugin() {
 
 #[test]
 fn plugin_test_runs_fixtures_and_shows_a_diff_on_mismatch() {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    let wasm = target.join("wasm32-wasip2/release/ipam_sequential.wasm");
+    let wasm = knit_tests::built_plugin_path("ipam_sequential");
     let output = stdout(&knit(&[
         "plugin",
         "test",

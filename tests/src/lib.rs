@@ -1,1 +1,175 @@
-//! Support for the end-to-end tests.
+//! Support for the end-to-end tests, in the spirit of controller-runtime's
+//! envtest: one real kube-apiserver (with etcd and a garbage-collecting
+//! controller manager) per test binary, started on first use from
+//! `tests/testenv` (built by `tests/testenv/build`), with knit's CRDs and the
+//! Gateway API CRDs installed and Established. Each test gets its own client
+//! and a fresh namespace.
+//!
+//! The environment stops by itself when the test binary exits: it holds the
+//! write end of the environment's stdin, and `--exit-on-stdin-eof` makes it
+//! shut down and delete its directory when that closes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// A running environment: the admin kubeconfig and the controller's own.
+pub struct TestEnv {
+    pub admin_kubeconfig: PathBuf,
+    pub knit_kubeconfig: PathBuf,
+    _process: Mutex<(Child, ChildStdin)>,
+}
+
+static ENV: OnceLock<TestEnv> = OnceLock::new();
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Where `tests/testenv/build` puts its outputs.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("KNIT_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/knit")
+        })
+}
+
+/// A tool built by `tests/testenv/build` (`knit-testenv`, `kubectl`, `helm`).
+pub fn tool(name: &str) -> PathBuf {
+    let path = cache_dir().join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run tests/testenv/build (the test command does)",
+        path.display()
+    );
+    path
+}
+
+/// The shared environment, started on first use.
+pub fn env() -> &'static TestEnv {
+    ENV.get_or_init(start)
+}
+
+fn start() -> TestEnv {
+    let mut command = Command::new(tool("knit-testenv"));
+    command
+        .arg("--exit-on-stdin-eof")
+        .arg("--crds")
+        .arg(repo().join("crds"));
+    let gateway_crds = cache_dir().join("gateway-api-crds");
+    if gateway_crds.is_dir() {
+        command.arg("--crds").arg(gateway_crds);
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting knit-testenv");
+    let stdin = child.stdin.take().expect("piped stdin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let admin_kubeconfig = loop {
+        match lines.next() {
+            Some(Ok(line)) => {
+                if let Some(path) = line.strip_prefix("KUBECONFIG=") {
+                    break PathBuf::from(path);
+                }
+            }
+            _ => panic!("knit-testenv exited before it was ready (its log is above)"),
+        }
+    };
+    let knit_kubeconfig = admin_kubeconfig.with_file_name("knit.kubeconfig");
+    TestEnv {
+        admin_kubeconfig,
+        knit_kubeconfig,
+        _process: Mutex::new((child, stdin)),
+    }
+}
+
+/// A client for `kubeconfig`, bound to the calling test's tokio runtime.
+pub async fn client_for(kubeconfig: &Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("reading kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// A cluster-admin client.
+pub async fn admin_client() -> Client {
+    client_for(&env().admin_kubeconfig).await
+}
+
+/// A client with the controller's identity
+/// (`system:serviceaccount:knit-system:knit`): only what RBAC grants it.
+pub async fn knit_client() -> Client {
+    client_for(&env().knit_kubeconfig).await
+}
+
+/// Creates a namespace no other test uses.
+pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let namespace: Namespace =
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": name } })).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("creating a namespace");
+    name
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after
+/// `timeout` saying what was awaited.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A plugin or test fixture built by the test command
+/// (`cargo build --release --target wasm32-wasip2`), by library name.
+pub fn built_plugin(lib_name: &str) -> Vec<u8> {
+    let path = built_plugin_path(lib_name);
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; build the plugins and fixtures first (tests/run does)",
+            path.display()
+        )
+    })
+}
+
+pub fn built_plugin_path(lib_name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target"));
+    target
+        .join("wasm32-wasip2/release")
+        .join(format!("{lib_name}.wasm"))
+}

@@ -15,6 +15,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use tokio::sync::mpsc;
 
 use super::kind::{Plugin, PluginState, PluginStatus};
 use super::{PluginSettings, PluginSource, Registry};
@@ -41,6 +42,14 @@ pub async fn run(client: Client, namespace: String, registry: Arc<Registry>) -> 
     .map(|_| ())
     .boxed();
     let mut changes = futures::stream::select(plugin_changes, configmap_changes);
+    // The watches fill the caches only while polled, so they run in their own
+    // task and signal "something changed" (coalesced) to the sync loop.
+    let (changed, mut on_change) = mpsc::channel::<()>(1);
+    let _watches = AbortOnDrop(tokio::spawn(async move {
+        while changes.next().await.is_some() {
+            let _ = changed.try_send(());
+        }
+    }));
 
     let recorder = Recorder::new(
         client,
@@ -61,13 +70,21 @@ pub async fn run(client: Client, namespace: String, registry: Arc<Registry>) -> 
     sync.configmaps.wait_until_ready().await?;
     loop {
         sync.sync_all().await;
-        if changes.next().await.is_none() {
+        if on_change.recv().await.is_none() {
             return Ok(());
         }
         // Let a burst of changes (an update touching both kinds) settle.
-        while let Ok(Some(())) =
-            tokio::time::timeout(Duration::from_millis(50), changes.next()).await
-        {}
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while on_change.try_recv().is_ok() {}
+    }
+}
+
+/// Stops the watch task when `run` ends or is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -245,7 +245,8 @@ impl Registry {
         });
     }
 
-    /// Names `source`-kind entries hold, for sources that resync themselves.
+    /// `(name, source)` of every entry whose source matches, so a source can
+    /// find what it provided and no longer does.
     pub fn names_from(
         &self,
         matches: impl Fn(&PluginSource) -> bool,

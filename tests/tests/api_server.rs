@@ -1,0 +1,96 @@
+//! knit's CRDs and examples against the real API server.
+
+use std::process::Command;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+
+fn kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(knit_tests::tool("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", &knit_tests::env().admin_kubeconfig)
+        .current_dir(knit_tests::repo())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn every_crd_is_accepted_and_established() {
+    let client = knit_tests::admin_client().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(client);
+    for (file, crd) in knit::crds::all() {
+        let name = crd.metadata.name.unwrap();
+        let served = crds
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {name} not installed: {e}"));
+        let established = served
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        assert!(established, "{name} is not Established");
+    }
+}
+
+#[tokio::test]
+async fn examples_pass_server_side_dry_run() {
+    let client = knit_tests::admin_client().await;
+    // The examples' pods live in `demo`.
+    let demo: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "demo"}})).unwrap();
+    let _ = Api::<Namespace>::all(client)
+        .create(&PostParams::default(), &demo)
+        .await;
+    let output = kubectl(
+        &["apply", "--dry-run=server", "-R", "-f", "examples/"],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Bad input is refused by the API server itself, with a message naming the
+/// field.
+#[tokio::test]
+async fn bad_manifests_are_rejected_with_a_clear_message() {
+    let cases = [
+        (
+            "apiVersion: knit.dev/v1alpha1\nkind: Plugin\nmetadata: {name: too-much-memory}\nspec:\n  source: {configMap: {name: p, key: p.wasm}}\n  limits: {memoryMebibytes: 100000}\n",
+            "spec.limits.memoryMebibytes",
+        ),
+        (
+            "apiVersion: knit.dev/v1alpha1\nkind: Plugin\nmetadata: {name: no-source}\nspec: {}\n",
+            "spec.source: Required value",
+        ),
+        (
+            "apiVersion: knit.dev/v1alpha1\nkind: Plugin\nmetadata: {name: bad-world}\nspec:\n  world: quantum-router\n  source: {configMap: {name: p, key: p.wasm}}\n",
+            "spec.world: Unsupported value",
+        ),
+    ];
+    for (manifest, expected) in cases {
+        let output = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(manifest));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "accepted:\n{manifest}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in: {stderr}"
+        );
+    }
+}
