@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os/signal"
+	"syscall"
 	_ "time/tzdata" // as in upstream main packages: CronJob time zones
 
 	"github.com/spf13/cobra"
@@ -23,6 +25,10 @@ var components = map[string]func() *cobra.Command{
 
 // runComponent is the main function of a child process.
 func runComponent(name string, args []string) int {
+	// Our stdout/stderr is a pipe to the supervisor. If the supervisor is
+	// SIGKILLed, a log write must not kill us with SIGPIPE before orphanGuard
+	// has removed the supervisor's temp dir.
+	signal.Ignore(syscall.SIGPIPE)
 	orphanGuard()
 	cmd := components[name]()
 	cmd.SetArgs(args)

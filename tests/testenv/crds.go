@@ -12,6 +12,7 @@ import (
 	"sort"
 	"time"
 
+	"golang.org/x/sync/errgroup"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -90,18 +91,29 @@ func applyCRDs(ctx context.Context, cfg *rest.Config, crds []*unstructured.Unstr
 		return err
 	}
 	api := client.Resource(crdGVR)
+	// In parallel: the server spends most of the time per CRD building its
+	// schema, and there are two cores.
 	force := true
+	var g errgroup.Group
+	g.SetLimit(4)
 	for _, crd := range crds {
-		body, err := crd.MarshalJSON()
-		if err != nil {
-			return err
-		}
-		_, err = api.Patch(ctx, crd.GetName(), types.ApplyPatchType, body,
-			metav1.PatchOptions{FieldManager: "knit-testenv", Force: &force})
-		if err != nil {
-			return fmt.Errorf("applying CRD %s: %w", crd.GetName(), err)
-		}
+		g.Go(func() error {
+			body, err := crd.MarshalJSON()
+			if err != nil {
+				return err
+			}
+			_, err = api.Patch(ctx, crd.GetName(), types.ApplyPatchType, body,
+				metav1.PatchOptions{FieldManager: "knit-testenv", Force: &force})
+			if err != nil {
+				return fmt.Errorf("applying CRD %s: %w", crd.GetName(), err)
+			}
+			return nil
+		})
 	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	logf("submitted %d CRDs, waiting until Established", len(crds))
 	deadline := time.Now().Add(60 * time.Second)
 	for _, crd := range crds {
 		for {

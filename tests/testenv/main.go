@@ -47,12 +47,16 @@ type options struct {
 	timeout           time.Duration
 }
 
-var verbose bool
+var (
+	verbose bool
+	started = time.Now()
+)
 
 // logf reports progress on stderr, only with -v (quiet by default).
 func logf(format string, args ...any) {
 	if verbose {
-		fmt.Fprintf(os.Stderr, "knit-testenv: "+format+"\n", args...)
+		fmt.Fprintf(os.Stderr, "knit-testenv: [%5.2fs] "+format+"\n",
+			append([]any{time.Since(started).Seconds()}, args...)...)
 	}
 }
 
@@ -81,13 +85,20 @@ func main() {
 		os.Exit(2)
 	}
 	verbose = o.verbose
+	// A closed stdout/stderr pipe must not kill us before we clean up.
+	signal.Ignore(syscall.SIGPIPE)
 	if o.verbosity < 0 {
 		o.verbosity = 0
 		if o.verbose {
 			o.verbosity = 2
 		}
 	}
-	if err := run(&o); err != nil {
+	stop := stopSignals(o.exitOnStdinEOF)
+	if err := run(stop, &o); err != nil {
+		if stop.Err() != nil { // asked to stop while starting: not a failure
+			logf("stopped while starting: %v", context.Cause(stop))
+			return
+		}
 		fmt.Fprintf(os.Stderr, "knit-testenv: %v\n", err)
 		os.Exit(1)
 	}
@@ -103,7 +114,7 @@ func stopSignals(exitOnStdinEOF bool) context.Context {
 		s := <-sigs
 		cancel(fmt.Errorf("received %v", s))
 	}()
-	watchParent(func() { cancel(errors.New("parent process exited")) })
+	watchParent(os.Getppid(), func() { cancel(errors.New("parent process exited")) })
 	if exitOnStdinEOF {
 		go func() {
 			_, _ = io.Copy(io.Discard, os.Stdin)
@@ -113,9 +124,7 @@ func stopSignals(exitOnStdinEOF bool) context.Context {
 	return ctx
 }
 
-func run(o *options) (err error) {
-	stop := stopSignals(o.exitOnStdinEOF)
-
+func run(stop context.Context, o *options) (err error) {
 	// Working directory: everything (etcd data, certs, kubeconfigs, logs) lives here.
 	dir, owned := o.dir, o.dir == ""
 	if owned {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,18 +15,21 @@ import (
 	"time"
 )
 
-// envCleanupDir tells a child which directory to delete if it finds itself
-// orphaned (the supervisor was SIGKILLed and could not clean up).
-const envCleanupDir = "KNIT_TESTENV_CLEANUP_DIR"
+// Environment of child processes: the directory to delete if the child finds
+// itself orphaned (the supervisor was SIGKILLed and could not clean up), and
+// the supervisor's pid (a child can be orphaned before it first looks).
+const (
+	envCleanupDir    = "KNIT_TESTENV_CLEANUP_DIR"
+	envSupervisorPID = "KNIT_TESTENV_SUPERVISOR_PID"
+)
 
-// watchParent calls onDeath once the parent process is gone. Polling
+// watchParent calls onDeath once our parent is no longer parentPID. Polling
 // getppid is used instead of PR_SET_PDEATHSIG, which fires when the parent
 // *thread* exits (the Rust test harness may spawn us from a short-lived thread).
-func watchParent(onDeath func()) {
-	initial := os.Getppid()
+func watchParent(parentPID int, onDeath func()) {
 	go func() {
-		for range time.Tick(250 * time.Millisecond) {
-			if os.Getppid() != initial {
+		for ; ; time.Sleep(250 * time.Millisecond) {
+			if os.Getppid() != parentPID {
 				onDeath()
 				return
 			}
@@ -36,7 +40,11 @@ func watchParent(onDeath func()) {
 // orphanGuard runs in child processes: when the supervisor disappears the
 // child removes the supervisor's temp dir (if it owned one) and exits.
 func orphanGuard() {
-	watchParent(func() {
+	supervisor, err := strconv.Atoi(os.Getenv(envSupervisorPID))
+	if err != nil {
+		supervisor = os.Getppid() // started by hand, not by the supervisor
+	}
+	watchParent(supervisor, func() {
 		if dir := os.Getenv(envCleanupDir); dir != "" {
 			_ = os.RemoveAll(dir)
 		}
@@ -47,17 +55,29 @@ func orphanGuard() {
 // child is a component (kube-apiserver, kube-controller-manager) running as a
 // child process of this same binary.
 type child struct {
-	name    string
-	cmd     *exec.Cmd
-	done    chan struct{} // closed when the process has exited
-	err     error         // exit status, valid after done
-	logPath string
+	name string
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has exited
+	err  error         // exit status, valid after done
 	// forwardErrors is set once the component is ready and cleared when it is
 	// being stopped: start-up and shutdown produce harmless error lines (they
 	// are still in the log file and in lastLines for failure reports).
 	forwardErrors atomic.Bool
 	tailMu        sync.Mutex
 	tail          []string // last lines of output, for startup failure reports
+}
+
+// stderrLines decouples components from our stderr: if whoever started us
+// pipes stderr and stops reading it, a blocking write would back-pressure into
+// the component's own logging and hang the API server.
+var stderrLines = make(chan string, 4096)
+
+func init() {
+	go func() {
+		for line := range stderrLines {
+			_, _ = os.Stderr.WriteString(line)
+		}
+	}()
 }
 
 // klogInfoOrWarning matches klog headers of info/warning lines ("I0722 ...").
@@ -80,11 +100,11 @@ func startChild(name string, args []string, logPath string, verbose bool, cleanu
 		logFile.Close()
 		return nil, err
 	}
-	c := &child{name: name, logPath: logPath, done: make(chan struct{})}
+	c := &child{name: name, done: make(chan struct{})}
 	c.cmd = exec.Command(self, append([]string{name}, args...)...)
 	c.cmd.Stdin = nil
 	c.cmd.Stdout, c.cmd.Stderr = pw, pw
-	c.cmd.Env = append(os.Environ(), envCleanupDir+"="+cleanupDir)
+	c.cmd.Env = append(os.Environ(), envCleanupDir+"="+cleanupDir, envSupervisorPID+"="+strconv.Itoa(os.Getpid()))
 	// Own process group: a terminal's Ctrl-C reaches only the supervisor, which
 	// then stops the components in order.
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -124,7 +144,10 @@ func (c *child) pump(r io.ReadCloser, logFile io.Writer, verbose bool) {
 		}
 		c.tailMu.Unlock()
 		if verbose || (c.forwardErrors.Load() && !klogInfoOrWarning.MatchString(line)) {
-			fmt.Fprintf(os.Stderr, "[%s] %s\n", c.name, line)
+			select {
+			case stderrLines <- "[" + c.name + "] " + line + "\n":
+			default: // stderr is not keeping up: drop rather than stall the component
+			}
 		}
 	}
 }
