@@ -118,8 +118,10 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
     let plugin_objects = tokio::spawn(kube_source::run(client, args.namespace, registry.clone()));
     readiness.set_ready();
     tracing::info!("knit running");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
+        _ = terminate.recv() => tracing::info!("terminated, shutting down"),
         result = plugin_objects => result??,
         result = server => result??,
     }
