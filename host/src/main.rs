@@ -21,11 +21,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(command) => {
-            let registry = knit::cli::PluginsArgs {
-                plugins_dir: None,
-                plugin_cache: None,
-            }
-            .registry(metrics)?;
+            let registry = cli::empty_registry(None, metrics)?;
             match command {
                 PluginCommand::Check { files } => cli::plugin_check(&registry, &files),
                 PluginCommand::Bench { file, iterations } => {

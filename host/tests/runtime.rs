@@ -2,9 +2,12 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use knit::runtime::{CallError, Limits, LoadError, PluginSettings, PluginSource, World};
+use knit::runtime::{
+    CallError, Limits, LoadError, Plugin, PluginSettings, PluginSource, Registry, World,
+};
 use knit_ipam_core::{AllocateError, Request};
 
 fn slash24(count: u32) -> Request {
@@ -66,18 +69,24 @@ fn sequential_plugin_loads_describes_and_allocates() {
     ));
 }
 
-#[test]
-fn hostile_plugins_become_typed_errors_and_others_keep_serving() {
-    let registry = common::registry();
-    let good = registry
+/// The built ipam-sequential plugin under `name`, with default settings.
+fn load_sequential(registry: &Registry, name: &str) -> Arc<Plugin> {
+    let bytes = common::built_plugin("ipam_sequential");
+    registry
         .load(
             PluginSource::BuiltIn,
-            "good",
-            &common::built_plugin("ipam_sequential"),
+            name,
+            &bytes,
             PluginSettings::default(),
             None,
         )
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn hostile_plugins_become_typed_errors_and_others_keep_serving() {
+    let registry = common::registry();
+    let good = load_sequential(&registry, "good");
     let hostile_bytes = common::built_plugin("fixture_hostile");
     let load = |mode: &str, deadline_ms, memory_mib| {
         registry
@@ -149,15 +158,7 @@ fn hostile_plugins_become_typed_errors_and_others_keep_serving() {
 #[test]
 fn a_spinning_plugin_does_not_block_calls_to_others() {
     let registry = common::registry();
-    let good = registry
-        .load(
-            PluginSource::BuiltIn,
-            "good",
-            &common::built_plugin("ipam_sequential"),
-            PluginSettings::default(),
-            None,
-        )
-        .unwrap();
+    let good = load_sequential(&registry, "good");
     let spin = registry
         .load(
             PluginSource::BuiltIn,

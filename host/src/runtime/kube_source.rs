@@ -32,14 +32,14 @@ pub async fn run(client: Client, namespace: String, registry: Arc<Registry>) -> 
         watcher(plugins_api.clone(), watcher::Config::default()),
     )
     .default_backoff()
-    .map(|_| ())
+    .map(|event| report_watch_error("Plugins", event))
     .boxed();
     let configmap_changes = reflector::reflector(
         configmaps_writer,
         watcher(configmaps_api, watcher::Config::default()),
     )
     .default_backoff()
-    .map(|_| ())
+    .map(|event| report_watch_error("ConfigMaps", event))
     .boxed();
     let mut changes = futures::stream::select(plugin_changes, configmap_changes);
     // The watches fill the caches only while polled, so they run in their own
@@ -76,6 +76,13 @@ pub async fn run(client: Client, namespace: String, registry: Arc<Registry>) -> 
         // Let a burst of changes (an update touching both kinds) settle.
         tokio::time::sleep(Duration::from_millis(50)).await;
         while on_change.try_recv().is_ok() {}
+    }
+}
+
+/// Watches retry with backoff by themselves; say why while they do.
+fn report_watch_error<T>(what: &str, event: Result<T, watcher::Error>) {
+    if let Err(error) = event {
+        tracing::warn!(%error, "watching {what} failed; retrying");
     }
 }
 
