@@ -103,6 +103,17 @@ impl Runtime {
             .max_core_instances_per_component(16)
             .max_memories_per_component(4)
             .max_tables_per_component(16);
+        // A fresh instance per call makes slot reuse the hot path. Where the
+        // kernel can say which pages a call dirtied (PAGEMAP_SCAN, Linux 6.7+),
+        // reset just those with memset and keep them resident, so the next call
+        // takes no page faults: fresh-instance calls get ~2x faster. Without it,
+        // keeping memory resident would memset whole slots, so leave the
+        // default (madvise) alone.
+        if PoolingAllocationConfig::is_pagemap_scan_available() {
+            pool.pagemap_scan(wasmtime::Enabled::Yes)
+                .linear_memory_keep_resident(4 << 20)
+                .table_keep_resident(1 << 20);
+        }
         let mut engine_config = Config::new();
         engine_config
             .wasm_component_model(true)
