@@ -28,7 +28,14 @@ fn main() {
         .unwrap_or_else(|| out_dir.join("plugins"));
     let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cargo
-        .args(["build", "--release", "--target", TARGET, "--manifest-path"])
+        .args([
+            "build",
+            "--profile",
+            "plugin",
+            "--target",
+            TARGET,
+            "--manifest-path",
+        ])
         .arg(workspace.join("Cargo.toml"))
         .env("CARGO_TARGET_DIR", &plugin_target);
     for (package, _) in &plugins {
@@ -53,7 +60,7 @@ fn main() {
     for (package, lib) in &plugins {
         let wasm = plugin_target
             .join(TARGET)
-            .join("release")
+            .join("plugin")
             .join(format!("{lib}.wasm"));
         table.push_str(&format!(
             "    ({package:?}, include_bytes!({:?})),\n",

@@ -154,7 +154,7 @@ where
 }
 
 /// A plugin or test fixture built by the test command
-/// (`cargo build --release --target wasm32-wasip2`), by library name.
+/// (`cargo build --profile plugin --target wasm32-wasip2`), by library name.
 pub fn built_plugin(lib_name: &str) -> Vec<u8> {
     let path = built_plugin_path(lib_name);
     std::fs::read(&path).unwrap_or_else(|e| {
@@ -170,6 +170,6 @@ pub fn built_plugin_path(lib_name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| repo().join("target"));
     target
-        .join("wasm32-wasip2/release")
+        .join("wasm32-wasip2/plugin")
         .join(format!("{lib_name}.wasm"))
 }
