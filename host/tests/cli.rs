@@ -126,3 +126,29 @@ fn plugin_test_runs_fixtures_and_shows_a_diff_on_mismatch() {
     );
     assert!(text.contains("FAIL"), "{text}");
 }
+
+#[test]
+fn simulate_with_dense_pack_fills_the_hole_an_existing_allocation_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("pool.yaml");
+    let existing = r#"
+---
+apiVersion: knit.dev/v1alpha1
+kind: IPAllocation
+metadata: {name: edge-v4-10-44-0-11}
+spec:
+  pool: edge-v4
+  address: 10.44.0.11
+  owner: {podNamespace: demo, podName: old, podUid: 00000000-0000-4000-8000-0000000000aa}
+"#;
+    let example =
+        knit::DEFAULT_EXAMPLE.replace("plugin: ipam-sequential", "plugin: ipam-dense-pack");
+    std::fs::write(&manifest, format!("{example}{existing}")).unwrap();
+    let output = stdout(&knit(&["simulate", "-f", manifest.to_str().unwrap()]));
+    let addresses: Vec<&str> = output
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("address: "))
+        .collect();
+    assert_eq!(addresses, ["10.44.0.10", "10.44.0.12", "10.44.0.13"]);
+    assert!(output.contains("plugin: ipam-dense-pack@"), "{output}");
+}
