@@ -84,7 +84,42 @@ async fn bad_manifests_are_rejected_with_a_clear_message() {
             "spec.world: Unsupported value",
         ),
     ];
+    let pool = |spec: &str| {
+        format!(
+            "apiVersion: knit.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: bad}}\nspec: {spec}\n"
+        )
+    };
+    let pools = [
+        (
+            pool("{cidrs: [10.44.0.0/33]}"),
+            "every entry must be a CIDR",
+        ),
+        (pool("{cidrs: [not-a-cidr]}"), "every entry must be a CIDR"),
+        (pool("{cidrs: [10.44.0.1/24]}"), "without host bits"),
+        (
+            pool("{cidrs: [10.44.0.0/24, 'fd00::/120']}"),
+            "one address family",
+        ),
+        (
+            pool("{cidrs: [10.44.0.0/24], gateway: 10.45.0.1}"),
+            "gateway must be inside one of the pool's CIDRs",
+        ),
+        (
+            pool("{cidrs: [10.44.0.0/24], gateway: banana}"),
+            "gateway must be an IP address",
+        ),
+        (
+            pool("{cidrs: [10.44.0.0/24], exclude: [10.44.0.5-]}"),
+            "each exclusion must be an address, a CIDR, or a range",
+        ),
+        (pool("{cidrs: []}"), "spec.cidrs"),
+    ];
+    let cases = cases
+        .iter()
+        .map(|(manifest, expected)| (manifest.to_string(), *expected))
+        .chain(pools);
     for (manifest, expected) in cases {
+        let manifest = manifest.as_str();
         let output = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(manifest));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "accepted:\n{manifest}");

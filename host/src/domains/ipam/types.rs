@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -14,7 +14,7 @@ pub const ADDRESS_ANNOTATION: &str = "knit.dev/ip";
 
 /// A pool of addresses (IPv4 or IPv6, one or more CIDRs) handed out by a
 /// strategy plugin.
-#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "knit.dev",
     version = "v1alpha1",
@@ -30,20 +30,37 @@ pub const ADDRESS_ANNOTATION: &str = "knit.dev/ip";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "!has(self.gateway) || self.cidrs.exists(c, isCIDR(c) && cidr(c).containsIP(self.gateway))"
+).message("gateway must be inside one of the pool's CIDRs").field_path(".gateway"))]
 pub struct IPPoolSpec {
     /// CIDRs of one address family, laid end to end in this order.
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 16), inner(length(max = 64)))]
+    #[x_kube(validation = Rule::new("self.all(c, isCIDR(c))")
+        .message("every entry must be a CIDR such as 10.44.0.0/24 or fd00:44::/64"))]
+    #[x_kube(validation = Rule::new("self.all(c, !isCIDR(c) || cidr(c) == cidr(c).masked())")
+        .message("a CIDR must name its network address, without host bits (10.44.0.0/24, not 10.44.0.1/24)"))]
+    #[x_kube(validation = Rule::new(
+        "self.all(c, !isCIDR(c) || !isCIDR(self[0]) || cidr(c).ip().family() == cidr(self[0]).ip().family())"
+    ).message("all CIDRs of a pool must be of one address family"))]
     pub cidrs: Vec<String>,
     /// Never handed out; must lie inside the pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("gateway must be an IP address"))]
     pub gateway: Option<String>,
     /// Addresses never handed out: single addresses, CIDRs, or `first-last`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(max = 100)))]
+    #[x_kube(validation = Rule::new(
+        "self.all(e, isIP(e) || isCIDR(e) || (e.split('-').size() == 2 && isIP(e.split('-')[0]) && isIP(e.split('-')[1])))"
+    ).message("each exclusion must be an address, a CIDR, or a range first-last"))]
     pub exclude: Vec<String>,
     #[serde(default)]
     pub strategy: Strategy,
     /// Seconds a released address rests before it is handed out again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 86400))]
     pub reuse_cooldown_seconds: Option<u32>,
 }
 
