@@ -111,7 +111,15 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
     let client = kube::Client::try_default()
         .await
         .context("connecting to Kubernetes")?;
-    let plugin_objects = tokio::spawn(kube_source::run(client, args.namespace, registry.clone()));
+    let plugin_objects = tokio::spawn(kube_source::run(
+        client.clone(),
+        args.namespace,
+        registry.clone(),
+    ));
+    let ipam = tokio::spawn(knit::domains::ipam::controller::run(
+        client,
+        registry.clone(),
+    ));
     readiness.set_ready();
     tracing::info!("knit running");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -119,6 +127,7 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
         _ = terminate.recv() => tracing::info!("terminated, shutting down"),
         result = plugin_objects => result??,
+        result = ipam => result?,
         result = server => result??,
     }
     Ok(())

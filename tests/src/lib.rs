@@ -15,7 +15,7 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
@@ -130,6 +130,18 @@ pub async fn fresh_namespace(client: &Client, prefix: &str) -> String {
         .create(&PostParams::default(), &namespace)
         .await
         .expect("creating a namespace");
+    // Pods are admitted only once the serviceaccount controller has made the
+    // namespace's `default` ServiceAccount.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &name);
+    eventually(
+        "the default ServiceAccount",
+        std::time::Duration::from_secs(30),
+        || {
+            let accounts = accounts.clone();
+            async move { accounts.get_opt("default").await.ok().flatten() }
+        },
+    )
+    .await;
     name
 }
 

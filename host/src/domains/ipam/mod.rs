@@ -1,5 +1,6 @@
 //! IPAM: `IPPool` and `IPAllocation`, strategies as plugins.
 
 pub mod address_space;
+pub mod controller;
 pub mod plan;
 pub mod types;
