@@ -100,20 +100,28 @@ impl PluginsArgs {
     /// or watched by the caller, since `run` follows it and `simulate` reads
     /// it once).
     pub fn registry(&self, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<Arc<Registry>> {
-        let registry = empty_registry(self.plugin_cache.clone(), metrics)?;
-        for (name, bytes) in crate::builtin::BUILTIN_PLUGINS {
-            registry
-                .load(
-                    PluginSource::BuiltIn,
-                    name,
-                    bytes,
-                    PluginSettings::default(),
-                    None,
-                )
-                .with_context(|| format!("built-in plugin {name}"))?;
-        }
-        Ok(registry)
+        builtin_registry(self.plugin_cache.clone(), metrics)
     }
+}
+
+/// A registry serving the plugins compiled into the binary.
+pub fn builtin_registry(
+    cache_dir: Option<PathBuf>,
+    metrics: Arc<RuntimeMetrics>,
+) -> anyhow::Result<Arc<Registry>> {
+    let registry = empty_registry(cache_dir, metrics)?;
+    for (name, bytes) in crate::builtin::BUILTIN_PLUGINS {
+        registry
+            .load(
+                PluginSource::BuiltIn,
+                name,
+                bytes,
+                PluginSettings::default(),
+                None,
+            )
+            .with_context(|| format!("built-in plugin {name}"))?;
+    }
+    Ok(registry)
 }
 
 /// A registry with no plugins, for commands that load their own.

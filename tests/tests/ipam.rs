@@ -6,35 +6,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use knit::domains::ipam::types::{IPAllocation, IPPool};
-use knit::runtime::{
-    PluginSettings, PluginSource, Registry, Runtime, RuntimeConfig, RuntimeMetrics,
-};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn registry() -> Arc<Registry> {
-    let registry = Registry::new(
-        Runtime::new(
-            RuntimeConfig::default(),
-            Arc::new(RuntimeMetrics::default()),
-        )
-        .unwrap(),
-    );
-    for (name, bytes) in knit::builtin::BUILTIN_PLUGINS {
-        registry
-            .load(
-                PluginSource::BuiltIn,
-                name,
-                bytes,
-                PluginSettings::default(),
-                None,
-            )
-            .unwrap();
-    }
-    registry
-}
 
 async fn create_pod(client: &Client, namespace: &str, name: &str, pool: &str) -> Pod {
     let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -84,9 +59,10 @@ async fn pods_get_addresses_and_release_them_by_uid() {
         .create(&PostParams::default(), &pool)
         .await
         .unwrap();
+    let registry = knit::cli::builtin_registry(None, Arc::default()).unwrap();
     let controller = tokio::spawn(knit::domains::ipam::controller::run(
         client.clone(),
-        registry(),
+        registry,
     ));
 
     let mut uids = Vec::new();
