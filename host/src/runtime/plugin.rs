@@ -31,10 +31,6 @@ impl World {
             World::IpamStrategy => "ipam",
         }
     }
-
-    pub fn from_name(name: &str) -> Option<World> {
-        World::ALL.into_iter().find(|w| w.name() == name)
-    }
 }
 
 impl std::fmt::Display for World {

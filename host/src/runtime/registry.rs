@@ -63,16 +63,6 @@ pub enum PluginEvent {
     Removed { name: String },
 }
 
-impl PluginEvent {
-    pub fn name(&self) -> &str {
-        match self {
-            PluginEvent::Serving { name, .. }
-            | PluginEvent::Rejected { name, .. }
-            | PluginEvent::Removed { name } => name,
-        }
-    }
-}
-
 struct Entry {
     source: PluginSource,
     plugin: Arc<Plugin>,
