@@ -17,10 +17,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use super::plan::plan_pool;
-use super::types::{
-    ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPAllocationSpec, IPPool, POOL_ANNOTATION,
-    allocation_name,
-};
+use super::types::{ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, POOL_ANNOTATION};
 use crate::runtime::Registry;
 
 #[derive(Debug, thiserror::Error)]
@@ -158,17 +155,14 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
     };
     let mut requeue_soon = !plan.refused.is_empty();
     for planned in &plan.allocations {
-        let allocation = IPAllocation::new(
-            &allocation_name(&pool_name, &planned.address),
-            IPAllocationSpec {
-                pool: pool_name.clone(),
-                address: planned.address.to_string(),
-                owner: AllocationOwner {
-                    pod_namespace: Some(planned.pod_namespace.clone()),
-                    pod_name: Some(planned.pod_name.clone()),
-                    pod_uid: Some(planned.pod_uid.clone()),
-                    ..AllocationOwner::default()
-                },
+        let allocation = IPAllocation::of(
+            &pool,
+            &planned.address,
+            AllocationOwner {
+                pod_namespace: Some(planned.pod_namespace.clone()),
+                pod_name: Some(planned.pod_name.clone()),
+                pod_uid: Some(planned.pod_uid.clone()),
+                ..AllocationOwner::default()
             },
         );
         match allocations_api

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema, Resource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub const POOL_ANNOTATION: &str = "knit.dev/ippool";
 /// The pod annotation knit writes the address into.
 pub const ADDRESS_ANNOTATION: &str = "knit.dev/ip";
+/// Keeps a pool while addresses from it are in use.
+pub const POOL_FINALIZER: &str = "knit.dev/ippool-protection";
 
 /// A pool of addresses (IPv4 or IPv6, one or more CIDRs) handed out by a
 /// strategy plugin.
@@ -100,6 +102,13 @@ pub struct IPPoolStatus {
     pub plugin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_digest: Option<String>,
+    /// The address handed out last: where a sequential strategy goes on
+    /// from (host-local's `last_reserved_ip`). Written by every allocator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_allocated: Option<String>,
+    /// Released addresses resting out their `reuseCooldownSeconds`.
+    #[serde(default)]
+    pub cooling: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -118,6 +127,8 @@ pub struct IPPoolStatus {
     printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.pool"}"#,
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
     printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.owner.podName"}"#,
+    printcolumn = r#"{"name":"Container","type":"string","priority":1,"jsonPath":".spec.owner.containerId"}"#,
+    printcolumn = r#"{"name":"Released","type":"date","jsonPath":".spec.releasedAt"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -125,6 +136,34 @@ pub struct IPAllocationSpec {
     pub pool: String,
     pub address: String,
     pub owner: AllocationOwner,
+    /// Set when the owner let go and the pool has a reuse cooldown: the
+    /// address rests, still held, until `releasedAt + reuseCooldownSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Time>,
+}
+
+impl IPAllocation {
+    /// The allocation of `address` from `pool` to `owner`, owned by the pool
+    /// (so deleting the pool, once its finalizer allows, removes it).
+    pub fn of(pool: &IPPool, address: &std::net::IpAddr, owner: AllocationOwner) -> Self {
+        let pool_name = pool.name_any();
+        let mut allocation = IPAllocation::new(
+            &allocation_name(&pool_name, address),
+            IPAllocationSpec {
+                pool: pool_name,
+                address: address.to_string(),
+                owner,
+                released_at: None,
+            },
+        );
+        allocation.metadata.owner_references = pool.controller_owner_ref(&()).map(|r| vec![r]);
+        allocation
+    }
+
+    /// Resting after release (see `released_at`), owned by nobody.
+    pub fn is_resting(&self) -> bool {
+        self.spec.released_at.is_some()
+    }
 }
 
 /// Who holds the address: a pod (namespace, name, UID) or a container
