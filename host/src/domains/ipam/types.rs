@@ -123,6 +123,8 @@ pub struct IPPoolStatus {
     version = "v1alpha1",
     kind = "IPAllocation",
     shortname = "ipa",
+    // Lets allocators list one pool's allocations: fieldSelector=spec.pool=NAME.
+    selectable = ".spec.pool",
     category = "knit",
     printcolumn = r#"{"name":"Pool","type":"string","jsonPath":".spec.pool"}"#,
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".spec.address"}"#,
