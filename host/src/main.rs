@@ -87,6 +87,8 @@ fn single_wasm_in(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
 async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> {
     let mut prometheus = prometheus_client::registry::Registry::default();
     metrics.register(&mut prometheus);
+    let ipam_metrics = Arc::new(knit::domains::ipam::metrics::IpamMetrics::default());
+    ipam_metrics.register(&mut prometheus);
     let readiness = knit::telemetry::Readiness::default();
     let server = tokio::spawn(knit::telemetry::serve(
         args.metrics_addr,
@@ -119,6 +121,7 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
     let ipam = tokio::spawn(knit::domains::ipam::controller::run(
         client,
         registry.clone(),
+        ipam_metrics,
     ));
     readiness.set_ready();
     tracing::info!("knit running");

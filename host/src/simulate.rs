@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use crate::domains::ipam::plan::plan_pool;
+use crate::domains::ipam::plan::{overlapping_pool, plan_pool};
 use crate::domains::ipam::types::{ADDRESS_ANNOTATION, IPAllocation, IPPool, allocation_name};
 use crate::runtime::Registry;
 
@@ -96,6 +96,7 @@ pub fn simulate(manifests: &Manifests, registry: &Registry, seed: u64) -> Vec<(S
             pool,
             &manifests.allocations,
             &manifests.pods,
+            overlapping_pool(pool, &manifests.pools).as_deref(),
             registry,
             seed,
             now.clone(),
@@ -137,8 +138,8 @@ pub fn simulate(manifests: &Manifests, registry: &Registry, seed: u64) -> Vec<(S
                 }),
             ));
         }
-        for (pod, why) in &plan.refused {
-            tracing::warn!(pool = %pool.name_any(), %pod, "no address: {why}");
+        for refusal in &plan.refused {
+            tracing::warn!(pool = %pool.name_any(), pod = %refusal.pod, "no address: {}", refusal.message);
         }
         out.push((
             format!("status: IPPool {}", pool.name_any()),

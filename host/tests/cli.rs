@@ -12,7 +12,7 @@ fn knit(args: &[&str]) -> std::process::Output {
 }
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    knit_tests::repo()
 }
 
 fn stdout(output: &std::process::Output) -> String {

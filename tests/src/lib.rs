@@ -29,9 +29,14 @@ pub struct TestEnv {
 
 static ENV: OnceLock<TestEnv> = OnceLock::new();
 
-/// The repository root.
+/// The repository root. Read when the tests run (cargo sets
+/// `CARGO_MANIFEST_DIR` for them), not baked in at build time: a shared
+/// target directory may hold this crate built from another checkout.
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.join("..")
 }
 
 /// Where `tests/testenv/build` puts its outputs.

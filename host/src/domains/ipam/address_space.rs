@@ -101,6 +101,17 @@ impl AddressSpace {
         None
     }
 
+    /// True when some address belongs to both spaces.
+    pub fn overlaps(&self, other: &AddressSpace) -> bool {
+        self.blocks.iter().any(|a| {
+            other.blocks.iter().any(|b| {
+                a.ipv6 == b.ipv6
+                    && a.first < b.first + u128::from(b.len)
+                    && b.first < a.first + u128::from(a.len)
+            })
+        })
+    }
+
     fn parse_exclusion(&self, text: &str) -> Result<RangeInclusive<u64>, String> {
         let outside = || format!("excluded {text:?} is outside the pool");
         let offset = |address: &str| -> Result<u64, String> {
@@ -217,6 +228,17 @@ mod tests {
         assert_eq!(space.address_of(5).unwrap().to_string(), "fd00::5");
         let huge = AddressSpace::from_spec(&spec(&["fd00::/64"], None, &[])).unwrap();
         assert_eq!(huge.size(), 1 << 63);
+    }
+
+    #[test]
+    fn overlap_is_per_family_and_per_block() {
+        let space = |cidrs: &[&str]| AddressSpace::from_spec(&spec(cidrs, None, &[])).unwrap();
+        let pool = space(&["10.0.0.0/24", "10.0.9.0/28"]);
+        assert!(pool.overlaps(&space(&["10.0.0.128/25"])));
+        assert!(pool.overlaps(&space(&["10.0.9.8/29"])));
+        assert!(pool.overlaps(&space(&["10.0.0.0/16"])));
+        assert!(!pool.overlaps(&space(&["10.0.1.0/24", "10.0.9.16/28"])));
+        assert!(!pool.overlaps(&space(&["::a00:0/120"])));
     }
 
     #[test]

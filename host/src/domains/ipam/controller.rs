@@ -1,23 +1,29 @@
 //! The IPAM controller: pods annotated `knit.dev/ippool: <pool>` get an
 //! address, recorded as an `IPAllocation` (named after pool and address, so the
 //! API server refuses a second holder) and written back as `knit.dev/ip`.
-//! Allocations are freed only when their owner's UID no longer exists.
+//! Allocations are freed only when their owner's UID no longer exists; with a
+//! reuse cooldown they rest, still held, before the address is free again.
+//! A finalizer keeps a pool while any of its addresses is in use.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
-use super::plan::plan_pool;
-use super::types::{ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, POOL_ANNOTATION};
+use super::metrics::IpamMetrics;
+use super::plan::{cooled_down, overlapping_pool, plan_pool, surplus};
+use super::types::{
+    ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, POOL_ANNOTATION, POOL_FINALIZER,
+};
 use crate::runtime::Registry;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,12 +37,16 @@ pub enum Error {
 struct Context {
     client: Client,
     registry: Arc<Registry>,
+    metrics: Arc<IpamMetrics>,
+    recorder: Recorder,
+    pools: Store<IPPool>,
     pods: Store<PartialObjectMeta<Pod>>,
     allocations: Store<IPAllocation>,
+    synced: tokio::sync::OnceCell<()>,
 }
 
 /// Runs until the future is dropped.
-pub async fn run(client: Client, registry: Arc<Registry>) {
+pub async fn run(client: Client, registry: Arc<Registry>, metrics: Arc<IpamMetrics>) {
     let pools: Api<IPPool> = Api::all(client.clone());
     let (pods, pods_writer) = reflector::store();
     let pod_changes = reflector::reflector(
@@ -61,13 +71,25 @@ pub async fn run(client: Client, registry: Arc<Registry>) {
     .touched_objects();
     // Any plugin change may change a pool's decisions: replan them all.
     let plugin_changes = plugin_changes(registry.subscribe());
+    let controller = Controller::new(pools, watcher::Config::default());
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "knit".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
     let context = Arc::new(Context {
         client,
         registry,
+        metrics,
+        recorder,
+        pools: controller.store(),
         pods,
         allocations,
+        synced: tokio::sync::OnceCell::new(),
     });
-    Controller::new(pools, watcher::Config::default())
+    controller
         .watches_stream(pod_changes, |pod: PartialObjectMeta<Pod>| {
             pod.annotations()
                 .get(POOL_ANNOTATION)
@@ -99,30 +121,24 @@ fn plugin_changes(
     })
 }
 
+/// One pass over a pool: free what is no longer held, hand out addresses to
+/// the pods waiting, write them on the pods, report.
 async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    // Freeing decisions need complete caches.
-    let _ = ctx.pods.wait_until_ready().await;
-    let _ = ctx.allocations.wait_until_ready().await;
+    ctx.caches_ready().await;
     let pool_name = pool.name_any();
-    let allocations_api: Api<IPAllocation> = Api::all(ctx.client.clone());
-
-    // Free what belongs to pods that are gone: only by UID, checked live.
-    let mine: Vec<Arc<IPAllocation>> = ctx
+    let pools: Api<IPPool> = Api::all(ctx.client.clone());
+    let deleting = pool.metadata.deletion_timestamp.is_some();
+    if !deleting && !pool.finalizers().iter().any(|f| f == POOL_FINALIZER) {
+        add_finalizer(&pools, &pool).await?;
+    }
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let mut mine: Vec<IPAllocation> = ctx
         .allocations
         .state()
-        .into_iter()
+        .iter()
         .filter(|a| a.spec.pool == pool_name)
+        .map(|a| (**a).clone())
         .collect();
-    let mut kept: Vec<IPAllocation> = Vec::with_capacity(mine.len());
-    for allocation in mine {
-        if owner_is_gone(&ctx, &allocation.spec.owner).await? {
-            release(&allocations_api, &allocation).await?;
-        } else {
-            kept.push((*allocation).clone());
-        }
-    }
-
-    // Plan addresses for the pods that have none.
     let pods: Vec<Pod> = ctx
         .pods
         .state()
@@ -133,22 +149,63 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
             ..Pod::default()
         })
         .collect();
-    let seed = seed_for(&pool, kept.len());
+
+    // Free, in order: second addresses from racing allocators, addresses of
+    // owners that are gone, and rests that are over.
+    let extra: Vec<IPAllocation> = surplus(&mine.iter().collect::<Vec<_>>(), &pods)
+        .into_iter()
+        .cloned()
+        .collect();
+    for allocation in &extra {
+        ctx.delete(allocation, "duplicate").await?;
+    }
+    mine.retain(|a| !extra.iter().any(|e| e.name_any() == a.name_any()));
+    // A pool going away frees at once: no one will be handed its addresses.
+    let cooldown = match pool.spec.reuse_cooldown_seconds {
+        Some(seconds) if !deleting => Duration::from_secs(seconds.into()),
+        _ => Duration::ZERO,
+    };
+    let mut held = Vec::with_capacity(mine.len());
+    for mut allocation in mine {
+        if !allocation.is_resting() && ctx.owner_is_gone(&allocation.spec.owner).await? {
+            if cooldown.is_zero() {
+                ctx.delete(&allocation, "owner-gone").await?;
+                continue;
+            }
+            ctx.rest(&mut allocation, &now).await?;
+        }
+        held.push(allocation);
+    }
+    let (rested, next_rest_ends) = cooled_down(&held.iter().collect::<Vec<_>>(), cooldown, &now);
+    let rested: Vec<String> = rested.into_iter().map(|a| a.name_any()).collect();
+    for allocation in held.iter().filter(|a| rested.contains(&a.name_any())) {
+        ctx.delete(allocation, "cooled-down").await?;
+    }
+    held.retain(|a| !rested.contains(&a.name_any()));
+    let mut mine = held;
+
+    // Hand out addresses to the pods that have none.
+    let overlapping = overlapping_pool(&pool, ctx.pools.state().iter().map(|p| &**p));
+    let seed = seed_for(&pool, mine.len());
+    let started = Instant::now();
     let plan = {
-        let (pool, kept, pods, registry) = (
+        let (pool, mine, pods, overlapping, registry) = (
             pool.clone(),
-            kept.clone(),
+            mine.clone(),
             pods.clone(),
+            overlapping.clone(),
             ctx.registry.clone(),
         );
+        let now = now.clone();
         tokio::task::spawn_blocking(move || {
             plan_pool(
                 &pool,
-                &kept,
+                &mine,
                 &pods,
+                overlapping.as_deref(),
                 &registry,
                 seed,
-                Time(k8s_openapi::jiff::Timestamp::now()),
+                now,
             )
         })
         .await?
@@ -165,42 +222,89 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
                 ..AllocationOwner::default()
             },
         );
-        match allocations_api
-            .create(&PostParams::default(), &allocation)
+        match Api::<IPAllocation>::all(ctx.client.clone())
+            .create(&Default::default(), &allocation)
             .await
         {
             Ok(created) => {
+                ctx.metrics.allocated(&pool_name, started.elapsed());
                 tracing::info!(pool = %pool_name, address = %planned.address, pod = %planned.pod_name, "allocated");
-                kept.push(created);
+                ctx.pod_event(
+                    &created.spec.owner,
+                    EventType::Normal,
+                    "AddressAllocated",
+                    format!("{} from IPPool {pool_name}", planned.address),
+                )
+                .await;
+                mine.push(created);
             }
             // Someone else holds this address: our view was stale; replan.
             Err(kube::Error::Api(status)) if status.code == 409 => requeue_soon = true,
             Err(error) => return Err(error.into()),
         }
     }
-
-    // Every held address is written on its pod (also repairs a lost write).
-    for allocation in &kept {
-        annotate_pod(&ctx, allocation).await?;
+    for refusal in &plan.refused {
+        ctx.metrics.refused(&pool_name, refusal.reason);
+        if let Some((namespace, name)) = refusal.pod.split_once('/') {
+            let owner = AllocationOwner {
+                pod_namespace: Some(namespace.into()),
+                pod_name: Some(name.into()),
+                ..AllocationOwner::default()
+            };
+            ctx.pod_event(
+                &owner,
+                EventType::Warning,
+                "NoAddress",
+                format!("IPPool {pool_name}: {}", refusal.message),
+            )
+            .await;
+        }
     }
 
+    // Every held address is written on its pod (also repairs a lost write).
+    for allocation in mine.iter().filter(|a| !a.is_resting()) {
+        if !ctx.annotate_pod(allocation).await? {
+            requeue_soon = true;
+        }
+    }
+
+    ctx.metrics.pool_status(&pool_name, &plan.status);
     let status = serde_json::json!({
         "apiVersion": IPPool::api_version(&()),
         "kind": IPPool::kind(&()),
         "status": plan.status,
     });
-    Api::<IPPool>::all(ctx.client.clone())
+    pools
         .patch_status(
             &pool_name,
             &PatchParams::apply("knit").force(),
             &Patch::Apply(&status),
         )
         .await?;
-    Ok(if requeue_soon {
-        Action::requeue(Duration::from_secs(2))
+
+    if deleting {
+        if mine.iter().all(|a| a.is_resting()) {
+            for allocation in &mine {
+                ctx.delete(allocation, "pool-deleted").await?;
+            }
+            remove_finalizer(&pools, &pool).await?;
+            ctx.metrics.pool_gone(&pool_name);
+            return Ok(Action::await_change());
+        }
+        return Ok(Action::requeue(Duration::from_secs(10)));
+    }
+    let mut wait = if requeue_soon {
+        Duration::from_secs(2)
+    } else if overlapping.is_some() {
+        // The older pool changing is not an event of this one: look again.
+        Duration::from_secs(30)
     } else {
-        Action::requeue(Duration::from_secs(300))
-    })
+        Duration::from_secs(300)
+    };
+    if let Some(rest) = next_rest_ends {
+        wait = wait.min(rest + Duration::from_millis(100));
+    }
+    Ok(Action::requeue(wait))
 }
 
 fn error_policy(pool: Arc<IPPool>, error: &Error, _ctx: Arc<Context>) -> Action {
@@ -208,75 +312,225 @@ fn error_policy(pool: Arc<IPPool>, error: &Error, _ctx: Arc<Context>) -> Action 
     Action::requeue(Duration::from_secs(5))
 }
 
-/// True only when the owner pod's UID no longer exists. The cache says who
-/// might be gone; a live read confirms, so a stale cache never frees an
-/// address a running pod holds (the whereabouts #176 failure mode).
-async fn owner_is_gone(ctx: &Context, owner: &AllocationOwner) -> Result<bool, Error> {
-    let (Some(namespace), Some(name), Some(uid)) =
-        (&owner.pod_namespace, &owner.pod_name, &owner.pod_uid)
-    else {
-        // Container-owned allocations (from the CNI plugin) are freed by it.
-        return Ok(false);
-    };
-    let cached = ctx.pods.get(&ObjectRef::new(name).within(namespace));
-    if cached.is_some_and(|p| p.metadata.uid.as_deref() == Some(uid)) {
-        return Ok(false);
+impl Context {
+    /// Freeing decisions need complete caches. One waiter at a time: a
+    /// store's `wait_until_ready` wakes only the last of several concurrent
+    /// waiters (kube-runtime 5's DelayedInit keeps one waker), which left
+    /// reconciles of other pools hanging.
+    async fn caches_ready(&self) {
+        self.synced
+            .get_or_init(|| async {
+                let _ = self.pods.wait_until_ready().await;
+                let _ = self.allocations.wait_until_ready().await;
+            })
+            .await;
     }
-    let live = Api::<Pod>::namespaced(ctx.client.clone(), namespace)
-        .get_metadata_opt(name)
-        .await?;
-    Ok(live.is_none_or(|p| p.metadata.uid.as_deref() != Some(uid)))
-}
 
-async fn release(api: &Api<IPAllocation>, allocation: &IPAllocation) -> Result<(), Error> {
-    // The UID precondition makes sure we delete this allocation, not a new one
-    // for the same address created since.
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: allocation.metadata.uid.clone(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(&allocation.name_any(), &params).await {
-        Ok(_) => {
-            tracing::info!(pool = %allocation.spec.pool, address = %allocation.spec.address, "released");
-            Ok(())
+    /// True only when the owner pod's UID no longer exists. The cache says
+    /// who might be gone; a live read confirms, so a stale cache never frees
+    /// an address a running pod holds (the whereabouts #176 failure mode).
+    async fn owner_is_gone(&self, owner: &AllocationOwner) -> Result<bool, Error> {
+        let (Some(namespace), Some(name), Some(uid)) =
+            (&owner.pod_namespace, &owner.pod_name, &owner.pod_uid)
+        else {
+            // Container-owned allocations (from the CNI plugin) are freed by it.
+            return Ok(false);
+        };
+        let cached = self.pods.get(&ObjectRef::new(name).within(namespace));
+        if cached.is_some_and(|p| p.metadata.uid.as_deref() == Some(uid)) {
+            return Ok(false);
         }
-        Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
-        Err(error) => Err(error.into()),
+        let live = Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .get_metadata_opt(name)
+            .await?;
+        Ok(live.is_none_or(|p| p.metadata.uid.as_deref() != Some(uid)))
+    }
+
+    /// Starts the address's rest: it stays held until the cooldown is over.
+    async fn rest(&self, allocation: &mut IPAllocation, now: &Time) -> Result<(), Error> {
+        let patch = serde_json::json!({
+            "metadata": { "uid": allocation.metadata.uid },
+            "spec": { "releasedAt": now },
+        });
+        match Api::<IPAllocation>::all(self.client.clone())
+            .patch(
+                &allocation.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(resting) => {
+                *allocation = resting;
+                self.released(allocation, "owner-gone").await;
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn delete(&self, allocation: &IPAllocation, reason: &str) -> Result<(), Error> {
+        // The UID precondition makes sure we delete this allocation, not a
+        // new one for the same address created since.
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: allocation.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match Api::<IPAllocation>::all(self.client.clone())
+            .delete(&allocation.name_any(), &params)
+            .await
+        {
+            Ok(_) => {
+                // A rest that ends was counted as a release when it began.
+                if !allocation.is_resting() {
+                    self.released(allocation, reason).await;
+                }
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn released(&self, allocation: &IPAllocation, reason: &str) {
+        let pool = &allocation.spec.pool;
+        let owner = &allocation.spec.owner;
+        self.metrics.released(pool, reason);
+        let holder = match (&owner.pod_namespace, &owner.pod_name, &owner.pod_uid) {
+            (Some(namespace), Some(name), Some(uid)) => format!("pod {namespace}/{name} ({uid})"),
+            _ => format!(
+                "container {} {}",
+                owner.container_id.as_deref().unwrap_or("?"),
+                owner.interface.as_deref().unwrap_or("?")
+            ),
+        };
+        tracing::info!(%pool, address = %allocation.spec.address, %holder, %reason, "released");
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "AddressReleased".into(),
+            note: Some(format!(
+                "{} released from {holder}: {reason}",
+                allocation.spec.address
+            )),
+            action: "Release".into(),
+            secondary: None,
+        };
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(IPPool::api_version(&()).into()),
+            kind: Some(IPPool::kind(&()).into()),
+            name: Some(pool.clone()),
+            ..Default::default()
+        };
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, "cannot publish event");
+        }
+    }
+
+    async fn pod_event(
+        &self,
+        owner: &AllocationOwner,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let (Some(namespace), Some(name)) = (&owner.pod_namespace, &owner.pod_name) else {
+            return;
+        };
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            namespace: Some(namespace.clone()),
+            name: Some(name.clone()),
+            uid: owner.pod_uid.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Allocate".into(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, "cannot publish event");
+        }
+    }
+
+    /// Writes the address on its pod. False when the pod changed since the
+    /// cache saw it (try again with a fresh view).
+    async fn annotate_pod(&self, allocation: &IPAllocation) -> Result<bool, Error> {
+        let owner = &allocation.spec.owner;
+        let (Some(namespace), Some(name)) = (&owner.pod_namespace, &owner.pod_name) else {
+            return Ok(true);
+        };
+        let Some(cached) = self.pods.get(&ObjectRef::new(name).within(namespace)) else {
+            return Ok(true);
+        };
+        if cached.metadata.uid != owner.pod_uid
+            || cached.annotations().get(ADDRESS_ANNOTATION) == Some(&allocation.spec.address)
+        {
+            return Ok(true);
+        }
+        // UID and resourceVersion make the write conditional: the pod we saw,
+        // unchanged, so two allocators never flip its address back and forth.
+        let patch = serde_json::json!({
+            "metadata": {
+                "uid": owner.pod_uid,
+                "resourceVersion": cached.metadata.resource_version,
+                "annotations": { ADDRESS_ANNOTATION: allocation.spec.address },
+            }
+        });
+        match Api::<Pod>::namespaced(self.client.clone(), namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            // Gone: the next pass frees the allocation.
+            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 422 => Ok(true),
+            Err(error) => Err(error.into()),
+        }
     }
 }
 
-async fn annotate_pod(ctx: &Context, allocation: &IPAllocation) -> Result<(), Error> {
-    let owner = &allocation.spec.owner;
-    let (Some(namespace), Some(name)) = (&owner.pod_namespace, &owner.pod_name) else {
-        return Ok(());
-    };
-    let cached = ctx.pods.get(&ObjectRef::new(name).within(namespace));
-    if cached
-        .is_some_and(|p| p.annotations().get(ADDRESS_ANNOTATION) == Some(&allocation.spec.address))
-    {
-        return Ok(());
-    }
+async fn add_finalizer(pools: &Api<IPPool>, pool: &IPPool) -> Result<(), Error> {
     let patch = serde_json::json!({
         "metadata": {
-            "uid": owner.pod_uid,
-            "annotations": { ADDRESS_ANNOTATION: allocation.spec.address },
+            "resourceVersion": pool.resource_version(),
+            "finalizers": pool.finalizers().iter().cloned().chain([POOL_FINALIZER.to_string()]).collect::<Vec<_>>(),
         }
     });
-    match Api::<Pod>::namespaced(ctx.client.clone(), namespace)
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+    pools
+        .patch(
+            &pool.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn remove_finalizer(pools: &Api<IPPool>, pool: &IPPool) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": pool.resource_version(),
+            "finalizers": pool.finalizers().iter().filter(|f| *f != POOL_FINALIZER).collect::<Vec<_>>(),
+        }
+    });
+    match pools
+        .patch(
+            &pool.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(_) => Ok(()),
-        // Gone, or replaced by a pod of the same name (the UID in the patch
-        // does not match): the next pass frees the allocation.
-        Err(kube::Error::Api(status))
-            if status.code == 404 || status.code == 409 || status.code == 422 =>
-        {
-            Ok(())
-        }
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
         Err(error) => Err(error.into()),
     }
 }

@@ -2,5 +2,6 @@
 
 pub mod address_space;
 pub mod controller;
+pub mod metrics;
 pub mod plan;
 pub mod types;

@@ -1,13 +1,16 @@
 //! What a pool's allocations and status should be, given what was observed:
 //! pure apart from the plugin call, shared by the controller and `simulate`.
 
+use std::net::IpAddr;
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use knit_ipam_core::{FreeSpace, OffsetSet, Request};
+use knit_ipam_core::{AllocateError, FreeSpace, OffsetSet, Request};
 use kube::ResourceExt;
 
 use super::address_space::AddressSpace;
-use super::types::{IPAllocation, IPPool, IPPoolStatus, POOL_ANNOTATION};
+use super::types::{ADDRESS_ANNOTATION, IPAllocation, IPPool, IPPoolStatus, POOL_ANNOTATION};
 use crate::runtime::{Registry, World};
 
 /// A pod that gets an address.
@@ -16,55 +19,76 @@ pub struct PlannedAllocation {
     pub pod_namespace: String,
     pub pod_name: String,
     pub pod_uid: String,
-    pub address: std::net::IpAddr,
+    pub address: IpAddr,
 }
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct PoolPlan {
     pub allocations: Vec<PlannedAllocation>,
     /// Pods that asked and got nothing, with why.
-    pub refused: Vec<(String, String)>,
+    pub refused: Vec<Refusal>,
     pub status: IPPoolStatus,
 }
 
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    /// `namespace/name`.
+    pub pod: String,
+    /// A short machine-readable reason, e.g. `exhausted` (a metric label).
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// Plans addresses for the pods that ask `pool` for one and have none yet.
+/// `existing` may hold other pools' allocations (they are skipped);
+/// `overlapping` names an older pool sharing addresses with this one, which
+/// stops this one from handing out anything.
 pub fn plan_pool(
     pool: &IPPool,
     existing: &[IPAllocation],
     pods: &[Pod],
+    overlapping: Option<&str>,
     registry: &Registry,
     seed: u64,
     now: Time,
 ) -> PoolPlan {
     let pool_name = pool.name_any();
-    let mut status = IPPoolStatus {
-        observed_generation: pool.metadata.generation,
-        ..IPPoolStatus::default()
+    let mut plan = PoolPlan {
+        allocations: vec![],
+        refused: vec![],
+        status: IPPoolStatus {
+            observed_generation: pool.metadata.generation,
+            last_allocated: pool.status.as_ref().and_then(|s| s.last_allocated.clone()),
+            ..IPPoolStatus::default()
+        },
     };
     let space = match AddressSpace::from_spec(&pool.spec) {
         Ok(space) => space,
         Err(error) => {
-            status.conditions = vec![condition("Ready", false, "InvalidSpec", &error, pool, &now)];
-            return PoolPlan {
-                allocations: vec![],
-                refused: vec![],
-                status,
-            };
+            plan.status.conditions =
+                vec![condition("Ready", false, "InvalidSpec", &error, pool, &now)];
+            return plan;
         }
     };
     let mine: Vec<&IPAllocation> = existing
         .iter()
         .filter(|a| a.spec.pool == pool_name)
         .collect();
+    let offset_of = |address: &str| {
+        address
+            .parse::<IpAddr>()
+            .ok()
+            .and_then(|ip| space.offset_of(&ip))
+    };
+    // Resting addresses are held too: nobody gets them until they are freed.
     let mut request = Request {
         size: space.size(),
         allocated: mine
             .iter()
-            .filter_map(|a| a.spec.address.parse().ok())
-            .filter_map(|ip| space.offset_of(&ip))
+            .filter_map(|a| offset_of(&a.spec.address))
             .collect::<OffsetSet>(),
         excluded: space.excluded.clone(),
-        cursor: None,
+        cursor: plan.status.last_allocated.as_deref().and_then(offset_of),
         count: 1,
         seed,
     };
@@ -80,9 +104,9 @@ pub fn plan_pool(
         .filter(|p| p.annotations().get(POOL_ANNOTATION) == Some(&pool_name))
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
-            !mine
-                .iter()
-                .any(|a| a.spec.owner.pod_uid.as_deref() == p.metadata.uid.as_deref())
+            !mine.iter().any(|a| {
+                !a.is_resting() && a.spec.owner.pod_uid.as_deref() == p.metadata.uid.as_deref()
+            })
         })
         .collect();
     waiting.sort_by_key(|p| {
@@ -93,15 +117,43 @@ pub fn plan_pool(
         )
     });
 
-    let mut plan = PoolPlan {
-        allocations: vec![],
-        refused: vec![],
-        status,
-    };
     let plugin = registry.get_world(&pool.spec.strategy.plugin, World::IpamStrategy);
+    let stopped = if pool.metadata.deletion_timestamp.is_some() {
+        Some(("deleting", "the pool is being deleted".to_string()))
+    } else {
+        overlapping.map(|other| {
+            (
+                "overlapping",
+                format!("the pool overlaps the older pool {other}"),
+            )
+        })
+    };
     let config: Vec<(String, String)> = pool.spec.strategy.config.clone().into_iter().collect();
     for pod in waiting {
         let pod_ref = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        if let Some((reason, message)) = &stopped {
+            plan.refused.push(Refusal {
+                pod: pod_ref,
+                reason,
+                message: message.clone(),
+            });
+            continue;
+        }
+        let planned = |address| PlannedAllocation {
+            pod_namespace: pod.namespace().unwrap_or_default(),
+            pod_name: pod.name_any(),
+            pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
+            address,
+        };
+        // A pod that already carries a free address of this pool (its
+        // allocation record was lost) keeps it: it may be using it. Not a
+        // strategy decision, so the cursor stays.
+        if let Some(offset) = reclaimable(pod, &space, &request) {
+            request.allocated.insert(offset);
+            plan.allocations
+                .extend(space.address_of(offset).map(planned));
+            continue;
+        }
         let answer = match &plugin {
             Ok(plugin) => plugin
                 .allocate(&request, &config)
@@ -114,52 +166,85 @@ pub fn plan_pool(
                     request.allocated.insert(offset);
                     request.cursor = Some(offset);
                     if let Some(address) = space.address_of(offset) {
-                        plan.allocations.push(PlannedAllocation {
-                            pod_namespace: pod.namespace().unwrap_or_default(),
-                            pod_name: pod.name_any(),
-                            pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
-                            address,
-                        });
+                        plan.status.last_allocated = Some(address.to_string());
+                        plan.allocations.push(planned(address));
                     }
                 }
             }
-            Ok(Err(refusal)) => plan.refused.push((pod_ref, refusal.to_string())),
-            Err(error) => plan.refused.push((pod_ref, error)),
+            Ok(Err(refusal)) => plan.refused.push(Refusal {
+                pod: pod_ref,
+                reason: match refusal {
+                    AllocateError::Exhausted(_) => "exhausted",
+                    AllocateError::InvalidConfig(_) => "invalid-config",
+                    AllocateError::InvalidRequest(_) => "invalid-request",
+                },
+                message: refusal.to_string(),
+            }),
+            Err(error) => plan.refused.push(Refusal {
+                pod: pod_ref,
+                reason: "plugin-error",
+                message: error,
+            }),
         }
         request.seed = request.seed.wrapping_add(1);
     }
 
-    let allocated = request.allocated.len();
+    let held = request.allocated.len();
+    let cooling = mine
+        .iter()
+        .filter(|a| a.is_resting() && offset_of(&a.spec.address).is_some())
+        .count() as u64;
     let status = &mut plan.status;
     status.capacity = capacity;
-    status.allocated = allocated;
-    status.free = capacity.saturating_sub(allocated);
+    status.allocated = held - cooling;
+    status.cooling = cooling;
+    status.free = capacity.saturating_sub(held);
     status.utilization = if capacity == 0 {
         "0.0".into()
     } else {
-        format!("{:.1}", allocated as f64 * 100.0 / capacity as f64)
+        format!("{:.1}", status.allocated as f64 * 100.0 / capacity as f64)
     };
     if let Ok(plugin) = &plugin {
         status.plugin = Some(plugin.name_version());
         status.plugin_digest = Some(plugin.digest.clone());
     }
+    let in_use = status.allocated;
     let exhausted = status.free == 0;
-    let (ready, reason, message) = match (&plugin, plan.refused.first()) {
-        (Err(error), _) => (false, "PluginUnavailable", error.to_string()),
-        (Ok(_), Some((pod, why))) => (
+    let (ready, reason, message) = if pool.metadata.deletion_timestamp.is_some() {
+        (
             false,
-            "AllocationFailed",
+            "Deleting",
+            format!("waiting for {in_use} address(es) in use to be released"),
+        )
+    } else if let Some(other) = overlapping {
+        (
+            false,
+            "Overlapping",
             format!(
-                "{} pod(s) without an address; {pod}: {why}",
-                plan.refused.len()
+                "shares addresses with the older pool {other}: nothing is handed out until the CIDRs are disjoint"
             ),
-        ),
-        (Ok(_), None) => (
-            true,
-            "Allocating",
-            format!("{allocated} of {capacity} addresses allocated"),
-        ),
+        )
+    } else {
+        match (&plugin, plan.refused.first()) {
+            (Err(error), _) => (false, "PluginUnavailable", error.to_string()),
+            (Ok(_), Some(first)) => (
+                false,
+                "AllocationFailed",
+                format!(
+                    "{} pod(s) without an address; {}: {}",
+                    plan.refused.len(),
+                    first.pod,
+                    first.message
+                ),
+            ),
+            (Ok(_), None) => (
+                true,
+                "Allocating",
+                format!("{in_use} of {capacity} addresses allocated"),
+            ),
+        }
     };
+    let free_message = format!("{} free, {cooling} cooling down", status.free);
     plan.status.conditions = vec![
         condition("Ready", ready, reason, &message, pool, &now),
         condition(
@@ -170,12 +255,100 @@ pub fn plan_pool(
             } else {
                 "FreeAddresses"
             },
-            &format!("{} free", plan.status.free),
+            &free_message,
             pool,
             &now,
         ),
     ];
     plan
+}
+
+/// The offset of the address a pod is annotated with, when it is usable and
+/// free in this pool.
+fn reclaimable(pod: &Pod, space: &AddressSpace, request: &Request) -> Option<u64> {
+    let address: IpAddr = pod.annotations().get(ADDRESS_ANNOTATION)?.parse().ok()?;
+    let offset = space.offset_of(&address)?;
+    let taken = request.allocated.contains(offset)
+        || request.excluded.iter().any(|range| range.contains(&offset));
+    (!taken).then_some(offset)
+}
+
+/// The name of the oldest other pool whose addresses overlap `pool`'s, when
+/// `pool` is the younger one (creation time, then name): the older pool keeps
+/// working, the younger stops.
+pub fn overlapping_pool<'a>(
+    pool: &IPPool,
+    others: impl IntoIterator<Item = &'a IPPool>,
+) -> Option<String> {
+    let space = AddressSpace::from_spec(&pool.spec).ok()?;
+    let age = |p: &IPPool| {
+        (
+            p.metadata.creation_timestamp.clone().map(|t| t.0),
+            p.name_any(),
+        )
+    };
+    others
+        .into_iter()
+        .filter(|other| other.name_any() != pool.name_any() && age(other) < age(pool))
+        .filter(|other| {
+            AddressSpace::from_spec(&other.spec).is_ok_and(|other| other.overlaps(&space))
+        })
+        .min_by_key(|other| age(other))
+        .map(|other| other.name_any())
+}
+
+/// Allocations a pod holds beyond one (two allocators raced for it): all but
+/// the address written on the pod, or the oldest when none is yet.
+pub fn surplus<'a>(mine: &[&'a IPAllocation], pods: &[Pod]) -> Vec<&'a IPAllocation> {
+    let mut surplus = Vec::new();
+    for pod in pods {
+        let Some(uid) = pod.metadata.uid.as_deref() else {
+            continue;
+        };
+        let mut held: Vec<&IPAllocation> = mine
+            .iter()
+            .copied()
+            .filter(|a| !a.is_resting() && a.spec.owner.pod_uid.as_deref() == Some(uid))
+            .collect();
+        if held.len() < 2 {
+            continue;
+        }
+        let written = pod.annotations().get(ADDRESS_ANNOTATION);
+        held.sort_by_key(|a| {
+            (
+                Some(&a.spec.address) != written,
+                a.metadata.creation_timestamp.clone().map(|t| t.0),
+                a.name_any(),
+            )
+        });
+        surplus.extend(held.into_iter().skip(1));
+    }
+    surplus
+}
+
+/// Resting allocations whose cooldown is over, and how long until the next
+/// one's is.
+pub fn cooled_down<'a>(
+    mine: &[&'a IPAllocation],
+    cooldown: Duration,
+    now: &Time,
+) -> (Vec<&'a IPAllocation>, Option<Duration>) {
+    let mut done = Vec::new();
+    let mut next: Option<Duration> = None;
+    for allocation in mine {
+        let Some(released) = &allocation.spec.released_at else {
+            continue;
+        };
+        let rested = now.0.duration_since(released.0);
+        let rested = Duration::try_from(rested).unwrap_or_default();
+        match cooldown.checked_sub(rested) {
+            Some(left) if !left.is_zero() => {
+                next = Some(next.map_or(left, |next| next.min(left)));
+            }
+            _ => done.push(*allocation),
+        }
+    }
+    (done, next)
 }
 
 fn condition(
@@ -205,5 +378,177 @@ fn condition(
         message: message.into(),
         observed_generation: pool.metadata.generation,
         last_transition_time,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::domains::ipam::types::AllocationOwner;
+
+    fn time(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn pool(name: &str, cidr: &str, created: i64) -> IPPool {
+        let mut pool: IPPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "knit.dev/v1alpha1",
+            "kind": "IPPool",
+            "metadata": { "name": name },
+            "spec": { "cidrs": [cidr], "gateway": null },
+        }))
+        .unwrap();
+        pool.metadata.creation_timestamp = Some(time(created));
+        pool
+    }
+
+    fn pod(name: &str, uid: &str, annotations: &[(&str, &str)]) -> Pod {
+        let mut pod = Pod::default();
+        pod.metadata.name = Some(name.into());
+        pod.metadata.namespace = Some("default".into());
+        pod.metadata.uid = Some(uid.into());
+        pod.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        pod
+    }
+
+    fn allocation(pool: &IPPool, address: &str, uid: &str, created: i64) -> IPAllocation {
+        let mut allocation = IPAllocation::of(
+            pool,
+            &address.parse().unwrap(),
+            AllocationOwner {
+                pod_namespace: Some("default".into()),
+                pod_name: Some(format!("pod-{uid}")),
+                pod_uid: Some(uid.into()),
+                ..AllocationOwner::default()
+            },
+        );
+        allocation.metadata.creation_timestamp = Some(time(created));
+        allocation
+    }
+
+    fn names(allocations: Vec<&IPAllocation>) -> Vec<String> {
+        allocations.iter().map(|a| a.name_any()).collect()
+    }
+
+    fn registry() -> Arc<Registry> {
+        crate::cli::builtin_registry(None, Arc::default()).unwrap()
+    }
+
+    #[test]
+    fn sequential_goes_on_after_the_last_address_and_resting_ones_stay_held() {
+        let mut pool = pool("p", "10.0.0.0/29", 0);
+        pool.status = Some(IPPoolStatus {
+            last_allocated: Some("10.0.0.3".into()),
+            ..IPPoolStatus::default()
+        });
+        let mut resting = allocation(&pool, "10.0.0.4", "gone", 0);
+        resting.spec.released_at = Some(time(10));
+        let existing = [allocation(&pool, "10.0.0.2", "a", 0), resting];
+        let pods = [
+            pod("a", "a", &[(POOL_ANNOTATION, "p")]),
+            pod("b", "b", &[(POOL_ANNOTATION, "p")]),
+        ];
+        let plan = plan_pool(&pool, &existing, &pods, None, &registry(), 1, time(20));
+        let addresses: Vec<String> = plan
+            .allocations
+            .iter()
+            .map(|a| a.address.to_string())
+            .collect();
+        // .1 is free, but the cursor is at .3 and .4 rests: .5 is next.
+        assert_eq!(addresses, ["10.0.0.5"]);
+        let status = &plan.status;
+        assert_eq!(
+            (
+                status.capacity,
+                status.allocated,
+                status.cooling,
+                status.free
+            ),
+            (6, 2, 1, 3)
+        );
+        assert_eq!(status.last_allocated.as_deref(), Some("10.0.0.5"));
+    }
+
+    #[test]
+    fn a_pod_keeps_the_address_written_on_it_when_its_record_is_lost() {
+        let pool = pool("p", "10.0.0.0/29", 0);
+        let pods = [pod(
+            "a",
+            "a",
+            &[(POOL_ANNOTATION, "p"), (ADDRESS_ANNOTATION, "10.0.0.6")],
+        )];
+        let plan = plan_pool(&pool, &[], &pods, None, &registry(), 1, time(0));
+        assert_eq!(plan.allocations[0].address.to_string(), "10.0.0.6");
+        // Not when someone else holds it: then the strategy decides.
+        let existing = [allocation(&pool, "10.0.0.6", "other", 0)];
+        let plan = plan_pool(&pool, &existing, &pods, None, &registry(), 1, time(0));
+        assert_eq!(plan.allocations[0].address.to_string(), "10.0.0.1");
+    }
+
+    #[test]
+    fn an_overlapping_or_deleting_pool_hands_out_nothing() {
+        let older = pool("older", "10.0.0.0/24", 0);
+        let younger = pool("younger", "10.0.0.128/25", 5);
+        let pools = [
+            older.clone(),
+            younger.clone(),
+            pool("apart", "10.1.0.0/24", 1),
+        ];
+        assert_eq!(overlapping_pool(&older, &pools), None);
+        assert_eq!(overlapping_pool(&younger, &pools).as_deref(), Some("older"));
+        let pods = [pod("a", "a", &[(POOL_ANNOTATION, "younger")])];
+        let plan = plan_pool(&younger, &[], &pods, Some("older"), &registry(), 1, time(0));
+        assert!(plan.allocations.is_empty());
+        assert_eq!(plan.refused[0].reason, "overlapping");
+        let ready = &plan.status.conditions[0];
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Overlapping")
+        );
+
+        let mut deleting = pool("older", "10.0.0.0/24", 0);
+        deleting.metadata.deletion_timestamp = Some(time(9));
+        let pods = [pod("a", "a", &[(POOL_ANNOTATION, "older")])];
+        let plan = plan_pool(&deleting, &[], &pods, None, &registry(), 1, time(10));
+        assert!(plan.allocations.is_empty());
+        assert_eq!(plan.status.conditions[0].reason, "Deleting");
+    }
+
+    #[test]
+    fn surplus_keeps_the_written_address_else_the_oldest() {
+        let pool = pool("p", "10.0.0.0/24", 0);
+        let (a, b, c) = (
+            allocation(&pool, "10.0.0.5", "x", 2),
+            allocation(&pool, "10.0.0.9", "x", 1),
+            allocation(&pool, "10.0.0.7", "y", 1),
+        );
+        let mine = [&a, &b, &c];
+        let unwritten = [pod("x", "x", &[]), pod("y", "y", &[])];
+        assert_eq!(names(surplus(&mine, &unwritten)), names(vec![&a]));
+        let written = [pod("x", "x", &[(ADDRESS_ANNOTATION, "10.0.0.5")])];
+        assert_eq!(names(surplus(&mine, &written)), names(vec![&b]));
+    }
+
+    #[test]
+    fn rests_end_after_the_cooldown() {
+        let pool = pool("p", "10.0.0.0/24", 0);
+        let mut early = allocation(&pool, "10.0.0.5", "x", 0);
+        early.spec.released_at = Some(time(100));
+        let mut late = allocation(&pool, "10.0.0.6", "y", 0);
+        late.spec.released_at = Some(time(130));
+        let held = allocation(&pool, "10.0.0.7", "z", 0);
+        let mine = [&early, &late, &held];
+        let (done, next) = cooled_down(&mine, Duration::from_secs(60), &time(170));
+        assert_eq!(names(done), names(vec![&early]));
+        assert_eq!(next, Some(Duration::from_secs(20)));
+        let (done, next) = cooled_down(&mine, Duration::ZERO, &time(170));
+        assert_eq!((done.len(), next), (2, None));
     }
 }

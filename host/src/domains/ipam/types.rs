@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::{CustomResource, KubeSchema, Resource, ResourceExt};
+use kube::{CustomResource, KubeSchema, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -145,11 +145,12 @@ pub struct IPAllocationSpec {
 }
 
 impl IPAllocation {
-    /// The allocation of `address` from `pool` to `owner`, owned by the pool
-    /// (so deleting the pool, once its finalizer allows, removes it).
+    /// The allocation of `address` from `pool` to `owner`. Deliberately no
+    /// owner reference to the pool: a cascading delete must never drop an
+    /// address a pod still uses; the pool's finalizer frees them instead.
     pub fn of(pool: &IPPool, address: &std::net::IpAddr, owner: AllocationOwner) -> Self {
         let pool_name = pool.name_any();
-        let mut allocation = IPAllocation::new(
+        IPAllocation::new(
             &allocation_name(&pool_name, address),
             IPAllocationSpec {
                 pool: pool_name,
@@ -157,9 +158,7 @@ impl IPAllocation {
                 owner,
                 released_at: None,
             },
-        );
-        allocation.metadata.owner_references = pool.controller_owner_ref(&()).map(|r| vec![r]);
-        allocation
+        )
     }
 
     /// Resting after release (see `released_at`), owned by nobody.
