@@ -297,8 +297,8 @@ pub fn overlapping_pool<'a>(
         .map(|other| other.name_any())
 }
 
-/// Allocations a pod holds beyond one (two allocators raced for it): all but
-/// the address written on the pod, or the oldest when none is yet.
+/// Allocations the controller gave a pod beyond one (two replicas raced for
+/// it): all but the address written on the pod, or the oldest when none is.
 pub fn surplus<'a>(mine: &[&'a IPAllocation], pods: &[Pod]) -> Vec<&'a IPAllocation> {
     let mut surplus = Vec::new();
     for pod in pods {
@@ -308,6 +308,9 @@ pub fn surplus<'a>(mine: &[&'a IPAllocation], pods: &[Pod]) -> Vec<&'a IPAllocat
         let mut held: Vec<&IPAllocation> = mine
             .iter()
             .copied()
+            // Container-held addresses (the CNI plugin's) are in use by that
+            // container whatever the pod says: never surplus.
+            .filter(|a| a.spec.owner.container_id.is_none())
             .filter(|a| !a.is_resting() && a.spec.owner.pod_uid.as_deref() == Some(uid))
             .collect();
         if held.len() < 2 {
