@@ -59,9 +59,26 @@ pub struct RunArgs {
     /// Serves /metrics, /healthz and /readyz.
     #[arg(long, env = "KNIT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
-    /// knit's own namespace: where `Plugin` ConfigMaps live.
+    /// knit's own namespace: where `Plugin` ConfigMaps and the lease live.
     #[arg(long, env = "POD_NAMESPACE", default_value = "knit-system")]
     pub namespace: String,
+    /// Run the controllers only while holding the lease, so replicas can
+    /// stand by (`--leader-elect=false` for a single replica).
+    #[arg(long, env = "KNIT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// The `Lease` in `--namespace` that replicas campaign for.
+    #[arg(long, env = "KNIT_LEASE_NAME", default_value = "knit")]
+    pub lease_name: String,
+}
+
+/// This replica's name in the lease: the pod name in a cluster.
+pub fn replica_identity() -> String {
+    std::env::var("POD_NAME").unwrap_or_else(|_| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "knit".into());
+        format!("{host}-{}", std::process::id())
+    })
 }
 
 #[derive(clap::Args)]

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod crds;
 pub mod domains;
+pub mod leader;
 pub mod plugin_test;
 pub mod runtime;
 pub mod simulate;

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use knit::cli::{self, Cli, Command, PluginCommand, RunArgs};
+use knit::leader::{self, LeaseConfig};
 use knit::runtime::{RuntimeMetrics, dir_source, kube_source};
 
 fn main() -> anyhow::Result<()> {
@@ -82,8 +83,8 @@ fn single_wasm_in(dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     }
 }
 
-/// The controller. Leadership will gate `start_controllers` once leader
-/// election lands; plugins and the HTTP endpoints run on every replica.
+/// The controller. Plugins and the HTTP endpoints run on every replica; the
+/// controllers only on the one holding the lease.
 async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> {
     let mut prometheus = prometheus_client::registry::Registry::default();
     metrics.register(&mut prometheus);
@@ -115,13 +116,34 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
         .context("connecting to Kubernetes")?;
     let plugin_objects = tokio::spawn(kube_source::run(
         client.clone(),
-        args.namespace,
+        args.namespace.clone(),
         registry.clone(),
     ));
-    let ipam = tokio::spawn(knit::domains::ipam::controller::run(
+
+    // Shutdown order: controllers finish what they are doing, then the
+    // lease is released, so the next leader never overlaps this one.
+    let (stop_controllers, controllers_stopping) = tokio::sync::oneshot::channel::<()>();
+    let (controllers_done, controllers_finished) = tokio::sync::oneshot::channel::<()>();
+    let (leading, election) = if args.leader_elect {
+        let identity = cli::replica_identity();
+        tracing::info!(%identity, lease = %args.lease_name, "campaigning for leadership");
+        let config = LeaseConfig::new(&args.namespace, &args.lease_name, &identity);
+        let (leading, task) = leader::spawn(client.clone(), config, async move {
+            let _ = controllers_finished.await;
+        });
+        (leading, Some(task))
+    } else {
+        (tokio::sync::watch::channel(true).1, None)
+    };
+    let mut controllers = tokio::spawn(run_controllers(
         client,
         registry.clone(),
         ipam_metrics,
+        leading,
+        async move {
+            let _ = controllers_stopping.await;
+        },
+        controllers_done,
     ));
     readiness.set_ready();
     tracing::info!("knit running");
@@ -130,8 +152,45 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, shutting down"),
         _ = terminate.recv() => tracing::info!("terminated, shutting down"),
         result = plugin_objects => result??,
-        result = ipam => result?,
+        result = &mut controllers => return result?,
         result = server => result??,
     }
+    let _ = stop_controllers.send(());
+    controllers.await??;
+    if let Some(election) = election {
+        election.await?;
+    }
     Ok(())
+}
+
+/// Waits for leadership, then runs the controllers until `stop` (they finish
+/// in-flight work) or until leadership is lost: then the process exits, and
+/// a fresh start campaigns again, rather than run beside a new leader.
+async fn run_controllers(
+    client: kube::Client,
+    registry: Arc<knit::runtime::Registry>,
+    ipam_metrics: Arc<knit::domains::ipam::metrics::IpamMetrics>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+    done: tokio::sync::oneshot::Sender<()>,
+) -> anyhow::Result<()> {
+    let stop = futures::FutureExt::shared(Box::pin(stop));
+    let became_leader = tokio::select! {
+        _ = stop.clone() => false,
+        became = leading.wait_for(|leading| *leading) => became.is_ok(),
+    };
+    let result = if !became_leader {
+        Ok(())
+    } else {
+        tracing::info!("leading: starting controllers");
+        let ipam = knit::domains::ipam::controller::run(client, registry, ipam_metrics, stop);
+        tokio::select! {
+            _ = ipam => Ok(()),
+            _ = leading.wait_for(|leading| !*leading) => {
+                Err(anyhow::anyhow!("lost the lease; exiting so that only the new leader acts"))
+            }
+        }
+    };
+    let _ = done.send(());
+    result
 }

@@ -1,5 +1,6 @@
 //! `knit run` as a process against the real API server: ready, metrics,
-//! plugins from the directory, clean exit on SIGTERM.
+//! plugins from the directory, the lease taken, clean exit on SIGTERM that
+//! releases it.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -68,6 +69,91 @@ fn run_serves_health_and_metrics_and_stops_on_sigterm() {
         );
     }
 
+    // It campaigned and, alone, leads.
+    let lease_holder = || {
+        let output = Command::new(knit_tests::tool("kubectl"))
+            .args(["get", "lease", "knit", "-n", "default"])
+            .args(["-o", "jsonpath={.spec.holderIdentity}"])
+            .env("KUBECONFIG", &env.admin_kubeconfig)
+            .output()
+            .unwrap();
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let started = Instant::now();
+    while !lease_holder().ends_with(&format!("-{}", knit.id())) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "knit never took the lease"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // As leader it runs the controllers: a pod asking a pool gets an address.
+    let kubectl = |args: &[&str], stdin: Option<&str>| {
+        let mut child = Command::new(knit_tests::tool("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", &env.admin_kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.unwrap_or_default().as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "kubectl {args:?} failed");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    kubectl(
+        &["apply", "-f", "-"],
+        Some(
+            r#"
+apiVersion: knit.dev/v1alpha1
+kind: IPPool
+metadata: { name: run-command }
+spec: { cidrs: [10.99.0.0/29] }
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: run-command
+  namespace: default
+  annotations: { knit.dev/ippool: run-command }
+spec: { containers: [{ name: app, image: registry.invalid/app }] }
+"#,
+        ),
+    );
+    let started = Instant::now();
+    let ip_of_pod = ["get", "pod", "run-command", "-n", "default"];
+    while kubectl(
+        &[
+            &ip_of_pod[..],
+            &["-o", r"jsonpath={.metadata.annotations.knit\.dev/ip}"],
+        ]
+        .concat(),
+        None,
+    ) != "10.99.0.1"
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the pod never got its address"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, metrics) = get(&addr, "/metrics").unwrap();
+    for expected in [
+        r#"knit_ipam_allocations_total{pool="run-command"} 1"#,
+        r#"knit_ipam_pool_capacity{pool="run-command"} 6"#,
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+
     // SIGTERM is how Kubernetes stops a pod.
     let pid = knit.id().to_string();
     assert!(
@@ -89,4 +175,6 @@ fn run_serves_health_and_metrics_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status}");
+    // Stopping released the lease for the next replica.
+    assert_eq!(lease_holder(), "");
 }

@@ -27,7 +27,10 @@ fn builtin_registry() -> Arc<Registry> {
 async fn start_controller(registry: Arc<Registry>, metrics: Arc<IpamMetrics>) -> JoinHandle<()> {
     let client = knit_tests::admin_client().await;
     tokio::spawn(knit::domains::ipam::controller::run(
-        client, registry, metrics,
+        client,
+        registry,
+        metrics,
+        std::future::pending(),
     ))
 }
 

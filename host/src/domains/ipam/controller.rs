@@ -45,8 +45,14 @@ struct Context {
     synced: tokio::sync::OnceCell<()>,
 }
 
-/// Runs until the future is dropped.
-pub async fn run(client: Client, registry: Arc<Registry>, metrics: Arc<IpamMetrics>) {
+/// Runs until `shutdown` resolves (then finishes the passes in flight) or
+/// the future is dropped.
+pub async fn run(
+    client: Client,
+    registry: Arc<Registry>,
+    metrics: Arc<IpamMetrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let pools: Api<IPPool> = Api::all(client.clone());
     let (pods, pods_writer) = reflector::store();
     let pod_changes = reflector::reflector(
@@ -99,6 +105,7 @@ pub async fn run(client: Client, registry: Arc<Registry>, metrics: Arc<IpamMetri
             Some(ObjectRef::new(&allocation.spec.pool))
         })
         .reconcile_all_on(plugin_changes)
+        .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {
