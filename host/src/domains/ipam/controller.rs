@@ -19,8 +19,9 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
+use super::expectations::Expectations;
 use super::metrics::IpamMetrics;
-use super::plan::{cooled_down, overlapping_pool, plan_pool, surplus};
+use super::plan::{cooled_down, overlapping_pool, plan_pool, pod_addresses};
 use super::types::{
     ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, POOL_ANNOTATION, POOL_FINALIZER,
 };
@@ -43,6 +44,7 @@ struct Context {
     pods: Store<PartialObjectMeta<Pod>>,
     allocations: Store<IPAllocation>,
     synced: tokio::sync::OnceCell<()>,
+    expectations: Expectations,
 }
 
 /// Runs until `shutdown` resolves (then finishes the passes in flight) or
@@ -94,6 +96,7 @@ pub async fn run(
         pods,
         allocations,
         synced: tokio::sync::OnceCell::new(),
+        expectations: Expectations::default(),
     });
     controller
         .watches_stream(pod_changes, |pod: PartialObjectMeta<Pod>| {
@@ -139,13 +142,14 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
         add_finalizer(&pools, &pool).await?;
     }
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let mut mine: Vec<IPAllocation> = ctx
+    let cached: Vec<IPAllocation> = ctx
         .allocations
         .state()
         .iter()
         .filter(|a| a.spec.pool == pool_name)
         .map(|a| (**a).clone())
         .collect();
+    let mine = ctx.expectations.allocations(&pool_name, cached);
     let pods: Vec<Pod> = ctx
         .pods
         .state()
@@ -157,47 +161,17 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
         })
         .collect();
 
-    // Free, in order: second addresses from racing allocators, addresses of
-    // owners that are gone, and rests that are over.
-    let extra: Vec<IPAllocation> = surplus(&mine.iter().collect::<Vec<_>>(), &pods)
-        .into_iter()
-        .cloned()
-        .collect();
-    for allocation in &extra {
-        ctx.delete(allocation, "duplicate").await?;
-    }
-    mine.retain(|a| !extra.iter().any(|e| e.name_any() == a.name_any()));
-    // A pool going away frees at once: no one will be handed its addresses.
-    let cooldown = match pool.spec.reuse_cooldown_seconds {
-        Some(seconds) if !deleting => Duration::from_secs(seconds.into()),
-        _ => Duration::ZERO,
-    };
-    let mut held = Vec::with_capacity(mine.len());
-    for mut allocation in mine {
-        if !allocation.is_resting() && ctx.owner_is_gone(&allocation.spec.owner).await? {
-            if cooldown.is_zero() {
-                ctx.delete(&allocation, "owner-gone").await?;
-                continue;
-            }
-            ctx.rest(&mut allocation, &now).await?;
-        }
-        held.push(allocation);
-    }
-    let (rested, next_rest_ends) = cooled_down(&held.iter().collect::<Vec<_>>(), cooldown, &now);
-    let rested: Vec<String> = rested.into_iter().map(|a| a.name_any()).collect();
-    for allocation in held.iter().filter(|a| rested.contains(&a.name_any())) {
-        ctx.delete(allocation, "cooled-down").await?;
-    }
-    held.retain(|a| !rested.contains(&a.name_any()));
-    let mut mine = held;
+    let (mut mine, next_rest_ends) = ctx.free(&pool, mine, &pods, &now).await?;
 
     // Hand out addresses to the pods that have none.
     let overlapping = overlapping_pool(&pool, ctx.pools.state().iter().map(|p| &**p));
     let seed = seed_for(&pool, mine.len());
     let started = Instant::now();
     let plan = {
-        let (pool, mine, pods, overlapping, registry) = (
-            pool.clone(),
+        let mut pool = (*pool).clone();
+        let cursor = ctx.expectations.cursor(&pool);
+        pool.status.get_or_insert_default().last_allocated = cursor;
+        let (mine, pods, overlapping, registry) = (
             mine.clone(),
             pods.clone(),
             overlapping.clone(),
@@ -234,6 +208,7 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
             .await
         {
             Ok(created) => {
+                ctx.expectations.written(&created);
                 ctx.metrics.allocated(&pool_name, started.elapsed());
                 tracing::info!(pool = %pool_name, address = %planned.address, pod = %planned.pod_name, "allocated");
                 ctx.pod_event(
@@ -268,8 +243,14 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
         }
     }
 
-    // Every held address is written on its pod (also repairs a lost write).
-    for allocation in mine.iter().filter(|a| !a.is_resting()) {
+    // Every pod holding an address gets it written (also repairs a lost
+    // write); the write is conditional, so racing replicas agree on one.
+    let unwritten: Vec<IPAllocation> = pod_addresses(&mine.iter().collect::<Vec<_>>(), &pods)
+        .unwritten
+        .into_iter()
+        .cloned()
+        .collect();
+    for allocation in &unwritten {
         if !ctx.annotate_pod(allocation).await? {
             requeue_soon = true;
         }
@@ -281,13 +262,15 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
         "kind": IPPool::kind(&()),
         "status": plan.status,
     });
-    pools
+    let written = pools
         .patch_status(
             &pool_name,
             &PatchParams::apply("knit").force(),
             &Patch::Apply(&status),
         )
         .await?;
+    ctx.expectations
+        .cursor_written(&written, plan.status.last_allocated.clone());
 
     if deleting {
         if mine.iter().all(|a| a.is_resting()) {
@@ -296,6 +279,7 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
             }
             remove_finalizer(&pools, &pool).await?;
             ctx.metrics.pool_gone(&pool_name);
+            ctx.expectations.forget_pool(&pool_name);
             return Ok(Action::await_change());
         }
         return Ok(Action::requeue(Duration::from_secs(10)));
@@ -320,6 +304,52 @@ fn error_policy(pool: Arc<IPPool>, error: &Error, _ctx: Arc<Context>) -> Action 
 }
 
 impl Context {
+    /// Frees, in order: second addresses from racing allocators, addresses
+    /// of owners that are gone (or starts their rest), and rests that are
+    /// over. Returns what is still held, and when the next rest ends.
+    async fn free(
+        &self,
+        pool: &IPPool,
+        mut mine: Vec<IPAllocation>,
+        pods: &[Pod],
+        now: &Time,
+    ) -> Result<(Vec<IPAllocation>, Option<Duration>), Error> {
+        let extra: Vec<IPAllocation> = pod_addresses(&mine.iter().collect::<Vec<_>>(), pods)
+            .surplus
+            .into_iter()
+            .cloned()
+            .collect();
+        for allocation in &extra {
+            self.delete(allocation, "duplicate").await?;
+        }
+        mine.retain(|a| !extra.iter().any(|e| e.name_any() == a.name_any()));
+        // A pool going away frees at once: no one will be handed its addresses.
+        let cooldown = match pool.spec.reuse_cooldown_seconds {
+            Some(seconds) if pool.metadata.deletion_timestamp.is_none() => {
+                Duration::from_secs(seconds.into())
+            }
+            _ => Duration::ZERO,
+        };
+        let mut held = Vec::with_capacity(mine.len());
+        for mut allocation in mine {
+            if !allocation.is_resting() && self.owner_is_gone(&allocation.spec.owner).await? {
+                if cooldown.is_zero() {
+                    self.delete(&allocation, "owner-gone").await?;
+                    continue;
+                }
+                self.rest(&mut allocation, now).await?;
+            }
+            held.push(allocation);
+        }
+        let (rested, next_rest_ends) = cooled_down(&held.iter().collect::<Vec<_>>(), cooldown, now);
+        let rested: Vec<String> = rested.into_iter().map(|a| a.name_any()).collect();
+        for allocation in held.iter().filter(|a| rested.contains(&a.name_any())) {
+            self.delete(allocation, "cooled-down").await?;
+        }
+        held.retain(|a| !rested.contains(&a.name_any()));
+        Ok((held, next_rest_ends))
+    }
+
     /// Freeing decisions need complete caches. One waiter at a time: a
     /// store's `wait_until_ready` wakes only the last of several concurrent
     /// waiters (kube-runtime 5's DelayedInit keeps one waker), which left
@@ -368,6 +398,7 @@ impl Context {
             .await
         {
             Ok(resting) => {
+                self.expectations.written(&resting);
                 *allocation = resting;
                 self.released(allocation, "owner-gone").await;
                 Ok(())
@@ -392,13 +423,19 @@ impl Context {
             .await
         {
             Ok(_) => {
+                self.expectations.deleted(allocation);
                 // A rest that ends was counted as a release when it began.
                 if !allocation.is_resting() {
                     self.released(allocation, reason).await;
                 }
                 Ok(())
             }
-            Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                self.expectations.deleted(allocation);
+                Ok(())
+            }
+            // The UID precondition failed: the address has a new holder.
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
             Err(error) => Err(error.into()),
         }
     }

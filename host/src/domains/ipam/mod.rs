@@ -2,6 +2,7 @@
 
 pub mod address_space;
 pub mod controller;
+pub mod expectations;
 pub mod metrics;
 pub mod plan;
 pub mod types;

@@ -297,10 +297,20 @@ pub fn overlapping_pool<'a>(
         .map(|other| other.name_any())
 }
 
-/// Allocations the controller gave a pod beyond one (two replicas raced for
-/// it): all but the address written on the pod, or the oldest when none is.
-pub fn surplus<'a>(mine: &[&'a IPAllocation], pods: &[Pod]) -> Vec<&'a IPAllocation> {
-    let mut surplus = Vec::new();
+/// How the controller's allocations stand against the address written on
+/// each pod. The written address is the arbiter when replicas race: the
+/// first conditional write wins, and every replica then agrees on it.
+#[derive(Debug, Default)]
+pub struct PodAddresses<'a> {
+    /// Held beside the address written on the pod: to free.
+    pub surplus: Vec<&'a IPAllocation>,
+    /// Held by pods with no (matching) address written: the one to write,
+    /// the oldest.
+    pub unwritten: Vec<&'a IPAllocation>,
+}
+
+pub fn pod_addresses<'a>(mine: &[&'a IPAllocation], pods: &[Pod]) -> PodAddresses<'a> {
+    let mut result = PodAddresses::default();
     for pod in pods {
         let Some(uid) = pod.metadata.uid.as_deref() else {
             continue;
@@ -313,20 +323,23 @@ pub fn surplus<'a>(mine: &[&'a IPAllocation], pods: &[Pod]) -> Vec<&'a IPAllocat
             .filter(|a| a.spec.owner.container_id.is_none())
             .filter(|a| !a.is_resting() && a.spec.owner.pod_uid.as_deref() == Some(uid))
             .collect();
-        if held.len() < 2 {
-            continue;
-        }
         let written = pod.annotations().get(ADDRESS_ANNOTATION);
-        held.sort_by_key(|a| {
-            (
-                Some(&a.spec.address) != written,
-                a.metadata.creation_timestamp.clone().map(|t| t.0),
-                a.name_any(),
-            )
-        });
-        surplus.extend(held.into_iter().skip(1));
+        if held.iter().any(|a| Some(&a.spec.address) == written) {
+            result.surplus.extend(
+                held.into_iter()
+                    .filter(|a| Some(&a.spec.address) != written),
+            );
+        } else {
+            held.sort_by_key(|a| {
+                (
+                    a.metadata.creation_timestamp.clone().map(|t| t.0),
+                    a.name_any(),
+                )
+            });
+            result.unwritten.extend(held.first());
+        }
     }
-    surplus
+    result
 }
 
 /// Resting allocations whose cooldown is over, and how long until the next
@@ -525,7 +538,7 @@ mod tests {
     }
 
     #[test]
-    fn surplus_keeps_the_written_address_else_the_oldest() {
+    fn the_written_address_decides_which_one_a_pod_keeps() {
         let pool = pool("p", "10.0.0.0/24", 0);
         let (a, b, c) = (
             allocation(&pool, "10.0.0.5", "x", 2),
@@ -533,10 +546,20 @@ mod tests {
             allocation(&pool, "10.0.0.7", "y", 1),
         );
         let mine = [&a, &b, &c];
+        // Nothing written yet: nothing freed, the oldest gets written.
         let unwritten = [pod("x", "x", &[]), pod("y", "y", &[])];
-        assert_eq!(names(surplus(&mine, &unwritten)), names(vec![&a]));
+        let result = pod_addresses(&mine, &unwritten);
+        assert!(result.surplus.is_empty());
+        assert_eq!(names(result.unwritten), names(vec![&b, &c]));
+        // Written: the other one goes.
         let written = [pod("x", "x", &[(ADDRESS_ANNOTATION, "10.0.0.5")])];
-        assert_eq!(names(surplus(&mine, &written)), names(vec![&b]));
+        let result = pod_addresses(&mine, &written);
+        assert_eq!(names(result.surplus), names(vec![&b]));
+        assert!(result.unwritten.is_empty());
+        // Written, but not an address the pod holds: write one it holds.
+        let stale = [pod("y", "y", &[(ADDRESS_ANNOTATION, "10.0.0.200")])];
+        let result = pod_addresses(&mine, &stale);
+        assert_eq!(names(result.unwritten), names(vec![&c]));
     }
 
     #[test]
