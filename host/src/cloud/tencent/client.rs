@@ -169,10 +169,6 @@ impl ClbClient {
         })
     }
 
-    pub fn region(&self) -> &str {
-        &self.options.region
-    }
-
     /// One action, retried while `Error::is_retryable` says so, up to the
     /// policy's bound.
     pub(super) async fn call<Request, Response>(
