@@ -9,6 +9,8 @@
 //! write end of the environment's stdin, and `--exit-on-stdin-eof` makes it
 //! shut down and delete its directory when that closes.
 
+pub mod fake_clb;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};

@@ -1,0 +1,4 @@
+//! Clients of the cloud APIs knit calls. Request signing is kept pure and
+//! apart from the HTTP exchange, so it is tested against published vectors.
+
+pub mod tencent;

@@ -1,0 +1,194 @@
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+/// A Tencent Cloud API key pair. The secret key never leaves this type
+/// except to derive a signing key: `Debug` redacts it and no error carries it.
+#[derive(Clone)]
+pub struct Credentials {
+    secret_id: String,
+    secret_key: String,
+}
+
+/// The data keys of a Kubernetes Secret holding credentials.
+pub const SECRET_ID_KEY: &str = "secretId";
+pub const SECRET_KEY_KEY: &str = "secretKey";
+
+/// Why a Secret does not hold usable credentials. Names the Secret and the
+/// key, never a value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CredentialsError {
+    #[error("Secret {secret} has no data key {key:?}")]
+    MissingKey { secret: String, key: &'static str },
+    #[error("Secret {secret}: data key {key:?} is empty")]
+    Empty { secret: String, key: &'static str },
+    #[error("Secret {secret}: data key {key:?} is not UTF-8")]
+    NotUtf8 { secret: String, key: &'static str },
+}
+
+impl Credentials {
+    pub fn new(secret_id: impl Into<String>, secret_key: impl Into<String>) -> Self {
+        Credentials {
+            secret_id: secret_id.into(),
+            secret_key: secret_key.into(),
+        }
+    }
+
+    /// Reads `secretId` and `secretKey` from a Secret's `data` (or
+    /// `stringData`, for a Secret read from a manifest rather than the API).
+    /// Surrounding whitespace is dropped: a key written with `echo` into a
+    /// file ends in a newline, and the API refuses keys with spaces around.
+    pub fn from_secret(secret: &Secret) -> Result<Self, CredentialsError> {
+        let name = match secret.namespace() {
+            Some(namespace) => format!("{namespace}/{}", secret.name_any()),
+            None => secret.name_any(),
+        };
+        let read = |key: &'static str| -> Result<String, CredentialsError> {
+            let bytes = secret
+                .data
+                .as_ref()
+                .and_then(|data| data.get(key))
+                .map(|value| value.0.as_slice())
+                .or_else(|| {
+                    secret
+                        .string_data
+                        .as_ref()
+                        .and_then(|data| data.get(key))
+                        .map(String::as_bytes)
+                })
+                .ok_or_else(|| CredentialsError::MissingKey {
+                    secret: name.clone(),
+                    key,
+                })?;
+            let text = std::str::from_utf8(bytes).map_err(|_| CredentialsError::NotUtf8 {
+                secret: name.clone(),
+                key,
+            })?;
+            let text = text.trim();
+            if text.is_empty() {
+                return Err(CredentialsError::Empty {
+                    secret: name.clone(),
+                    key,
+                });
+            }
+            Ok(text.to_owned())
+        };
+        Ok(Credentials::new(
+            read(SECRET_ID_KEY)?,
+            read(SECRET_KEY_KEY)?,
+        ))
+    }
+
+    pub fn secret_id(&self) -> &str {
+        &self.secret_id
+    }
+
+    pub(super) fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("secret_id", &self.secret_id)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(data: serde_json::Value) -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "tencent", "namespace": "knit-system"},
+            "data": data,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn reads_both_keys_and_trims_them() {
+        // base64 of "AKIDexample\n" and "s3cr3t-k3y".
+        let credentials = Credentials::from_secret(&secret(serde_json::json!({
+            "secretId": "QUtJRGV4YW1wbGUK",
+            "secretKey": "czNjcjN0LWszeQ==",
+        })))
+        .unwrap();
+        assert_eq!(credentials.secret_id(), "AKIDexample");
+        assert_eq!(credentials.secret_key(), "s3cr3t-k3y");
+    }
+
+    #[test]
+    fn string_data_is_read_too() {
+        let secret: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "tencent"},
+            "stringData": {"secretId": "AKIDexample", "secretKey": "s3cr3t-k3y"},
+        }))
+        .unwrap();
+        let credentials = Credentials::from_secret(&secret).unwrap();
+        assert_eq!(credentials.secret_key(), "s3cr3t-k3y");
+    }
+
+    #[test]
+    fn a_missing_key_is_named_with_the_secret() {
+        let error = Credentials::from_secret(&secret(serde_json::json!({
+            "secretId": "QUtJRGV4YW1wbGU=",
+        })))
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"Secret knit-system/tencent has no data key "secretKey""#
+        );
+        let error = Credentials::from_secret(&secret(serde_json::json!({
+            "secretKey": "czNjcjN0LWszeQ==",
+        })))
+        .unwrap_err();
+        assert_eq!(
+            error,
+            CredentialsError::MissingKey {
+                secret: "knit-system/tencent".into(),
+                key: "secretId"
+            }
+        );
+    }
+
+    #[test]
+    fn blank_and_binary_values_are_refused_without_showing_them() {
+        let error = Credentials::from_secret(&secret(serde_json::json!({
+            "secretId": "QUtJRGV4YW1wbGU=",
+            "secretKey": "ICAK",
+        })))
+        .unwrap_err();
+        assert!(matches!(
+            error,
+            CredentialsError::Empty {
+                key: "secretKey",
+                ..
+            }
+        ));
+        let error = Credentials::from_secret(&secret(serde_json::json!({
+            "secretId": "QUtJRGV4YW1wbGU=",
+            "secretKey": "/w==",
+        })))
+        .unwrap_err();
+        assert!(matches!(
+            error,
+            CredentialsError::NotUtf8 {
+                key: "secretKey",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn debug_redacts_the_secret_key() {
+        let credentials = Credentials::new("AKIDexample", "s3cr3t-k3y");
+        let shown = format!("{credentials:?} {credentials:#?}");
+        assert!(shown.contains("AKIDexample"));
+        assert!(!shown.contains("s3cr3t-k3y"), "{shown}");
+    }
+}
