@@ -2,11 +2,11 @@
 //! WebAssembly components. See DESIGN.md in the repository for the map.
 
 pub mod cli;
-pub mod cloud;
 pub mod crds;
 pub mod domains;
 pub mod leader;
 pub mod plugin_test;
+pub mod providers;
 pub mod runtime;
 pub mod simulate;
 pub mod telemetry;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
-use knit::cloud::tencent::{
+use knit::providers::tencent::{
     BatchTarget, ClbClient, ClientOptions, Credentials, Error, ListenerFilter, Protocol,
     RetryPolicy, Target, TaskPolling,
 };
