@@ -28,6 +28,8 @@ pub const POOL_FINALIZER: &str = "knit.dev/ippool-protection";
     printcolumn = r#"{"name":"Strategy","type":"string","jsonPath":".spec.strategy.plugin"}"#,
     printcolumn = r#"{"name":"Allocated","type":"integer","jsonPath":".status.allocated"}"#,
     printcolumn = r#"{"name":"Free","type":"integer","jsonPath":".status.free"}"#,
+    printcolumn = r#"{"name":"Cooling","type":"integer","priority":1,"jsonPath":".status.cooling"}"#,
+    printcolumn = r#"{"name":"Utilization","type":"string","priority":1,"jsonPath":".status.utilization"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
