@@ -9,13 +9,14 @@ use serde_json::Value;
 
 use super::config::{Cidr, NetConf};
 use super::error::{CniError, Code};
-use super::protocol::{Command, Invocation};
+use super::protocol::{Invocation, NetworkCommand};
 use super::result::{self, IpConfig};
 use super::strategy::StrategyLoader;
 use crate::domains::ipam::claim::{self, ClaimError};
 use crate::domains::ipam::types::{AllocationOwner, IPPool};
 
 pub fn run(
+    command: NetworkCommand,
     invocation: &Invocation,
     conf: &NetConf,
     pool: &str,
@@ -28,21 +29,20 @@ pub fn run(
         .map_err(|error| CniError::io("starting the async runtime", error))?;
     runtime.block_on(async {
         let client = client(kubeconfig).await?;
-        match invocation.command {
-            Command::Add => add(&client, invocation, conf, pool).await.map(Some),
-            Command::Del => {
+        match command {
+            NetworkCommand::Add => add(&client, invocation, conf, pool).await.map(Some),
+            NetworkCommand::Del => {
                 claim::release(&client, pool, &invocation.container_id, &invocation.ifname)
                     .await
                     .map(|_| None)
                     .map_err(kube_error)
             }
-            Command::Check => check(&client, invocation, pool).await.map(|()| None),
-            Command::Gc => gc(&client, conf, pool).await.map(|()| None),
-            Command::Status => status(&client, conf, pool)
+            NetworkCommand::Check => check(&client, invocation, pool).await.map(|()| None),
+            NetworkCommand::Gc => gc(&client, conf, pool).await.map(|()| None),
+            NetworkCommand::Status => status(&client, conf, pool)
                 .await
                 .map(|()| None)
                 .map_err(|error| CniError::new(Code::NotAvailable, error.msg)),
-            Command::Version => Ok(Some(result::version_result())),
         }
     })
 }

@@ -579,7 +579,7 @@ fn bits_of(address: &IpAddr) -> u32 {
     if address.is_ipv6() { 128 } else { 32 }
 }
 
-pub fn ip_value(address: &IpAddr) -> u128 {
+fn ip_value(address: &IpAddr) -> u128 {
     match address {
         IpAddr::V4(v4) => u128::from(u32::from(*v4)),
         IpAddr::V6(v6) => u128::from(*v6),

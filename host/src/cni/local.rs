@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::config::{NetConf, RangeSet, StrategyConf};
 use super::error::{CniError, Code};
-use super::protocol::{Command, Invocation};
+use super::protocol::{Invocation, NetworkCommand};
 use super::result::{self, IpConfig};
 use super::store::{State, Store};
 use super::strategy::StrategyLoader;
@@ -24,19 +24,19 @@ pub struct Network<'a> {
 }
 
 pub fn run(
+    command: NetworkCommand,
     invocation: &Invocation,
     conf: &NetConf,
     network: &Network<'_>,
 ) -> Result<Option<Value>, CniError> {
-    match invocation.command {
-        Command::Add => add(invocation, conf, network).map(Some),
-        Command::Del => del(invocation, conf, network).map(|()| None),
-        Command::Check => check(invocation, conf, network).map(|()| None),
-        Command::Gc => gc(conf, network).map(|()| None),
-        Command::Status => status(conf, network)
+    match command {
+        NetworkCommand::Add => add(invocation, conf, network).map(Some),
+        NetworkCommand::Del => del(invocation, conf, network).map(|()| None),
+        NetworkCommand::Check => check(invocation, conf, network).map(|()| None),
+        NetworkCommand::Gc => gc(conf, network).map(|()| None),
+        NetworkCommand::Status => status(conf, network)
             .map(|()| None)
             .map_err(|error| CniError::new(Code::NotAvailable, error.msg)),
-        Command::Version => Ok(Some(result::version_result())),
     }
 }
 

@@ -20,17 +20,18 @@ use serde_json::Value;
 
 use config::Mode;
 pub use error::{CniError, Code};
-use protocol::{CniVersion, Command};
+use protocol::{CniVersion, Command, NetworkCommand};
 
 /// Runs one invocation: `env` reads a variable, `stdin` is the network
 /// configuration. `Ok(None)` is a success that prints nothing.
 pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<Value>, CniError> {
     let invocation = protocol::parse_env(env)?;
-    if invocation.command == Command::Version {
-        return Ok(Some(result::version_result()));
-    }
+    let command = match invocation.command {
+        Command::Version => return Ok(Some(result::version_result())),
+        Command::Network(command) => command,
+    };
     let conf = config::parse(stdin)?;
-    if matches!(invocation.command, Command::Gc | Command::Status)
+    if matches!(command, NetworkCommand::Gc | NetworkCommand::Status)
         && conf.cni_version < CniVersion::V1_1_0
     {
         return Err(CniError::new(
@@ -48,6 +49,7 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<
             data_dir,
             strategy,
         } => local::run(
+            command,
             &invocation,
             &conf,
             &local::Network {
@@ -56,7 +58,9 @@ pub fn run(env: &dyn Fn(&str) -> Option<String>, stdin: &[u8]) -> Result<Option<
                 strategy,
             },
         ),
-        Mode::Cluster { pool, kubeconfig } => cluster::run(&invocation, &conf, pool, kubeconfig),
+        Mode::Cluster { pool, kubeconfig } => {
+            cluster::run(command, &invocation, &conf, pool, kubeconfig)
+        }
     }
 }
 

@@ -42,50 +42,56 @@ impl CniVersion {
     }
 }
 
+/// What the runtime asks: VERSION needs no network configuration, every
+/// other command concerns one network.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
+    Version,
+    Network(NetworkCommand),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NetworkCommand {
     Add,
     Del,
     Check,
     Gc,
     Status,
-    Version,
 }
 
-impl Command {
-    const ALL: [Command; 6] = [
-        Command::Add,
-        Command::Del,
-        Command::Check,
-        Command::Gc,
-        Command::Status,
-        Command::Version,
-    ];
+const COMMANDS: [(&str, Command); 6] = [
+    ("ADD", Command::Network(NetworkCommand::Add)),
+    ("DEL", Command::Network(NetworkCommand::Del)),
+    ("CHECK", Command::Network(NetworkCommand::Check)),
+    ("GC", Command::Network(NetworkCommand::Gc)),
+    ("STATUS", Command::Network(NetworkCommand::Status)),
+    ("VERSION", Command::Version),
+];
 
+impl Command {
     /// As `CNI_COMMAND` spells it.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Command::Add => "ADD",
-            Command::Del => "DEL",
-            Command::Check => "CHECK",
-            Command::Gc => "GC",
-            Command::Status => "STATUS",
-            Command::Version => "VERSION",
-        }
+        COMMANDS
+            .iter()
+            .find(|(_, command)| *command == self)
+            .map_or("", |(text, _)| text)
     }
 
     fn parse(text: &str) -> Option<Command> {
-        Command::ALL.into_iter().find(|c| c.as_str() == text)
+        COMMANDS
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, command)| *command)
     }
 
     /// The variables the spec requires for this command.
     fn required(self) -> &'static [&'static str] {
         match self {
-            Command::Add | Command::Check => {
+            Command::Network(NetworkCommand::Add | NetworkCommand::Check) => {
                 &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"]
             }
-            Command::Del => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
-            Command::Gc | Command::Status => &["CNI_PATH"],
+            Command::Network(NetworkCommand::Del) => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
+            Command::Network(NetworkCommand::Gc | NetworkCommand::Status) => &["CNI_PATH"],
             Command::Version => &[],
         }
     }
@@ -212,7 +218,7 @@ mod tests {
             "required env variables [CNI_CONTAINERID,CNI_NETNS,CNI_IFNAME] missing"
         );
         let gc = parse_env(&env(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt")])).unwrap();
-        assert_eq!(gc.command, Command::Gc);
+        assert_eq!(gc.command, Command::Network(NetworkCommand::Gc));
         assert!(parse_env(&env(&[("CNI_COMMAND", "VERSION")])).is_ok());
         let unknown = parse_env(&env(&[("CNI_COMMAND", "FROB")])).unwrap_err();
         assert_eq!(unknown.msg, "unknown CNI_COMMAND: FROB");
