@@ -21,8 +21,12 @@ fn main() -> ExitCode {
         Ok(reply) => (reply, ExitCode::SUCCESS),
         Err(error) => (Some(error_reply(&error, &stdin)), ExitCode::FAILURE),
     };
+    // One write: stdout is line-buffered, and a write per line adds up.
     if let Some(reply) = reply
-        && writeln!(std::io::stdout().lock(), "{reply:#}").is_err()
+        && std::io::stdout()
+            .lock()
+            .write_all(format!("{reply:#}\n").as_bytes())
+            .is_err()
     {
         return ExitCode::FAILURE;
     }
