@@ -21,7 +21,7 @@ use knit_ipam_core::{Request, Strategy};
 use serde_json::json;
 
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
-const ROUNDS: usize = 9;
+const ROUNDS: usize = 15;
 const CYCLES_PER_ROUND: usize = 40;
 const STRATEGY_CALLS: usize = 2_000;
 
