@@ -2,6 +2,7 @@
 //! WebAssembly components. See DESIGN.md in the repository for the map.
 
 pub mod cli;
+pub mod cni;
 pub mod crds;
 pub mod domains;
 pub mod leader;

@@ -69,6 +69,10 @@ pub struct RuntimeConfig {
     pub max_memory_bytes: usize,
     /// Granularity of deadlines.
     pub epoch_tick: Duration,
+    /// Reuse pre-reserved instance slots (a long-running controller). A
+    /// one-shot process such as `knit-ipam` makes two instances and exits, so
+    /// it allocates on demand instead of reserving a pool it never reuses.
+    pub pooling_allocator: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -78,6 +82,7 @@ impl Default for RuntimeConfig {
             max_instances: 64,
             max_memory_bytes: 512 << 20,
             epoch_tick: Duration::from_millis(5),
+            pooling_allocator: true,
         }
     }
 }
@@ -92,33 +97,14 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(config: RuntimeConfig, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<Arc<Self>> {
-        let mut pool = PoolingAllocationConfig::default();
-        // A component is a handful of core instances (the program, WASI
-        // adapters, shims), with one memory and table each at most.
-        pool.total_component_instances(config.max_instances)
-            .total_core_instances(config.max_instances * 8)
-            .total_memories(config.max_instances * 2)
-            .total_tables(config.max_instances * 8)
-            .max_memory_size(config.max_memory_bytes)
-            .max_core_instances_per_component(16)
-            .max_memories_per_component(4)
-            .max_tables_per_component(16);
-        // A fresh instance per call makes slot reuse the hot path. Where the
-        // kernel can say which pages a call dirtied (PAGEMAP_SCAN, Linux 6.7+),
-        // reset just those with memset and keep them resident, so the next call
-        // takes no page faults: fresh-instance calls get ~2x faster. Without it,
-        // keeping memory resident would memset whole slots, so leave the
-        // default (madvise) alone.
-        if PoolingAllocationConfig::is_pagemap_scan_available() {
-            pool.pagemap_scan(wasmtime::Enabled::Yes)
-                .linear_memory_keep_resident(4 << 20)
-                .table_keep_resident(1 << 20);
-        }
         let mut engine_config = Config::new();
         engine_config
             .wasm_component_model(true)
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+            .epoch_interruption(true);
+        if config.pooling_allocator {
+            engine_config
+                .allocation_strategy(InstanceAllocationStrategy::Pooling(pooling_config(&config)));
+        }
         let engine = Engine::new(&engine_config)?;
 
         let mut linker = Linker::new(&engine);
@@ -199,6 +185,33 @@ impl Runtime {
 /// and in logs.
 pub fn digest_of(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Slots for `max_instances` instances, reused call after call.
+fn pooling_config(config: &RuntimeConfig) -> PoolingAllocationConfig {
+    let mut pool = PoolingAllocationConfig::default();
+    // A component is a handful of core instances (the program, WASI
+    // adapters, shims), with one memory and table each at most.
+    pool.total_component_instances(config.max_instances)
+        .total_core_instances(config.max_instances * 8)
+        .total_memories(config.max_instances * 2)
+        .total_tables(config.max_instances * 8)
+        .max_memory_size(config.max_memory_bytes)
+        .max_core_instances_per_component(16)
+        .max_memories_per_component(4)
+        .max_tables_per_component(16);
+    // A fresh instance per call makes slot reuse the hot path. Where the
+    // kernel can say which pages a call dirtied (PAGEMAP_SCAN, Linux 6.7+),
+    // reset just those with memset and keep them resident, so the next call
+    // takes no page faults: fresh-instance calls get ~2x faster. Without it,
+    // keeping memory resident would memset whole slots, so leave the
+    // default (madvise) alone.
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.pagemap_scan(wasmtime::Enabled::Yes)
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(1 << 20);
+    }
+    pool
 }
 
 /// Advances the engine's epoch so running calls notice their deadline; stops

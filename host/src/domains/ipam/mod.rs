@@ -1,6 +1,7 @@
 //! IPAM: `IPPool` and `IPAllocation`, strategies as plugins.
 
 pub mod address_space;
+pub mod claim;
 pub mod controller;
 pub mod expectations;
 pub mod metrics;

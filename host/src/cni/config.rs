@@ -1,0 +1,802 @@
+//! The network configuration on stdin: host-local's `ipam` fields (`ranges`
+//! or the legacy `subnet`, `rangeStart`, `rangeEnd`, `gateway`, `routes`,
+//! `dataDir`) plus knit's (`strategy`, `pluginsDir`, `cacheDir`, `mode`,
+//! `pool`, `kubeconfig`). The `ipam` section is parsed strictly: an unknown
+//! field or a bad value is an error that names the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+
+use super::error::{CniError, Code};
+use super::protocol::CniVersion;
+use crate::domains::ipam::address_space::{AddressSpace, parse_cidr};
+use crate::domains::ipam::types::IPPoolSpec;
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+pub const DEFAULT_PLUGINS_DIR: &str = "/opt/knit/plugins";
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/knit";
+pub const DEFAULT_STRATEGY: &str = "ipam-sequential";
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct NetConf {
+    pub cni_version: CniVersion,
+    pub name: String,
+    pub ipam: Ipam,
+    /// GC only: the attachments the runtime still uses.
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ipam {
+    pub routes: Vec<Route>,
+    pub plugins_dir: PathBuf,
+    pub cache_dir: PathBuf,
+    pub mode: Mode,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Mode {
+    /// Allocations in a state file on this node, as host-local keeps them.
+    Local {
+        ranges: Vec<RangeSet>,
+        data_dir: PathBuf,
+        strategy: StrategyConf,
+    },
+    /// Allocations as `IPAllocation` objects of an `IPPool`.
+    Cluster { pool: String, kubeconfig: PathBuf },
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StrategyConf {
+    #[serde(default = "default_strategy")]
+    pub plugin: String,
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_strategy() -> String {
+    DEFAULT_STRATEGY.into()
+}
+
+impl Default for StrategyConf {
+    fn default() -> Self {
+        StrategyConf {
+            plugin: default_strategy(),
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
+}
+
+/// A route added to the result as configured.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    #[serde(deserialize_with = "ip_prefix")]
+    pub dst: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gw: Option<IpAddr>,
+}
+
+/// A subnet: network address and prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    pub network: IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (network, prefix, ipv6) = parse_cidr(text)?;
+        Ok(Cidr {
+            network: ip_from(network, ipv6),
+            prefix: prefix as u8,
+        })
+    }
+
+    fn host_bits(&self) -> u32 {
+        bits_of(&self.network) - u32::from(self.prefix)
+    }
+
+    pub fn contains(&self, address: &IpAddr) -> bool {
+        let network_bits = |value: u128| value.checked_shr(self.host_bits()).unwrap_or(0);
+        address.is_ipv6() == self.network.is_ipv6()
+            && network_bits(ip_value(address)) == network_bits(ip_value(&self.network))
+    }
+
+    /// The address `n` after the network address.
+    fn nth(&self, n: u128) -> IpAddr {
+        ip_from(ip_value(&self.network) + n, self.network.is_ipv6())
+    }
+
+    /// host-local's default range end: the broadcast address is not usable
+    /// in IPv4, IPv6 has none.
+    fn last_usable(&self) -> IpAddr {
+        let size_minus_one = u128::MAX.checked_shr(128 - self.host_bits()).unwrap_or(0);
+        let last = self.nth(size_minus_one);
+        if last.is_ipv4() {
+            ip_from(ip_value(&last) - 1, false)
+        } else {
+            last
+        }
+    }
+
+    fn overlaps(&self, other: &Cidr) -> bool {
+        self.contains(&other.network) || other.contains(&self.network)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Cidr::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// One range of a range set, with host-local's defaults filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Range {
+    pub subnet: Cidr,
+    pub start: IpAddr,
+    pub end: IpAddr,
+    pub gateway: IpAddr,
+}
+
+impl Range {
+    pub fn contains(&self, address: &IpAddr) -> bool {
+        address.is_ipv6() == self.start.is_ipv6()
+            && ip_value(address) >= ip_value(&self.start)
+            && ip_value(address) <= ip_value(&self.end)
+    }
+}
+
+/// The ranges one address per ADD comes from (one family), in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RangeSet(pub Vec<Range>);
+
+impl RangeSet {
+    /// The range an address belongs to, if any.
+    pub fn range_of(&self, address: &IpAddr) -> Option<&Range> {
+        self.0.iter().find(|range| range.contains(address))
+    }
+
+    /// The set as a pool's offsets: the subnets laid end to end, everything
+    /// outside `rangeStart ..= rangeEnd` and each range's gateway excluded.
+    pub fn address_space(&self) -> Result<AddressSpace, String> {
+        let spec = IPPoolSpec {
+            cidrs: self.0.iter().map(|r| r.subnet.to_string()).collect(),
+            ..IPPoolSpec::default()
+        };
+        let mut space = AddressSpace::from_spec(&spec)?;
+        let base_of = |space: &AddressSpace, range: &Range| {
+            space
+                .offset_of(&range.subnet.network)
+                .ok_or_else(|| format!("{} has no offset", range.subnet))
+        };
+        for (index, range) in self.0.iter().enumerate() {
+            let first = base_of(&space, range)?;
+            let last = match self.0.get(index + 1) {
+                Some(next) => base_of(&space, next)? - 1,
+                None => space.size() - 1,
+            };
+            // Subnets wider than 2^63 addresses are cut to their first 2^63.
+            let start = space.offset_of(&range.start).ok_or_else(|| {
+                format!(
+                    "rangeStart {} is beyond the first 2^63 addresses of {}",
+                    range.start, range.subnet
+                )
+            })?;
+            let end = space.offset_of(&range.end).unwrap_or(last);
+            if start > first {
+                space.excluded.push(first..=start - 1);
+            }
+            if end < last {
+                space.excluded.push(end + 1..=last);
+            }
+            if range.subnet.contains(&range.gateway)
+                && let Some(gateway) = space.offset_of(&range.gateway)
+            {
+                space.excluded.push(gateway..=gateway);
+            }
+        }
+        Ok(space)
+    }
+
+    /// `first-last` of each range, for messages.
+    pub fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|r| format!("{}-{}", r.start, r.end))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawIpam {
+    #[serde(rename = "type")]
+    _type: String,
+    ranges: Option<Vec<Vec<RawRange>>>,
+    subnet: Option<Cidr>,
+    range_start: Option<IpAddr>,
+    range_end: Option<IpAddr>,
+    gateway: Option<IpAddr>,
+    #[serde(default)]
+    routes: Vec<Route>,
+    data_dir: Option<PathBuf>,
+    strategy: Option<StrategyConf>,
+    plugins_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
+    #[serde(default)]
+    mode: ModeName,
+    pool: Option<String>,
+    kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum ModeName {
+    #[default]
+    Local,
+    Cluster,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RawRange {
+    subnet: Cidr,
+    range_start: Option<IpAddr>,
+    range_end: Option<IpAddr>,
+    gateway: Option<IpAddr>,
+}
+
+/// Parses and checks the network configuration.
+pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+    let value: Value = serde_json::from_slice(stdin).map_err(|error| {
+        CniError::new(
+            Code::Decode,
+            format!("decoding the network config: {error}"),
+        )
+    })?;
+    let Value::Object(object) = value else {
+        return Err(CniError::new(
+            Code::Decode,
+            "the network config must be a JSON object",
+        ));
+    };
+    let cni_version = version(&object)?;
+    let name = match object.get("name") {
+        Some(Value::String(name)) if !name.is_empty() => name.clone(),
+        Some(Value::String(_)) | None => {
+            return Err(CniError::config("name: required (the network name)"));
+        }
+        Some(_) => return Err(CniError::config("name: must be a string")),
+    };
+    // The name is a directory under dataDir: the spec's rule keeps it one.
+    if !is_safe_name(&name) {
+        return Err(CniError::config(format!(
+            "name: {name:?} is not a valid network name (letters, digits, '_', '.', '-')"
+        )));
+    }
+    let raw: RawIpam = match object.get("ipam") {
+        Some(ipam) => serde_path_to_error::deserialize(ipam).map_err(|error| {
+            CniError::config(format!("{}: {}", field_path(error.path()), error.inner()))
+        })?,
+        None => return Err(CniError::config("ipam: required")),
+    };
+    let valid_attachments = match object.get("cni.dev/valid-attachments") {
+        Some(list) => Some(serde_path_to_error::deserialize(list).map_err(|error| {
+            CniError::config(format!(
+                "cni.dev/valid-attachments{}: {}",
+                suffix(error.path()),
+                error.inner()
+            ))
+        })?),
+        None => None,
+    };
+    Ok(NetConf {
+        cni_version,
+        name,
+        ipam: check_ipam(raw)?,
+        valid_attachments,
+    })
+}
+
+/// The config's `cniVersion`, if it is one this plugin speaks; for replies
+/// to a config that could not be parsed.
+pub fn requested_version(stdin: &[u8]) -> Option<CniVersion> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        #[serde(rename = "cniVersion")]
+        cni_version: String,
+    }
+    let versioned: Versioned = serde_json::from_slice(stdin).ok()?;
+    CniVersion::parse(&versioned.cni_version)
+}
+
+fn version(object: &serde_json::Map<String, Value>) -> Result<CniVersion, CniError> {
+    let text = match object.get("cniVersion") {
+        Some(Value::String(text)) => text,
+        Some(_) => return Err(CniError::config("cniVersion: must be a string")),
+        None => return Err(CniError::config("cniVersion: required")),
+    };
+    CniVersion::parse(text).ok_or_else(|| {
+        CniError::new(Code::IncompatibleVersion, "incompatible CNI versions").with_details(format!(
+            "config is {text:?}, plugin supports {:?}",
+            CniVersion::supported()
+        ))
+    })
+}
+
+fn check_ipam(raw: RawIpam) -> Result<Ipam, CniError> {
+    let legacy = [
+        ("subnet", raw.subnet.is_some()),
+        ("rangeStart", raw.range_start.is_some()),
+        ("rangeEnd", raw.range_end.is_some()),
+        ("gateway", raw.gateway.is_some()),
+    ]
+    .into_iter()
+    .find_map(|(field, present)| present.then_some(field));
+    let mode = match raw.mode {
+        ModeName::Local => {
+            for (field, present) in [
+                ("pool", raw.pool.is_some()),
+                ("kubeconfig", raw.kubeconfig.is_some()),
+            ] {
+                if present {
+                    return Err(CniError::config(format!(
+                        "ipam.{field}: only used with \"mode\": \"cluster\""
+                    )));
+                }
+            }
+            let ranges = match (raw.ranges, raw.subnet) {
+                (Some(_), _) if legacy.is_some() => {
+                    return Err(CniError::config(format!(
+                        "ipam.{}: give either ranges or the legacy subnet/rangeStart/rangeEnd/gateway, not both",
+                        legacy.unwrap_or_default()
+                    )));
+                }
+                (Some(sets), _) => {
+                    if sets.is_empty() {
+                        return Err(CniError::config(
+                            "ipam.ranges: needs at least one range set",
+                        ));
+                    }
+                    let mut checked = Vec::with_capacity(sets.len());
+                    for (index, set) in sets.into_iter().enumerate() {
+                        checked.push(range_set(set, &format!("ipam.ranges[{index}]"))?);
+                    }
+                    checked
+                }
+                (None, Some(subnet)) => vec![RangeSet(vec![range(
+                    RawRange {
+                        subnet,
+                        range_start: raw.range_start,
+                        range_end: raw.range_end,
+                        gateway: raw.gateway,
+                    },
+                    "ipam",
+                )?])],
+                (None, None) => {
+                    return Err(CniError::config(
+                        "ipam.ranges: required in local mode (or the legacy ipam.subnet)",
+                    ));
+                }
+            };
+            check_sets_disjoint(&ranges)?;
+            let strategy = raw.strategy.unwrap_or_default();
+            if strategy.plugin.is_empty() {
+                return Err(CniError::config("ipam.strategy.plugin: must not be empty"));
+            }
+            Mode::Local {
+                ranges,
+                data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+                strategy,
+            }
+        }
+        ModeName::Cluster => {
+            let unused = [
+                ("ranges", raw.ranges.is_some()),
+                (legacy.unwrap_or_default(), legacy.is_some()),
+                ("dataDir", raw.data_dir.is_some()),
+                ("strategy", raw.strategy.is_some()),
+            ];
+            if let Some((field, _)) = unused.iter().find(|(_, present)| *present) {
+                return Err(CniError::config(format!(
+                    "ipam.{field}: not used in cluster mode: the IPPool defines addresses and strategy"
+                )));
+            }
+            let pool = raw
+                .pool
+                .filter(|pool| !pool.is_empty())
+                .ok_or_else(|| CniError::config("ipam.pool: required in cluster mode"))?;
+            let kubeconfig = raw
+                .kubeconfig
+                .ok_or_else(|| CniError::config("ipam.kubeconfig: required in cluster mode"))?;
+            Mode::Cluster { pool, kubeconfig }
+        }
+    };
+    Ok(Ipam {
+        routes: raw.routes,
+        plugins_dir: raw
+            .plugins_dir
+            .unwrap_or_else(|| DEFAULT_PLUGINS_DIR.into()),
+        cache_dir: raw.cache_dir.unwrap_or_else(|| DEFAULT_CACHE_DIR.into()),
+        mode,
+    })
+}
+
+fn range_set(raw: Vec<RawRange>, path: &str) -> Result<RangeSet, CniError> {
+    if raw.is_empty() {
+        return Err(CniError::config(format!(
+            "{path}: needs at least one range"
+        )));
+    }
+    let mut ranges: Vec<Range> = Vec::with_capacity(raw.len());
+    for (index, raw_range) in raw.into_iter().enumerate() {
+        let range = range(raw_range, &format!("{path}[{index}]"))?;
+        for (other_index, other) in ranges.iter().enumerate() {
+            if other.subnet.network.is_ipv6() != range.subnet.network.is_ipv6() {
+                return Err(CniError::config(format!(
+                    "{path}: mixed address families ({} and {})",
+                    other.subnet, range.subnet
+                )));
+            }
+            if other.subnet.overlaps(&range.subnet) {
+                return Err(CniError::config(format!(
+                    "{path}[{index}].subnet: {} overlaps {} of {path}[{other_index}]; the ranges of a set need disjoint subnets",
+                    range.subnet, other.subnet
+                )));
+            }
+        }
+        ranges.push(range);
+    }
+    Ok(RangeSet(ranges))
+}
+
+/// host-local's canonical range: gateway and rangeStart default to the
+/// address after the network's, rangeEnd to the last usable one.
+fn range(raw: RawRange, path: &str) -> Result<Range, CniError> {
+    let subnet = raw.subnet;
+    if subnet.host_bits() < 2 {
+        return Err(CniError::config(format!(
+            "{path}.subnet: {subnet} is too small to allocate from"
+        )));
+    }
+    let inside = |field: &str, address: Option<IpAddr>, default: IpAddr| {
+        let address = address.unwrap_or(default);
+        if subnet.contains(&address) {
+            Ok(address)
+        } else {
+            Err(CniError::config(format!(
+                "{path}.{field}: {address} is not in subnet {subnet}"
+            )))
+        }
+    };
+    let start = inside("rangeStart", raw.range_start, subnet.nth(1))?;
+    let end = inside("rangeEnd", raw.range_end, subnet.last_usable())?;
+    if ip_value(&start) > ip_value(&end) {
+        return Err(CniError::config(format!(
+            "{path}.rangeStart: {start} is after rangeEnd {end}"
+        )));
+    }
+    let gateway = raw.gateway.unwrap_or(subnet.nth(1));
+    if gateway.is_ipv6() != subnet.network.is_ipv6() {
+        return Err(CniError::config(format!(
+            "{path}.gateway: {gateway} is not of the address family of {subnet}"
+        )));
+    }
+    Ok(Range {
+        subnet,
+        start,
+        end,
+        gateway,
+    })
+}
+
+/// An address may belong to one range set only (host-local's rule).
+fn check_sets_disjoint(sets: &[RangeSet]) -> Result<(), CniError> {
+    for (index, set) in sets.iter().enumerate() {
+        for (other_index, other) in sets[..index].iter().enumerate() {
+            let overlapping = set.0.iter().any(|a| {
+                other
+                    .0
+                    .iter()
+                    .any(|b| a.contains(&b.start) || a.contains(&b.end) || b.contains(&a.start))
+            });
+            if overlapping {
+                return Err(CniError::config(format!(
+                    "ipam.ranges[{index}]: overlaps range set {other_index}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_safe_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// `dst` of a route: an address and a prefix length (host bits allowed, as
+/// in host-local).
+fn ip_prefix<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    let valid = text.split_once('/').is_some_and(|(address, prefix)| {
+        match (address.parse::<IpAddr>(), prefix.parse::<u32>()) {
+            (Ok(address), Ok(prefix)) => prefix <= bits_of(&address),
+            _ => false,
+        }
+    });
+    if valid {
+        Ok(text)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "{text:?} is not an address/prefix such as 10.0.0.0/8"
+        )))
+    }
+}
+
+/// `ipam.ranges[0][1].subnet` from serde_path_to_error's path.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    format!("ipam{}", suffix(path))
+}
+
+fn suffix(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    path.iter()
+        .map(|segment| match segment {
+            Segment::Seq { index } => format!("[{index}]"),
+            Segment::Map { key } => format!(".{key}"),
+            Segment::Enum { variant } => format!(".{variant}"),
+            Segment::Unknown => String::new(),
+        })
+        .collect()
+}
+
+fn bits_of(address: &IpAddr) -> u32 {
+    if address.is_ipv6() { 128 } else { 32 }
+}
+
+fn ip_value(address: &IpAddr) -> u128 {
+    match address {
+        IpAddr::V4(v4) => u128::from(u32::from(*v4)),
+        IpAddr::V6(v6) => u128::from(*v6),
+    }
+}
+
+fn ip_from(value: u128, ipv6: bool) -> IpAddr {
+    if ipv6 {
+        IpAddr::V6(value.into())
+    } else {
+        IpAddr::V4((value as u32).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse_ipam(ipam: Value) -> Result<NetConf, CniError> {
+        parse(
+            &serde_json::to_vec(&json!({"cniVersion": "1.0.0", "name": "net", "ipam": ipam}))
+                .unwrap(),
+        )
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn ranges(conf: &NetConf) -> &[RangeSet] {
+        match &conf.ipam.mode {
+            Mode::Local { ranges, .. } => ranges,
+            Mode::Cluster { .. } => panic!("local mode expected"),
+        }
+    }
+
+    #[test]
+    fn host_local_defaults() {
+        let conf = parse_ipam(json!({"type": "knit-ipam", "subnet": "10.9.0.0/24"})).unwrap();
+        assert_eq!(
+            ranges(&conf),
+            [RangeSet(vec![Range {
+                subnet: Cidr {
+                    network: ip("10.9.0.0"),
+                    prefix: 24
+                },
+                start: ip("10.9.0.1"),
+                end: ip("10.9.0.254"),
+                gateway: ip("10.9.0.1"),
+            }])]
+        );
+        assert_eq!(conf.ipam.plugins_dir, PathBuf::from(DEFAULT_PLUGINS_DIR));
+        assert_eq!(conf.ipam.cache_dir, PathBuf::from(DEFAULT_CACHE_DIR));
+        let Mode::Local {
+            data_dir, strategy, ..
+        } = &conf.ipam.mode
+        else {
+            unreachable!()
+        };
+        assert_eq!(data_dir, &PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(strategy, &StrategyConf::default());
+        // IPv6 has no broadcast: the last address is usable.
+        let v6 = parse_ipam(json!({"type": "k", "ranges": [[{"subnet": "fd00::/120"}]]})).unwrap();
+        assert_eq!(ranges(&v6)[0].0[0].end, ip("fd00::ff"));
+    }
+
+    #[test]
+    fn a_range_set_as_offsets() {
+        let conf = parse_ipam(json!({"type": "k", "ranges": [[
+            {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.20", "gateway": "10.0.0.15"},
+            {"subnet": "10.0.5.0/30"},
+        ]]}))
+        .unwrap();
+        let set = &ranges(&conf)[0];
+        let space = set.address_space().unwrap();
+        assert_eq!(space.size(), 260);
+        let free: Vec<u64> = (0..space.size())
+            .filter(|o| !space.excluded.iter().any(|r| r.contains(o)))
+            .collect();
+        // .10-.20 less the gateway; .2 of the /30 (.1 is its gateway).
+        let mut expected: Vec<u64> = (10..=20).filter(|o| *o != 15).collect();
+        expected.push(258);
+        assert_eq!(free, expected);
+        assert_eq!(set.range_of(&ip("10.0.5.2")).unwrap().subnet.prefix, 30);
+        assert!(set.range_of(&ip("10.0.0.21")).is_none());
+        assert_eq!(set.describe(), "10.0.0.10-10.0.0.20,10.0.5.1-10.0.5.2");
+    }
+
+    #[test]
+    fn wide_ipv6_subnets_work() {
+        let conf = parse_ipam(json!({"type": "k", "ranges": [[{"subnet": "fd00::/48"}]]})).unwrap();
+        let space = ranges(&conf)[0].address_space().unwrap();
+        assert_eq!(space.size(), 1 << 63);
+        assert_eq!(space.address_of(2), Some(ip("fd00::2")));
+    }
+
+    #[test]
+    fn cross_field_rules_name_the_field() {
+        let error = |ipam: Value| parse_ipam(ipam).unwrap_err().msg;
+        let cases = [
+            (json!({"type": "k"}), "ipam.ranges: required"),
+            (
+                json!({"type": "k", "ranges": []}),
+                "ipam.ranges: needs at least one range set",
+            ),
+            (
+                json!({"type": "k", "ranges": [[]]}),
+                "ipam.ranges[0]: needs at least one range",
+            ),
+            (
+                json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}]], "gateway": "10.0.0.1"}),
+                "ipam.gateway: give either ranges or the legacy",
+            ),
+            (
+                json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "fd00::/64"}]]}),
+                "ipam.ranges[0]: mixed address families",
+            ),
+            (
+                json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.0.0/25"}]]}),
+                "ipam.ranges[0][1].subnet: 10.0.0.0/25 overlaps 10.0.0.0/24",
+            ),
+            (
+                json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.0/25"}]]}),
+                "ipam.ranges[1]: overlaps range set 0",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "rangeStart": "10.0.0.9", "rangeEnd": "10.0.0.8"}),
+                "ipam.rangeStart: 10.0.0.9 is after rangeEnd 10.0.0.8",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.5/24"}),
+                "ipam.subnet: \"10.0.0.5/24\" has host bits set",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "pool": "p"}),
+                "ipam.pool: only used with",
+            ),
+            (
+                json!({"type": "k", "mode": "cluster", "pool": "p", "kubeconfig": "/k", "subnet": "10.0.0.0/24"}),
+                "ipam.subnet: not used in cluster mode",
+            ),
+            (
+                json!({"type": "k", "mode": "cluster", "kubeconfig": "/k"}),
+                "ipam.pool: required",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": ""}}),
+                "ipam.strategy.plugin",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"name": "x"}}),
+                "ipam.strategy.name: unknown field",
+            ),
+            (
+                json!({"subnet": "10.0.0.0/24"}),
+                "ipam: missing field `type`",
+            ),
+        ];
+        for (ipam, expected) in cases {
+            let msg = error(ipam.clone());
+            assert!(msg.starts_with(expected), "{ipam}: {msg}");
+        }
+    }
+
+    #[test]
+    fn cluster_mode_and_gc_attachments() {
+        let stdin = json!({
+            "cniVersion": "1.1.0", "name": "net",
+            "ipam": {"type": "k", "mode": "cluster", "pool": "pods", "kubeconfig": "/etc/knit/kubeconfig"},
+            "cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}],
+        });
+        let conf = parse(&serde_json::to_vec(&stdin).unwrap()).unwrap();
+        assert_eq!(
+            conf.ipam.mode,
+            Mode::Cluster {
+                pool: "pods".into(),
+                kubeconfig: "/etc/knit/kubeconfig".into()
+            }
+        );
+        assert_eq!(
+            conf.valid_attachments,
+            Some(vec![Attachment {
+                container_id: "c1".into(),
+                ifname: "eth0".into()
+            }])
+        );
+    }
+
+    #[test]
+    fn network_name_and_version() {
+        let with = |value: Value| parse(&serde_json::to_vec(&value).unwrap()).unwrap_err();
+        let ipam = json!({"type": "k", "subnet": "10.0.0.0/24"});
+        let error = with(json!({"cniVersion": "1.0.0", "name": "../etc", "ipam": ipam}));
+        assert_eq!(
+            (error.code, error.msg.starts_with("name: \"../etc\"")),
+            (Code::InvalidConfig, true)
+        );
+        let error = with(json!({"name": "n", "ipam": ipam}));
+        assert_eq!(error.msg, "cniVersion: required");
+        let error = with(json!({"cniVersion": "0.2.0", "name": "n", "ipam": ipam}));
+        assert_eq!(error.code, Code::IncompatibleVersion);
+        assert_eq!(
+            requested_version(br#"{"cniVersion": "0.4.0", "name": 5}"#),
+            Some(CniVersion::V0_4_0)
+        );
+        assert_eq!(parse(b"[1]").unwrap_err().code, Code::Decode);
+    }
+
+    #[test]
+    fn cidr_containment_at_the_edges() {
+        let cidr = |text: &str| Cidr::parse(text).unwrap();
+        assert!(cidr("0.0.0.0/0").contains(&ip("255.255.255.255")));
+        assert!(!cidr("0.0.0.0/0").contains(&ip("::1")));
+        assert!(cidr("10.0.0.4/32").contains(&ip("10.0.0.4")));
+        assert!(!cidr("10.0.0.4/32").contains(&ip("10.0.0.5")));
+        assert!(cidr("fd00::/127").contains(&ip("fd00::1")));
+        assert!(!cidr("fd00::/127").contains(&ip("fd00::2")));
+    }
+}
