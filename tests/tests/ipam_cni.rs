@@ -332,6 +332,31 @@ async fn add_is_idempotent_and_del_check_gc_work() {
             "10.91.0.100".into()
         ])
     );
+
+    // With a reuse cooldown, DEL lets the address rest instead of freeing it.
+    pools
+        .patch(
+            &pool_name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({ "spec": { "reuseCooldownSeconds": 600 } })),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        call("ADD", "c5", &config, "").await.address(),
+        "10.91.0.26/24"
+    );
+    assert!(call("DEL", "c5", &config, "").await.ok);
+    let rested = allocations
+        .get(&format!("{pool_name}-10-91-0-26"))
+        .await
+        .unwrap();
+    assert!(rested.is_resting());
+    call("CHECK", "c5", &config, "").await.error();
+    assert_eq!(
+        call("ADD", "c6", &config, "").await.address(),
+        "10.91.0.27/24"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,13 +11,20 @@ impl OffsetSet {
     /// Builds a set from `(index, bits)` words as they travel over WIT; zero
     /// words are dropped and repeated indexes merged, so any input is safe.
     pub fn from_words(words: impl IntoIterator<Item = (u64, u64)>) -> Self {
-        let mut set = OffsetSet::default();
-        for (index, bits) in words {
-            if bits != 0 {
-                *set.words.entry(index).or_insert(0) |= bits;
+        let mut words: Vec<(u64, u64)> = words.into_iter().filter(|&(_, bits)| bits != 0).collect();
+        // Sorted and unique, the map is built in one pass instead of one
+        // insertion per word (a /16 with 60,000 taken is ~940 words).
+        words.sort_unstable_by_key(|&(index, _)| index);
+        words.dedup_by(|next, kept| {
+            let same = next.0 == kept.0;
+            if same {
+                kept.1 |= next.1;
             }
+            same
+        });
+        OffsetSet {
+            words: words.into_iter().collect(),
         }
-        set
     }
 
     /// The non-zero words in index order.
@@ -138,8 +145,11 @@ mod tests {
 
     #[test]
     fn from_words_drops_zero_and_merges() {
-        let set = OffsetSet::from_words([(1, 0), (2, 0b1), (2, 0b10)]);
-        assert_eq!(set.words().collect::<Vec<_>>(), vec![(2, 0b11)]);
+        let set = OffsetSet::from_words([(9, 1), (1, 0), (2, 0b1), (7, 4), (2, 0b10), (9, 8)]);
+        assert_eq!(
+            set.words().collect::<Vec<_>>(),
+            vec![(2, 0b11), (7, 4), (9, 9)]
+        );
     }
 
     #[test]

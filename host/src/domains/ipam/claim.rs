@@ -204,23 +204,51 @@ async fn release_where(
     matches: impl Fn(&IPAllocation) -> bool,
 ) -> Result<usize, kube::Error> {
     let api: Api<IPAllocation> = Api::all(client.clone());
+    // With a reuse cooldown the address rests (still held, owned by nobody)
+    // and the controller frees it once the cooldown is over.
+    let pool = Api::<IPPool>::all(client.clone())
+        .get_opt(pool_name)
+        .await?;
+    let rest = pool.is_some_and(|pool| {
+        pool.metadata.deletion_timestamp.is_none()
+            && pool.spec.reuse_cooldown_seconds.unwrap_or(0) > 0
+    });
     let mut released = 0;
     for allocation in allocations(client, pool_name).await? {
         // A resting allocation belongs to nobody: the controller frees it.
         if allocation.is_resting() || !matches(&allocation) {
             continue;
         }
-        // The UID precondition deletes this allocation, never a newer one of
+        // The UID precondition acts on this allocation, never a newer one of
         // the same name (address) made since we listed.
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: allocation.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
+        let result = if rest {
+            let patch = serde_json::json!({
+                "metadata": { "uid": allocation.metadata.uid },
+                "spec": { "releasedAt": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now()
+                ) },
+            });
+            api.patch(
+                &allocation.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+            .map(|_| ())
+        } else {
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: allocation.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            };
+            api.delete(&allocation.name_any(), &params)
+                .await
+                .map(|_| ())
         };
-        match api.delete(&allocation.name_any(), &params).await {
-            Ok(_) => released += 1,
+        match result {
+            Ok(()) => released += 1,
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 409 => {}
             Err(error) => return Err(error),
         }

@@ -94,10 +94,16 @@ impl Default for Strategy {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct IPPoolStatus {
+    // All optional in the schema: any allocator may record `lastAllocated`
+    // before the controller has written a first status.
+    #[serde(default)]
     pub capacity: u64,
+    #[serde(default)]
     pub allocated: u64,
+    #[serde(default)]
     pub free: u64,
     /// Allocated share of capacity, in percent, e.g. "42.5".
+    #[serde(default)]
     pub utilization: String,
     /// The plugin that made the last decision: `name@version`, and its digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
