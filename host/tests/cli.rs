@@ -32,9 +32,12 @@ fn crds_directory_is_up_to_date() {
     for (file, crd) in knit::crds::all() {
         let yaml = knit::crds::to_yaml(&crd);
         let on_disk = std::fs::read_to_string(repo().join("crds").join(file)).unwrap_or_default();
-        assert_eq!(
-            on_disk, yaml,
-            "crds/{file} is stale: regenerate with `cargo run -p knit -- crds --output-dir crds`"
+        assert!(
+            on_disk == yaml,
+            "crds/{file} is stale: regenerate with `cargo run -p knit -- crds --output-dir crds`\n{}",
+            similar::TextDiff::from_lines(&on_disk, &yaml)
+                .unified_diff()
+                .header("on disk", "generated")
         );
         expected.push_str(&yaml);
     }
