@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::error::{CniError, Code};
 use super::protocol::CniVersion;
-use crate::domains::ipam::address_space::{AddressSpace, parse_cidr};
+use crate::domains::ipam::address_space::{self, AddressSpace, parse_cidr};
 use crate::domains::ipam::types::IPPoolSpec;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
@@ -101,7 +101,7 @@ impl Cidr {
     pub fn parse(text: &str) -> Result<Cidr, String> {
         let (network, prefix, ipv6) = parse_cidr(text)?;
         Ok(Cidr {
-            network: ip_from(network, ipv6),
+            network: address_space::to_ip(network, ipv6),
             prefix: prefix as u8,
         })
     }
@@ -118,7 +118,7 @@ impl Cidr {
 
     /// The address `n` after the network address.
     fn nth(&self, n: u128) -> IpAddr {
-        ip_from(ip_value(&self.network) + n, self.network.is_ipv6())
+        address_space::to_ip(ip_value(&self.network) + n, self.network.is_ipv6())
     }
 
     /// host-local's default range end: the broadcast address is not usable
@@ -127,7 +127,7 @@ impl Cidr {
         let size_minus_one = u128::MAX.checked_shr(128 - self.host_bits()).unwrap_or(0);
         let last = self.nth(size_minus_one);
         if last.is_ipv4() {
-            ip_from(ip_value(&last) - 1, false)
+            address_space::to_ip(ip_value(&last) - 1, false)
         } else {
             last
         }
@@ -580,18 +580,7 @@ fn bits_of(address: &IpAddr) -> u32 {
 }
 
 fn ip_value(address: &IpAddr) -> u128 {
-    match address {
-        IpAddr::V4(v4) => u128::from(u32::from(*v4)),
-        IpAddr::V6(v6) => u128::from(*v6),
-    }
-}
-
-fn ip_from(value: u128, ipv6: bool) -> IpAddr {
-    if ipv6 {
-        IpAddr::V6(value.into())
-    } else {
-        IpAddr::V4((value as u32).into())
-    }
+    address_space::from_ip(address).0
 }
 
 #[cfg(test)]

@@ -58,11 +58,8 @@ impl Plugin {
         ipam::AllocateRequest {
             size: request.size,
             allocated: ipam::OffsetSet {
-                words: request
-                    .allocated
-                    .words()
-                    .map(|(index, bits)| ipam::BitmapWord { index, bits })
-                    .collect(),
+                indexes: request.allocated.words().map(|(index, _)| index).collect(),
+                bits: request.allocated.words().map(|(_, bits)| bits).collect(),
             },
             excluded: request
                 .excluded

@@ -22,7 +22,12 @@ pub fn allocate(
     let native = crate::Request {
         size: request.size,
         allocated: crate::OffsetSet::from_words(
-            request.allocated.words.iter().map(|w| (w.index, w.bits)),
+            request
+                .allocated
+                .indexes
+                .iter()
+                .copied()
+                .zip(request.allocated.bits.iter().copied()),
         ),
         excluded: request.excluded.iter().map(|r| r.first..=r.last).collect(),
         cursor: request.cursor,

@@ -89,7 +89,8 @@ impl<'a> FreeSpace<'a> {
                 continue;
             }
             // Between allocated words every offset is free, so jump across
-            // those stretches and only walk the bits of allocated words.
+            // those stretches; count an allocated word's free bits at once and
+            // look inside only the word that holds the answer.
             let mut position = first;
             for (index, bits) in self.allocated.words_in(first / 64, last / 64) {
                 let word_first = (index * 64).max(first);
@@ -99,14 +100,16 @@ impl<'a> FreeSpace<'a> {
                     return Some(position + n);
                 }
                 n -= stretch;
-                for offset in word_first..=word_last {
-                    if bits & (1u64 << (offset % 64)) == 0 {
-                        if n == 0 {
-                            return Some(offset);
-                        }
-                        n -= 1;
+                let in_gap = (u64::MAX << (word_first % 64)) & (u64::MAX >> (63 - word_last % 64));
+                let mut free_bits = !bits & in_gap;
+                let free = u64::from(free_bits.count_ones());
+                if n < free {
+                    for _ in 0..n {
+                        free_bits &= free_bits - 1; // drop the lowest free bit
                     }
+                    return Some(index * 64 + u64::from(free_bits.trailing_zeros()));
                 }
+                n -= free;
                 position = word_last + 1;
             }
             return Some(position + n);
@@ -182,6 +185,12 @@ mod tests {
             request(10, &[], &[(0, 100)]),
             request(0, &[], &[]),
             request(300, &[5, 299], &[(299, 400), (0, 3)]),
+            // Mostly full words cut by exclusions mid-word.
+            request(
+                1000,
+                &(0..1000).filter(|o| o * 7919 % 13 < 9).collect::<Vec<_>>(),
+                &[(0, 0), (130, 190), (999, 999)],
+            ),
         ];
         for case in &cases {
             let space = FreeSpace::new(case).unwrap();

@@ -1,10 +1,10 @@
-use std::collections::BTreeMap;
-
-/// A set of offsets stored as the non-zero words of a bitmap, keyed by word
+/// A set of offsets stored as the non-zero words of a bitmap, sorted by word
 /// index: a dense /24 is four words, a sparse IPv6 pool one word per cluster.
+/// A sorted vector rather than a map: scans over all words (counting, ranked
+/// search) dominate, and inserts are few.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OffsetSet {
-    words: BTreeMap<u64, u64>,
+    words: Vec<(u64, u64)>,
 }
 
 impl OffsetSet {
@@ -12,8 +12,6 @@ impl OffsetSet {
     /// words are dropped and repeated indexes merged, so any input is safe.
     pub fn from_words(words: impl IntoIterator<Item = (u64, u64)>) -> Self {
         let mut words: Vec<(u64, u64)> = words.into_iter().filter(|&(_, bits)| bits != 0).collect();
-        // Sorted and unique, the map is built in one pass instead of one
-        // insertion per word (a /16 with 60,000 taken is ~940 words).
         words.sort_unstable_by_key(|&(index, _)| index);
         words.dedup_by(|next, kept| {
             let same = next.0 == kept.0;
@@ -22,43 +20,51 @@ impl OffsetSet {
             }
             same
         });
-        OffsetSet {
-            words: words.into_iter().collect(),
-        }
+        OffsetSet { words }
     }
 
     /// The non-zero words in index order.
     pub fn words(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.words.iter().map(|(&index, &bits)| (index, bits))
+        self.words.iter().copied()
     }
 
     /// The non-zero words with index in `first ..= last`.
     pub fn words_in(&self, first: u64, last: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.words
-            .range(first..=last)
-            .map(|(&index, &bits)| (index, bits))
+        let start = self.words.partition_point(|&(index, _)| index < first);
+        self.words[start..]
+            .iter()
+            .copied()
+            .take_while(move |&(index, _)| index <= last)
     }
 
     /// Adds an offset; false if it was already there.
     pub fn insert(&mut self, offset: u64) -> bool {
-        let word = self.words.entry(offset / 64).or_insert(0);
         let bit = 1u64 << (offset % 64);
-        let added = *word & bit == 0;
-        *word |= bit;
-        added
+        match self.position(offset / 64) {
+            Ok(at) => {
+                let word = &mut self.words[at].1;
+                let added = *word & bit == 0;
+                *word |= bit;
+                added
+            }
+            Err(at) => {
+                self.words.insert(at, (offset / 64, bit));
+                true
+            }
+        }
     }
 
     /// Removes an offset; false if it was not there.
     pub fn remove(&mut self, offset: u64) -> bool {
-        let index = offset / 64;
-        let Some(word) = self.words.get_mut(&index) else {
+        let Ok(at) = self.position(offset / 64) else {
             return false;
         };
         let bit = 1u64 << (offset % 64);
+        let word = &mut self.words[at].1;
         let removed = *word & bit != 0;
         *word &= !bit;
         if *word == 0 {
-            self.words.remove(&index);
+            self.words.remove(at);
         }
         removed
     }
@@ -69,13 +75,13 @@ impl OffsetSet {
 
     /// The word with this index (zero when absent).
     pub fn word(&self, index: u64) -> u64 {
-        self.words.get(&index).copied().unwrap_or(0)
+        self.position(index).map_or(0, |at| self.words[at].1)
     }
 
     pub fn len(&self) -> u64 {
         self.words
-            .values()
-            .map(|bits| u64::from(bits.count_ones()))
+            .iter()
+            .map(|&(_, bits)| u64::from(bits.count_ones()))
             .sum()
     }
 
@@ -85,7 +91,7 @@ impl OffsetSet {
 
     /// Offsets in ascending order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
-        self.words.iter().flat_map(|(&index, &bits)| {
+        self.words.iter().flat_map(|&(index, bits)| {
             (0..64)
                 .filter(move |bit| bits & (1u64 << bit) != 0)
                 .map(move |bit| index * 64 + bit)
@@ -98,9 +104,8 @@ impl OffsetSet {
             return 0;
         }
         let (first_word, last_word) = (first / 64, last / 64);
-        self.words
-            .range(first_word..=last_word)
-            .map(|(&index, &bits)| {
+        self.words_in(first_word, last_word)
+            .map(|(index, bits)| {
                 let mut mask = u64::MAX;
                 if index == first_word {
                     mask &= u64::MAX << (first % 64);
@@ -112,15 +117,19 @@ impl OffsetSet {
             })
             .sum()
     }
+
+    fn position(&self, index: u64) -> Result<usize, usize> {
+        self.words.binary_search_by_key(&index, |&(index, _)| index)
+    }
 }
 
 impl FromIterator<u64> for OffsetSet {
     fn from_iter<I: IntoIterator<Item = u64>>(offsets: I) -> Self {
-        let mut set = OffsetSet::default();
-        for offset in offsets {
-            set.insert(offset);
-        }
-        set
+        OffsetSet::from_words(
+            offsets
+                .into_iter()
+                .map(|offset| (offset / 64, 1u64 << (offset % 64))),
+        )
     }
 }
 

@@ -166,14 +166,15 @@ pub fn parse_cidr(cidr: &str) -> Result<(u128, u32, bool), String> {
     Ok((value, prefix, ipv6))
 }
 
-fn from_ip(address: &IpAddr) -> (u128, bool) {
+/// An address as a number, and whether it is IPv6.
+pub fn from_ip(address: &IpAddr) -> (u128, bool) {
     match address {
         IpAddr::V4(v4) => (u128::from(u32::from(*v4)), false),
         IpAddr::V6(v6) => (u128::from(*v6), true),
     }
 }
 
-fn to_ip(value: u128, ipv6: bool) -> IpAddr {
+pub fn to_ip(value: u128, ipv6: bool) -> IpAddr {
     if ipv6 {
         IpAddr::V6(value.into())
     } else {

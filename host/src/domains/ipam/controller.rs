@@ -19,6 +19,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
+use super::claim::replay_seed;
 use super::expectations::Expectations;
 use super::metrics::IpamMetrics;
 use super::plan::{cooled_down, overlapping_pool, plan_pool, pod_addresses};
@@ -582,8 +583,8 @@ async fn remove_finalizer(pools: &Api<IPPool>, pool: &IPPool) -> Result<(), Erro
 /// Randomness for strategies that want it: derived from the pool and its
 /// state, so a pass can be replayed from what was observed.
 fn seed_for(pool: &IPPool, allocated: usize) -> u64 {
-    let uid = pool.metadata.uid.as_deref().unwrap_or_default();
-    uid.bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x1000_0000_01b3)
-    }) ^ allocated as u64
+    replay_seed(&[
+        pool.metadata.uid.as_deref().unwrap_or_default(),
+        &allocated.to_string(),
+    ])
 }
