@@ -184,9 +184,17 @@ async fn run_controllers(
     } else {
         tracing::info!("leading: starting controllers");
         let ipam = knit::domains::ipam::controller::run(client, registry, ipam_metrics, stop);
+        let lease_lost = async {
+            let lost = leading.wait_for(|leading| !*leading).await.is_ok();
+            // No election (`--leader-elect=false`), or it ended: only `stop`
+            // ends the controllers then.
+            if !lost {
+                std::future::pending::<()>().await;
+            }
+        };
         tokio::select! {
             _ = ipam => Ok(()),
-            _ = leading.wait_for(|leading| !*leading) => {
+            _ = lease_lost => {
                 Err(anyhow::anyhow!("lost the lease; exiting so that only the new leader acts"))
             }
         }

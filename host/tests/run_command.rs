@@ -1,10 +1,10 @@
 //! `knit run` as a process against the real API server: ready, metrics,
-//! plugins from the directory, the lease taken, clean exit on SIGTERM that
-//! releases it.
+//! plugins from the directory, the lease taken, the controllers running,
+//! clean exit on SIGTERM that releases the lease.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn get(addr: &str, path: &str) -> Option<(u16, String)> {
@@ -16,15 +16,35 @@ fn get(addr: &str, path: &str) -> Option<(u16, String)> {
     Some((status, response))
 }
 
-#[test]
-fn run_serves_health_and_metrics_and_stops_on_sigterm() {
-    let env = knit_tests::env();
-    let plugins = tempfile::tempdir().unwrap();
-    std::fs::write(
-        plugins.path().join("swap.wasm"),
-        knit_tests::built_plugin("fixture_swap_v1"),
-    )
-    .unwrap();
+fn kubectl(args: &[&str], stdin: &str) -> String {
+    let mut child = Command::new(knit_tests::tool("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", &knit_tests::env().admin_kubeconfig)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "kubectl {args:?} failed");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !done() {
+        assert!(started.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `knit run` with `args`, serving on a free port; returns once ready.
+fn start(args: &[&str], plugins: &std::path::Path) -> (Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -32,29 +52,86 @@ fn run_serves_health_and_metrics_and_stops_on_sigterm() {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let mut knit = Command::new(env!("CARGO_BIN_EXE_knit"))
-        .args([
-            "run",
-            "--metrics-addr",
-            &addr,
-            "--namespace",
-            "default",
-            "--plugins-dir",
-        ])
-        .arg(plugins.path())
-        .env("KUBECONFIG", &env.admin_kubeconfig)
+        .args(["run", "--metrics-addr", &addr, "--namespace", "default"])
+        .args(args)
+        .arg("--plugins-dir")
+        .arg(plugins)
+        .env("KUBECONFIG", &knit_tests::env().admin_kubeconfig)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-
-    let started = Instant::now();
-    while get(&addr, "/readyz").map(|(status, _)| status) != Some(200) {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "knit never became ready"
-        );
+    wait_until("knit ready", Duration::from_secs(60), || {
         assert!(knit.try_wait().unwrap().is_none(), "knit exited early");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        get(&addr, "/readyz").map(|(status, _)| status) == Some(200)
+    });
+    (knit, addr)
+}
+
+/// A pool and a pod asking it; waits for the address the controller writes.
+fn pod_gets_an_address(name: &str, cidr: &str, expected: &str) {
+    kubectl(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"
+apiVersion: knit.dev/v1alpha1
+kind: IPPool
+metadata: {{ name: {name} }}
+spec: {{ cidrs: [{cidr}] }}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: default
+  annotations: {{ knit.dev/ippool: {name} }}
+spec: {{ containers: [{{ name: app, image: registry.invalid/app }}] }}
+"#
+        ),
+    );
+    let address = [
+        "get",
+        "pod",
+        name,
+        "-n",
+        "default",
+        "-o",
+        r"jsonpath={.metadata.annotations.knit\.dev/ip}",
+    ];
+    wait_until(
+        &format!("{name}'s address"),
+        Duration::from_secs(60),
+        || kubectl(&address, "") == expected,
+    );
+}
+
+/// SIGTERM, as Kubernetes stops a pod: a clean, successful exit.
+fn stop(mut knit: Child) {
+    let pid = knit.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut status = None;
+    wait_until("knit to stop on SIGTERM", Duration::from_secs(20), || {
+        status = knit.try_wait().unwrap();
+        status.is_some()
+    });
+    let status = status.unwrap();
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn run_serves_health_and_metrics_leads_and_stops_on_sigterm() {
+    let plugins = tempfile::tempdir().unwrap();
+    std::fs::write(
+        plugins.path().join("swap.wasm"),
+        knit_tests::built_plugin("fixture_swap_v1"),
+    )
+    .unwrap();
+    let (knit, addr) = start(&[], plugins.path());
     assert_eq!(get(&addr, "/healthz").unwrap().0, 200);
     let (_, metrics) = get(&addr, "/metrics").unwrap();
     for expected in [
@@ -71,82 +148,30 @@ fn run_serves_health_and_metrics_and_stops_on_sigterm() {
 
     // It campaigned and, alone, leads.
     let lease_holder = || {
-        let output = Command::new(knit_tests::tool("kubectl"))
-            .args(["get", "lease", "knit", "-n", "default"])
-            .args(["-o", "jsonpath={.spec.holderIdentity}"])
-            .env("KUBECONFIG", &env.admin_kubeconfig)
-            .output()
-            .unwrap();
-        String::from_utf8(output.stdout).unwrap()
+        kubectl(
+            &[
+                "get",
+                "lease",
+                "knit",
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.spec.holderIdentity}",
+            ],
+            "",
+        )
     };
-    let started = Instant::now();
-    while !lease_holder().ends_with(&format!("-{}", knit.id())) {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "knit never took the lease"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let identity_suffix = format!("-{}", knit.id());
+    wait_until("knit to take the lease", Duration::from_secs(30), || {
+        lease_holder().ends_with(&identity_suffix)
+    });
 
     // As leader it runs the controllers: a pod asking a pool gets an address.
-    let kubectl = |args: &[&str], stdin: Option<&str>| {
-        let mut child = Command::new(knit_tests::tool("kubectl"))
-            .args(args)
-            .env("KUBECONFIG", &env.admin_kubeconfig)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.unwrap_or_default().as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(output.status.success(), "kubectl {args:?} failed");
-        String::from_utf8(output.stdout).unwrap()
-    };
-    kubectl(
-        &["apply", "-f", "-"],
-        Some(
-            r#"
-apiVersion: knit.dev/v1alpha1
-kind: IPPool
-metadata: { name: run-command }
-spec: { cidrs: [10.99.0.0/29] }
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: run-command
-  namespace: default
-  annotations: { knit.dev/ippool: run-command }
-spec: { containers: [{ name: app, image: registry.invalid/app }] }
-"#,
-        ),
-    );
-    let started = Instant::now();
-    let ip_of_pod = ["get", "pod", "run-command", "-n", "default"];
-    while kubectl(
-        &[
-            &ip_of_pod[..],
-            &["-o", r"jsonpath={.metadata.annotations.knit\.dev/ip}"],
-        ]
-        .concat(),
-        None,
-    ) != "10.99.0.1"
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the pod never got its address"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    pod_gets_an_address("run-leader", "10.99.0.0/29", "10.99.0.1");
     let (_, metrics) = get(&addr, "/metrics").unwrap();
     for expected in [
-        r#"knit_ipam_allocations_total{pool="run-command"} 1"#,
-        r#"knit_ipam_pool_capacity{pool="run-command"} 6"#,
+        r#"knit_ipam_allocations_total{pool="run-leader"} 1"#,
+        r#"knit_ipam_pool_capacity{pool="run-leader"} 6"#,
     ] {
         assert!(
             metrics.contains(expected),
@@ -154,27 +179,20 @@ spec: { containers: [{ name: app, image: registry.invalid/app }] }
         );
     }
 
-    // SIGTERM is how Kubernetes stops a pod.
-    let pid = knit.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = knit.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "knit ignored SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "{status}");
+    stop(knit);
     // Stopping released the lease for the next replica.
     assert_eq!(lease_holder(), "");
+}
+
+#[test]
+fn run_without_leader_election_runs_the_controllers() {
+    let plugins = tempfile::tempdir().unwrap();
+    let (knit, _) = start(
+        &["--leader-elect=false", "--lease-name", "unused"],
+        plugins.path(),
+    );
+    pod_gets_an_address("run-alone", "10.99.1.0/29", "10.99.1.1");
+    // Still running: no election is not a lost lease.
+    std::thread::sleep(Duration::from_millis(500));
+    stop(knit);
 }
