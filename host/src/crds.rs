@@ -5,6 +5,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::domains::ipam::types::{IPAllocation, IPPool};
+use crate::domains::tke_clb::types::{
+    DedicatedCLBListener, DedicatedCLBService, GROUP as TKE_GROUP, MISSPELLED_VERSION,
+};
 use crate::runtime::kind::Plugin;
 
 /// `(file name, CRD)` for each kind.
@@ -13,10 +16,33 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("knit.dev_plugins.yaml", Plugin::crd()),
         ("knit.dev_ippools.yaml", IPPool::crd()),
         ("knit.dev_ipallocations.yaml", IPAllocation::crd()),
+        (
+            "networking.cloud.tencent.com_dedicatedclbservices.yaml",
+            with_misspelled_version(DedicatedCLBService::crd()),
+        ),
+        (
+            "networking.cloud.tencent.com_dedicatedclblisteners.yaml",
+            with_misspelled_version(DedicatedCLBListener::crd()),
+        ),
     ]
     .into_iter()
     .map(|(file, crd)| (file, with_kubernetes_formats(crd)))
     .collect()
+}
+
+/// The seed's examples use `v1apha1`: serve it too, deprecated, with the same
+/// schema (no conversion needed), so they apply unchanged.
+fn with_misspelled_version(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    let mut alias = crd.spec.versions[0].clone();
+    alias.name = MISSPELLED_VERSION.into();
+    alias.storage = false;
+    alias.deprecated = Some(true);
+    alias.deprecation_warning = Some(format!(
+        "{TKE_GROUP}/{MISSPELLED_VERSION} is a misspelling kept for the seed's examples; use {TKE_GROUP}/{}",
+        crd.spec.versions[0].name
+    ));
+    crd.spec.versions.push(alias);
+    crd
 }
 
 /// schemars describes Rust's unsigned integers as `format: uint32`/`uint64`,

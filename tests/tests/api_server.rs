@@ -58,11 +58,16 @@ async fn examples_pass_server_side_dry_run() {
         &["apply", "--dry-run=server", "-R", "-f", "examples/"],
         None,
     );
-    assert!(
-        output.status.success(),
+    let printed = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{printed}");
+    // The seed's misspelled version is served, with a warning.
+    assert!(
+        printed.contains("v1apha1 is a misspelling"),
+        "no deprecation warning in: {printed}"
     );
 }
 
@@ -114,10 +119,42 @@ async fn bad_manifests_are_rejected_with_a_clear_message() {
         ),
         (pool("{cidrs: []}"), "spec.cidrs"),
     ];
+    let clb_service = |spec: &str| {
+        format!(
+            "apiVersion: networking.cloud.tencent.com/v1alpha1\nkind: DedicatedCLBService\nmetadata: {{name: bad, namespace: default}}\nspec: {spec}\n"
+        )
+    };
+    let clb_services = [
+        (
+            clb_service("{minPort: 600, maxPort: 501, ports: [{protocol: TCP, targetPort: 80}]}"),
+            "minPort must not be greater than maxPort",
+        ),
+        (
+            clb_service("{minPort: 1, maxPort: 70000, ports: [{protocol: TCP, targetPort: 80}]}"),
+            "spec.maxPort",
+        ),
+        (
+            clb_service("{minPort: 1, maxPort: 9, ports: [{protocol: SCTP, targetPort: 80}]}"),
+            "spec.ports[0].protocol: Unsupported value",
+        ),
+        (
+            clb_service(
+                "{minPort: 1, maxPort: 9, ports: [{protocol: TCP, targetPort: 80}, {protocol: TCP, targetPort: 80}]}",
+            ),
+            "each (protocol, targetPort) pair may appear only once",
+        ),
+        (
+            clb_service(
+                "{minPort: 1, maxPort: 9, ports: [{protocol: TCP, targetPort: 80}], existedLbIds: [my-lb]}",
+            ),
+            "spec.existedLbIds[0]",
+        ),
+    ];
     let cases = cases
         .iter()
         .map(|(manifest, expected)| (manifest.to_string(), *expected))
-        .chain(pools);
+        .chain(pools)
+        .chain(clb_services);
     for (manifest, expected) in cases {
         let manifest = manifest.as_str();
         let output = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(manifest));
@@ -128,4 +165,37 @@ async fn bad_manifests_are_rejected_with_a_clear_message() {
             "expected {expected:?} in: {stderr}"
         );
     }
+}
+
+/// A listener's identity (CLB, port, protocol, region) cannot change.
+#[tokio::test]
+async fn listener_identity_is_immutable() {
+    let client = knit_tests::admin_client().await;
+    let namespace = knit_tests::fresh_namespace(&client, "clb-immutable").await;
+    let listener = |port: u16, region: &str| {
+        format!(
+            "apiVersion: networking.cloud.tencent.com/v1alpha1\nkind: DedicatedCLBListener\nmetadata: {{name: l, namespace: {namespace}}}\nspec: {{lbId: lb-abc, lbPort: {port}, protocol: TCP{region}, backendPod: {{podName: p, port: 80}}}}\n"
+        )
+    };
+    let created = kubectl(&["apply", "-f", "-"], Some(&listener(501, "")));
+    assert!(created.status.success(), "{created:?}");
+    for (changed, expected) in [
+        (listener(502, ""), "lbPort is immutable"),
+        (
+            listener(501, ", lbRegion: ap-chengdu"),
+            "lbRegion is immutable",
+        ),
+    ] {
+        let output = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&changed));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "accepted:\n{changed}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in: {stderr}"
+        );
+    }
+    // The pod it forwards to may change.
+    let rebound = listener(501, "").replace("podName: p", "podName: q");
+    let output = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rebound));
+    assert!(output.status.success(), "{output:?}");
 }

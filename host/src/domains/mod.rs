@@ -2,3 +2,4 @@
 //! lands) its controller.
 
 pub mod ipam;
+pub mod tke_clb;

@@ -1,0 +1,202 @@
+//! The TKE CLB kinds, as the seed (tke-extend-network-controller) defines
+//! them: a `DedicatedCLBService` gives every selected pod its own public
+//! `IP:port` on a Tencent CLB, one `DedicatedCLBListener` per pod and port.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "networking.cloud.tencent.com";
+/// The seed's examples say `v1apha1`; it is served, deprecated, beside the
+/// correctly spelled `v1alpha1`, so they apply unchanged.
+pub const MISSPELLED_VERSION: &str = "v1apha1";
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    #[serde(rename = "TCP")]
+    Tcp,
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+/// Every pod matched by `selector` gets, for each of `ports`, a listener of
+/// its own on one of the service's CLBs, at a port in `minPort..=maxPort`.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[kube(
+    group = "networking.cloud.tencent.com",
+    version = "v1alpha1",
+    kind = "DedicatedCLBService",
+    namespaced,
+    status = "DedicatedCLBServiceStatus",
+    shortname = "dcs",
+    category = "knit",
+    printcolumn = r#"{"name":"MinPort","type":"integer","jsonPath":".spec.minPort"}"#,
+    printcolumn = r#"{"name":"MaxPort","type":"integer","jsonPath":".spec.maxPort"}"#,
+    printcolumn = r#"{"name":"Allocated","type":"integer","jsonPath":".status.allocated"}"#,
+    printcolumn = r#"{"name":"Free","type":"integer","jsonPath":".status.free"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.minPort <= self.maxPort")
+    .message("minPort must not be greater than maxPort").field_path(".minPort"))]
+pub struct DedicatedCLBServiceSpec {
+    /// The CLBs' region; the controller's region when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub lb_region: Option<String>,
+    /// The lowest listener port handed out.
+    #[schemars(range(min = 1, max = 65535))]
+    pub min_port: u16,
+    /// The highest listener port handed out.
+    #[schemars(range(min = 1, max = 65535))]
+    pub max_port: u16,
+    /// Pod labels that select the pods served.
+    #[serde(default)]
+    pub selector: BTreeMap<String, String>,
+    /// Each port of each pod gets a listener; `(protocol, targetPort)` pairs
+    /// are unique.
+    #[schemars(length(min = 1, max = 16))]
+    #[x_kube(validation = Rule::new(
+        "self.all(p, self.exists_one(q, q.protocol == p.protocol && q.targetPort == p.targetPort))"
+    ).message("each (protocol, targetPort) pair may appear only once"))]
+    pub ports: Vec<ServicePort>,
+    /// Existing CLB instances to create the listeners on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(length(min = 1, max = 64), regex(pattern = r"^lb-[a-z0-9]+$"))
+    )]
+    pub existed_lb_ids: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// The listener's protocol.
+    pub protocol: Protocol,
+    /// The port the pod listens on.
+    #[schemars(range(min = 1, max = 65535))]
+    pub target_port: u16,
+    /// The pod annotation the public `IP:port` is written into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub address_pod_annotation: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DedicatedCLBServiceStatus {
+    /// The CLBs in use, with the ports each has handed out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_balancers: Vec<LoadBalancerStatus>,
+    /// Listener ports handed out, over all CLBs.
+    #[serde(default)]
+    pub allocated: u64,
+    /// Listener ports still free, over all CLBs.
+    #[serde(default)]
+    pub free: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerStatus {
+    pub lb_id: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vips: Vec<String>,
+    #[serde(default)]
+    pub allocated: u64,
+}
+
+/// One CLB listener, optionally bound to one pod's port.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[kube(
+    group = "networking.cloud.tencent.com",
+    version = "v1alpha1",
+    kind = "DedicatedCLBListener",
+    namespaced,
+    status = "DedicatedCLBListenerStatus",
+    shortname = "dcl",
+    category = "knit",
+    printcolumn = r#"{"name":"LbId","type":"string","jsonPath":".spec.lbId"}"#,
+    printcolumn = r#"{"name":"LbPort","type":"integer","jsonPath":".spec.lbPort"}"#,
+    printcolumn = r#"{"name":"Protocol","type":"string","jsonPath":".spec.protocol"}"#,
+    printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.backendPod.podName"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+// Which listener this object is never changes: a new one is a new object.
+#[x_kube(validation = Rule::new(
+    "has(self.lbRegion) == has(oldSelf.lbRegion) && (!has(self.lbRegion) || self.lbRegion == oldSelf.lbRegion)"
+).message("lbRegion is immutable").field_path(".lbRegion"))]
+pub struct DedicatedCLBListenerSpec {
+    /// The CLB instance.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^lb-[a-z0-9]+$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("lbId is immutable"))]
+    pub lb_id: String,
+    /// The CLB's region; the controller's region when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub lb_region: Option<String>,
+    /// The listener's port.
+    #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("lbPort is immutable"))]
+    pub lb_port: u16,
+    /// The listener's protocol.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("protocol is immutable"))]
+    pub protocol: Protocol,
+    /// The listener configuration to create it with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub listener_config: Option<String>,
+    /// The pod (in this namespace) and port to forward to; unset, the
+    /// listener waits, `Available`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_pod: Option<BackendPod>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendPod {
+    #[schemars(length(min = 1, max = 253))]
+    pub pod_name: String,
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum ListenerState {
+    /// Being created on the CLB.
+    Pending,
+    /// Created and forwarding to its pod.
+    Bound,
+    /// Created, bound to no pod: ready for reuse.
+    Available,
+    /// Being deleted from the CLB.
+    Deleting,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DedicatedCLBListenerStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listener_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ListenerState>,
+    /// The public `IP:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
