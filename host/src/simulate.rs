@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::domains::ipam::plan::{overlapping_pool, plan_pool};
-use crate::domains::ipam::types::{ADDRESS_ANNOTATION, IPAllocation, IPPool, allocation_name};
+use crate::domains::ipam::types::{ADDRESS_ANNOTATION, IPAllocation, IPPool};
 use crate::runtime::Registry;
 
 /// The manifests read: known kinds parsed, the rest named so the user sees
@@ -107,20 +107,7 @@ pub fn simulate(manifests: &Manifests, registry: &Registry, seed: u64) -> Vec<(S
                     "apply: address for pod {}/{}",
                     allocation.pod_namespace, allocation.pod_name
                 ),
-                json!({
-                    "apiVersion": "knit.dev/v1alpha1",
-                    "kind": "IPAllocation",
-                    "metadata": { "name": allocation_name(&pool.name_any(), &allocation.address) },
-                    "spec": {
-                        "pool": pool.name_any(),
-                        "address": allocation.address.to_string(),
-                        "owner": {
-                            "podNamespace": allocation.pod_namespace,
-                            "podName": allocation.pod_name,
-                            "podUid": allocation.pod_uid,
-                        },
-                    },
-                }),
+                serde_json::to_value(allocation.record(pool)).expect("allocations serialize"),
             ));
             out.push((
                 format!(

@@ -86,6 +86,11 @@ impl AddressSpace {
         None
     }
 
+    /// The offset of an address as written in a resource (`"10.0.0.5"`).
+    pub fn offset_of_text(&self, address: &str) -> Option<u64> {
+        self.offset_of(&address.parse().ok()?)
+    }
+
     pub fn offset_of(&self, address: &IpAddr) -> Option<u64> {
         let (value, ipv6) = from_ip(address);
         let mut base = 0u64;

@@ -10,11 +10,12 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use knit_ipam_core::{AllocateError, FreeSpace, OffsetSet, Request};
+use knit_ipam_core::{AllocateError, FreeSpace};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Client, ResourceExt};
 
 use super::address_space::AddressSpace;
+use super::plan::pool_request;
 use super::types::{AllocationOwner, IPAllocation, IPPool};
 use crate::runtime::{Plugin, Registry, World};
 
@@ -113,21 +114,7 @@ pub async fn claim_from(
     };
     let plugin = strategies.strategy(plugin_name).map_err(strategy_error)?;
     let config: Vec<(String, String)> = pool.spec.strategy.config.clone().into_iter().collect();
-    let mut request = Request {
-        size: space.size(),
-        // Resting allocations are taken too: they belong to nobody until the
-        // controller lets them go.
-        allocated: taken(&space, &existing),
-        excluded: space.excluded.clone(),
-        cursor: pool
-            .status
-            .as_ref()
-            .and_then(|s| s.last_allocated.as_deref())
-            .and_then(|a| a.parse().ok())
-            .and_then(|a| space.offset_of(&a)),
-        count: 1,
-        seed: 0,
-    };
+    let mut request = pool_request(pool, &space, &existing);
     let api: Api<IPAllocation> = Api::all(client.clone());
     for attempt in 0..MAX_ATTEMPTS {
         request.seed = replay_seed(&[
@@ -278,13 +265,7 @@ pub fn held_by(allocation: &IPAllocation, container_id: &str, ifname: &str) -> b
 /// How many addresses of the pool nobody holds, resting ones counted as held.
 pub fn free_addresses(pool: &IPPool, allocations: &[IPAllocation]) -> Result<u64, String> {
     let space = AddressSpace::from_spec(&pool.spec)?;
-    let request = Request {
-        size: space.size(),
-        allocated: taken(&space, allocations),
-        excluded: space.excluded.clone(),
-        ..Request::default()
-    };
-    Ok(FreeSpace::new(&request)?.free_count())
+    Ok(FreeSpace::new(&pool_request(pool, &space, allocations))?.free_count())
 }
 
 /// Randomness for strategies, derived from who asks (FNV-1a), so a run can
@@ -295,14 +276,6 @@ pub fn replay_seed(parts: &[&str]) -> u64 {
             (hash ^ u64::from(byte)).wrapping_mul(0x1000_0000_01b3)
         })
     })
-}
-
-fn taken(space: &AddressSpace, allocations: &[IPAllocation]) -> OffsetSet {
-    allocations
-        .iter()
-        .filter_map(|a| a.spec.address.parse::<IpAddr>().ok())
-        .filter_map(|address| space.offset_of(&address))
-        .collect()
 }
 
 /// A container interface is identified by container ID and interface name,

@@ -194,16 +194,7 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
     };
     let mut requeue_soon = !plan.refused.is_empty();
     for planned in &plan.allocations {
-        let allocation = IPAllocation::of(
-            &pool,
-            &planned.address,
-            AllocationOwner {
-                pod_namespace: Some(planned.pod_namespace.clone()),
-                pod_name: Some(planned.pod_name.clone()),
-                pod_uid: Some(planned.pod_uid.clone()),
-                ..AllocationOwner::default()
-            },
-        );
+        let allocation = planned.record(&pool);
         match Api::<IPAllocation>::all(ctx.client.clone())
             .create(&Default::default(), &allocation)
             .await

@@ -10,7 +10,9 @@ use knit_ipam_core::{AllocateError, FreeSpace, OffsetSet, Request};
 use kube::ResourceExt;
 
 use super::address_space::AddressSpace;
-use super::types::{ADDRESS_ANNOTATION, IPAllocation, IPPool, IPPoolStatus, POOL_ANNOTATION};
+use super::types::{
+    ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, IPPoolStatus, POOL_ANNOTATION,
+};
 use crate::runtime::{Registry, World};
 
 /// A pod that gets an address.
@@ -20,6 +22,22 @@ pub struct PlannedAllocation {
     pub pod_name: String,
     pub pod_uid: String,
     pub address: IpAddr,
+}
+
+impl PlannedAllocation {
+    /// The `IPAllocation` that records it.
+    pub fn record(&self, pool: &IPPool) -> IPAllocation {
+        IPAllocation::of(
+            pool,
+            &self.address,
+            AllocationOwner {
+                pod_namespace: Some(self.pod_namespace.clone()),
+                pod_name: Some(self.pod_name.clone()),
+                pod_uid: Some(self.pod_uid.clone()),
+                ..AllocationOwner::default()
+            },
+        )
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -74,23 +92,9 @@ pub fn plan_pool(
         .iter()
         .filter(|a| a.spec.pool == pool_name)
         .collect();
-    let offset_of = |address: &str| {
-        address
-            .parse::<IpAddr>()
-            .ok()
-            .and_then(|ip| space.offset_of(&ip))
-    };
-    // Resting addresses are held too: nobody gets them until they are freed.
     let mut request = Request {
-        size: space.size(),
-        allocated: mine
-            .iter()
-            .filter_map(|a| offset_of(&a.spec.address))
-            .collect::<OffsetSet>(),
-        excluded: space.excluded.clone(),
-        cursor: plan.status.last_allocated.as_deref().and_then(offset_of),
-        count: 1,
         seed,
+        ..pool_request(pool, &space, mine.iter().copied())
     };
     let capacity = FreeSpace::new(&Request {
         allocated: OffsetSet::default(),
@@ -192,7 +196,7 @@ pub fn plan_pool(
     let held = request.allocated.len();
     let cooling = mine
         .iter()
-        .filter(|a| a.is_resting() && offset_of(&a.spec.address).is_some())
+        .filter(|a| a.is_resting() && space.offset_of_text(&a.spec.address).is_some())
         .count() as u64;
     let status = &mut plan.status;
     status.capacity = capacity;
@@ -261,6 +265,32 @@ pub fn plan_pool(
         ),
     ];
     plan
+}
+
+/// The strategy request for a pool as its allocations stand: every address
+/// held is taken (resting ones too: nobody gets them until they are freed),
+/// and a sequential strategy goes on from `status.lastAllocated`. One
+/// address is asked for; the caller sets the seed.
+pub fn pool_request<'a>(
+    pool: &IPPool,
+    space: &AddressSpace,
+    allocations: impl IntoIterator<Item = &'a IPAllocation>,
+) -> Request {
+    Request {
+        size: space.size(),
+        allocated: allocations
+            .into_iter()
+            .filter_map(|a| space.offset_of_text(&a.spec.address))
+            .collect(),
+        excluded: space.excluded.clone(),
+        cursor: pool
+            .status
+            .as_ref()
+            .and_then(|s| s.last_allocated.as_deref())
+            .and_then(|a| space.offset_of_text(a)),
+        count: 1,
+        seed: 0,
+    }
 }
 
 /// The offset of the address a pod is annotated with, when it is usable and
