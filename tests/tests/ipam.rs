@@ -19,6 +19,19 @@ use tokio::task::JoinHandle;
 const WAIT: Duration = Duration::from_secs(60);
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Waits for this file's turn, then gives the test a client and a fresh
+/// namespace; the turn lasts as long as the guard.
+async fn take_turn(prefix: &str) -> (tokio::sync::MutexGuard<'static, ()>, Client, String) {
+    let turn = SERIAL.lock().await;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let client = knit_tests::admin_client().await;
+    let namespace = knit_tests::fresh_namespace(&client, prefix).await;
+    (turn, client, namespace)
+}
+
 fn builtin_registry() -> Arc<Registry> {
     knit::cli::builtin_registry(None, Arc::default()).unwrap()
 }
@@ -132,13 +145,7 @@ async fn wait_for_ready_reason(client: &Client, pool: &str, reason: &str) -> Str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_get_addresses_and_release_them_by_uid() {
-    let _serial = SERIAL.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let client = knit_tests::admin_client().await;
-    let namespace = knit_tests::fresh_namespace(&client, "ipam").await;
+    let (_turn, client, namespace) = take_turn("ipam").await;
     let pool_name = format!("pool-{namespace}");
     create_pool(
         &client,
@@ -261,13 +268,7 @@ async fn pods_get_addresses_and_release_them_by_uid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_controllers_never_hand_out_one_address_twice() {
-    let _serial = SERIAL.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let client = knit_tests::admin_client().await;
-    let namespace = knit_tests::fresh_namespace(&client, "ipam-race").await;
+    let (_turn, client, namespace) = take_turn("ipam-race").await;
     let pool_name = format!("pool-{namespace}");
     create_pool(
         &client,
@@ -326,13 +327,7 @@ async fn concurrent_controllers_never_hand_out_one_address_twice() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn released_addresses_rest_for_the_cooldown() {
-    let _serial = SERIAL.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let client = knit_tests::admin_client().await;
-    let namespace = knit_tests::fresh_namespace(&client, "ipam-rest").await;
+    let (_turn, client, namespace) = take_turn("ipam-rest").await;
     let pool_name = format!("pool-{namespace}");
     create_pool(
         &client,
@@ -396,13 +391,7 @@ async fn released_addresses_rest_for_the_cooldown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strategy_changes_take_effect_without_a_restart() {
-    let _serial = SERIAL.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let client = knit_tests::admin_client().await;
-    let namespace = knit_tests::fresh_namespace(&client, "ipam-swap").await;
+    let (_turn, client, namespace) = take_turn("ipam-swap").await;
     let pool_name = format!("pool-{namespace}");
     create_pool(
         &client,
@@ -486,13 +475,7 @@ async fn strategy_changes_take_effect_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_in_use_is_deleted_only_once_its_addresses_are_released() {
-    let _serial = SERIAL.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let client = knit_tests::admin_client().await;
-    let namespace = knit_tests::fresh_namespace(&client, "ipam-delete").await;
+    let (_turn, client, namespace) = take_turn("ipam-delete").await;
     let pool_name = format!("pool-{namespace}");
     create_pool(
         &client,
@@ -539,13 +522,7 @@ async fn a_pool_in_use_is_deleted_only_once_its_addresses_are_released() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_overlapping_pool_hands_out_nothing_until_fixed() {
-    let _serial = SERIAL.lock().await;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-    let client = knit_tests::admin_client().await;
-    let namespace = knit_tests::fresh_namespace(&client, "ipam-overlap").await;
+    let (_turn, client, namespace) = take_turn("ipam-overlap").await;
     let older = format!("older-{namespace}");
     let younger = format!("younger-{namespace}");
     create_pool(
