@@ -43,8 +43,22 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Every `knit run` manages every pool of the one API server, so the tests
+/// take turns: one running knit at a time.
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A running `knit run`, killed if a failing test leaves it behind.
+struct Knit(Child);
+
+impl Drop for Knit {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `knit run` with `args`, serving on a free port; returns once ready.
-fn start(args: &[&str], plugins: &std::path::Path) -> (Child, String) {
+fn start(args: &[&str], plugins: &std::path::Path) -> (Knit, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -64,7 +78,7 @@ fn start(args: &[&str], plugins: &std::path::Path) -> (Child, String) {
         assert!(knit.try_wait().unwrap().is_none(), "knit exited early");
         get(&addr, "/readyz").map(|(status, _)| status) == Some(200)
     });
-    (knit, addr)
+    (Knit(knit), addr)
 }
 
 /// A pool and a pod asking it; waits for the address the controller writes.
@@ -105,7 +119,8 @@ spec: {{ containers: [{{ name: app, image: registry.invalid/app }}] }}
 }
 
 /// SIGTERM, as Kubernetes stops a pod: a clean, successful exit.
-fn stop(mut knit: Child) {
+fn stop(mut knit: Knit) {
+    let knit = &mut knit.0;
     let pid = knit.id().to_string();
     assert!(
         Command::new("kill")
@@ -131,6 +146,7 @@ fn run_serves_health_and_metrics_leads_and_stops_on_sigterm() {
         knit_tests::built_plugin("fixture_swap_v1"),
     )
     .unwrap();
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (knit, addr) = start(&[], plugins.path());
     assert_eq!(get(&addr, "/healthz").unwrap().0, 200);
     let (_, metrics) = get(&addr, "/metrics").unwrap();
@@ -161,7 +177,7 @@ fn run_serves_health_and_metrics_leads_and_stops_on_sigterm() {
             "",
         )
     };
-    let identity_suffix = format!("-{}", knit.id());
+    let identity_suffix = format!("-{}", knit.0.id());
     wait_until("knit to take the lease", Duration::from_secs(30), || {
         lease_holder().ends_with(&identity_suffix)
     });
@@ -187,6 +203,7 @@ fn run_serves_health_and_metrics_leads_and_stops_on_sigterm() {
 #[test]
 fn run_without_leader_election_runs_the_controllers() {
     let plugins = tempfile::tempdir().unwrap();
+    let _turn = TURN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let (knit, _) = start(
         &["--leader-elect=false", "--lease-name", "unused"],
         plugins.path(),
