@@ -25,6 +25,7 @@ use super::metrics::IpamMetrics;
 use super::plan::{cooled_down, overlapping_pool, plan_pool, pod_addresses};
 use super::types::{
     ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, POOL_ANNOTATION, POOL_FINALIZER,
+    allocation_name,
 };
 use crate::runtime::Registry;
 
@@ -510,6 +511,21 @@ impl Context {
             || cached.annotations().get(ADDRESS_ANNOTATION) == Some(&allocation.spec.address)
         {
             return Ok(true);
+        }
+        // Never overwrite an address another allocator wrote and holds for
+        // this pod, even while our cache has not seen its record yet: the
+        // first write wins, and ours becomes surplus once the cache catches up.
+        let written = cached
+            .annotations()
+            .get(ADDRESS_ANNOTATION)
+            .and_then(|written| written.parse().ok());
+        if let Some(written) = written {
+            let record = Api::<IPAllocation>::all(self.client.clone())
+                .get_opt(&allocation_name(&allocation.spec.pool, &written))
+                .await?;
+            if record.is_some_and(|r| !r.is_resting() && r.spec.owner.pod_uid == owner.pod_uid) {
+                return Ok(false);
+            }
         }
         // UID and resourceVersion make the write conditional: the pod we saw,
         // unchanged, so two allocators never flip its address back and forth.

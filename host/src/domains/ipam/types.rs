@@ -194,7 +194,7 @@ pub struct AllocationOwner {
 
 /// `<pool>-<address>` with the address made name-safe (`10-0-0-5`,
 /// `fd00--5`).
-fn allocation_name(pool: &str, address: &std::net::IpAddr) -> String {
+pub fn allocation_name(pool: &str, address: &std::net::IpAddr) -> String {
     let address = address.to_string().replace(['.', ':'], "-");
     format!("{pool}-{address}")
 }
