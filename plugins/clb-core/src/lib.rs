@@ -79,6 +79,55 @@ pub struct Listener {
     pub unbound_for_seconds: Option<u64>,
 }
 
+/// Everything one decision looks at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub service: Service,
+    pub lbs: Vec<LoadBalancer>,
+    pub pods: Vec<Pod>,
+    pub listeners: Vec<Listener>,
+}
+
+/// The spread and cooldown when the configuration names none: fill the CLBs
+/// in order; a freed listener rests a minute before another pod gets it.
+pub const DEFAULT_SPREAD: Spread = Spread::InOrder;
+pub const DEFAULT_COOLDOWN_SECONDS: u64 = 60;
+
+/// Reads the allocator's configuration: `spread` (`in-order`, `uniform`,
+/// `random`) and `cooldown-seconds`; any other key is an error, so a typo
+/// is not silently ignored.
+pub fn parse_config(entries: &[(String, String)]) -> Result<(Spread, u64), String> {
+    let mut spread = DEFAULT_SPREAD;
+    let mut cooldown = DEFAULT_COOLDOWN_SECONDS;
+    for (key, value) in entries {
+        match key.as_str() {
+            "spread" => {
+                spread = match value.as_str() {
+                    "in-order" => Spread::InOrder,
+                    "uniform" => Spread::Uniform,
+                    "random" => Spread::Random,
+                    other => {
+                        return Err(format!(
+                            "spread {other:?}: expected in-order, uniform or random"
+                        ));
+                    }
+                }
+            }
+            "cooldown-seconds" => {
+                cooldown = value.parse().map_err(|_| {
+                    format!("cooldown-seconds {value:?}: expected a whole number of seconds")
+                })?
+            }
+            other => {
+                return Err(format!(
+                    "unknown configuration key {other:?}: expected spread or cooldown-seconds"
+                ));
+            }
+        }
+    }
+    Ok((spread, cooldown))
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub create: Vec<NewListener>,
@@ -456,6 +505,38 @@ mod tests {
         let plan = plan(&service(Spread::InOrder), &lbs, &[pod("gs-0")], &listeners);
         assert_eq!(plan.delete, ["out-of-range", "other-lb"]);
         assert!(plan.create.is_empty() && plan.bind.is_empty());
+    }
+
+    #[test]
+    fn config_is_parsed_strictly() {
+        let entries = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            parse_config(&[]),
+            Ok((DEFAULT_SPREAD, DEFAULT_COOLDOWN_SECONDS))
+        );
+        assert_eq!(
+            parse_config(&entries(&[
+                ("spread", "uniform"),
+                ("cooldown-seconds", "5")
+            ])),
+            Ok((Spread::Uniform, 5))
+        );
+        assert!(
+            parse_config(&entries(&[("spread", "roundrobin")]))
+                .unwrap_err()
+                .contains("in-order")
+        );
+        assert!(parse_config(&entries(&[("cooldown-seconds", "-1")])).is_err());
+        assert!(
+            parse_config(&entries(&[("sprad", "random")]))
+                .unwrap_err()
+                .contains("unknown")
+        );
     }
 
     #[test]
