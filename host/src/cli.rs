@@ -69,6 +69,51 @@ pub struct RunArgs {
     /// The `Lease` in `--namespace` that replicas campaign for.
     #[arg(long, env = "KNIT_LEASE_NAME", default_value = "knit")]
     pub lease_name: String,
+    #[command(flatten)]
+    pub tke: TkeArgs,
+}
+
+/// How the TKE CLB domain reaches Tencent Cloud.
+#[derive(clap::Args)]
+pub struct TkeArgs {
+    /// The cluster's region (e.g. `ap-guangzhou`): the CLBs' region when a
+    /// `DedicatedCLBService` names none.
+    #[arg(long, env = "KNIT_TKE_REGION")]
+    pub tke_region: Option<String>,
+    /// The Secret with `secretId` and `secretKey`: `name` (in `--namespace`)
+    /// or `namespace/name`.
+    #[arg(
+        long,
+        env = "KNIT_TKE_CREDENTIALS_SECRET",
+        default_value = "tke-credentials"
+    )]
+    pub tke_credentials_secret: String,
+    /// The CLB API's base URL, when not the public endpoint.
+    #[arg(long, env = "KNIT_TKE_ENDPOINT")]
+    pub tke_endpoint: Option<String>,
+    /// Listeners one CLB may hold (the account's TOTAL_LISTENER_QUOTA).
+    #[arg(long, env = "KNIT_TKE_LISTENER_QUOTA", default_value_t = crate::domains::tke_clb::cloud::TkeSettings::DEFAULT_LISTENER_QUOTA)]
+    pub tke_listener_quota: u32,
+    /// Seconds between checks of each object against its CLB when nothing
+    /// changed (what repairs changes made outside knit).
+    #[arg(long, env = "KNIT_TKE_RESYNC_SECONDS", default_value_t = 300)]
+    pub tke_resync_seconds: u64,
+}
+
+impl TkeArgs {
+    pub fn settings(&self, namespace: &str) -> crate::domains::tke_clb::cloud::TkeSettings {
+        let secret = match self.tke_credentials_secret.split_once('/') {
+            Some((namespace, name)) => (namespace.to_owned(), name.to_owned()),
+            None => (namespace.to_owned(), self.tke_credentials_secret.clone()),
+        };
+        crate::domains::tke_clb::cloud::TkeSettings {
+            region: self.tke_region.clone(),
+            credentials_secret: secret,
+            endpoint: self.tke_endpoint.clone(),
+            listener_quota: self.tke_listener_quota,
+            resync: std::time::Duration::from_secs(self.tke_resync_seconds),
+        }
+    }
 }
 
 /// This replica's name in the lease: the pod name in a cluster.

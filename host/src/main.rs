@@ -135,10 +135,12 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
     } else {
         (tokio::sync::watch::channel(true).1, None)
     };
+    let tke = args.tke.settings(&args.namespace);
     let mut controllers = tokio::spawn(run_controllers(
         client,
         registry.clone(),
         ipam_metrics,
+        tke,
         leading,
         async move {
             let _ = controllers_stopping.await;
@@ -170,6 +172,7 @@ async fn run_controllers(
     client: kube::Client,
     registry: Arc<knit::runtime::Registry>,
     ipam_metrics: Arc<knit::domains::ipam::metrics::IpamMetrics>,
+    tke: knit::domains::tke_clb::cloud::TkeSettings,
     mut leading: tokio::sync::watch::Receiver<bool>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     done: tokio::sync::oneshot::Sender<()>,
@@ -183,7 +186,13 @@ async fn run_controllers(
         Ok(())
     } else {
         tracing::info!("leading: starting controllers");
-        let ipam = knit::domains::ipam::controller::run(client, registry, ipam_metrics, stop);
+        let ipam = knit::domains::ipam::controller::run(
+            client.clone(),
+            registry.clone(),
+            ipam_metrics,
+            stop.clone(),
+        );
+        let tke = knit::domains::tke_clb::run(client, registry, tke, stop);
         let lease_lost = async {
             let lost = leading.wait_for(|leading| !*leading).await.is_ok();
             // No election (`--leader-elect=false`), or it ended: only `stop`
@@ -193,7 +202,7 @@ async fn run_controllers(
             }
         };
         tokio::select! {
-            _ = ipam => Ok(()),
+            _ = async { tokio::join!(ipam, tke) } => Ok(()),
             _ = lease_lost => {
                 Err(anyhow::anyhow!("lost the lease; exiting so that only the new leader acts"))
             }

@@ -11,7 +11,13 @@ use serde_json::{Value, json};
 
 use crate::domains::ipam::plan::{overlapping_pool, plan_pool};
 use crate::domains::ipam::types::{ADDRESS_ANNOTATION, IPAllocation, IPPool};
-use crate::runtime::Registry;
+use crate::domains::tke_clb::lb_queue::LbView;
+use crate::domains::tke_clb::plan as clb_plan;
+use crate::domains::tke_clb::types::{
+    DedicatedCLBListener, DedicatedCLBService, DedicatedCLBServiceStatus, ListenerState,
+    MISSPELLED_VERSION,
+};
+use crate::runtime::{Registry, World};
 
 /// The manifests read: known kinds parsed, the rest named so the user sees
 /// what was ignored.
@@ -20,6 +26,8 @@ pub struct Manifests {
     pub pools: Vec<IPPool>,
     pub allocations: Vec<IPAllocation>,
     pub pods: Vec<Pod>,
+    pub clb_services: Vec<DedicatedCLBService>,
+    pub clb_listeners: Vec<DedicatedCLBListener>,
     pub ignored: Vec<String>,
 }
 
@@ -59,6 +67,12 @@ impl Manifests {
                 self.allocations.push(serde_json::from_value(value)?)
             }
             ("v1", "Pod") => self.pods.push(serde_json::from_value(value)?),
+            (version, "DedicatedCLBService") if is_clb(version) => {
+                self.clb_services.push(serde_json::from_value(value)?)
+            }
+            (version, "DedicatedCLBListener") if is_clb(version) => {
+                self.clb_listeners.push(serde_json::from_value(value)?)
+            }
             _ => self.ignored.push(format!(
                 "{api_version} {kind} {}",
                 value["metadata"]["name"].as_str().unwrap_or("<unnamed>")
@@ -66,6 +80,12 @@ impl Manifests {
         }
         Ok(())
     }
+}
+
+/// The TKE CLB group, at its version or at the seed's misspelling of it.
+fn is_clb(api_version: &str) -> bool {
+    api_version == "networking.cloud.tencent.com/v1alpha1"
+        || api_version == format!("networking.cloud.tencent.com/{MISSPELLED_VERSION}")
 }
 
 fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -138,6 +158,141 @@ pub fn simulate(manifests: &Manifests, registry: &Registry, seed: u64) -> Vec<(S
             }),
         ));
     }
+    for service in &manifests.clb_services {
+        out.extend(simulate_clb(service, manifests, registry, seed, &now));
+    }
+    out
+}
+
+/// A `DedicatedCLBService` planned as if its CLBs were empty and every pod
+/// it selects were running: the listeners it would get, the addresses
+/// written on the pods (`<VIP of lb-…>:port`, as VIPs are only known to
+/// the cloud), and the service's status.
+fn simulate_clb(
+    service: &DedicatedCLBService,
+    manifests: &Manifests,
+    registry: &Registry,
+    seed: u64,
+    now: &Time,
+) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let name = service.name_any();
+    let namespace = service.namespace();
+    let pods: Vec<Pod> = manifests
+        .pods
+        .iter()
+        .filter(|p| clb_plan::selects(service, p))
+        .map(|pod| {
+            let mut pod = pod.clone();
+            let status = pod.status.get_or_insert_default();
+            if status.pod_ip.is_none() {
+                status.pod_ip = Some("<pod IP>".into());
+            }
+            pod
+        })
+        .collect();
+    let pods: Vec<&Pod> = pods.iter().collect();
+    let (own, others): (Vec<&DedicatedCLBListener>, Vec<&DedicatedCLBListener>) = manifests
+        .clb_listeners
+        .iter()
+        .partition(|l| l.namespace() == namespace && l.labels().get(clb_plan::SERVICE_LABEL) == Some(&name));
+    let empty = LbView {
+        found: true,
+        ..LbView::default()
+    };
+    let lbs: Vec<_> = service
+        .spec
+        .existed_lb_ids
+        .iter()
+        .map(|id| {
+            clb_plan::load_balancer(
+                id,
+                &empty,
+                &own,
+                &others,
+                crate::domains::tke_clb::cloud::TkeSettings::DEFAULT_LISTENER_QUOTA,
+            )
+        })
+        .collect();
+    let plugin_name = service
+        .annotations()
+        .get(clb_plan::ALLOCATOR_ANNOTATION)
+        .map_or(clb_plan::DEFAULT_ALLOCATOR, String::as_str);
+    let plugin = match registry.get_world(plugin_name, World::ClbAllocator) {
+        Ok(plugin) => plugin,
+        Err(error) => {
+            tracing::warn!(service = %name, "{error}");
+            return out;
+        }
+    };
+    let request = clb_plan::request(service, lbs.clone(), &pods, &own, now, seed);
+    let plan = match plugin.allocate_listeners(&request, &clb_plan::allocator_config(service)) {
+        Ok(Ok(plan)) => plan,
+        Ok(Err(why)) => {
+            tracing::warn!(service = %name, "invalid allocator configuration: {why}");
+            return out;
+        }
+        Err(error) => {
+            tracing::warn!(service = %name, "{error}");
+            return out;
+        }
+    };
+    let mut listeners: Vec<DedicatedCLBListener> = own.iter().map(|l| (*l).clone()).collect();
+    for intent in clb_plan::intents(service, &own, &plan, now) {
+        let mut listener = clb_plan::listener_object(service, &intent);
+        let address = format!("<VIP of {}>:{}", intent.lb_id, intent.port);
+        let state = if intent.pod.is_some() {
+            ListenerState::Bound
+        } else {
+            ListenerState::Available
+        };
+        listener.status = Some(crate::domains::tke_clb::types::DedicatedCLBListenerStatus {
+            state: Some(state),
+            address: Some(address),
+            ..Default::default()
+        });
+        out.push((
+            format!(
+                "apply: listener {}:{} for {}",
+                intent.lb_id,
+                intent.port,
+                intent.pod.as_deref().unwrap_or("no pod (Available)")
+            ),
+            serde_json::to_value(&listener).expect("listeners serialize"),
+        ));
+        listeners.retain(|l| l.name_any() != intent.name);
+        listeners.push(listener);
+    }
+    for deleted in &plan.delete {
+        out.push((
+            format!("delete: listener {deleted}"),
+            json!({"apiVersion": "networking.cloud.tencent.com/v1alpha1", "kind": "DedicatedCLBListener",
+                   "metadata": {"name": deleted, "namespace": namespace}}),
+        ));
+    }
+    let listener_refs: Vec<&DedicatedCLBListener> = listeners.iter().collect();
+    for (pod, annotation, address) in clb_plan::pod_addresses(service, &pods, &listener_refs) {
+        out.push((
+            format!("patch: pod {pod} address"),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": pod, "namespace": namespace, "annotations": {annotation: address}}}),
+        ));
+    }
+    for (pod, message) in &plan.messages {
+        tracing::warn!(service = %name, %pod, "{message}");
+    }
+    let status = DedicatedCLBServiceStatus {
+        allocated: listeners.len() as u64,
+        free: clb_plan::free_ports(service, &lbs, &listener_refs),
+        plugin: Some(plugin.name_version()),
+        plugin_digest: Some(plugin.digest.clone()),
+        ..Default::default()
+    };
+    out.push((
+        format!("status: DedicatedCLBService {name}"),
+        json!({"apiVersion": "networking.cloud.tencent.com/v1alpha1", "kind": "DedicatedCLBService",
+               "metadata": {"name": name, "namespace": namespace}, "status": status}),
+    ));
     out
 }
 

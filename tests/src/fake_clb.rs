@@ -120,6 +120,34 @@ impl FakeClb {
         id
     }
 
+    /// Creates an LB with a chosen ID, e.g. the seed example's `lb-xxx`.
+    pub fn add_lb_with_id(&self, id: &str, region: &str, vips: &[&str]) {
+        let lb = Lb {
+            region: region.to_owned(),
+            name: format!("fake-{id}"),
+            vips: vips.iter().map(|vip| vip.to_string()).collect(),
+            listener_quota: DEFAULT_LISTENER_QUOTA,
+            listeners: BTreeMap::new(),
+        };
+        self.cloud().lbs.insert(id.to_owned(), lb);
+    }
+
+    /// Every listener of every LB, by LB.
+    pub fn all_listeners(&self) -> BTreeMap<String, Vec<FakeListener>> {
+        let ids: Vec<String> = self.cloud().lbs.keys().cloned().collect();
+        ids.into_iter()
+            .map(|id| {
+                let listeners = self.listeners(&id);
+                (id, listeners)
+            })
+            .collect()
+    }
+
+    /// Requests received, refused ones included, over all actions.
+    pub fn total_calls(&self) -> u64 {
+        self.cloud().calls.values().sum()
+    }
+
     pub fn set_listener_quota(&self, lb: &str, quota: usize) {
         self.cloud()
             .lbs

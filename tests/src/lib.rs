@@ -112,6 +112,27 @@ pub async fn client_for(kubeconfig: &Path) -> Client {
     Client::try_from(config).expect("client")
 }
 
+/// Runs the test environment's `kubectl` as cluster admin in the
+/// repository root, with `stdin` as its input.
+pub fn kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(tool("kubectl"))
+        .args(args)
+        .env("KUBECONFIG", &env().admin_kubeconfig)
+        .current_dir(repo())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    let mut input = child.stdin.take().expect("kubectl's stdin");
+    input
+        .write_all(stdin.unwrap_or_default().as_bytes())
+        .expect("writing to kubectl");
+    drop(input);
+    child.wait_with_output().expect("waiting for kubectl")
+}
+
 /// A cluster-admin client.
 pub async fn admin_client() -> Client {
     client_for(&env().admin_kubeconfig).await

@@ -1,29 +1,8 @@
 //! knit's CRDs and examples against the real API server.
 
-use std::process::Command;
-
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
-
-fn kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new(knit_tests::tool("kubectl"))
-        .args(args)
-        .env("KUBECONFIG", &knit_tests::env().admin_kubeconfig)
-        .current_dir(knit_tests::repo())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running kubectl");
-    let mut input = child.stdin.take().unwrap();
-    input
-        .write_all(stdin.unwrap_or_default().as_bytes())
-        .unwrap();
-    drop(input);
-    child.wait_with_output().unwrap()
-}
 
 #[tokio::test]
 async fn every_crd_is_accepted_and_established() {
@@ -54,7 +33,7 @@ async fn examples_pass_server_side_dry_run() {
     let _ = Api::<Namespace>::all(client)
         .create(&PostParams::default(), &demo)
         .await;
-    let output = kubectl(
+    let output = knit_tests::kubectl(
         &["apply", "--dry-run=server", "-R", "-f", "examples/"],
         None,
     );
@@ -157,7 +136,7 @@ async fn bad_manifests_are_rejected_with_a_clear_message() {
         .chain(clb_services);
     for (manifest, expected) in cases {
         let manifest = manifest.as_str();
-        let output = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(manifest));
+        let output = knit_tests::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(manifest));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "accepted:\n{manifest}");
         assert!(
@@ -177,7 +156,7 @@ async fn listener_identity_is_immutable() {
             "apiVersion: networking.cloud.tencent.com/v1alpha1\nkind: DedicatedCLBListener\nmetadata: {{name: l, namespace: {namespace}}}\nspec: {{lbId: lb-abc, lbPort: {port}, protocol: TCP{region}, backendPod: {{podName: p, port: 80}}}}\n"
         )
     };
-    let created = kubectl(&["apply", "-f", "-"], Some(&listener(501, "")));
+    let created = knit_tests::kubectl(&["apply", "-f", "-"], Some(&listener(501, "")));
     assert!(created.status.success(), "{created:?}");
     for (changed, expected) in [
         (listener(502, ""), "lbPort is immutable"),
@@ -186,7 +165,7 @@ async fn listener_identity_is_immutable() {
             "lbRegion is immutable",
         ),
     ] {
-        let output = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&changed));
+        let output = knit_tests::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&changed));
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "accepted:\n{changed}");
         assert!(
@@ -196,6 +175,6 @@ async fn listener_identity_is_immutable() {
     }
     // The pod it forwards to may change.
     let rebound = listener(501, "").replace("podName: p", "podName: q");
-    let output = kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rebound));
+    let output = knit_tests::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&rebound));
     assert!(output.status.success(), "{output:?}");
 }

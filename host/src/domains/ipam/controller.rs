@@ -80,7 +80,7 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
     // Any plugin change may change a pool's decisions: replan them all.
-    let plugin_changes = plugin_changes(registry.subscribe());
+    let plugin_changes = crate::domains::plugin_changes(registry.subscribe());
     let controller = Controller::new(pools, watcher::Config::default());
     let recorder = Recorder::new(
         client.clone(),
@@ -118,19 +118,6 @@ pub async fn run(
             }
         })
         .await;
-}
-
-/// Plugin changes as a stream of "replan everything"; a lagging receiver
-/// missed some, which means the same.
-fn plugin_changes(
-    receiver: tokio::sync::broadcast::Receiver<crate::runtime::PluginEvent>,
-) -> impl futures::Stream<Item = ()> + Send + 'static {
-    futures::stream::unfold(receiver, |mut receiver| async move {
-        match receiver.recv().await {
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
-            _ => Some(((), receiver)),
-        }
-    })
 }
 
 /// One pass over a pool: free what is no longer held, hand out addresses to

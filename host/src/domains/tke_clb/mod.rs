@@ -1,4 +1,147 @@
 //! TKE CLB: every pod selected by a `DedicatedCLBService` gets its own
 //! public `IP:port` on a Tencent CLB, one listener per pod and port.
+//!
+//! - `plan`: the pure part (allocator request, listener objects, status);
+//! - `service_controller`: service → plugin → `DedicatedCLBListener`s and
+//!   pod address annotations;
+//! - `listener_controller`: `DedicatedCLBListener` → the CLB listener and
+//!   its target;
+//! - `lb_queue`: per-CLB serialized, batched CLB writes;
+//! - `cloud`: settings, credentials and clients.
 
+pub mod cloud;
+pub mod lb_queue;
+pub mod listener_controller;
+pub mod plan;
+pub mod service_controller;
 pub mod types;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::controller::Controller;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::runtime::Registry;
+use cloud::{TencentCloud, TkeSettings};
+use lb_queue::LbQueues;
+use types::{DedicatedCLBListener, DedicatedCLBService};
+
+/// Runs both controllers until `shutdown` resolves (then finishes the
+/// passes in flight). Pods and listeners are watched once and shared.
+pub async fn run(
+    client: Client,
+    registry: Arc<Registry>,
+    settings: TkeSettings,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let queues = Arc::new(LbQueues::new(Arc::new(TencentCloud::new(
+        client.clone(),
+        settings,
+    ))));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "knit".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    );
+
+    let (pods, pods_writer) = reflector::store_shared(1024);
+    let pod_events = pods_writer.subscribe().expect("a shared store");
+    let pod_watch = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect_shared(pods_writer)
+        .for_each(|_| async {});
+    let (listeners, listeners_writer) = reflector::store_shared(1024);
+    let listener_events = listeners_writer.subscribe().expect("a shared store");
+    let listener_watch = watcher(
+        Api::<DedicatedCLBListener>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect_shared(listeners_writer)
+    .for_each(|_| async {});
+
+    // Listeners: a pod change reaches the listeners naming it.
+    let listener_context = Arc::new(listener_controller::Context {
+        client: client.clone(),
+        queues: queues.clone(),
+        pods: pods.clone(),
+        recorder: recorder.clone(),
+        synced: Default::default(),
+    });
+    let listeners_for_pods = listeners.clone();
+    let listener_controller =
+        Controller::for_shared_stream(listener_events.clone(), listeners.clone())
+            .watches_shared_stream(pod_events.clone(), move |pod: Arc<Pod>| {
+                let namespace = pod.namespace();
+                let name = pod.name_any();
+                listeners_for_pods
+                    .state()
+                    .iter()
+                    .filter(|l| {
+                        l.namespace() == namespace
+                            && l.spec
+                                .backend_pod
+                                .as_ref()
+                                .is_some_and(|b| b.pod_name == name)
+                    })
+                    .map(|l| ObjectRef::from_obj(&**l))
+                    .collect::<Vec<_>>()
+            })
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                listener_controller::reconcile,
+                listener_controller::error_policy,
+                listener_context,
+            )
+            .for_each(|_| async {});
+
+    // Services: their listeners and the pods they select.
+    let services = Controller::new(
+        Api::<DedicatedCLBService>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let service_store = services.store();
+    let service_context = Arc::new(service_controller::Context {
+        client,
+        registry: registry.clone(),
+        queues,
+        pods,
+        listeners,
+        recorder,
+        synced: Default::default(),
+        expected: Default::default(),
+    });
+    let service_controller = services
+        .owns_shared_stream(listener_events)
+        .watches_shared_stream(pod_events, move |pod: Arc<Pod>| {
+            service_store
+                .state()
+                .iter()
+                .filter(|s| plan::selects(s, &pod))
+                .map(|s| ObjectRef::from_obj(&**s))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_all_on(super::plugin_changes(registry.subscribe()))
+        .graceful_shutdown_on(shutdown)
+        .run(
+            service_controller::reconcile,
+            service_controller::error_policy,
+            service_context,
+        )
+        .for_each(|_| async {});
+
+    // The watches run until the controllers stop.
+    tokio::select! {
+        _ = async { tokio::join!(listener_controller, service_controller) } => {}
+        _ = pod_watch => {}
+        _ = listener_watch => {}
+    }
+}

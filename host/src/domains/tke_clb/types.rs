@@ -99,6 +99,12 @@ pub struct DedicatedCLBServiceStatus {
     /// Listener ports still free, over all CLBs.
     #[serde(default)]
     pub free: u64,
+    /// The allocator that made the last decision: `name@version`, and its
+    /// digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_digest: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

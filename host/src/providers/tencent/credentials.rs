@@ -80,6 +80,11 @@ impl Credentials {
         ))
     }
 
+    /// Whether both hold the same key pair: a rotated Secret is noticed.
+    pub fn same_as(&self, other: &Credentials) -> bool {
+        self.secret_id == other.secret_id && self.secret_key == other.secret_key
+    }
+
     pub fn secret_id(&self) -> &str {
         &self.secret_id
     }

@@ -1,0 +1,285 @@
+//! The listener controller: each `DedicatedCLBListener` becomes a listener
+//! on its CLB with its pod registered as the one target (`Bound`), or with
+//! none (`Available`); a deleted object's listener is deleted first, through
+//! a finalizer. The CLB work goes through the LB's queue (`lb_queue`), which
+//! serializes and batches it; this controller only says what should be.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use super::lb_queue::{Desired, LbQueues, ListenerKey, QueueError};
+use super::plan::{LISTENER_FINALIZER, clb_listener_name, pod_ip};
+use super::types::{DedicatedCLBListener, DedicatedCLBListenerStatus, ListenerState, Protocol};
+use crate::providers::tencent;
+
+pub struct Context {
+    pub client: Client,
+    pub queues: Arc<LbQueues>,
+    pub pods: Store<Pod>,
+    pub recorder: Recorder,
+    pub synced: tokio::sync::OnceCell<()>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+}
+
+pub async fn reconcile(
+    listener: Arc<DedicatedCLBListener>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let namespace = listener.namespace().unwrap_or_default();
+    let api: Api<DedicatedCLBListener> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, LISTENER_FINALIZER, listener, |event| async {
+        match event {
+            Finalizer::Apply(listener) => apply(&listener, &ctx).await,
+            Finalizer::Cleanup(listener) => cleanup(&listener, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+pub fn error_policy(listener: Arc<DedicatedCLBListener>, error: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(listener = %ObjectRef::from_obj(&*listener), %error, "DedicatedCLBListener reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+fn key(listener: &DedicatedCLBListener) -> ListenerKey {
+    ListenerKey {
+        name: clb_listener_name(listener),
+        listener_id: listener.status.as_ref().and_then(|s| s.listener_id.clone()),
+        protocol: match listener.spec.protocol {
+            Protocol::Tcp => tencent::Protocol::Tcp,
+            Protocol::Udp => tencent::Protocol::Udp,
+        },
+        port: listener.spec.lb_port,
+    }
+}
+
+async fn apply(listener: &DedicatedCLBListener, ctx: &Context) -> Result<Action, Error> {
+    // Without the pods, every backend would look gone.
+    ctx.synced
+        .get_or_init(|| async {
+            let _ = ctx.pods.wait_until_ready().await;
+        })
+        .await;
+    let region = match ctx
+        .queues
+        .cloud()
+        .region(listener.spec.lb_region.as_deref())
+    {
+        Ok(region) => region,
+        Err(error) => {
+            let error = QueueError::from(error);
+            write_status(listener, ctx, failed_status(listener, &error)).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+    };
+    // The backend: the named pod in this namespace, once it has an IP and
+    // while it is not being deleted.
+    let backend = listener.spec.backend_pod.as_ref().and_then(|backend| {
+        let pod = ctx.pods.get(
+            &ObjectRef::new(&backend.pod_name).within(&listener.namespace().unwrap_or_default()),
+        )?;
+        pod_ip(&pod).map(|ip| (ip.to_owned(), backend.port))
+    });
+    let current = listener.status.clone().unwrap_or_default();
+    if current.listener_id.is_none() && current.state != Some(ListenerState::Pending) {
+        let pending = DedicatedCLBListenerStatus {
+            state: Some(ListenerState::Pending),
+            ..current.clone()
+        };
+        write_status(listener, ctx, pending).await?;
+    }
+    let desired = Desired {
+        listener: key(listener),
+        backend: backend.clone(),
+    };
+    match ctx
+        .queues
+        .ensure(&region, &listener.spec.lb_id, desired)
+        .await
+    {
+        Ok(ensured) => {
+            let state = if backend.is_some() {
+                ListenerState::Bound
+            } else {
+                ListenerState::Available
+            };
+            let (reason, message) = match (&listener.spec.backend_pod, state) {
+                (Some(pod), ListenerState::Bound) => (
+                    "Bound",
+                    format!("forwarding to {}:{}", pod.pod_name, pod.port),
+                ),
+                (Some(pod), _) => (
+                    "BackendNotReady",
+                    format!(
+                        "pod {} does not exist, has no IP yet or is being deleted",
+                        pod.pod_name
+                    ),
+                ),
+                (None, _) => ("Available", "no backend pod: waiting to be bound".into()),
+            };
+            if current.state != Some(state) {
+                publish(ctx, listener, EventType::Normal, reason, &message).await;
+            }
+            let status = DedicatedCLBListenerStatus {
+                listener_id: Some(ensured.listener_id),
+                state: Some(state),
+                address: ensured
+                    .vip
+                    .map(|vip| format!("{vip}:{}", listener.spec.lb_port)),
+                observed_generation: listener.metadata.generation,
+                conditions: vec![condition(listener, &current, true, reason, &message)],
+            };
+            write_status(listener, ctx, status).await?;
+            Ok(Action::requeue(ctx.queues.cloud().settings().resync))
+        }
+        Err(error) => {
+            if current.conditions.first().map(|c| c.reason.as_str()) != Some(error.reason()) {
+                publish(
+                    ctx,
+                    listener,
+                    EventType::Warning,
+                    error.reason(),
+                    &error.to_string(),
+                )
+                .await;
+            }
+            write_status(listener, ctx, failed_status(listener, &error)).await?;
+            let retry = match &error {
+                QueueError::Cloud {
+                    retryable: true, ..
+                } => Duration::from_secs(5),
+                QueueError::Cloud { .. } => Duration::from_secs(30),
+                _ => Duration::from_secs(60),
+            };
+            Ok(Action::requeue(retry))
+        }
+    }
+}
+
+fn failed_status(
+    listener: &DedicatedCLBListener,
+    error: &QueueError,
+) -> DedicatedCLBListenerStatus {
+    let current = listener.status.clone().unwrap_or_default();
+    DedicatedCLBListenerStatus {
+        // The listener is not known to be in place.
+        state: Some(ListenerState::Pending),
+        address: None,
+        observed_generation: listener.metadata.generation,
+        conditions: vec![condition(
+            listener,
+            &current,
+            false,
+            error.reason(),
+            &error.to_string(),
+        )],
+        ..current
+    }
+}
+
+async fn cleanup(listener: &DedicatedCLBListener, ctx: &Context) -> Result<Action, Error> {
+    let current = listener.status.clone().unwrap_or_default();
+    if current.state != Some(ListenerState::Deleting) {
+        let deleting = DedicatedCLBListenerStatus {
+            state: Some(ListenerState::Deleting),
+            ..current
+        };
+        write_status(listener, ctx, deleting).await?;
+    }
+    // Without a region there was never a listener to delete.
+    if let Ok(region) = ctx
+        .queues
+        .cloud()
+        .region(listener.spec.lb_region.as_deref())
+    {
+        ctx.queues
+            .delete(&region, &listener.spec.lb_id, key(listener))
+            .await?;
+    }
+    Ok(Action::await_change())
+}
+
+fn condition(
+    listener: &DedicatedCLBListener,
+    current: &DedicatedCLBListenerStatus,
+    ready: bool,
+    reason: &str,
+    message: &str,
+) -> Condition {
+    let status = if ready { "True" } else { "False" };
+    let previous = current.conditions.iter().find(|c| c.type_ == "Ready");
+    // The transition time moves only when the status does.
+    let last_transition_time = match previous {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => Time(k8s_openapi::jiff::Timestamp::now()),
+    };
+    Condition {
+        type_: "Ready".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: listener.metadata.generation,
+        last_transition_time,
+    }
+}
+
+async fn write_status(
+    listener: &DedicatedCLBListener,
+    ctx: &Context,
+    status: DedicatedCLBListenerStatus,
+) -> Result<(), Error> {
+    if listener.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<DedicatedCLBListener> = Api::namespaced(
+        ctx.client.clone(),
+        &listener.namespace().unwrap_or_default(),
+    );
+    api.patch_status(
+        &listener.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": status })),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    listener: &DedicatedCLBListener,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    let reference = ObjectRef::from_obj(listener).into();
+    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
+        tracing::debug!(%error, "publishing an Event");
+    }
+}

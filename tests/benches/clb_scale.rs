@@ -1,0 +1,143 @@
+//! `cargo bench -p knit-tests --bench clb_scale` (after `tests/run` has
+//! built the test environment): 300 pods × 2 ports behind one
+//! `DedicatedCLBService` on three CLBs, on the real API server with the
+//! fake CLB API. Reports the time until all 600 listeners are `Bound` and
+//! the CLB API calls per pod, with the CLB's tasks taking 200 ms, and the
+//! same run with instant tasks as the baseline measured alongside (what the
+//! API server and knit cost on their own).
+//!
+//! For scale: one listener at a time, as a naive controller does it, is
+//! 600 × (create + register) = 1,200 tasks, at least 240 s at 200 ms each.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use knit::domains::tke_clb::cloud::TkeSettings;
+use knit::domains::tke_clb::types::{DedicatedCLBListener, DedicatedCLBService, ListenerState};
+use knit_tests::fake_clb::FakeClb;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+const PODS: usize = 300;
+const REGION: &str = "ap-guangzhou";
+
+struct Outcome {
+    elapsed: Duration,
+    calls: u64,
+}
+
+async fn run(task_delay: Duration) -> Outcome {
+    let client = knit_tests::admin_client().await;
+    let namespace = knit_tests::fresh_namespace(&client, "clb-bench").await;
+    let fake = FakeClb::start().await;
+    fake.add_credentials("AKIDbench", "bench-key");
+    fake.set_task_delay(task_delay);
+    let lbs: Vec<String> = (0..3).map(|i| fake.add_lb(REGION, &[&format!("9.9.9.{i}")])).collect();
+    for lb in &lbs {
+        fake.set_listener_quota(lb, 1000);
+    }
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "tke-credentials"},
+        "stringData": {"secretId": "AKIDbench", "secretKey": "bench-key"},
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    for i in 0..PODS {
+        let name = format!("game-{i}");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "game"}},
+            "spec": {"containers": [{"name": "game", "image": "registry.invalid/game"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        let ip = format!("10.{}.{}.{}", 100, i / 250, i % 250 + 1);
+        pods.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip}})),
+        )
+        .await
+        .unwrap();
+    }
+
+    let settings = TkeSettings {
+        region: Some(REGION.into()),
+        credentials_secret: (namespace.clone(), "tke-credentials".into()),
+        endpoint: Some(fake.endpoint().into()),
+        listener_quota: 1000,
+        resync: TkeSettings::DEFAULT_RESYNC,
+    };
+    let registry = knit::cli::builtin_registry(None, Arc::default()).unwrap();
+    let knit = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    knit.spawn(async move {
+        let client = knit_tests::admin_client().await;
+        knit::domains::tke_clb::run(client, registry, settings, std::future::pending()).await;
+    });
+
+    let calls_before = fake.total_calls();
+    let started = Instant::now();
+    let service: DedicatedCLBService = serde_json::from_value(json!({
+        "apiVersion": "networking.cloud.tencent.com/v1alpha1",
+        "kind": "DedicatedCLBService",
+        "metadata": {"name": "game", "annotations": {"clb.knit.dev/spread": "uniform"}},
+        "spec": {
+            "minPort": 10000, "maxPort": 10999, "selector": {"app": "game"},
+            "ports": [{"protocol": "TCP", "targetPort": 9000}, {"protocol": "UDP", "targetPort": 9001}],
+            "existedLbIds": lbs,
+        },
+    }))
+    .unwrap();
+    Api::<DedicatedCLBService>::namespaced(client.clone(), &namespace)
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    let listeners: Api<DedicatedCLBListener> = Api::namespaced(client.clone(), &namespace);
+    knit_tests::eventually("600 Bound listeners", Duration::from_secs(600), || async {
+        let all = listeners.list(&ListParams::default()).await.ok()?.items;
+        let bound = all
+            .iter()
+            .filter(|l| l.status.as_ref().and_then(|s| s.state) == Some(ListenerState::Bound))
+            .count();
+        (bound == PODS * 2).then_some(())
+    })
+    .await;
+    let elapsed = started.elapsed();
+    let calls = fake.total_calls() - calls_before;
+    let on_clb: usize = lbs.iter().map(|lb| fake.listeners(lb).len()).sum();
+    assert_eq!(on_clb, PODS * 2, "every listener exists once on the CLBs");
+    knit.shutdown_background();
+    Outcome { elapsed, calls }
+}
+
+#[tokio::main]
+async fn main() {
+    let baseline = run(Duration::ZERO).await;
+    let measured = run(Duration::from_millis(200)).await;
+    let per_pod = |o: &Outcome| o.calls as f64 / PODS as f64;
+    println!("clb_scale: {PODS} pods × 2 ports on 3 CLBs");
+    println!(
+        "  tasks instant (baseline): {:>7.2} s to all Bound, {:>5.2} CLB API calls per pod",
+        baseline.elapsed.as_secs_f64(),
+        per_pod(&baseline)
+    );
+    println!(
+        "  tasks 200 ms:             {:>7.2} s to all Bound, {:>5.2} CLB API calls per pod",
+        measured.elapsed.as_secs_f64(),
+        per_pod(&measured)
+    );
+    println!(
+        "  ratio 200 ms / baseline:  {:>7.2}×; one listener at a time would take ≥ 240 s ({:.0}× this)",
+        measured.elapsed.as_secs_f64() / baseline.elapsed.as_secs_f64(),
+        240.0 / measured.elapsed.as_secs_f64()
+    );
+}

@@ -1,0 +1,625 @@
+//! The TKE CLB domain end to end: knit's two controllers on the real API
+//! server, the strict fake CLB API behind them, and pods made by the test
+//! with their status IPs set (there is no kubelet).
+//!
+//! Every knit started here manages every `DedicatedCLBService` of the API
+//! server, so the tests take turns (`SERIAL`). Each knit runs on a runtime
+//! of its own, so dropping it stops all of it at once, as a crash would.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::events::v1::Event;
+use knit::domains::tke_clb::cloud::TkeSettings;
+use knit::domains::tke_clb::types::{DedicatedCLBListener, DedicatedCLBService, ListenerState};
+use knit_tests::fake_clb::FakeClb;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+const REGION: &str = "ap-chengdu";
+const SECRET_ID: &str = "AKIDknitE2eKey0001";
+const SECRET_KEY: &str = "knit-e2e-secret-key";
+const WAIT: Duration = Duration::from_secs(90);
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// A knit running the TKE controllers on its own runtime.
+struct Knit {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Knit {
+    fn start(settings: TkeSettings) -> Knit {
+        let registry = knit::cli::builtin_registry(None, Arc::default()).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.spawn(async move {
+            let client = knit_tests::admin_client().await;
+            knit::domains::tke_clb::run(client, registry, settings, std::future::pending()).await;
+        });
+        Knit {
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for Knit {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// One test's world: its turn, a client, a namespace holding the
+/// credentials Secret, and a fake CLB API that knows the key.
+struct World {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    client: Client,
+    namespace: String,
+    fake: FakeClb,
+}
+
+impl World {
+    async fn new(prefix: &str) -> World {
+        World::in_namespace(prefix, None).await
+    }
+
+    async fn in_namespace(prefix: &str, namespace: Option<&str>) -> World {
+        let turn = SERIAL.lock().await;
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let client = knit_tests::admin_client().await;
+        let namespace = match namespace {
+            Some(namespace) => {
+                let _ = knit_tests::kubectl(&["create", "namespace", namespace], None);
+                namespace.to_owned()
+            }
+            None => knit_tests::fresh_namespace(&client, prefix).await,
+        };
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": "tke-credentials"},
+            "stringData": {"secretId": SECRET_ID, "secretKey": SECRET_KEY},
+        }))
+        .unwrap();
+        let _ = Api::<Secret>::namespaced(client.clone(), &namespace)
+            .create(&PostParams::default(), &secret)
+            .await;
+        let fake = FakeClb::start().await;
+        fake.add_credentials(SECRET_ID, SECRET_KEY);
+        fake.set_task_delay(Duration::from_millis(50));
+        World {
+            _turn: turn,
+            client,
+            namespace,
+            fake,
+        }
+    }
+
+    fn settings(&self) -> TkeSettings {
+        TkeSettings {
+            region: Some(REGION.into()),
+            credentials_secret: (self.namespace.clone(), "tke-credentials".into()),
+            endpoint: Some(self.fake.endpoint().into()),
+            listener_quota: TkeSettings::DEFAULT_LISTENER_QUOTA,
+            resync: Duration::from_secs(2),
+        }
+    }
+
+    fn knit(&self) -> Knit {
+        Knit::start(self.settings())
+    }
+
+    async fn create_service(&self, name: &str, spec: serde_json::Value) {
+        let service: DedicatedCLBService = serde_json::from_value(json!({
+            "apiVersion": "networking.cloud.tencent.com/v1alpha1",
+            "kind": "DedicatedCLBService",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .unwrap();
+        Api::<DedicatedCLBService>::namespaced(self.client.clone(), &self.namespace)
+            .create(&PostParams::default(), &service)
+            .await
+            .unwrap();
+    }
+
+    /// A pod as the kubelet would leave it: running, with an IP.
+    async fn create_pod(&self, name: &str, app: &str, ip: &str) {
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"containers": [{"name": "game", "image": "registry.invalid/game"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn delete_pod(&self, name: &str) {
+        Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .delete(name, &DeleteParams::default().grace_period(0))
+            .await
+            .unwrap();
+        knit_tests::eventually(&format!("{name} gone"), WAIT, || async {
+            let pod = Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+                .get_opt(name)
+                .await
+                .unwrap();
+            pod.is_none().then_some(())
+        })
+        .await;
+    }
+
+    async fn listeners(&self) -> Vec<DedicatedCLBListener> {
+        Api::<DedicatedCLBListener>::namespaced(self.client.clone(), &self.namespace)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Waits until `check` holds for the namespace's listeners.
+    async fn wait_listeners(
+        &self,
+        what: &str,
+        check: impl Fn(&[DedicatedCLBListener]) -> bool,
+    ) -> Vec<DedicatedCLBListener> {
+        knit_tests::eventually(what, WAIT, || async {
+            let listeners = self.listeners().await;
+            check(&listeners).then_some(listeners)
+        })
+        .await
+    }
+
+    /// Waits for exactly `count` listeners, all `Bound`.
+    async fn wait_bound(&self, count: usize) -> Vec<DedicatedCLBListener> {
+        self.wait_listeners(&format!("{count} Bound listeners"), |listeners| {
+            listeners.len() == count && listeners.iter().all(|l| state(l) == Some(ListenerState::Bound))
+        })
+        .await
+    }
+
+    async fn service(&self, name: &str) -> Option<DedicatedCLBService> {
+        Api::<DedicatedCLBService>::namespaced(self.client.clone(), &self.namespace)
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    async fn wait_service_reason(&self, name: &str, reason: &str) -> DedicatedCLBService {
+        knit_tests::eventually(&format!("{name} Ready reason {reason}"), WAIT, || async {
+            let service = self.service(name).await?;
+            let condition = service.status.as_ref()?.conditions.first()?.clone();
+            (condition.reason == reason).then_some(service)
+        })
+        .await
+    }
+
+    async fn annotation(&self, pod: &str, key: &str) -> Option<String> {
+        let pod = Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .get(pod)
+            .await
+            .unwrap();
+        pod.annotations().get(key).cloned()
+    }
+
+    async fn wait_annotation(&self, pod: &str, key: &str, value: &str) {
+        knit_tests::eventually(&format!("{pod}'s {key} = {value}"), WAIT, || async {
+            (self.annotation(pod, key).await.as_deref() == Some(value)).then_some(())
+        })
+        .await
+    }
+
+    /// The fake's listeners over all LBs, with the IP:port of each target.
+    fn clb_state(&self) -> BTreeMap<(String, String, u16), Vec<String>> {
+        let mut state = BTreeMap::new();
+        for (lb, listeners) in self.fake.all_listeners() {
+            for listener in listeners {
+                let targets = self
+                    .fake
+                    .targets(&listener.id)
+                    .iter()
+                    .map(|t| format!("{}:{}", t.eni_ip.clone().unwrap_or_default(), t.port))
+                    .collect();
+                state.insert((lb.clone(), listener.protocol.clone(), listener.port), targets);
+            }
+        }
+        state
+    }
+}
+
+fn state(listener: &DedicatedCLBListener) -> Option<ListenerState> {
+    listener.status.as_ref().and_then(|s| s.state)
+}
+
+fn backend(listener: &DedicatedCLBListener) -> Option<String> {
+    listener.spec.backend_pod.as_ref().map(|b| b.pod_name.clone())
+}
+
+fn one_port_service(lbs: &[&str], min_port: u16, max_port: u16) -> serde_json::Value {
+    json!({
+        "minPort": min_port,
+        "maxPort": max_port,
+        "selector": {"app": "game"},
+        "ports": [{"protocol": "TCP", "targetPort": 9000, "addressPodAnnotation": "example.com/address"}],
+        "existedLbIds": lbs,
+    })
+}
+
+/// Every listener object's CLB listener exists in the fake with the
+/// object's pod as its only target, and the fake holds nothing else.
+async fn assert_clb_matches(world: &World, pods: &BTreeMap<&str, &str>) {
+    let listeners = world.listeners().await;
+    let mut expected = BTreeMap::new();
+    for listener in &listeners {
+        let protocol = serde_json::to_value(listener.spec.protocol).unwrap();
+        let targets = match backend(listener) {
+            Some(pod) => vec![format!(
+                "{}:{}",
+                pods[pod.as_str()],
+                listener.spec.backend_pod.as_ref().unwrap().port
+            )],
+            None => vec![],
+        };
+        expected.insert(
+            (
+                listener.spec.lb_id.clone(),
+                protocol.as_str().unwrap().to_owned(),
+                listener.spec.lb_port,
+            ),
+            targets,
+        );
+    }
+    assert_eq!(world.clb_state(), expected);
+}
+
+#[tokio::test]
+async fn the_seed_example_reconciles_unchanged() {
+    let world = World::in_namespace("seed", Some("demo")).await;
+    world.fake.add_lb_with_id("lb-xxx", REGION, &["139.135.64.53"]);
+    world.fake.add_lb_with_id("lb-yyy", REGION, &["139.135.64.54"]);
+    world.fake.add_lb_with_id("lb-zzz", REGION, &["139.135.64.55"]);
+    let _knit = world.knit();
+    for (i, name) in ["gameserver-0", "gameserver-1", "gameserver-2"].iter().enumerate() {
+        let pods: Api<Pod> = Api::namespaced(world.client.clone(), "demo");
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": "gameserver"}},
+            "spec": {"containers": [{"name": "game", "image": "registry.invalid/game"}]},
+        }))
+        .unwrap();
+        pods.create(&PostParams::default(), &pod).await.unwrap();
+        let ip = format!("10.0.0.{}", 10 + i);
+        pods.patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})),
+        )
+        .await
+        .unwrap();
+    }
+    // The seed's manifests, as they are: the service (at the seed's
+    // misspelled version) and a listener made by hand.
+    for (file, namespace) in [
+        ("examples/tke-clb/dedicated-clb-service.yaml", None),
+        ("examples/tke-clb/dedicated-clb-listener.yaml", Some("demo")),
+    ] {
+        let mut args = vec!["apply", "-f", file];
+        if let Some(namespace) = namespace {
+            args.extend(["-n", namespace]);
+        }
+        let output = knit_tests::kubectl(&args, None);
+        assert!(
+            output.status.success(),
+            "kubectl apply -f {file}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    // Three pods × two ports from the service, plus the hand-made one.
+    let listeners = world.wait_bound(7).await;
+    let hand_made = listeners.iter().find(|l| l.name_any() == "gameserver-0").unwrap();
+    let status = hand_made.status.as_ref().unwrap();
+    assert_eq!(status.address.as_deref(), Some("139.135.64.53:8088"));
+    assert!(status.listener_id.as_deref().unwrap().starts_with("lbl-"));
+    let mut from_service: Vec<(String, String, u16, String)> = listeners
+        .iter()
+        .filter(|l| l.name_any() != "gameserver-0")
+        .map(|l| {
+            let protocol = serde_json::to_value(l.spec.protocol).unwrap();
+            (
+                l.spec.lb_id.clone(),
+                protocol.as_str().unwrap().to_owned(),
+                l.spec.lb_port,
+                backend(l).unwrap(),
+            )
+        })
+        .collect();
+    from_service.sort();
+    // In order: the first CLB, lowest ports first, TCP and UDP apart.
+    let ports: BTreeSet<(String, String, u16)> = from_service
+        .iter()
+        .map(|(lb, protocol, port, _)| (lb.clone(), protocol.clone(), *port))
+        .collect();
+    let expected: BTreeSet<(String, String, u16)> = ["TCP", "UDP"]
+        .iter()
+        .flat_map(|p| (501..=503).map(move |port| ("lb-xxx".to_owned(), p.to_string(), port)))
+        .collect();
+    assert_eq!(ports, expected);
+    let pods = BTreeMap::from([
+        ("gameserver-0", "10.0.0.10"),
+        ("gameserver-1", "10.0.0.11"),
+        ("gameserver-2", "10.0.0.12"),
+    ]);
+    assert_clb_matches(&world, &pods).await;
+    for listener in listeners.iter().filter(|l| l.name_any() != "gameserver-0") {
+        let pod = backend(listener).unwrap();
+        let annotation = match listener.spec.backend_pod.as_ref().unwrap().port {
+            9000 => "networking.cloud.tencent.com/external-address-9000",
+            _ => "networking.cloud.tencent.com/external-address-8080",
+        };
+        let address = format!("139.135.64.53:{}", listener.spec.lb_port);
+        world.wait_annotation(&pod, annotation, &address).await;
+    }
+    let service = world.wait_service_reason("gameserver", "AllBound").await;
+    let status = service.status.unwrap();
+    assert_eq!(status.allocated, 6);
+    assert_eq!(status.load_balancers.len(), 3);
+    assert!(status.plugin.unwrap().starts_with("clb-allocator@"));
+
+    // Clean up the fixed namespace for a rerun against the same server.
+    Api::<DedicatedCLBService>::namespaced(world.client.clone(), "demo")
+        .delete("gameserver", &DeleteParams::default())
+        .await
+        .unwrap();
+    Api::<DedicatedCLBListener>::namespaced(world.client.clone(), "demo")
+        .delete("gameserver-0", &DeleteParams::default())
+        .await
+        .unwrap();
+    world.wait_listeners("no listeners", |l| l.is_empty()).await;
+    assert!(world.clb_state().is_empty(), "{:?}", world.clb_state());
+}
+
+#[tokio::test]
+async fn scaling_up_binds_new_pods_and_scaling_down_frees_their_listeners() {
+    let world = World::new("clb-scale").await;
+    let lb = world.fake.add_lb(REGION, &["1.1.1.1"]);
+    let _knit = world.knit();
+    world
+        .create_service(
+            "game",
+            json!({
+                "minPort": 1000, "maxPort": 1100, "selector": {"app": "game"},
+                "ports": [{"protocol": "TCP", "targetPort": 9000}, {"protocol": "UDP", "targetPort": 9001}],
+                "existedLbIds": [lb],
+            }),
+        )
+        .await;
+    let mut pods = BTreeMap::new();
+    for (name, ip) in [("game-a", "10.1.0.1"), ("game-b", "10.1.0.2")] {
+        world.create_pod(name, "game", ip).await;
+        pods.insert(name, ip);
+    }
+    world.wait_bound(4).await;
+    assert_clb_matches(&world, &pods).await;
+
+    for (name, ip) in [("game-c", "10.1.0.3"), ("game-d", "10.1.0.4")] {
+        world.create_pod(name, "game", ip).await;
+        pods.insert(name, ip);
+    }
+    world.wait_bound(8).await;
+    assert_clb_matches(&world, &pods).await;
+
+    world.delete_pod("game-a").await;
+    world.delete_pod("game-c").await;
+    let listeners = world
+        .wait_listeners("game-a's and game-c's listeners Available", |listeners| {
+            listeners.len() == 8
+                && listeners.iter().filter(|l| state(l) == Some(ListenerState::Available)).count() == 4
+                && listeners.iter().filter(|l| state(l) == Some(ListenerState::Bound)).count() == 4
+        })
+        .await;
+    for listener in &listeners {
+        match state(listener) {
+            Some(ListenerState::Bound) => {
+                assert!(matches!(backend(listener).as_deref(), Some("game-b" | "game-d")))
+            }
+            _ => assert_eq!(backend(listener), None),
+        }
+    }
+    // Unbound listeners stay on the CLB, without targets, for reuse.
+    assert_clb_matches(&world, &pods).await;
+    let service = world.wait_service_reason("game", "AllBound").await;
+    assert_eq!(service.status.unwrap().allocated, 8);
+}
+
+#[tokio::test]
+async fn a_replaced_pod_gets_its_listener_back_and_others_wait_for_the_cooldown() {
+    let world = World::new("clb-replace").await;
+    let lb = world.fake.add_lb(REGION, &["2.2.2.2"]);
+    let _knit = world.knit();
+    world.create_service("game", one_port_service(&[&lb], 2000, 2010)).await;
+    world.create_pod("game-0", "game", "10.2.0.1").await;
+    let first = world.wait_bound(1).await.remove(0);
+    let address = first.status.as_ref().unwrap().address.clone().unwrap();
+    world.wait_annotation("game-0", "example.com/address", &address).await;
+
+    world.delete_pod("game-0").await;
+    world
+        .wait_listeners("the listener Available", |l| {
+            l.len() == 1 && state(&l[0]) == Some(ListenerState::Available)
+        })
+        .await;
+    // Another pod does not take a listener that is resting (60 s by
+    // default): it gets one of its own.
+    world.create_pod("game-1", "game", "10.2.0.2").await;
+    let listeners = world
+        .wait_listeners("game-1 bound", |l| {
+            l.iter().any(|l| backend(l).as_deref() == Some("game-1") && state(l) == Some(ListenerState::Bound))
+        })
+        .await;
+    let game_1 = listeners.iter().find(|l| backend(l).as_deref() == Some("game-1")).unwrap();
+    assert_ne!(game_1.name_any(), first.name_any());
+
+    // game-0 comes back (new IP, same name): same listener, same address.
+    world.create_pod("game-0", "game", "10.2.0.9").await;
+    let listeners = world.wait_bound(2).await;
+    let again = listeners.iter().find(|l| backend(l).as_deref() == Some("game-0")).unwrap();
+    assert_eq!(again.name_any(), first.name_any());
+    assert_eq!(again.status.as_ref().unwrap().listener_id, first.status.as_ref().unwrap().listener_id);
+    world.wait_annotation("game-0", "example.com/address", &address).await;
+    let pods = BTreeMap::from([("game-0", "10.2.0.9"), ("game-1", "10.2.0.2")]);
+    assert_clb_matches(&world, &pods).await;
+}
+
+#[tokio::test]
+async fn an_exhausted_range_says_which_pod_got_no_port() {
+    let world = World::new("clb-full").await;
+    let lb = world.fake.add_lb(REGION, &["3.3.3.3"]);
+    let _knit = world.knit();
+    world.create_service("game", one_port_service(&[&lb], 3000, 3002)).await;
+    for i in 0..4 {
+        world.create_pod(&format!("game-{i}"), "game", &format!("10.3.0.{i}")).await;
+    }
+    world.wait_bound(3).await;
+    let service = world.wait_service_reason("game", "NoPortAvailable").await;
+    let condition = &service.status.as_ref().unwrap().conditions[0];
+    assert_eq!(condition.status, "False");
+    assert!(condition.message.contains("3000-3002"), "{}", condition.message);
+    assert_eq!(service.status.as_ref().unwrap().free, 0);
+    // The pod left out is told, with an Event.
+    let events: Api<Event> = Api::namespaced(world.client.clone(), &world.namespace);
+    let event = knit_tests::eventually("a NoPortAvailable Event", WAIT, || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|e| e.reason.as_deref() == Some("NoPortAvailable"))
+    })
+    .await;
+    let pod = event.regarding.unwrap().name.unwrap();
+    assert_eq!(world.annotation(&pod, "example.com/address").await, None);
+    assert_eq!(world.fake.listeners(&lb).len(), 3);
+}
+
+#[tokio::test]
+async fn a_clb_deleted_outside_knit_is_replaced_by_the_next_one() {
+    let world = World::new("clb-gone").await;
+    let doomed = world.fake.add_lb(REGION, &["4.4.4.1"]);
+    let spare = world.fake.add_lb(REGION, &["4.4.4.2"]);
+    let _knit = world.knit();
+    world.create_service("game", one_port_service(&[&doomed, &spare], 4000, 4010)).await;
+    world.create_pod("game-0", "game", "10.4.0.1").await;
+    world.create_pod("game-1", "game", "10.4.0.2").await;
+    let listeners = world.wait_bound(2).await;
+    assert!(listeners.iter().all(|l| l.spec.lb_id == doomed));
+
+    world.fake.delete_lb(&doomed);
+    let listeners = world
+        .wait_listeners("both pods bound on the spare CLB", |l| {
+            l.len() == 2 && l.iter().all(|l| l.spec.lb_id == spare && state(l) == Some(ListenerState::Bound))
+        })
+        .await;
+    for listener in &listeners {
+        let address = listener.status.as_ref().unwrap().address.clone().unwrap();
+        assert!(address.starts_with("4.4.4.2:"), "{address}");
+        world.wait_annotation(&backend(listener).unwrap(), "example.com/address", &address).await;
+    }
+    let service = world.wait_service_reason("game", "LoadBalancerNotFound").await;
+    assert!(service.status.unwrap().conditions[0].message.contains(&doomed));
+    let pods = BTreeMap::from([("game-0", "10.4.0.1"), ("game-1", "10.4.0.2")]);
+    assert_clb_matches(&world, &pods).await;
+}
+
+#[tokio::test]
+async fn a_restart_half_way_neither_duplicates_nor_leaks_listeners() {
+    let world = World::new("clb-restart").await;
+    let lb = world.fake.add_lb(REGION, &["5.5.5.5"]);
+    // Tasks long enough to stop knit while listeners are being created.
+    world.fake.set_task_delay(Duration::from_millis(1500));
+    let knit = world.knit();
+    world
+        .create_service(
+            "game",
+            json!({
+                "minPort": 5000, "maxPort": 5100, "selector": {"app": "game"},
+                "ports": [{"protocol": "TCP", "targetPort": 9000}, {"protocol": "UDP", "targetPort": 9001}],
+                "existedLbIds": [lb],
+            }),
+        )
+        .await;
+    let mut pods = BTreeMap::new();
+    for i in 0..4 {
+        let (name, ip) = (format!("game-{i}"), format!("10.5.0.{i}"));
+        world.create_pod(&name, "game", &ip).await;
+        pods.insert(name, ip);
+    }
+    knit_tests::eventually("a CreateListener call", WAIT, || async {
+        (world.fake.calls("CreateListener") > 0).then_some(())
+    })
+    .await;
+    drop(knit);
+    let created_before = world.fake.calls("CreateListener");
+
+    world.fake.set_task_delay(Duration::from_millis(50));
+    let _knit = world.knit();
+    let listeners = world.wait_bound(8).await;
+    let pods: BTreeMap<&str, &str> = pods.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_clb_matches(&world, &pods).await;
+    // Each object names the CLB listener the fake holds on its port.
+    let on_clb: BTreeMap<(String, u16), String> = world
+        .fake
+        .listeners(&lb)
+        .into_iter()
+        .map(|l| ((l.protocol, l.port), l.id))
+        .collect();
+    for listener in &listeners {
+        let protocol = serde_json::to_value(listener.spec.protocol).unwrap();
+        let key = (protocol.as_str().unwrap().to_owned(), listener.spec.lb_port);
+        assert_eq!(listener.status.as_ref().unwrap().listener_id.as_ref(), on_clb.get(&key));
+    }
+    assert!(created_before >= 1);
+}
+
+#[tokio::test]
+async fn deleting_the_service_deletes_every_listener_from_the_clb() {
+    let world = World::new("clb-delete").await;
+    let first = world.fake.add_lb(REGION, &["6.6.6.1"]);
+    let second = world.fake.add_lb(REGION, &["6.6.6.2"]);
+    world.fake.set_listener_quota(&first, 2);
+    let _knit = world.knit();
+    world.create_service("game", one_port_service(&[&first, &second], 6000, 6010)).await;
+    for i in 0..3 {
+        world.create_pod(&format!("game-{i}"), "game", &format!("10.6.0.{i}")).await;
+    }
+    // The first CLB's quota of two spills the third listener over.
+    let listeners = world.wait_bound(3).await;
+    assert_eq!(listeners.iter().filter(|l| l.spec.lb_id == second).count(), 1);
+    assert_eq!(world.clb_state().len(), 3);
+
+    Api::<DedicatedCLBService>::namespaced(world.client.clone(), &world.namespace)
+        .delete("game", &DeleteParams::default())
+        .await
+        .unwrap();
+    knit_tests::eventually("the service gone", WAIT, || async {
+        world.service("game").await.is_none().then_some(())
+    })
+    .await;
+    assert!(world.listeners().await.is_empty());
+    assert!(world.clb_state().is_empty(), "{:?}", world.clb_state());
+}
