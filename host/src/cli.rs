@@ -251,22 +251,43 @@ pub fn plugin_bench(
     iterations: usize,
 ) -> anyhow::Result<()> {
     let plugin = load_file(registry, file)?;
-    plugin.expect_world(World::IpamStrategy)?;
-    let request = bench_request();
-    let warm = plugin.time_warm_allocate(&request, iterations)?;
-    let mut fresh = Vec::with_capacity(iterations);
-    for _ in 0..iterations {
-        let started = Instant::now();
-        plugin.allocate(&request, &[])??;
-        fresh.push(started.elapsed());
+    match plugin.world {
+        World::IpamStrategy => {
+            let request = bench_request();
+            let warm = plugin.time_warm_allocate(&request, iterations)?;
+            let mut fresh = Vec::with_capacity(iterations);
+            for _ in 0..iterations {
+                let started = Instant::now();
+                plugin.allocate(&request, &[])??;
+                fresh.push(started.elapsed());
+            }
+            println!(
+                "{} ({}) on a /24 with 100 allocated, {iterations} calls each:",
+                plugin.name_version(),
+                plugin.world
+            );
+            println!("  warm call (one instance):     {}", summary(warm));
+            println!("  fresh-instance call:          {}", summary(fresh));
+        }
+        World::ClbAllocator => {
+            let request = clb_bench_request();
+            let mut fresh = Vec::with_capacity(iterations);
+            for _ in 0..iterations {
+                let started = Instant::now();
+                plugin
+                    .allocate_listeners(&request, &[])?
+                    .map_err(anyhow::Error::msg)?;
+                fresh.push(started.elapsed());
+            }
+            println!(
+                "{} ({}) on {}, {iterations} calls:",
+                plugin.name_version(),
+                plugin.world,
+                CLB_BENCH_SHAPE
+            );
+            println!("  fresh-instance call:          {}", summary(fresh));
+        }
     }
-    println!(
-        "{} ({}) on a /24 with 100 allocated, {iterations} calls each:",
-        plugin.name_version(),
-        plugin.world
-    );
-    println!("  warm call (one instance):     {}", summary(warm));
-    println!("  fresh-instance call:          {}", summary(fresh));
     Ok(())
 }
 
@@ -279,6 +300,100 @@ pub fn bench_request() -> knit_ipam_core::Request {
         cursor: Some(101),
         count: 1,
         seed: 1,
+    }
+}
+
+/// What `clb_bench_request` is, for the benchmarks' output.
+pub const CLB_BENCH_SHAPE: &str =
+    "3 CLBs x ports 1-1000, 1,500 pods x 2 ports (TCP+UDP): 50 new pods, 20 gone";
+
+/// A steady-state reconcile of a large `DedicatedCLBService`, with the
+/// built-in allocator's defaults (in-order, 60 s cooldown): 3 CLBs with
+/// ports 1-1000 and a few foreign ports each; 1,500 serving pods with a TCP
+/// and a UDP port, of which 1,450 hold their listeners and 50 are new; 20
+/// pods gone whose 40 listeners are unbound; 10 free listeners, half still
+/// resting and half reusable.
+pub fn clb_bench_request() -> knit_clb_core::Request {
+    use knit_clb_core::{
+        DEFAULT_COOLDOWN_SECONDS, DEFAULT_SPREAD, Listener, LoadBalancer, Pod, PortSpec, Protocol,
+        Request, Service,
+    };
+    const LBS: usize = 3;
+    let ports = [(Protocol::Tcp, 7777), (Protocol::Udp, 7778)];
+    let service = Service {
+        min_port: 1,
+        max_port: 1000,
+        ports: ports
+            .iter()
+            .map(|&(protocol, target_port)| PortSpec {
+                protocol,
+                target_port,
+            })
+            .collect(),
+        spread: DEFAULT_SPREAD,
+        cooldown_seconds: DEFAULT_COOLDOWN_SECONDS,
+        seed: 1,
+    };
+    let lbs = (0..LBS)
+        .map(|i| LoadBalancer {
+            id: format!("lb-{i:08x}"),
+            listener_quota: 3000,
+            foreign_ports: (996..=1000).map(|port| (Protocol::Tcp, port)).collect(),
+        })
+        .collect();
+    let pods: Vec<Pod> = (0..1500)
+        .map(|i| Pod {
+            name: format!("game-server-{i:04}"),
+            serving: true,
+        })
+        .collect();
+    // Listener slots are laid out round-robin over the CLBs; slot `n` has
+    // port `n / 3 + 1` on CLB `n % 3`, for each protocol.
+    let mut listeners = Vec::new();
+    let mut add =
+        |slot: usize, pod: Option<String>, last_pod: Option<String>, rest: Option<u64>| {
+            for &(protocol, target_port) in &ports {
+                listeners.push(Listener {
+                    name: format!("svc-{slot:05}-{target_port}"),
+                    lb_id: format!("lb-{:08x}", slot % LBS),
+                    port: (slot / LBS + 1) as u16,
+                    protocol,
+                    target_port,
+                    pod: pod.clone(),
+                    last_pod: last_pod.clone(),
+                    unbound_for_seconds: rest,
+                });
+            }
+        };
+    let mut slot = 0;
+    for pod in &pods[..1450] {
+        add(slot, Some(pod.name.clone()), None, None);
+        slot += 1;
+    }
+    for gone in 0..20 {
+        add(
+            slot,
+            Some(format!("game-server-gone-{gone:02}")),
+            None,
+            None,
+        );
+        slot += 1;
+    }
+    for free in 0..10u64 {
+        let rest = if free % 2 == 0 { 30 } else { 300 };
+        add(
+            slot,
+            None,
+            Some(format!("game-server-old-{free:02}")),
+            Some(rest),
+        );
+        slot += 1;
+    }
+    Request {
+        service,
+        lbs,
+        pods,
+        listeners,
     }
 }
 

@@ -89,10 +89,18 @@ fn simulate_reports_an_unknown_strategy_in_the_pool_status() {
 
 #[test]
 fn plugin_check_prints_the_world_of_every_built_plugin() {
-    let wasm = knit_tests::built_plugin_path("ipam_sequential");
-    let output = stdout(&knit(&["plugin", "check", wasm.to_str().unwrap()]));
+    let ipam = knit_tests::built_plugin_path("ipam_sequential");
+    let clb = knit_tests::built_plugin_path("clb_allocator");
+    let output = stdout(&knit(&[
+        "plugin",
+        "check",
+        ipam.to_str().unwrap(),
+        clb.to_str().unwrap(),
+    ]));
     assert!(output.contains("world:        ipam-strategy"), "{output}");
     assert!(output.contains("name:         ipam-sequential"), "{output}");
+    assert!(output.contains("world:        clb-allocator"), "{output}");
+    assert!(output.contains("name:         clb-allocator"), "{output}");
     assert!(output.contains("wasi:cli/"), "imports are listed: {output}");
 }
 

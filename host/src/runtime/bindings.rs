@@ -8,6 +8,18 @@ pub mod ipam_strategy {
     });
 }
 
+pub mod clb_allocator {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "clb-allocator",
+        // One `host` implementation and one `config-entry` type for every world.
+        with: {
+            "knit:plugin/types": super::types,
+            "knit:plugin/host": super::host,
+        },
+    });
+}
+
 pub use ipam_strategy::knit::plugin::{host, types};
 
 /// The WIT package this host speaks; a plugin built against an incompatible

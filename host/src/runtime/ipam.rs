@@ -16,14 +16,15 @@ impl Plugin {
         request: &Request,
         config: &[(String, String)],
     ) -> Result<Result<Vec<u64>, AllocateError>, CallError> {
+        let Pre::IpamStrategy(pre) = &self.pre else {
+            return Err(self.wrong_world(World::IpamStrategy));
+        };
         let wit_request = self.wit_request(request, config);
-        let answer = self.call("allocate", |store, pre| match pre {
-            Pre::IpamStrategy(pre) => {
-                let instance = pre.instantiate(&mut *store)?;
-                instance
-                    .knit_plugin_ipam()
-                    .call_allocate(&mut *store, &wit_request)
-            }
+        let answer = self.call("allocate", |store, _| {
+            let instance = pre.instantiate(&mut *store)?;
+            instance
+                .knit_plugin_ipam()
+                .call_allocate(&mut *store, &wit_request)
         })?;
         let bad_output = |reason| CallError::BadOutput {
             plugin: self.reference(),
@@ -84,15 +85,6 @@ impl Plugin {
                 .collect(),
         }
     }
-
-    /// Fails unless this plugin implements `world`.
-    pub fn expect_world(&self, world: World) -> Result<(), CallError> {
-        if self.world == world {
-            Ok(())
-        } else {
-            Err(self.wrong_world(world))
-        }
-    }
 }
 
 impl Plugin {
@@ -103,22 +95,23 @@ impl Plugin {
         request: &Request,
         iterations: usize,
     ) -> Result<Vec<std::time::Duration>, CallError> {
+        let Pre::IpamStrategy(pre) = &self.pre else {
+            return Err(self.wrong_world(World::IpamStrategy));
+        };
         let wit_request = self.wit_request(request, &[]);
         let ticks = self.deadline_ticks();
-        self.call("allocate-warm", |store, pre| match pre {
-            Pre::IpamStrategy(pre) => {
-                let instance = pre.instantiate(&mut *store)?;
-                let mut timings = Vec::with_capacity(iterations);
-                for _ in 0..iterations {
-                    store.set_epoch_deadline(ticks);
-                    let started = std::time::Instant::now();
-                    let _ = instance
-                        .knit_plugin_ipam()
-                        .call_allocate(&mut *store, &wit_request)?;
-                    timings.push(started.elapsed());
-                }
-                Ok(timings)
+        self.call("allocate-warm", |store, _| {
+            let instance = pre.instantiate(&mut *store)?;
+            let mut timings = Vec::with_capacity(iterations);
+            for _ in 0..iterations {
+                store.set_epoch_deadline(ticks);
+                let started = std::time::Instant::now();
+                let _ = instance
+                    .knit_plugin_ipam()
+                    .call_allocate(&mut *store, &wit_request)?;
+                timings.push(started.elapsed());
             }
+            Ok(timings)
         })
     }
 }

@@ -45,12 +45,14 @@ pub struct PluginSpec {
 #[serde(rename_all = "kebab-case")]
 pub enum PluginWorld {
     IpamStrategy,
+    ClbAllocator,
 }
 
 impl From<PluginWorld> for super::World {
     fn from(world: PluginWorld) -> Self {
         match world {
             PluginWorld::IpamStrategy => super::World::IpamStrategy,
+            PluginWorld::ClbAllocator => super::World::ClbAllocator,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod bindings;
 mod cache;
+mod clb;
 pub mod dir_source;
 mod error;
 mod ipam;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
-use super::bindings::{PACKAGE, PACKAGE_VERSION, ipam_strategy};
+use super::bindings::{PACKAGE, PACKAGE_VERSION, clb_allocator, ipam_strategy};
 use super::sandbox::Sandbox;
 use super::{CallError, LoadError, PluginRef, PluginSettings, Runtime};
 
@@ -14,14 +14,16 @@ use super::{CallError, LoadError, PluginRef, PluginSettings, Runtime};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum World {
     IpamStrategy,
+    ClbAllocator,
 }
 
 impl World {
-    pub const ALL: [World; 1] = [World::IpamStrategy];
+    pub const ALL: [World; 2] = [World::IpamStrategy, World::ClbAllocator];
 
     pub fn name(self) -> &'static str {
         match self {
             World::IpamStrategy => "ipam-strategy",
+            World::ClbAllocator => "clb-allocator",
         }
     }
 
@@ -29,6 +31,7 @@ impl World {
     fn interface(self) -> &'static str {
         match self {
             World::IpamStrategy => "ipam",
+            World::ClbAllocator => "clb",
         }
     }
 }
@@ -49,6 +52,7 @@ pub struct PluginInfo {
 
 pub(super) enum Pre {
     IpamStrategy(ipam_strategy::IpamStrategyPre<Sandbox>),
+    ClbAllocator(clb_allocator::ClbAllocatorPre<Sandbox>),
 }
 
 pub struct Plugin {
@@ -108,13 +112,17 @@ impl Plugin {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        let mismatch = |e: wasmtime::Error| {
+            LoadError::WrongWorld(format!(
+                "component claims the {world} world but does not match it: {e:#}"
+            ))
+        };
         let pre = match world {
             World::IpamStrategy => Pre::IpamStrategy(
-                ipam_strategy::IpamStrategyPre::new(instance_pre).map_err(|e| {
-                    LoadError::WrongWorld(format!(
-                        "component claims the {world} world but does not match it: {e:#}"
-                    ))
-                })?,
+                ipam_strategy::IpamStrategyPre::new(instance_pre).map_err(mismatch)?,
+            ),
+            World::ClbAllocator => Pre::ClbAllocator(
+                clb_allocator::ClbAllocatorPre::new(instance_pre).map_err(mismatch)?,
             ),
         };
         let runtime = std::sync::Arc::new(RuntimeHandle {
@@ -160,6 +168,10 @@ impl Plugin {
     pub fn describe(&self) -> Result<PluginInfo, CallError> {
         let info = self.call("describe", |store, pre| match pre {
             Pre::IpamStrategy(pre) => {
+                let instance = pre.instantiate(&mut *store)?;
+                instance.knit_plugin_describe().call_describe(&mut *store)
+            }
+            Pre::ClbAllocator(pre) => {
                 let instance = pre.instantiate(&mut *store)?;
                 instance.knit_plugin_describe().call_describe(&mut *store)
             }
@@ -230,6 +242,15 @@ impl Plugin {
         self.runtime.deadline_ticks
     }
 
+    /// Fails unless this plugin implements `world`.
+    pub fn expect_world(&self, world: World) -> Result<(), CallError> {
+        if self.world == world {
+            Ok(())
+        } else {
+            Err(self.wrong_world(world))
+        }
+    }
+
     pub(super) fn wrong_world(&self, wanted: World) -> CallError {
         CallError::WrongWorld {
             plugin: self.reference(),
@@ -298,6 +319,11 @@ mod tests {
             "knit:plugin/ipam@0.1.0".into(),
         ];
         assert_eq!(detect_world(&ipam).unwrap(), World::IpamStrategy);
+        let clb = vec![
+            "knit:plugin/describe@0.1.0".into(),
+            "knit:plugin/clb@0.1.0".into(),
+        ];
+        assert_eq!(detect_world(&clb).unwrap(), World::ClbAllocator);
         let newer = vec!["knit:plugin/ipam@0.2.0".to_string()];
         let error = detect_world(&newer).unwrap_err().to_string();
         assert!(
@@ -307,7 +333,9 @@ mod tests {
         let other = vec!["acme:thing/run@1.0.0".to_string()];
         let error = detect_world(&other).unwrap_err().to_string();
         assert!(
-            error.contains("acme:thing/run") && error.contains("ipam-strategy"),
+            error.contains("acme:thing/run")
+                && error.contains("ipam-strategy")
+                && error.contains("clb-allocator"),
             "{error}"
         );
     }
