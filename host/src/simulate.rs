@@ -192,10 +192,10 @@ fn simulate_clb(
         })
         .collect();
     let pods: Vec<&Pod> = pods.iter().collect();
-    let (own, others): (Vec<&DedicatedCLBListener>, Vec<&DedicatedCLBListener>) = manifests
-        .clb_listeners
-        .iter()
-        .partition(|l| l.namespace() == namespace && l.labels().get(clb_plan::SERVICE_LABEL) == Some(&name));
+    let (own, others): (Vec<&DedicatedCLBListener>, Vec<&DedicatedCLBListener>) =
+        manifests.clb_listeners.iter().partition(|l| {
+            l.namespace() == namespace && l.labels().get(clb_plan::SERVICE_LABEL) == Some(&name)
+        });
     let empty = LbView {
         found: true,
         ..LbView::default()

@@ -33,7 +33,9 @@ async fn run(task_delay: Duration) -> Outcome {
     let fake = FakeClb::start().await;
     fake.add_credentials("AKIDbench", "bench-key");
     fake.set_task_delay(task_delay);
-    let lbs: Vec<String> = (0..3).map(|i| fake.add_lb(REGION, &[&format!("9.9.9.{i}")])).collect();
+    let lbs: Vec<String> = (0..3)
+        .map(|i| fake.add_lb(REGION, &[&format!("9.9.9.{i}")]))
+        .collect();
     for lb in &lbs {
         fake.set_listener_quota(lb, 1000);
     }

@@ -77,6 +77,21 @@ impl World {
             .with_test_writer()
             .try_init();
         let client = knit_tests::admin_client().await;
+        // What earlier tests left goes, so that this test's knit does not
+        // spend its time on CLBs its fake never had.
+        for service in Api::<DedicatedCLBService>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+        {
+            let api = Api::<DedicatedCLBService>::namespaced(
+                client.clone(),
+                &service.namespace().unwrap(),
+            );
+            let _ = api
+                .delete(&service.name_any(), &DeleteParams::default())
+                .await;
+        }
         let namespace = match namespace {
             Some(namespace) => {
                 let _ = knit_tests::kubectl(&["create", "namespace", namespace], None);
@@ -143,7 +158,9 @@ impl World {
         pods.patch_status(
             name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})),
+            &Patch::Merge(
+                json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}),
+            ),
         )
         .await
         .unwrap();
@@ -188,7 +205,10 @@ impl World {
     /// Waits for exactly `count` listeners, all `Bound`.
     async fn wait_bound(&self, count: usize) -> Vec<DedicatedCLBListener> {
         self.wait_listeners(&format!("{count} Bound listeners"), |listeners| {
-            listeners.len() == count && listeners.iter().all(|l| state(l) == Some(ListenerState::Bound))
+            listeners.len() == count
+                && listeners
+                    .iter()
+                    .all(|l| state(l) == Some(ListenerState::Bound))
         })
         .await
     }
@@ -235,7 +255,10 @@ impl World {
                     .iter()
                     .map(|t| format!("{}:{}", t.eni_ip.clone().unwrap_or_default(), t.port))
                     .collect();
-                state.insert((lb.clone(), listener.protocol.clone(), listener.port), targets);
+                state.insert(
+                    (lb.clone(), listener.protocol.clone(), listener.port),
+                    targets,
+                );
             }
         }
         state
@@ -247,7 +270,11 @@ fn state(listener: &DedicatedCLBListener) -> Option<ListenerState> {
 }
 
 fn backend(listener: &DedicatedCLBListener) -> Option<String> {
-    listener.spec.backend_pod.as_ref().map(|b| b.pod_name.clone())
+    listener
+        .spec
+        .backend_pod
+        .as_ref()
+        .map(|b| b.pod_name.clone())
 }
 
 fn one_port_service(lbs: &[&str], min_port: u16, max_port: u16) -> serde_json::Value {
@@ -290,11 +317,20 @@ async fn assert_clb_matches(world: &World, pods: &BTreeMap<&str, &str>) {
 #[tokio::test]
 async fn the_seed_example_reconciles_unchanged() {
     let world = World::in_namespace("seed", Some("demo")).await;
-    world.fake.add_lb_with_id("lb-xxx", REGION, &["139.135.64.53"]);
-    world.fake.add_lb_with_id("lb-yyy", REGION, &["139.135.64.54"]);
-    world.fake.add_lb_with_id("lb-zzz", REGION, &["139.135.64.55"]);
+    world
+        .fake
+        .add_lb_with_id("lb-xxx", REGION, &["139.135.64.53"]);
+    world
+        .fake
+        .add_lb_with_id("lb-yyy", REGION, &["139.135.64.54"]);
+    world
+        .fake
+        .add_lb_with_id("lb-zzz", REGION, &["139.135.64.55"]);
     let _knit = world.knit();
-    for (i, name) in ["gameserver-0", "gameserver-1", "gameserver-2"].iter().enumerate() {
+    for (i, name) in ["gameserver-0", "gameserver-1", "gameserver-2"]
+        .iter()
+        .enumerate()
+    {
         let pods: Api<Pod> = Api::namespaced(world.client.clone(), "demo");
         let pod: Pod = serde_json::from_value(json!({
             "metadata": {"name": name, "labels": {"app": "gameserver"}},
@@ -306,7 +342,9 @@ async fn the_seed_example_reconciles_unchanged() {
         pods.patch_status(
             name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})),
+            &Patch::Merge(
+                json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}),
+            ),
         )
         .await
         .unwrap();
@@ -331,7 +369,10 @@ async fn the_seed_example_reconciles_unchanged() {
 
     // Three pods × two ports from the service, plus the hand-made one.
     let listeners = world.wait_bound(7).await;
-    let hand_made = listeners.iter().find(|l| l.name_any() == "gameserver-0").unwrap();
+    let hand_made = listeners
+        .iter()
+        .find(|l| l.name_any() == "gameserver-0")
+        .unwrap();
     let status = hand_made.status.as_ref().unwrap();
     assert_eq!(status.address.as_deref(), Some("139.135.64.53:8088"));
     assert!(status.listener_id.as_deref().unwrap().starts_with("lbl-"));
@@ -428,14 +469,25 @@ async fn scaling_up_binds_new_pods_and_scaling_down_frees_their_listeners() {
     let listeners = world
         .wait_listeners("game-a's and game-c's listeners Available", |listeners| {
             listeners.len() == 8
-                && listeners.iter().filter(|l| state(l) == Some(ListenerState::Available)).count() == 4
-                && listeners.iter().filter(|l| state(l) == Some(ListenerState::Bound)).count() == 4
+                && listeners
+                    .iter()
+                    .filter(|l| state(l) == Some(ListenerState::Available))
+                    .count()
+                    == 4
+                && listeners
+                    .iter()
+                    .filter(|l| state(l) == Some(ListenerState::Bound))
+                    .count()
+                    == 4
         })
         .await;
     for listener in &listeners {
         match state(listener) {
             Some(ListenerState::Bound) => {
-                assert!(matches!(backend(listener).as_deref(), Some("game-b" | "game-d")))
+                assert!(matches!(
+                    backend(listener).as_deref(),
+                    Some("game-b" | "game-d")
+                ))
             }
             _ => assert_eq!(backend(listener), None),
         }
@@ -451,11 +503,15 @@ async fn a_replaced_pod_gets_its_listener_back_and_others_wait_for_the_cooldown(
     let world = World::new("clb-replace").await;
     let lb = world.fake.add_lb(REGION, &["2.2.2.2"]);
     let _knit = world.knit();
-    world.create_service("game", one_port_service(&[&lb], 2000, 2010)).await;
+    world
+        .create_service("game", one_port_service(&[&lb], 2000, 2010))
+        .await;
     world.create_pod("game-0", "game", "10.2.0.1").await;
     let first = world.wait_bound(1).await.remove(0);
     let address = first.status.as_ref().unwrap().address.clone().unwrap();
-    world.wait_annotation("game-0", "example.com/address", &address).await;
+    world
+        .wait_annotation("game-0", "example.com/address", &address)
+        .await;
 
     world.delete_pod("game-0").await;
     world
@@ -468,19 +524,32 @@ async fn a_replaced_pod_gets_its_listener_back_and_others_wait_for_the_cooldown(
     world.create_pod("game-1", "game", "10.2.0.2").await;
     let listeners = world
         .wait_listeners("game-1 bound", |l| {
-            l.iter().any(|l| backend(l).as_deref() == Some("game-1") && state(l) == Some(ListenerState::Bound))
+            l.iter().any(|l| {
+                backend(l).as_deref() == Some("game-1") && state(l) == Some(ListenerState::Bound)
+            })
         })
         .await;
-    let game_1 = listeners.iter().find(|l| backend(l).as_deref() == Some("game-1")).unwrap();
+    let game_1 = listeners
+        .iter()
+        .find(|l| backend(l).as_deref() == Some("game-1"))
+        .unwrap();
     assert_ne!(game_1.name_any(), first.name_any());
 
     // game-0 comes back (new IP, same name): same listener, same address.
     world.create_pod("game-0", "game", "10.2.0.9").await;
     let listeners = world.wait_bound(2).await;
-    let again = listeners.iter().find(|l| backend(l).as_deref() == Some("game-0")).unwrap();
+    let again = listeners
+        .iter()
+        .find(|l| backend(l).as_deref() == Some("game-0"))
+        .unwrap();
     assert_eq!(again.name_any(), first.name_any());
-    assert_eq!(again.status.as_ref().unwrap().listener_id, first.status.as_ref().unwrap().listener_id);
-    world.wait_annotation("game-0", "example.com/address", &address).await;
+    assert_eq!(
+        again.status.as_ref().unwrap().listener_id,
+        first.status.as_ref().unwrap().listener_id
+    );
+    world
+        .wait_annotation("game-0", "example.com/address", &address)
+        .await;
     let pods = BTreeMap::from([("game-0", "10.2.0.9"), ("game-1", "10.2.0.2")]);
     assert_clb_matches(&world, &pods).await;
 }
@@ -490,15 +559,23 @@ async fn an_exhausted_range_says_which_pod_got_no_port() {
     let world = World::new("clb-full").await;
     let lb = world.fake.add_lb(REGION, &["3.3.3.3"]);
     let _knit = world.knit();
-    world.create_service("game", one_port_service(&[&lb], 3000, 3002)).await;
+    world
+        .create_service("game", one_port_service(&[&lb], 3000, 3002))
+        .await;
     for i in 0..4 {
-        world.create_pod(&format!("game-{i}"), "game", &format!("10.3.0.{i}")).await;
+        world
+            .create_pod(&format!("game-{i}"), "game", &format!("10.3.0.{i}"))
+            .await;
     }
     world.wait_bound(3).await;
     let service = world.wait_service_reason("game", "NoPortAvailable").await;
     let condition = &service.status.as_ref().unwrap().conditions[0];
     assert_eq!(condition.status, "False");
-    assert!(condition.message.contains("3000-3002"), "{}", condition.message);
+    assert!(
+        condition.message.contains("3000-3002"),
+        "{}",
+        condition.message
+    );
     assert_eq!(service.status.as_ref().unwrap().free, 0);
     // The pod left out is told, with an Event.
     let events: Api<Event> = Api::namespaced(world.client.clone(), &world.namespace);
@@ -523,7 +600,9 @@ async fn a_clb_deleted_outside_knit_is_replaced_by_the_next_one() {
     let doomed = world.fake.add_lb(REGION, &["4.4.4.1"]);
     let spare = world.fake.add_lb(REGION, &["4.4.4.2"]);
     let _knit = world.knit();
-    world.create_service("game", one_port_service(&[&doomed, &spare], 4000, 4010)).await;
+    world
+        .create_service("game", one_port_service(&[&doomed, &spare], 4000, 4010))
+        .await;
     world.create_pod("game-0", "game", "10.4.0.1").await;
     world.create_pod("game-1", "game", "10.4.0.2").await;
     let listeners = world.wait_bound(2).await;
@@ -532,16 +611,26 @@ async fn a_clb_deleted_outside_knit_is_replaced_by_the_next_one() {
     world.fake.delete_lb(&doomed);
     let listeners = world
         .wait_listeners("both pods bound on the spare CLB", |l| {
-            l.len() == 2 && l.iter().all(|l| l.spec.lb_id == spare && state(l) == Some(ListenerState::Bound))
+            l.len() == 2
+                && l.iter()
+                    .all(|l| l.spec.lb_id == spare && state(l) == Some(ListenerState::Bound))
         })
         .await;
     for listener in &listeners {
         let address = listener.status.as_ref().unwrap().address.clone().unwrap();
         assert!(address.starts_with("4.4.4.2:"), "{address}");
-        world.wait_annotation(&backend(listener).unwrap(), "example.com/address", &address).await;
+        world
+            .wait_annotation(&backend(listener).unwrap(), "example.com/address", &address)
+            .await;
     }
-    let service = world.wait_service_reason("game", "LoadBalancerNotFound").await;
-    assert!(service.status.unwrap().conditions[0].message.contains(&doomed));
+    let service = world
+        .wait_service_reason("game", "LoadBalancerNotFound")
+        .await;
+    assert!(
+        service.status.unwrap().conditions[0]
+            .message
+            .contains(&doomed)
+    );
     let pods = BTreeMap::from([("game-0", "10.4.0.1"), ("game-1", "10.4.0.2")]);
     assert_clb_matches(&world, &pods).await;
 }
@@ -591,7 +680,10 @@ async fn a_restart_half_way_neither_duplicates_nor_leaks_listeners() {
     for listener in &listeners {
         let protocol = serde_json::to_value(listener.spec.protocol).unwrap();
         let key = (protocol.as_str().unwrap().to_owned(), listener.spec.lb_port);
-        assert_eq!(listener.status.as_ref().unwrap().listener_id.as_ref(), on_clb.get(&key));
+        assert_eq!(
+            listener.status.as_ref().unwrap().listener_id.as_ref(),
+            on_clb.get(&key)
+        );
     }
     assert!(created_before >= 1);
 }
@@ -603,13 +695,20 @@ async fn deleting_the_service_deletes_every_listener_from_the_clb() {
     let second = world.fake.add_lb(REGION, &["6.6.6.2"]);
     world.fake.set_listener_quota(&first, 2);
     let _knit = world.knit();
-    world.create_service("game", one_port_service(&[&first, &second], 6000, 6010)).await;
+    world
+        .create_service("game", one_port_service(&[&first, &second], 6000, 6010))
+        .await;
     for i in 0..3 {
-        world.create_pod(&format!("game-{i}"), "game", &format!("10.6.0.{i}")).await;
+        world
+            .create_pod(&format!("game-{i}"), "game", &format!("10.6.0.{i}"))
+            .await;
     }
     // The first CLB's quota of two spills the third listener over.
     let listeners = world.wait_bound(3).await;
-    assert_eq!(listeners.iter().filter(|l| l.spec.lb_id == second).count(), 1);
+    assert_eq!(
+        listeners.iter().filter(|l| l.spec.lb_id == second).count(),
+        1
+    );
     assert_eq!(world.clb_state().len(), 3);
 
     Api::<DedicatedCLBService>::namespaced(world.client.clone(), &world.namespace)

@@ -158,33 +158,44 @@ pub fn plan(service: &Service, lbs: &[LoadBalancer], pods: &[Pod], listeners: &[
         .filter(|p| p.serving)
         .map(|p| p.name.as_str())
         .collect();
+    let wanted: BTreeSet<(Protocol, u16)> = service
+        .ports
+        .iter()
+        .map(|p| (p.protocol, p.target_port))
+        .collect();
     let in_service = |l: &Listener| {
         (service.min_port..=service.max_port).contains(&l.port)
             && lbs.iter().any(|lb| lb.id == l.lb_id)
-            && service
-                .ports
-                .iter()
-                .any(|p| p.protocol == l.protocol && p.target_port == l.target_port)
+            && wanted.contains(&(l.protocol, l.target_port))
     };
-    // The listeners that stay, with who holds them after this plan.
-    let mut kept: Vec<(Listener, Option<String>)> = Vec::new();
-    for listener in listeners {
+
+    // Indexes over the listeners that stay, so the plan is near-linear in
+    // pods and listeners: who holds what, and what is free for whom.
+    let mut kept: Vec<Listener> = Vec::new();
+    let mut held: BTreeSet<(&str, Protocol, u16)> = BTreeSet::new();
+    let mut sorted: Vec<&Listener> = listeners.iter().collect();
+    sorted.sort_by(|a, b| (&a.lb_id, a.port, &a.name).cmp(&(&b.lb_id, b.port, &b.name)));
+    for listener in sorted {
         if !in_service(listener) {
             plan.delete.push(listener.name.clone());
             continue;
         }
+        let mut listener = listener.clone();
         let holder = listener
             .pod
-            .clone()
-            .filter(|pod| serving.contains(pod.as_str()));
-        let mut listener = listener.clone();
-        if listener.pod.is_some() && holder.is_none() {
+            .as_deref()
+            .filter(|pod| serving.contains(pod))
+            .and_then(|pod| serving.get(pod).copied());
+        let keeps =
+            holder.is_some_and(|pod| held.insert((pod, listener.protocol, listener.target_port)));
+        // A pod gone, or a second listener for one pod port: unbind. Its
+        // rest starts now.
+        if listener.pod.is_some() && !keeps {
             plan.unbind.push(listener.name.clone());
-            // Its rest starts now.
             listener.last_pod = listener.pod.take();
             listener.unbound_for_seconds = Some(0);
         }
-        kept.push((listener, holder));
+        kept.push(listener);
     }
 
     let mut taken: BTreeMap<&str, BTreeSet<(Protocol, u16)>> = lbs
@@ -192,48 +203,61 @@ pub fn plan(service: &Service, lbs: &[LoadBalancer], pods: &[Pod], listeners: &[
         .map(|lb| (lb.id.as_str(), lb.foreign_ports.iter().copied().collect()))
         .collect();
     let mut count: BTreeMap<&str, u32> = lbs.iter().map(|lb| (lb.id.as_str(), 0)).collect();
-    for (listener, _) in &kept {
+    // Free listeners: by the pod they served last, and the rested ones in
+    // (CLB, port) order, each by the pod port they serve.
+    let mut own: BTreeMap<(&str, Protocol, u16), Vec<usize>> = BTreeMap::new();
+    let mut rested: BTreeMap<(Protocol, u16), BTreeSet<FreeListener>> = BTreeMap::new();
+    for (i, listener) in kept.iter().enumerate() {
         if let Some(ports) = taken.get_mut(listener.lb_id.as_str()) {
             ports.insert((listener.protocol, listener.port));
         }
         if let Some(n) = count.get_mut(listener.lb_id.as_str()) {
             *n += 1;
         }
+        if listener.pod.is_some() {
+            continue;
+        }
+        let port = (listener.protocol, listener.target_port);
+        if let Some(last) = &listener.last_pod {
+            own.entry((last.as_str(), port.0, port.1))
+                .or_default()
+                .push(i);
+        }
+        if listener.unbound_for_seconds.unwrap_or(u64::MAX) >= service.cooldown_seconds {
+            rested
+                .entry(port)
+                .or_default()
+                .insert((listener.lb_id.as_str(), listener.port, i));
+        }
     }
+    let mut bound = vec![false; kept.len()];
+    let mut next_port: BTreeMap<(&str, Protocol), u16> = BTreeMap::new();
     let mut rng = SplitMix64(service.seed);
 
     for pod in pods.iter().filter(|p| p.serving) {
         for spec in &service.ports {
-            let has = kept.iter().any(|(l, holder)| {
-                holder.as_deref() == Some(pod.name.as_str())
-                    && l.protocol == spec.protocol
-                    && l.target_port == spec.target_port
-            });
-            if has {
+            if held.contains(&(pod.name.as_str(), spec.protocol, spec.target_port)) {
                 continue;
             }
-            let free_to_bind = |l: &Listener, holder: &Option<String>| {
-                holder.is_none() && l.protocol == spec.protocol && l.target_port == spec.target_port
-            };
-            let own = kept.iter().position(|(l, holder)| {
-                free_to_bind(l, holder) && l.last_pod.as_deref() == Some(pod.name.as_str())
+            let port = (spec.protocol, spec.target_port);
+            let mine = own
+                .get(&(pod.name.as_str(), port.0, port.1))
+                .and_then(|candidates| candidates.iter().copied().find(|&i| !bound[i]));
+            let reuse = mine.or_else(|| {
+                let free = rested.get_mut(&port)?;
+                while let Some((_, _, i)) = free.pop_first() {
+                    if !bound[i] {
+                        return Some(i);
+                    }
+                }
+                None
             });
-            let rested = || {
-                kept.iter()
-                    .enumerate()
-                    .filter(|(_, (l, holder))| {
-                        free_to_bind(l, holder)
-                            && l.unbound_for_seconds.unwrap_or(u64::MAX) >= service.cooldown_seconds
-                    })
-                    .min_by_key(|(_, (l, _))| (l.lb_id.clone(), l.port))
-                    .map(|(i, _)| i)
-            };
-            if let Some(i) = own.or_else(rested) {
-                plan.bind.push((kept[i].0.name.clone(), pod.name.clone()));
-                kept[i].1 = Some(pod.name.clone());
+            if let Some(i) = reuse {
+                bound[i] = true;
+                plan.bind.push((kept[i].name.clone(), pod.name.clone()));
                 continue;
             }
-            match place(service, lbs, &taken, &count, spec.protocol, &mut rng) {
+            match place(service, lbs, &taken, &count, &mut next_port, spec.protocol, &mut rng) {
                 Some((lb_id, port)) => {
                     taken.get_mut(lb_id).unwrap().insert((spec.protocol, port));
                     *count.get_mut(lb_id).unwrap() += 1;
@@ -262,28 +286,37 @@ pub fn plan(service: &Service, lbs: &[LoadBalancer], pods: &[Pod], listeners: &[
     plan
 }
 
-/// A CLB with room and its lowest free port for `protocol`.
+/// A free listener in reuse order: CLB, port, then its index in `kept`.
+type FreeListener<'a> = (&'a str, u16, usize);
+
+/// A CLB with room and its lowest free port for `protocol`. Ports are only
+/// taken during a plan, so each CLB's search resumes where it stopped.
 fn place<'a>(
     service: &Service,
     lbs: &'a [LoadBalancer],
     taken: &BTreeMap<&str, BTreeSet<(Protocol, u16)>>,
     count: &BTreeMap<&str, u32>,
+    next_port: &mut BTreeMap<(&'a str, Protocol), u16>,
     protocol: Protocol,
     rng: &mut SplitMix64,
 ) -> Option<(&'a str, u16)> {
-    let candidates: Vec<(&'a str, u16)> = lbs
-        .iter()
-        .filter(|lb| {
-            let held = count[lb.id.as_str()] + lb.foreign_ports.len() as u32;
-            held < lb.listener_quota
-        })
-        .filter_map(|lb| {
-            let taken = &taken[lb.id.as_str()];
-            (service.min_port..=service.max_port)
-                .find(|port| !taken.contains(&(protocol, *port)))
-                .map(|port| (lb.id.as_str(), port))
-        })
-        .collect();
+    let mut candidates: Vec<(&'a str, u16)> = Vec::new();
+    for lb in lbs {
+        let id = lb.id.as_str();
+        let held = count[id] + lb.foreign_ports.len() as u32;
+        if held >= lb.listener_quota {
+            continue;
+        }
+        let from = next_port.entry((id, protocol)).or_insert(service.min_port);
+        let taken = &taken[id];
+        match (*from..=service.max_port).find(|port| !taken.contains(&(protocol, *port))) {
+            Some(port) => {
+                *from = port;
+                candidates.push((id, port));
+            }
+            None => *from = service.max_port.saturating_add(1).max(service.min_port),
+        }
+    }
     match service.spread {
         Spread::InOrder => candidates.first().copied(),
         Spread::Uniform => candidates.iter().copied().min_by_key(|(id, _)| count[id]),
@@ -292,9 +325,13 @@ fn place<'a>(
     }
 }
 
-/// What the host checks of any plan before acting on it: new ports inside
-/// the range, on the service's CLBs, unique per (CLB, protocol, port)
-/// counting what exists, and binds and deletes naming known listeners.
+/// What the host checks of any plan before acting on it:
+/// - new listeners: inside the range, on the service's CLBs, for one of its
+///   ports, unique per (CLB, protocol, port) counting what exists;
+/// - binds, unbinds and deletes name the service's listeners; a bind takes
+///   a listener that is free (or freed by this plan) for its pod port;
+/// - every pod named is serving, and ends with at most one listener per
+///   pod port.
 pub fn check_plan(
     service: &Service,
     lbs: &[LoadBalancer],
@@ -302,6 +339,72 @@ pub fn check_plan(
     listeners: &[Listener],
     plan: &Plan,
 ) -> Result<(), String> {
+    let by_name: BTreeMap<&str, &Listener> =
+        listeners.iter().map(|l| (l.name.as_str(), l)).collect();
+    for name in plan
+        .unbind
+        .iter()
+        .chain(&plan.delete)
+        .chain(plan.bind.iter().map(|(l, _)| l))
+    {
+        if !by_name.contains_key(name.as_str()) {
+            return Err(format!("{name} is not a listener of the service"));
+        }
+    }
+    for name in &plan.unbind {
+        if by_name[name.as_str()].pod.is_none() {
+            return Err(format!("{name} is unbound already"));
+        }
+    }
+    let serving = |pod: &str| pods.iter().any(|p| p.serving && p.name == pod);
+    let ports: BTreeSet<(Protocol, u16)> = service
+        .ports
+        .iter()
+        .map(|p| (p.protocol, p.target_port))
+        .collect();
+    let dropped: BTreeSet<&str> = plan
+        .unbind
+        .iter()
+        .chain(&plan.delete)
+        .map(String::as_str)
+        .collect();
+
+    // Who holds which pod port once the plan is applied.
+    let mut holds: BTreeSet<(String, Protocol, u16)> = BTreeSet::new();
+    let mut hold = |pod: &str, protocol: Protocol, target_port: u16, what: &str| {
+        if !holds.insert((pod.to_owned(), protocol, target_port)) {
+            return Err(format!(
+                "{pod} would hold two listeners for {protocol:?}/{target_port} ({what})"
+            ));
+        }
+        Ok(())
+    };
+    for listener in listeners
+        .iter()
+        .filter(|l| !dropped.contains(l.name.as_str()))
+    {
+        if let Some(pod) = &listener.pod {
+            hold(pod, listener.protocol, listener.target_port, &listener.name)?;
+        }
+    }
+    let mut bound = BTreeSet::new();
+    for (name, pod) in &plan.bind {
+        let listener = by_name[name.as_str()];
+        if !serving(pod) {
+            return Err(format!("{pod} is not a serving pod"));
+        }
+        if !bound.insert(name) {
+            return Err(format!("{name} is bound twice"));
+        }
+        if listener.pod.is_some() && !dropped.contains(name.as_str()) {
+            return Err(format!("{name} is bound to another pod"));
+        }
+        if plan.delete.contains(name) {
+            return Err(format!("{name} is both bound and deleted"));
+        }
+        hold(pod, listener.protocol, listener.target_port, name)?;
+    }
+
     let mut used: BTreeSet<(&str, Protocol, u16)> = BTreeSet::new();
     for lb in lbs {
         for &(protocol, port) in &lb.foreign_ports {
@@ -321,35 +424,22 @@ pub fn check_plan(
         if !lbs.iter().any(|lb| lb.id == new.lb_id) {
             return Err(format!("{} is not one of the service's CLBs", new.lb_id));
         }
+        if !ports.contains(&(new.protocol, new.target_port)) {
+            return Err(format!(
+                "{:?}/{} is not one of the service's ports",
+                new.protocol, new.target_port
+            ));
+        }
         if !used.insert((new.lb_id.as_str(), new.protocol, new.port)) {
             return Err(format!(
                 "{:?} port {} on {} is already in use",
                 new.protocol, new.port, new.lb_id
             ));
         }
-        if !pods.iter().any(|p| p.serving && p.name == new.pod) {
+        if !serving(&new.pod) {
             return Err(format!("{} is not a serving pod", new.pod));
         }
-    }
-    let mut bound = BTreeSet::new();
-    for (listener, pod) in &plan.bind {
-        if !pods.iter().any(|p| p.serving && &p.name == pod) {
-            return Err(format!("{pod} is not a serving pod"));
-        }
-        if !bound.insert(listener) {
-            return Err(format!("{listener} is bound twice"));
-        }
-    }
-    let known = |name: &String| listeners.iter().any(|l| &l.name == name);
-    for name in plan
-        .unbind
-        .iter()
-        .chain(&plan.delete)
-        .chain(plan.bind.iter().map(|(l, _)| l))
-    {
-        if !known(name) {
-            return Err(format!("{name} is not a listener of the service"));
-        }
+        hold(&new.pod, new.protocol, new.target_port, "a new listener")?;
     }
     Ok(())
 }
@@ -572,5 +662,92 @@ mod tests {
             ..Plan::default()
         };
         assert!(check(&twice).contains("bound twice"));
+        let wrong_port = Plan {
+            create: vec![NewListener {
+                lb_id: "lb-a".into(),
+                port: 502,
+                protocol: Protocol::Udp,
+                pod: "gs-0".into(),
+                target_port: 9000,
+            }],
+            ..Plan::default()
+        };
+        assert!(check(&wrong_port).contains("not one of the service's ports"));
+        let two_for_one = Plan {
+            bind: vec![("l-0".into(), "gs-0".into())],
+            ..new("lb-a", 502)
+        };
+        assert!(check(&two_for_one).contains("two listeners"));
+        let bound = [listener("l-0", "lb-a", 501, Some("gs-0"))];
+        let steal = Plan {
+            bind: vec![("l-0".into(), "gs-0".into())],
+            ..Plan::default()
+        };
+        assert!(
+            check_plan(&s, &lbs, &pods, &bound, &steal)
+                .unwrap_err()
+                .contains("another pod")
+        );
+        let unbind_free = Plan {
+            unbind: vec!["l-0".into()],
+            ..Plan::default()
+        };
+        assert!(check(&unbind_free).contains("unbound already"));
+    }
+
+    #[test]
+    fn a_second_listener_for_one_pod_port_is_unbound() {
+        let lbs = [lb("lb-a", 50)];
+        let listeners = [
+            listener("l-2", "lb-a", 502, Some("gs-0")),
+            listener("l-1", "lb-a", 501, Some("gs-0")),
+        ];
+        let plan = plan(&service(Spread::InOrder), &lbs, &[pod("gs-0")], &listeners);
+        // The lower (CLB, port) stays.
+        assert_eq!(plan.unbind, ["l-2"]);
+        assert!(plan.create.is_empty() && plan.bind.is_empty());
+        assert!(
+            check_plan(
+                &service(Spread::InOrder),
+                &lbs,
+                &[pod("gs-0")],
+                &listeners,
+                &plan
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn plans_pass_their_own_check_at_scale() {
+        // Brute force over spreads and shapes: whatever the allocator
+        // decides, the host's check accepts.
+        for spread in [Spread::InOrder, Spread::Uniform, Spread::Random] {
+            let mut s = service(spread);
+            s.max_port = 520;
+            s.ports.push(PortSpec {
+                protocol: Protocol::Udp,
+                target_port: 9001,
+            });
+            let lbs = [lb("lb-a", 12), lb("lb-b", 30)];
+            let pods: Vec<Pod> = (0..25).map(|i| pod(&format!("gs-{i}"))).collect();
+            let mut listeners = Vec::new();
+            for i in 0..10u16 {
+                let mut l = listener(
+                    &format!("old-{i}"),
+                    "lb-b",
+                    501 + i,
+                    Some(&format!("gone-{i}")),
+                );
+                l.unbound_for_seconds = None;
+                listeners.push(l);
+            }
+            let plan = plan(&s, &lbs, &pods, &listeners);
+            assert_eq!(plan.unbind.len(), 10);
+            check_plan(&s, &lbs, &pods, &listeners, &plan).unwrap();
+            // Quotas 12 + 30 = 42 listeners; 10 exist: 32 new at most.
+            assert_eq!(plan.create.len(), 32);
+            assert_eq!(plan.messages.len(), 50 - 32);
+        }
     }
 }

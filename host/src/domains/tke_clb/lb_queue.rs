@@ -111,8 +111,14 @@ impl QueueError {
     }
 }
 
+/// The last read of an LB and when it was made, shared by its worker and
+/// the planners.
+type SharedView = Arc<Mutex<Option<(Arc<LbView>, Instant)>>>;
+
+type EnsureReply = oneshot::Sender<Result<Ensured, QueueError>>;
+
 enum Op {
-    Ensure(Desired, oneshot::Sender<Result<Ensured, QueueError>>),
+    Ensure(Desired, EnsureReply),
     Delete(ListenerKey, oneshot::Sender<Result<(), QueueError>>),
     Refresh(oneshot::Sender<Result<Arc<LbView>, QueueError>>),
 }
@@ -126,7 +132,7 @@ pub struct LbQueues {
 #[derive(Clone)]
 struct Queue {
     ops: mpsc::UnboundedSender<Op>,
-    view: Arc<Mutex<Option<(Arc<LbView>, Instant)>>>,
+    view: SharedView,
 }
 
 impl LbQueues {
@@ -198,7 +204,7 @@ impl LbQueues {
             .entry((region.to_owned(), lb.to_owned()))
             .or_insert_with(|| {
                 let (ops, receiver) = mpsc::unbounded_channel();
-                let view = Arc::new(Mutex::new(None));
+                let view = SharedView::default();
                 let worker = Worker {
                     cloud: self.cloud.clone(),
                     region: region.to_owned(),
@@ -241,7 +247,7 @@ struct Worker {
     /// Read once; an LB's VIPs do not change while it exists.
     vips: Option<Vec<String>>,
     quota_reached_at: Option<u32>,
-    view: Arc<Mutex<Option<(Arc<LbView>, Instant)>>>,
+    view: SharedView,
 }
 
 /// One listener as a round sees it.
@@ -310,10 +316,18 @@ impl Worker {
                 Op::Refresh(reply) => refreshes.push(reply),
             }
         }
+        tracing::debug!(
+            lb = %self.lb,
+            ensures = ensures.len(),
+            deletes = deletes.len(),
+            refreshes = refreshes.len(),
+            "CLB round"
+        );
         let client = match self.cloud.client(&self.region).await {
             Ok(client) => client,
             Err(error) => {
                 let error = QueueError::from(error);
+                tracing::warn!(lb = %self.lb, %error, "no CLB client");
                 reply_all(ensures, deletes, refreshes, &error);
                 return;
             }
@@ -321,6 +335,7 @@ impl Worker {
         let mut snapshot = match self.read(&client, !ensures.is_empty()).await {
             Ok(snapshot) => snapshot,
             Err(error) => {
+                tracing::warn!(lb = %self.lb, %error, "reading the CLB");
                 reply_all(ensures, deletes, refreshes, &error);
                 return;
             }
@@ -480,12 +495,8 @@ impl Worker {
         &mut self,
         client: &ClbClient,
         snapshot: &mut Snapshot,
-        ensures: Vec<(Desired, oneshot::Sender<Result<Ensured, QueueError>>)>,
-    ) -> Vec<(
-        Desired,
-        String,
-        oneshot::Sender<Result<Ensured, QueueError>>,
-    )> {
+        ensures: Vec<(Desired, EnsureReply)>,
+    ) -> Vec<(Desired, String, EnsureReply)> {
         let mut placed = Vec::new();
         // By protocol: one CreateListener names a single protocol.
         let mut to_create: BTreeMap<Protocol, Vec<(Desired, oneshot::Sender<_>)>> = BTreeMap::new();
@@ -581,7 +592,7 @@ impl Worker {
         &mut self,
         client: &ClbClient,
         protocol: Protocol,
-        chunk: &[(Desired, oneshot::Sender<Result<Ensured, QueueError>>)],
+        chunk: &[(Desired, EnsureReply)],
     ) -> Result<Vec<String>, QueueError> {
         let ports: Vec<u16> = chunk.iter().map(|(d, _)| d.listener.port).collect();
         let names: Vec<String> = chunk.iter().map(|(d, _)| d.listener.name.clone()).collect();
@@ -636,11 +647,7 @@ impl Worker {
         &mut self,
         client: &ClbClient,
         snapshot: &mut Snapshot,
-        placed: Vec<(
-            Desired,
-            String,
-            oneshot::Sender<Result<Ensured, QueueError>>,
-        )>,
+        placed: Vec<(Desired, String, EnsureReply)>,
     ) {
         let mut deregister: Vec<BatchTarget> = Vec::new();
         let mut register: Vec<BatchTarget> = Vec::new();
@@ -776,7 +783,7 @@ impl Worker {
 }
 
 fn reply_all(
-    ensures: Vec<(Desired, oneshot::Sender<Result<Ensured, QueueError>>)>,
+    ensures: Vec<(Desired, EnsureReply)>,
     deletes: Vec<(ListenerKey, oneshot::Sender<Result<(), QueueError>>)>,
     refreshes: Vec<oneshot::Sender<Result<Arc<LbView>, QueueError>>>,
     error: &QueueError,

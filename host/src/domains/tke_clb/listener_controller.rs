@@ -27,7 +27,7 @@ pub struct Context {
     pub queues: Arc<LbQueues>,
     pub pods: Store<Pod>,
     pub recorder: Recorder,
-    pub synced: tokio::sync::OnceCell<()>,
+    pub caches: super::CachesReady,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +57,16 @@ pub async fn reconcile(
 }
 
 pub fn error_policy(listener: Arc<DedicatedCLBListener>, error: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(listener = %ObjectRef::from_obj(&*listener), %error, "DedicatedCLBListener reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    match error {
+        Error::Finalizer(inner) if super::lost_finalizer_race(inner) => {
+            tracing::debug!(listener = %ObjectRef::from_obj(&*listener), %error, "finalizer race");
+            Action::requeue(Duration::from_secs(1))
+        }
+        _ => {
+            tracing::warn!(listener = %ObjectRef::from_obj(&*listener), %error, "DedicatedCLBListener reconcile failed");
+            Action::requeue(Duration::from_secs(5))
+        }
+    }
 }
 
 fn key(listener: &DedicatedCLBListener) -> ListenerKey {
@@ -75,11 +83,7 @@ fn key(listener: &DedicatedCLBListener) -> ListenerKey {
 
 async fn apply(listener: &DedicatedCLBListener, ctx: &Context) -> Result<Action, Error> {
     // Without the pods, every backend would look gone.
-    ctx.synced
-        .get_or_init(|| async {
-            let _ = ctx.pods.wait_until_ready().await;
-        })
-        .await;
+    ctx.caches.wait().await;
     let region = match ctx
         .queues
         .cloud()

@@ -54,11 +54,13 @@ pub async fn run(
 
     let (pods, pods_writer) = reflector::store_shared(1024);
     let pod_events = pods_writer.subscribe().expect("a shared store");
+    let (pods_listed, pods_ready) = tokio::sync::watch::channel(false);
     let pod_watch = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect_shared(pods_writer)
-        .for_each(|_| async {});
+        .for_each(move |event| mark_listed(&pods_listed, event));
     let (listeners, listeners_writer) = reflector::store_shared(1024);
+    let (listeners_listed, listeners_ready) = tokio::sync::watch::channel(false);
     let listener_events = listeners_writer.subscribe().expect("a shared store");
     let listener_watch = watcher(
         Api::<DedicatedCLBListener>::all(client.clone()),
@@ -66,7 +68,11 @@ pub async fn run(
     )
     .default_backoff()
     .reflect_shared(listeners_writer)
-    .for_each(|_| async {});
+    .for_each(move |event| mark_listed(&listeners_listed, event));
+    let caches = CachesReady {
+        pods: pods_ready,
+        listeners: listeners_ready,
+    };
 
     // Listeners: a pod change reaches the listeners naming it.
     let listener_context = Arc::new(listener_controller::Context {
@@ -74,7 +80,7 @@ pub async fn run(
         queues: queues.clone(),
         pods: pods.clone(),
         recorder: recorder.clone(),
-        synced: Default::default(),
+        caches: caches.clone(),
     });
     let listeners_for_pods = listeners.clone();
     let listener_controller =
@@ -116,7 +122,7 @@ pub async fn run(
         pods,
         listeners,
         recorder,
-        synced: Default::default(),
+        caches,
         expected: Default::default(),
     });
     let service_controller = services
@@ -143,5 +149,48 @@ pub async fn run(
         _ = async { tokio::join!(listener_controller, service_controller) } => {}
         _ = pod_watch => {}
         _ = listener_watch => {}
+    }
+}
+
+/// Whether the pod and listener caches hold a full list: planning on
+/// half-filled ones would unbind the listeners of pods not seen yet.
+/// Signalled from the watch streams rather than `Store::wait_until_ready`,
+/// which wakes only one of several waiters, and the listener controller
+/// already waits on its store that way.
+#[derive(Clone)]
+pub struct CachesReady {
+    pods: tokio::sync::watch::Receiver<bool>,
+    listeners: tokio::sync::watch::Receiver<bool>,
+}
+
+impl CachesReady {
+    pub async fn wait(&self) {
+        let _ = self.pods.clone().wait_for(|listed| *listed).await;
+        let _ = self.listeners.clone().wait_for(|listed| *listed).await;
+    }
+}
+
+fn mark_listed<K>(
+    listed: &tokio::sync::watch::Sender<bool>,
+    event: Result<watcher::Event<K>, watcher::Error>,
+) -> std::future::Ready<()> {
+    if let Ok(watcher::Event::InitDone) = event {
+        listed.send_replace(true);
+    }
+    std::future::ready(())
+}
+
+/// A finalizer write that lost a race nobody needs to hear about: the
+/// object is already gone (404), was changed meanwhile (409) or is being
+/// deleted (422). The next pass, from the watch, settles it.
+fn lost_finalizer_race<E: std::error::Error + 'static>(
+    error: &kube::runtime::finalizer::Error<E>,
+) -> bool {
+    use kube::runtime::finalizer::Error;
+    match error {
+        Error::AddFinalizer(kube::Error::Api(e)) | Error::RemoveFinalizer(kube::Error::Api(e)) => {
+            matches!(e.code, 404 | 409 | 422)
+        }
+        _ => false,
     }
 }

@@ -215,10 +215,9 @@ fn listener_input(listener: &DedicatedCLBListener, now: &Time) -> clb::Listener 
 pub fn refused_by_clb(listener: &DedicatedCLBListener) -> bool {
     listener.status.as_ref().is_some_and(|status| {
         status.listener_id.is_none()
-            && status
-                .conditions
-                .iter()
-                .any(|c| c.status == "False" && matches!(c.reason.as_str(), "QuotaExceeded" | "PortConflict"))
+            && status.conditions.iter().any(|c| {
+                c.status == "False" && matches!(c.reason.as_str(), "QuotaExceeded" | "PortConflict")
+            })
     })
 }
 
@@ -486,8 +485,8 @@ mod tests {
             }],
             ..clb::Plan::default()
         };
-        let intents = intents(&service, &[], &plan, &now());
-        let created = listener_object(&service, &intents[0]);
+        let creating = intents(&service, &[], &plan, &now());
+        let created = listener_object(&service, &creating[0]);
         assert_eq!(created.name_any(), "gameserver-lb-a-tcp-501");
         assert_eq!(created.namespace().as_deref(), Some("demo"));
         assert_eq!(created.owner_references()[0].uid, "uid-1");
@@ -497,8 +496,8 @@ mod tests {
             unbind: vec![created.name_any()],
             ..clb::Plan::default()
         };
-        let intents = intents(&service, &[&created], &unbind, &now());
-        let unbound = listener_object(&service, &intents[0]);
+        let unbinding = intents(&service, &[&created], &unbind, &now());
+        let unbound = listener_object(&service, &unbinding[0]);
         assert!(unbound.spec.backend_pod.is_none());
         assert_eq!(unbound.annotations()[LAST_POD_ANNOTATION], "gs-0");
         assert_eq!(target_port(&unbound), Some(9000));

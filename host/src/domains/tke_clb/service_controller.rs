@@ -37,7 +37,7 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub listeners: Store<DedicatedCLBListener>,
     pub recorder: Recorder,
-    pub synced: tokio::sync::OnceCell<()>,
+    pub caches: super::CachesReady,
     /// Per service, the listener objects it last wrote and the pod each
     /// should name; see `cache_caught_up`.
     pub expected: std::sync::Mutex<HashMap<ObjectRef<DedicatedCLBService>, Expected>>,
@@ -91,6 +91,10 @@ pub fn error_policy(service: Arc<DedicatedCLBService>, error: &Error, _: Arc<Con
         {
             tracing::debug!(service = %ObjectRef::from_obj(&*service), %error, "DedicatedCLBService deletion");
             Action::requeue(Duration::from_secs(2))
+        }
+        Error::Finalizer(inner) if super::lost_finalizer_race(inner) => {
+            tracing::debug!(service = %ObjectRef::from_obj(&*service), %error, "finalizer race");
+            Action::requeue(Duration::from_secs(1))
         }
         _ => {
             tracing::warn!(service = %ObjectRef::from_obj(&*service), %error, "DedicatedCLBService reconcile failed");
@@ -154,21 +158,10 @@ impl Context {
             },
         );
     }
-
-    /// Planning on half-filled caches would unbind listeners of pods not
-    /// seen yet. One waiter for all (`wait_until_ready` wakes only one).
-    async fn caches_ready(&self) {
-        self.synced
-            .get_or_init(|| async {
-                let _ = self.pods.wait_until_ready().await;
-                let _ = self.listeners.wait_until_ready().await;
-            })
-            .await;
-    }
 }
 
 async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, Error> {
-    ctx.caches_ready().await;
+    ctx.caches.wait().await;
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let namespace = service.namespace().unwrap_or_default();
     let all_pods = ctx.pods.state();
@@ -182,6 +175,7 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
     // place the same pods again (and with a uniform or random spread,
     // elsewhere): wait for them.
     if !ctx.cache_caught_up(service, &all_listeners) {
+        tracing::debug!(service = %ObjectRef::from_obj(service), "waiting for the listener cache");
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     // Listeners on their way out are not planned with; their ports count
@@ -311,6 +305,16 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
         }
     };
 
+    tracing::debug!(
+        service = %ObjectRef::from_obj(service),
+        plugin = %plugin.name_version(),
+        create = decision.create.len(),
+        bind = decision.bind.len(),
+        unbind = decision.unbind.len(),
+        delete = decision.delete.len(),
+        no_port = decision.messages.len(),
+        "planned"
+    );
     // Apply: listener objects first, then the pods' annotations.
     let listeners: Api<DedicatedCLBListener> = Api::namespaced(ctx.client.clone(), &namespace);
     let apply = PatchParams::apply("knit").force();
@@ -322,7 +326,8 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
             .await?;
         written.push((intent.name, intent.pod));
     }
-    for name in decision.delete.iter().chain(refused.iter().map(|l| &l.metadata.name).flatten()) {
+    let refused: Vec<String> = refused.iter().map(|l| l.name_any()).collect();
+    for name in decision.delete.iter().chain(&refused) {
         match listeners.delete(name, &DeleteParams::default()).await {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => {}
