@@ -253,9 +253,10 @@ fn simulate_clb(
         });
         out.push((
             format!(
-                "apply: listener {}:{} for {}",
+                "apply: listener {}:{}/{:?} for {}",
                 intent.lb_id,
                 intent.port,
+                intent.protocol,
                 intent.pod.as_deref().unwrap_or("no pod (Available)")
             ),
             serde_json::to_value(&listener).expect("listeners serialize"),

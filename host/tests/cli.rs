@@ -70,6 +70,51 @@ fn simulate_default_example_allocates_sequentially() {
 }
 
 #[test]
+fn simulate_plans_the_seed_clb_service_over_three_pods() {
+    let output = stdout(&knit(&["simulate", "-f", "examples/tke-clb"]));
+    let documents: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&output)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let listeners: Vec<(String, u64, String)> = documents
+        .iter()
+        .filter(|d| d["kind"] == "DedicatedCLBListener")
+        .map(|d| {
+            (
+                d["spec"]["protocol"].as_str().unwrap().to_owned(),
+                d["spec"]["lbPort"].as_u64().unwrap(),
+                d["spec"]["backendPod"]["podName"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    // In order: the first CLB, the lowest ports, TCP and UDP apart.
+    let expected: Vec<(String, u64, String)> = (0..3)
+        .flat_map(|i| ["TCP", "UDP"].map(|p| (p.to_owned(), 501 + i, format!("gameserver-{i}"))))
+        .collect();
+    assert_eq!(listeners, expected);
+    let annotations: Vec<&serde_json::Value> = documents
+        .iter()
+        .filter(|d| d["kind"] == "Pod")
+        .map(|d| &d["metadata"]["annotations"])
+        .collect();
+    assert_eq!(annotations.len(), 6);
+    assert_eq!(
+        annotations[0]["networking.cloud.tencent.com/external-address-9000"],
+        "<VIP of lb-xxx>:501"
+    );
+    let service = documents
+        .iter()
+        .find(|d| d["kind"] == "DedicatedCLBService")
+        .unwrap();
+    assert_eq!(service["status"]["allocated"], 6);
+    // The listener quota (50 per CLB) binds before the range (100 ports
+    // per protocol): lb-xxx holds the 6 new ones and the hand-made 8088.
+    assert_eq!(service["status"]["free"], 43 + 50 + 50);
+}
+
+#[test]
 fn simulate_reports_an_unknown_strategy_in_the_pool_status() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("pool.yaml");

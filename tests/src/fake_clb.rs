@@ -143,9 +143,13 @@ impl FakeClb {
             .collect()
     }
 
-    /// Requests received, refused ones included, over all actions.
-    pub fn total_calls(&self) -> u64 {
-        self.cloud().calls.values().sum()
+    /// Requests received, refused ones included, by action.
+    pub fn calls_by_action(&self) -> BTreeMap<String, u64> {
+        self.cloud()
+            .calls
+            .iter()
+            .map(|(a, n)| (a.clone(), *n))
+            .collect()
     }
 
     pub fn set_listener_quota(&self, lb: &str, quota: usize) {

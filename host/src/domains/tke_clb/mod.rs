@@ -124,6 +124,7 @@ pub async fn run(
         recorder,
         caches,
         expected: Default::default(),
+        told: Default::default(),
     });
     let service_controller = services
         .owns_shared_stream(listener_events)

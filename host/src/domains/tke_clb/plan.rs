@@ -335,7 +335,8 @@ pub fn listener_object(
                 service.name_any(),
             )])),
             annotations: Some(annotations),
-            owner_references: Some(vec![owner]),
+            // Offline (`knit simulate`) the service has no UID to own by.
+            owner_references: service.uid().map(|_| vec![owner]),
             ..ObjectMeta::default()
         },
         spec: DedicatedCLBListenerSpec {

@@ -41,6 +41,8 @@ pub struct Context {
     /// Per service, the listener objects it last wrote and the pod each
     /// should name; see `cache_caught_up`.
     pub expected: std::sync::Mutex<HashMap<ObjectRef<DedicatedCLBService>, Expected>>,
+    /// Per service, the pods last told (by an Event) that no port is left.
+    pub told: std::sync::Mutex<HashMap<ObjectRef<DedicatedCLBService>, BTreeSet<String>>>,
 }
 
 /// What a service's last pass wrote, and when.
@@ -347,7 +349,23 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
             Err(e) => return Err(e.into()),
         }
     }
-    for (pod, message) in &decision.messages {
+    // Each pod is told once while it waits, not on every pass.
+    let waiting: BTreeSet<String> = decision
+        .messages
+        .iter()
+        .map(|(pod, _)| pod.clone())
+        .collect();
+    let told = ctx
+        .told
+        .lock()
+        .expect("told lock")
+        .insert(ObjectRef::from_obj(service), waiting.clone())
+        .unwrap_or_default();
+    for (pod, message) in decision
+        .messages
+        .iter()
+        .filter(|(pod, _)| !told.contains(pod))
+    {
         if let Some(pod) = pods.iter().find(|p| &p.name_any() == pod) {
             publish(
                 ctx,
@@ -447,6 +465,10 @@ async fn cleanup(service: &DedicatedCLBService, ctx: &Context) -> Result<Action,
     ctx.expected
         .lock()
         .expect("expectations lock")
+        .remove(&ObjectRef::from_obj(service));
+    ctx.told
+        .lock()
+        .expect("told lock")
         .remove(&ObjectRef::from_obj(service));
     // A live list: the service may go only when no listener is left.
     let listeners: Api<DedicatedCLBListener> =
