@@ -287,6 +287,16 @@ fn one_port_service(lbs: &[&str], min_port: u16, max_port: u16) -> serde_json::V
     })
 }
 
+fn two_port_service(lbs: &[&str], min_port: u16, max_port: u16) -> serde_json::Value {
+    json!({
+        "minPort": min_port,
+        "maxPort": max_port,
+        "selector": {"app": "game"},
+        "ports": [{"protocol": "TCP", "targetPort": 9000}, {"protocol": "UDP", "targetPort": 9001}],
+        "existedLbIds": lbs,
+    })
+}
+
 /// Every listener object's CLB listener exists in the fake with the
 /// object's pod as its only target, and the fake holds nothing else.
 async fn assert_clb_matches(world: &World, pods: &BTreeMap<&str, &str>) {
@@ -327,27 +337,11 @@ async fn the_seed_example_reconciles_unchanged() {
         .fake
         .add_lb_with_id("lb-zzz", REGION, &["139.135.64.55"]);
     let _knit = world.knit();
-    for (i, name) in ["gameserver-0", "gameserver-1", "gameserver-2"]
-        .iter()
-        .enumerate()
-    {
-        let pods: Api<Pod> = Api::namespaced(world.client.clone(), "demo");
-        let pod: Pod = serde_json::from_value(json!({
-            "metadata": {"name": name, "labels": {"app": "gameserver"}},
-            "spec": {"containers": [{"name": "game", "image": "registry.invalid/game"}]},
-        }))
-        .unwrap();
-        pods.create(&PostParams::default(), &pod).await.unwrap();
+    for i in 0..3 {
         let ip = format!("10.0.0.{}", 10 + i);
-        pods.patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}),
-            ),
-        )
-        .await
-        .unwrap();
+        world
+            .create_pod(&format!("gameserver-{i}"), "gameserver", &ip)
+            .await;
     }
     // The seed's manifests, as they are: the service (at the seed's
     // misspelled version) and a listener made by hand.
@@ -440,14 +434,7 @@ async fn scaling_up_binds_new_pods_and_scaling_down_frees_their_listeners() {
     let lb = world.fake.add_lb(REGION, &["1.1.1.1"]);
     let _knit = world.knit();
     world
-        .create_service(
-            "game",
-            json!({
-                "minPort": 1000, "maxPort": 1100, "selector": {"app": "game"},
-                "ports": [{"protocol": "TCP", "targetPort": 9000}, {"protocol": "UDP", "targetPort": 9001}],
-                "existedLbIds": [lb],
-            }),
-        )
+        .create_service("game", two_port_service(&[&lb], 1000, 1100))
         .await;
     let mut pods = BTreeMap::new();
     for (name, ip) in [("game-a", "10.1.0.1"), ("game-b", "10.1.0.2")] {
@@ -643,14 +630,7 @@ async fn a_restart_half_way_neither_duplicates_nor_leaks_listeners() {
     world.fake.set_task_delay(Duration::from_millis(1500));
     let knit = world.knit();
     world
-        .create_service(
-            "game",
-            json!({
-                "minPort": 5000, "maxPort": 5100, "selector": {"app": "game"},
-                "ports": [{"protocol": "TCP", "targetPort": 9000}, {"protocol": "UDP", "targetPort": 9001}],
-                "existedLbIds": [lb],
-            }),
-        )
+        .create_service("game", two_port_service(&[&lb], 5000, 5100))
         .await;
     let mut pods = BTreeMap::new();
     for i in 0..4 {

@@ -8,14 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, ResourceExt};
-use serde_json::json;
+use kube::{Client, Resource, ResourceExt};
 
 use super::lb_queue::{Desired, LbQueues, ListenerKey, QueueError};
 use super::plan::{LISTENER_FINALIZER, clb_listener_name, pod_ip};
@@ -223,48 +222,12 @@ async fn cleanup(listener: &DedicatedCLBListener, ctx: &Context) -> Result<Actio
     Ok(Action::await_change())
 }
 
-fn condition(
-    listener: &DedicatedCLBListener,
-    current: &DedicatedCLBListenerStatus,
-    ready: bool,
-    reason: &str,
-    message: &str,
-) -> Condition {
-    let status = if ready { "True" } else { "False" };
-    let previous = current.conditions.iter().find(|c| c.type_ == "Ready");
-    // The transition time moves only when the status does.
-    let last_transition_time = match previous {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(k8s_openapi::jiff::Timestamp::now()),
-    };
-    Condition {
-        type_: "Ready".into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: listener.metadata.generation,
-        last_transition_time,
-    }
-}
-
 async fn write_status(
     listener: &DedicatedCLBListener,
     ctx: &Context,
     status: DedicatedCLBListenerStatus,
 ) -> Result<(), Error> {
-    if listener.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let api: Api<DedicatedCLBListener> = Api::namespaced(
-        ctx.client.clone(),
-        &listener.namespace().unwrap_or_default(),
-    );
-    api.patch_status(
-        &listener.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
+    super::write_status(&ctx.client, listener, listener.status.as_ref(), &status).await?;
     Ok(())
 }
 
@@ -275,15 +238,28 @@ async fn publish(
     reason: &str,
     note: &str,
 ) {
-    let event = Event {
+    super::publish_event(
+        &ctx.recorder,
+        &listener.object_ref(&()),
         type_,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    let reference = ObjectRef::from_obj(listener).into();
-    if let Err(error) = ctx.recorder.publish(&event, &reference).await {
-        tracing::debug!(%error, "publishing an Event");
-    }
+        reason,
+        note,
+    )
+    .await;
+}
+
+fn condition(
+    listener: &DedicatedCLBListener,
+    current: &DedicatedCLBListenerStatus,
+    ready: bool,
+    reason: &str,
+    message: &str,
+) -> Condition {
+    super::ready_condition(
+        &current.conditions,
+        listener.metadata.generation,
+        ready,
+        reason,
+        message,
+    )
 }

@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use knit_clb_core as clb;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
@@ -528,23 +528,17 @@ async fn report_failure(
 }
 
 fn condition(service: &DedicatedCLBService, ready: bool, reason: &str, message: &str) -> Condition {
-    let status = if ready { "True" } else { "False" };
     let previous = service
         .status
         .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
-    let last_transition_time = match previous {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(k8s_openapi::jiff::Timestamp::now()),
-    };
-    Condition {
-        type_: "Ready".into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: service.metadata.generation,
-        last_transition_time,
-    }
+        .map_or(&[][..], |s| s.conditions.as_slice());
+    super::ready_condition(
+        previous,
+        service.metadata.generation,
+        ready,
+        reason,
+        message,
+    )
 }
 
 async fn write_status(
@@ -552,17 +546,7 @@ async fn write_status(
     ctx: &Context,
     status: DedicatedCLBServiceStatus,
 ) -> Result<(), Error> {
-    if service.status.as_ref() == Some(&status) {
-        return Ok(());
-    }
-    let api: Api<DedicatedCLBService> =
-        Api::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default());
-    api.patch_status(
-        &service.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(json!({ "status": status })),
-    )
-    .await?;
+    super::write_status(&ctx.client, service, service.status.as_ref(), &status).await?;
     Ok(())
 }
 
@@ -573,14 +557,5 @@ async fn publish(
     reason: &str,
     note: &str,
 ) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: "Allocate".into(),
-        secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, reference).await {
-        tracing::debug!(%error, "publishing an Event");
-    }
+    super::publish_event(&ctx.recorder, reference, type_, reason, note).await;
 }
