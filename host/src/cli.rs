@@ -22,7 +22,7 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
     /// Log format.
-    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, global = true, env = "KNIT_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 }
 
@@ -69,8 +69,25 @@ pub struct RunArgs {
     /// The `Lease` in `--namespace` that replicas campaign for.
     #[arg(long, env = "KNIT_LEASE_NAME", default_value = "knit")]
     pub lease_name: String,
+    /// The domains whose controllers run, comma-separated.
+    #[arg(
+        long,
+        env = "KNIT_DOMAINS",
+        value_delimiter = ',',
+        default_value = "ipam,tke-clb"
+    )]
+    pub domains: Vec<Domain>,
     #[command(flatten)]
     pub tke: TkeArgs,
+}
+
+/// A domain knit can run the controllers of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Domain {
+    /// `IPPool` and `IPAllocation`.
+    Ipam,
+    /// `DedicatedCLBService` and `DedicatedCLBListener`.
+    TkeClb,
 }
 
 /// How the TKE CLB domain reaches Tencent Cloud.

@@ -135,12 +135,15 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
     } else {
         (tokio::sync::watch::channel(true).1, None)
     };
-    let tke = args.tke.settings(&args.namespace);
+    let domains = Domains {
+        enabled: args.domains,
+        ipam_metrics,
+        tke: args.tke.settings(&args.namespace),
+    };
     let mut controllers = tokio::spawn(run_controllers(
         client,
         registry.clone(),
-        ipam_metrics,
-        tke,
+        domains,
         leading,
         async move {
             let _ = controllers_stopping.await;
@@ -165,14 +168,20 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The domains to run and what each needs beyond a client and plugins.
+struct Domains {
+    enabled: Vec<cli::Domain>,
+    ipam_metrics: Arc<knit::domains::ipam::metrics::IpamMetrics>,
+    tke: knit::domains::tke_clb::cloud::TkeSettings,
+}
+
 /// Waits for leadership, then runs the controllers until `stop` (they finish
 /// in-flight work) or until leadership is lost: then the process exits, and
 /// a fresh start campaigns again, rather than run beside a new leader.
 async fn run_controllers(
     client: kube::Client,
     registry: Arc<knit::runtime::Registry>,
-    ipam_metrics: Arc<knit::domains::ipam::metrics::IpamMetrics>,
-    tke: knit::domains::tke_clb::cloud::TkeSettings,
+    domains: Domains,
     mut leading: tokio::sync::watch::Receiver<bool>,
     stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
     done: tokio::sync::oneshot::Sender<()>,
@@ -185,14 +194,29 @@ async fn run_controllers(
     let result = if !became_leader {
         Ok(())
     } else {
-        tracing::info!("leading: starting controllers");
-        let ipam = knit::domains::ipam::controller::run(
-            client.clone(),
-            registry.clone(),
+        let Domains {
+            enabled,
             ipam_metrics,
-            stop.clone(),
-        );
-        let tke = knit::domains::tke_clb::run(client, registry, tke, stop);
+            tke,
+        } = domains;
+        tracing::info!(domains = ?enabled, "leading: starting controllers");
+        let ipam = async {
+            if enabled.contains(&cli::Domain::Ipam) {
+                knit::domains::ipam::controller::run(
+                    client.clone(),
+                    registry.clone(),
+                    ipam_metrics,
+                    stop.clone(),
+                )
+                .await;
+            }
+        };
+        let tke = async {
+            if enabled.contains(&cli::Domain::TkeClb) {
+                knit::domains::tke_clb::run(client.clone(), registry.clone(), tke, stop.clone())
+                    .await;
+            }
+        };
         let lease_lost = async {
             let lost = leading.wait_for(|leading| !*leading).await.is_ok();
             // No election (`--leader-elect=false`), or it ended: only `stop`
@@ -202,7 +226,8 @@ async fn run_controllers(
             }
         };
         tokio::select! {
-            _ = async { tokio::join!(ipam, tke) } => Ok(()),
+            // With no domain enabled, knit still serves plugins until stopped.
+            _ = async { tokio::join!(ipam, tke); stop.clone().await } => Ok(()),
             _ = lease_lost => {
                 Err(anyhow::anyhow!("lost the lease; exiting so that only the new leader acts"))
             }

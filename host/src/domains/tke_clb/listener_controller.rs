@@ -150,7 +150,14 @@ async fn apply(listener: &DedicatedCLBListener, ctx: &Context) -> Result<Action,
                     .vip
                     .map(|vip| format!("{vip}:{}", listener.spec.lb_port)),
                 observed_generation: listener.metadata.generation,
-                conditions: vec![condition(listener, &current, true, reason, &message)],
+                // In place on the CLB, but not forwarding to the pod it names.
+                conditions: vec![condition(
+                    listener,
+                    &current,
+                    reason != "BackendNotReady",
+                    reason,
+                    &message,
+                )],
             };
             write_status(listener, ctx, status).await?;
             Ok(Action::requeue(ctx.queues.cloud().settings().resync))
