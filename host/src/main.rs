@@ -90,6 +90,8 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
     metrics.register(&mut prometheus);
     let ipam_metrics = Arc::new(knit::domains::ipam::metrics::IpamMetrics::default());
     ipam_metrics.register(&mut prometheus);
+    let reconciles = Arc::new(knit::telemetry::ReconcileMetrics::default());
+    reconciles.register(&mut prometheus);
     let readiness = knit::telemetry::Readiness::default();
     let server = tokio::spawn(knit::telemetry::serve(
         args.metrics_addr,
@@ -138,6 +140,7 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
     let domains = Domains {
         enabled: args.domains,
         ipam_metrics,
+        reconciles,
         tke: args.tke.settings(&args.namespace),
     };
     let mut controllers = tokio::spawn(run_controllers(
@@ -172,6 +175,7 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
 struct Domains {
     enabled: Vec<cli::Domain>,
     ipam_metrics: Arc<knit::domains::ipam::metrics::IpamMetrics>,
+    reconciles: Arc<knit::telemetry::ReconcileMetrics>,
     tke: knit::domains::tke_clb::cloud::TkeSettings,
 }
 
@@ -197,6 +201,7 @@ async fn run_controllers(
         let Domains {
             enabled,
             ipam_metrics,
+            reconciles,
             tke,
         } = domains;
         tracing::info!(domains = ?enabled, "leading: starting controllers");
@@ -206,6 +211,7 @@ async fn run_controllers(
                     client.clone(),
                     registry.clone(),
                     ipam_metrics,
+                    reconciles.clone(),
                     stop.clone(),
                 )
                 .await;
@@ -213,8 +219,14 @@ async fn run_controllers(
         };
         let tke = async {
             if enabled.contains(&cli::Domain::TkeClb) {
-                knit::domains::tke_clb::run(client.clone(), registry.clone(), tke, stop.clone())
-                    .await;
+                knit::domains::tke_clb::run(
+                    client.clone(),
+                    registry.clone(),
+                    tke,
+                    reconciles.clone(),
+                    stop.clone(),
+                )
+                .await;
             }
         };
         let lease_lost = async {

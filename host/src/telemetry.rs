@@ -7,6 +7,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Logs to stderr, as text or JSON; `RUST_LOG` filters (default `info`).
@@ -71,4 +75,71 @@ pub async fn serve(
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     axum::serve(listener, app).await?;
     Ok(())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReconcileLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// Every controller's passes, by the kind reconciled:
+/// `knit_reconciles_total{kind,result=success|error}` and
+/// `knit_reconcile_duration_seconds{kind}`.
+pub struct ReconcileMetrics {
+    reconciles: Family<ReconcileLabels, Counter>,
+    durations: Family<KindLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for ReconcileMetrics {
+    fn default() -> Self {
+        ReconcileMetrics {
+            reconciles: Family::default(),
+            // 1 ms .. ~4 min: from a cached no-op to a pass waiting on CLB tasks.
+            durations: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1e-3, 4.0, 10))
+            }),
+        }
+    }
+}
+
+impl ReconcileMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "knit_reconciles",
+            "Reconcile passes by kind and result",
+            self.reconciles.clone(),
+        );
+        registry.register(
+            "knit_reconcile_duration_seconds",
+            "How long a reconcile pass took, by kind",
+            self.durations.clone(),
+        );
+    }
+
+    /// Runs one pass of a controller for `kind` and counts it.
+    pub async fn measure<T, E>(
+        &self,
+        kind: &'static str,
+        pass: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let result = pass.await;
+        let outcome = if result.is_ok() { "success" } else { "error" };
+        self.reconciles
+            .get_or_create(&ReconcileLabels {
+                kind,
+                result: outcome,
+            })
+            .inc();
+        self.durations
+            .get_or_create(&KindLabels { kind })
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
 }

@@ -188,6 +188,8 @@ fn run_serves_health_and_metrics_leads_and_stops_on_sigterm() {
     for expected in [
         r#"knit_ipam_allocations_total{pool="run-leader"} 1"#,
         r#"knit_ipam_pool_capacity{pool="run-leader"} 6"#,
+        r#"knit_reconciles_total{kind="IPPool",result="success"}"#,
+        r#"knit_reconcile_duration_seconds_count{kind="IPPool"}"#,
     ] {
         assert!(
             metrics.contains(expected),

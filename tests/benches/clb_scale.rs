@@ -96,7 +96,14 @@ async fn run(task_delay: Duration) -> Outcome {
         .unwrap();
     knit.spawn(async move {
         let client = knit_tests::admin_client().await;
-        knit::domains::tke_clb::run(client, registry, settings, std::future::pending()).await;
+        knit::domains::tke_clb::run(
+            client,
+            registry,
+            settings,
+            Arc::default(),
+            std::future::pending(),
+        )
+        .await;
     });
 
     let calls_before = fake.calls_by_action();

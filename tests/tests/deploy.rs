@@ -181,16 +181,21 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
         NAMESPACE.into(),
         registry.clone(),
     ));
+    let reconciles = Arc::new(knit::telemetry::ReconcileMetrics::default());
+    let mut prometheus = prometheus_client::registry::Registry::default();
+    reconciles.register(&mut prometheus);
     tokio::spawn(knit::domains::ipam::controller::run(
         client.clone(),
         registry.clone(),
         Arc::default(),
+        reconciles.clone(),
         std::future::pending(),
     ));
     tokio::spawn(knit::domains::tke_clb::run(
         client.clone(),
         registry.clone(),
         settings,
+        reconciles.clone(),
         std::future::pending(),
     ));
     let namespace = knit_tests::fresh_namespace(&admin, "deploy").await;
@@ -281,6 +286,14 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
         Some(ListenerState::Bound)
     );
     assert_eq!(fake.listeners(&lb).len(), 1);
+
+    // Every kind's passes were counted.
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &prometheus).unwrap();
+    for kind in ["IPPool", "DedicatedCLBService", "DedicatedCLBListener"] {
+        let line = format!(r#"knit_reconciles_total{{kind="{kind}",result="success"}}"#);
+        assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
+    }
 
     // And what it may not do: read other Secrets, here or in its namespace.
     let forbidden = |result: Result<_, kube::Error>| matches!(result, Err(kube::Error::Api(e)) if e.code == 403);

@@ -43,6 +43,7 @@ async fn start_controller(registry: Arc<Registry>, metrics: Arc<IpamMetrics>) ->
         client,
         registry,
         metrics,
+        Arc::default(),
         std::future::pending(),
     ))
 }

@@ -40,7 +40,14 @@ impl Knit {
             .unwrap();
         runtime.spawn(async move {
             let client = knit_tests::admin_client().await;
-            knit::domains::tke_clb::run(client, registry, settings, std::future::pending()).await;
+            knit::domains::tke_clb::run(
+                client,
+                registry,
+                settings,
+                Arc::default(),
+                std::future::pending(),
+            )
+            .await;
         });
         Knit {
             runtime: Some(runtime),

@@ -28,6 +28,7 @@ use super::types::{
     allocation_name,
 };
 use crate::runtime::Registry;
+use crate::telemetry::ReconcileMetrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -41,6 +42,7 @@ struct Context {
     client: Client,
     registry: Arc<Registry>,
     metrics: Arc<IpamMetrics>,
+    reconciles: Arc<ReconcileMetrics>,
     recorder: Recorder,
     pools: Store<IPPool>,
     pods: Store<PartialObjectMeta<Pod>>,
@@ -55,6 +57,7 @@ pub async fn run(
     client: Client,
     registry: Arc<Registry>,
     metrics: Arc<IpamMetrics>,
+    reconciles: Arc<ReconcileMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let pools: Api<IPPool> = Api::all(client.clone());
@@ -93,6 +96,7 @@ pub async fn run(
         client,
         registry,
         metrics,
+        reconciles,
         recorder,
         pools: controller.store(),
         pods,
@@ -111,7 +115,16 @@ pub async fn run(
         })
         .reconcile_all_on(plugin_changes)
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, context)
+        .run(
+            |pool, ctx: Arc<Context>| async move {
+                ctx.reconciles
+                    .clone()
+                    .measure("IPPool", reconcile(pool, ctx))
+                    .await
+            },
+            error_policy,
+            context,
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "IPPool reconcile");

@@ -31,6 +31,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 
 use crate::runtime::Registry;
+use crate::telemetry::ReconcileMetrics;
 use cloud::{TencentCloud, TkeSettings};
 use lb_queue::LbQueues;
 use types::{DedicatedCLBListener, DedicatedCLBService};
@@ -41,6 +42,7 @@ pub async fn run(
     client: Client,
     registry: Arc<Registry>,
     settings: TkeSettings,
+    reconciles: Arc<ReconcileMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
@@ -107,7 +109,16 @@ pub async fn run(
             })
             .graceful_shutdown_on(shutdown.clone())
             .run(
-                listener_controller::reconcile,
+                {
+                    let reconciles = reconciles.clone();
+                    move |listener, ctx| {
+                        let reconciles = reconciles.clone();
+                        async move {
+                            let pass = listener_controller::reconcile(listener, ctx);
+                            reconciles.measure("DedicatedCLBListener", pass).await
+                        }
+                    }
+                },
                 listener_controller::error_policy,
                 listener_context,
             )
@@ -143,7 +154,13 @@ pub async fn run(
         .reconcile_all_on(super::plugin_changes(registry.subscribe()))
         .graceful_shutdown_on(shutdown)
         .run(
-            service_controller::reconcile,
+            move |service, ctx| {
+                let reconciles = reconciles.clone();
+                async move {
+                    let pass = service_controller::reconcile(service, ctx);
+                    reconciles.measure("DedicatedCLBService", pass).await
+                }
+            },
             service_controller::error_policy,
             service_context,
         )
