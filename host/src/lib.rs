@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod cni;
+pub mod conditions;
 pub mod crds;
 pub mod domains;
 pub mod leader;

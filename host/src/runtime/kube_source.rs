@@ -232,7 +232,7 @@ impl PluginSync {
     }
 }
 
-/// The `Ready` condition, keeping its transition time while the state holds.
+/// The `Ready` condition: true while the plugin is `Active`.
 fn ready_condition(
     previous: &PluginStatus,
     state: PluginState,
@@ -240,23 +240,13 @@ fn ready_condition(
     message: &str,
     generation: Option<i64>,
 ) -> Condition {
-    let status = if state == PluginState::Active {
-        "True"
-    } else {
-        "False"
-    };
-    let last_transition_time = previous
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(k8s_openapi::jiff::Timestamp::now()));
-    Condition {
-        type_: "Ready".into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time,
-    }
+    crate::conditions::condition(
+        &previous.conditions,
+        "Ready",
+        state == PluginState::Active,
+        reason,
+        message,
+        generation,
+        &Time(k8s_openapi::jiff::Timestamp::now()),
+    )
 }

@@ -405,26 +405,16 @@ fn condition(
     pool: &IPPool,
     now: &Time,
 ) -> Condition {
-    let status = if status { "True" } else { "False" };
-    // Keep the transition time while the condition's status holds.
-    let last_transition_time = pool
-        .status
-        .as_ref()
-        .and_then(|s| {
-            s.conditions
-                .iter()
-                .find(|c| c.type_ == type_ && c.status == status)
-        })
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    Condition {
-        type_: type_.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: pool.metadata.generation,
-        last_transition_time,
-    }
+    let previous = pool.status.as_ref().map_or(&[][..], |s| &s.conditions);
+    crate::conditions::condition(
+        previous,
+        type_,
+        status,
+        reason,
+        message,
+        pool.metadata.generation,
+        now,
+    )
 }
 
 #[cfg(test)]

@@ -217,8 +217,7 @@ fn lost_finalizer_race<E: std::error::Error + 'static>(
     }
 }
 
-/// The `Ready` condition; its transition time moves only when its status
-/// does.
+/// The `Ready` condition as of now.
 fn ready_condition(
     previous: &[Condition],
     generation: Option<i64>,
@@ -226,19 +225,8 @@ fn ready_condition(
     reason: &str,
     message: &str,
 ) -> Condition {
-    let status = if ready { "True" } else { "False" };
-    let last_transition_time = match previous.iter().find(|c| c.type_ == "Ready") {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => Time(k8s_openapi::jiff::Timestamp::now()),
-    };
-    Condition {
-        type_: "Ready".into(),
-        status: status.into(),
-        reason: reason.into(),
-        message: message.into(),
-        observed_generation: generation,
-        last_transition_time,
-    }
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    crate::conditions::condition(previous, "Ready", ready, reason, message, generation, &now)
 }
 
 /// Writes an object's status when it changed. Fields that became unset are
