@@ -115,12 +115,12 @@ impl QueueError {
 /// the planners.
 type SharedView = Arc<Mutex<Option<(Arc<LbView>, Instant)>>>;
 
-type EnsureReply = oneshot::Sender<Result<Ensured, QueueError>>;
+type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
 
 enum Op {
-    Ensure(Desired, EnsureReply),
-    Delete(ListenerKey, oneshot::Sender<Result<(), QueueError>>),
-    Refresh(oneshot::Sender<Result<Arc<LbView>, QueueError>>),
+    Ensure(Desired, Reply<Ensured>),
+    Delete(ListenerKey, Reply<()>),
+    Refresh(Reply<Arc<LbView>>),
 }
 
 /// The queues of every CLB knit has touched, by `(region, LB ID)`.
@@ -155,9 +155,7 @@ impl LbQueues {
         lb: &str,
         desired: Desired,
     ) -> Result<Ensured, QueueError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(region, lb, Op::Ensure(desired, reply));
-        answer.await.unwrap_or_else(|_| Err(worker_gone()))
+        ask(&self.queue(region, lb), |reply| Op::Ensure(desired, reply)).await
     }
 
     /// Deletes the listener if it exists (a missing LB or listener is
@@ -168,9 +166,7 @@ impl LbQueues {
         lb: &str,
         listener: ListenerKey,
     ) -> Result<(), QueueError> {
-        let (reply, answer) = oneshot::channel();
-        self.send(region, lb, Op::Delete(listener, reply));
-        answer.await.unwrap_or_else(|_| Err(worker_gone()))
+        ask(&self.queue(region, lb), |reply| Op::Delete(listener, reply)).await
     }
 
     /// The LB as last read, if that is at most `max_age` old; otherwise a
@@ -187,15 +183,7 @@ impl LbQueues {
         {
             return Ok(view);
         }
-        let (reply, answer) = oneshot::channel();
-        let _ = queue.ops.send(Op::Refresh(reply));
-        answer.await.unwrap_or_else(|_| Err(worker_gone()))
-    }
-
-    fn send(&self, region: &str, lb: &str, op: Op) {
-        // The worker only stops with the runtime; a failed send is answered
-        // by the dropped reply channel.
-        let _ = self.queue(region, lb).ops.send(op);
+        ask(&queue, Op::Refresh).await
     }
 
     fn queue(&self, region: &str, lb: &str) -> Queue {
@@ -220,11 +208,17 @@ impl LbQueues {
     }
 }
 
-fn worker_gone() -> QueueError {
-    QueueError::Cloud {
-        message: "the CLB queue stopped".into(),
-        retryable: true,
-    }
+/// Hands an op to an LB's worker and waits for its answer. The worker only
+/// stops with the runtime; if it is gone, the answer is a retryable error.
+async fn ask<T>(queue: &Queue, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, QueueError> {
+    let (reply, answer) = oneshot::channel();
+    let _ = queue.ops.send(op(reply));
+    answer.await.unwrap_or_else(|_| {
+        Err(QueueError::Cloud {
+            message: "the CLB queue stopped".into(),
+            retryable: true,
+        })
+    })
 }
 
 /// The port space a protocol's listeners share on an LB.
@@ -352,9 +346,7 @@ impl Worker {
             for reply in refreshes {
                 let _ = reply.send(Ok(view.clone()));
             }
-            for (_, reply) in ensures {
-                let _ = reply.send(Err(error.clone()));
-            }
+            fail(ensures, &error);
             return;
         }
 
@@ -451,9 +443,9 @@ impl Worker {
         &mut self,
         client: &ClbClient,
         snapshot: &mut Snapshot,
-        deletes: Vec<(ListenerKey, oneshot::Sender<Result<(), QueueError>>)>,
+        deletes: Vec<(ListenerKey, Reply<()>)>,
     ) {
-        let mut doomed: Vec<(String, oneshot::Sender<Result<(), QueueError>>)> = Vec::new();
+        let mut doomed: Vec<(String, Reply<()>)> = Vec::new();
         for (key, reply) in deletes {
             match snapshot.find(&key) {
                 Ok(Some(id)) => doomed.push((id, reply)),
@@ -495,32 +487,28 @@ impl Worker {
         &mut self,
         client: &ClbClient,
         snapshot: &mut Snapshot,
-        ensures: Vec<(Desired, EnsureReply)>,
-    ) -> Vec<(Desired, String, EnsureReply)> {
+        ensures: Vec<(Desired, Reply<Ensured>)>,
+    ) -> Vec<(Desired, String, Reply<Ensured>)> {
         let mut placed = Vec::new();
         // By protocol: one CreateListener names a single protocol.
-        let mut to_create: BTreeMap<Protocol, Vec<(Desired, oneshot::Sender<_>)>> = BTreeMap::new();
+        let mut to_create: BTreeMap<Protocol, Vec<(Desired, Reply<Ensured>)>> = BTreeMap::new();
         for (desired, reply) in ensures {
-            let wanted_port = |d: &Desired| {
-                transport(d.listener.protocol) == transport(desired.listener.protocol)
-                    && d.listener.port == desired.listener.port
-            };
-            match snapshot.find(&desired.listener) {
-                Ok(Some(id)) => placed.push((desired, id, reply)),
-                Ok(None) if to_create.values().flatten().any(|(d, _)| wanted_port(d)) => {
-                    let by = to_create
-                        .values()
-                        .flatten()
-                        .find(|(d, _)| wanted_port(d))
-                        .map(|(d, _)| d.listener.name.clone())
-                        .unwrap_or_default();
-                    let _ = reply.send(Err(self.port_taken(&desired, by)));
-                }
-                Ok(None) => to_create
+            // Two objects wanting one port in one round: the first gets it.
+            let queued = to_create
+                .values()
+                .flatten()
+                .find(|(d, _)| {
+                    transport(d.listener.protocol) == transport(desired.listener.protocol)
+                        && d.listener.port == desired.listener.port
+                })
+                .map(|(d, _)| d.listener.name.clone());
+            match (snapshot.find(&desired.listener), queued) {
+                (Ok(Some(id)), _) => placed.push((desired, id, reply)),
+                (Ok(None), None) => to_create
                     .entry(desired.listener.protocol)
                     .or_default()
                     .push((desired, reply)),
-                Err(by) => {
+                (Ok(None), Some(by)) | (Err(by), _) => {
                     let _ = reply.send(Err(self.port_taken(&desired, by)));
                 }
             }
@@ -530,56 +518,24 @@ impl Worker {
                 let chunk: Vec<_> = waiting
                     .drain(..waiting.len().min(PORTS_PER_CREATE))
                     .collect();
-                let result = self.create_chunk(client, protocol, &chunk).await;
-                self.note_quota(&result, snapshot);
-                match result {
-                    Ok(ids) => {
-                        for ((desired, reply), id) in chunk.into_iter().zip(ids) {
-                            snapshot.listeners.insert(
-                                id.clone(),
-                                Existing {
-                                    protocol,
-                                    port: desired.listener.port,
-                                    name: desired.listener.name.clone(),
-                                    targets: Vec::new(),
-                                },
-                            );
-                            placed.push((desired, id, reply));
-                        }
-                    }
-                    // One bad port fails a whole call: try them one by one,
-                    // so each gets its own answer.
-                    Err(_) if chunk.len() > 1 => {
-                        for (desired, reply) in chunk {
-                            let one = [(desired, reply)];
-                            let result = self.create_chunk(client, protocol, &one).await;
-                            self.note_quota(&result, snapshot);
-                            match result {
-                                Ok(ids) => {
-                                    let [(desired, reply)] = one;
-                                    let id = ids.into_iter().next().unwrap_or_default();
-                                    snapshot.listeners.insert(
-                                        id.clone(),
-                                        Existing {
-                                            protocol,
-                                            port: desired.listener.port,
-                                            name: desired.listener.name.clone(),
-                                            targets: Vec::new(),
-                                        },
-                                    );
-                                    placed.push((desired, id, reply));
-                                }
-                                Err(error) => {
-                                    let [(_, reply)] = one;
-                                    let _ = reply.send(Err(error));
-                                }
-                            }
-                        }
-                    }
-                    Err(error) => {
-                        for (_, reply) in chunk {
-                            let _ = reply.send(Err(error.clone()));
-                        }
+                let Err((error, chunk)) = self
+                    .create_recorded(client, snapshot, protocol, chunk, &mut placed)
+                    .await
+                else {
+                    continue;
+                };
+                if chunk.len() == 1 {
+                    fail(chunk, &error);
+                    continue;
+                }
+                // One bad port fails a whole call: try them one by one, so
+                // each gets its own answer.
+                for one in chunk {
+                    if let Err((error, one)) = self
+                        .create_recorded(client, snapshot, protocol, vec![one], &mut placed)
+                        .await
+                    {
+                        fail(one, &error);
                     }
                 }
             }
@@ -587,12 +543,41 @@ impl Worker {
         placed
     }
 
+    /// Creates a chunk's listeners in one call and records them in the
+    /// snapshot and in `placed`; on failure, hands the chunk back.
+    async fn create_recorded(
+        &mut self,
+        client: &ClbClient,
+        snapshot: &mut Snapshot,
+        protocol: Protocol,
+        chunk: Vec<(Desired, Reply<Ensured>)>,
+        placed: &mut Vec<(Desired, String, Reply<Ensured>)>,
+    ) -> Result<(), (QueueError, Vec<(Desired, Reply<Ensured>)>)> {
+        let result = self.create_chunk(client, protocol, &chunk).await;
+        self.note_quota(&result, snapshot);
+        let ids = match result {
+            Ok(ids) => ids,
+            Err(error) => return Err((error, chunk)),
+        };
+        for ((desired, reply), id) in chunk.into_iter().zip(ids) {
+            let existing = Existing {
+                protocol,
+                port: desired.listener.port,
+                name: desired.listener.name.clone(),
+                targets: Vec::new(),
+            };
+            snapshot.listeners.insert(id.clone(), existing);
+            placed.push((desired, id, reply));
+        }
+        Ok(())
+    }
+
     /// One `CreateListener` and its task; the new IDs in port order.
     async fn create_chunk(
         &mut self,
         client: &ClbClient,
         protocol: Protocol,
-        chunk: &[(Desired, EnsureReply)],
+        chunk: &[(Desired, Reply<Ensured>)],
     ) -> Result<Vec<String>, QueueError> {
         let ports: Vec<u16> = chunk.iter().map(|(d, _)| d.listener.port).collect();
         let names: Vec<String> = chunk.iter().map(|(d, _)| d.listener.name.clone()).collect();
@@ -647,7 +632,7 @@ impl Worker {
         &mut self,
         client: &ClbClient,
         snapshot: &mut Snapshot,
-        placed: Vec<(Desired, String, EnsureReply)>,
+        placed: Vec<(Desired, String, Reply<Ensured>)>,
     ) {
         let mut deregister: Vec<BatchTarget> = Vec::new();
         let mut register: Vec<BatchTarget> = Vec::new();
@@ -782,15 +767,20 @@ impl Worker {
     }
 }
 
-fn reply_all(
-    ensures: Vec<(Desired, EnsureReply)>,
-    deletes: Vec<(ListenerKey, oneshot::Sender<Result<(), QueueError>>)>,
-    refreshes: Vec<oneshot::Sender<Result<Arc<LbView>, QueueError>>>,
-    error: &QueueError,
-) {
-    for (_, reply) in ensures {
+/// Answers every request of a chunk with the same error.
+fn fail(chunk: Vec<(Desired, Reply<Ensured>)>, error: &QueueError) {
+    for (_, reply) in chunk {
         let _ = reply.send(Err(error.clone()));
     }
+}
+
+fn reply_all(
+    ensures: Vec<(Desired, Reply<Ensured>)>,
+    deletes: Vec<(ListenerKey, Reply<()>)>,
+    refreshes: Vec<Reply<Arc<LbView>>>,
+    error: &QueueError,
+) {
+    fail(ensures, error);
     for (_, reply) in deletes {
         let _ = reply.send(Err(error.clone()));
     }

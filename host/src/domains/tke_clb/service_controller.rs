@@ -206,6 +206,7 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
         }
     };
 
+    let own_uids: BTreeSet<Option<String>> = own.iter().map(|l| l.uid()).collect();
     // The CLBs, as read a little while ago at most. One that cannot be read
     // stops planning: taking it for missing would delete its listeners.
     let mut lbs = Vec::new();
@@ -228,7 +229,7 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
                 let others: Vec<&DedicatedCLBListener> = all_listeners
                     .iter()
                     .map(|l| &**l)
-                    .filter(|l| l.spec.lb_id == *id && !own.iter().any(|o| o.uid() == l.uid()))
+                    .filter(|l| l.spec.lb_id == *id && !own_uids.contains(&l.uid()))
                     .collect();
                 lbs.push(plan::load_balancer(
                     id,
