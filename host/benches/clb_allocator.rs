@@ -7,10 +7,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use knit::runtime::{
-    PluginSettings, PluginSource, Registry, Runtime, RuntimeConfig, RuntimeMetrics,
-};
-
 const ITERATIONS: usize = 100;
 
 fn median(mut timings: Vec<Duration>) -> Duration {
@@ -23,26 +19,10 @@ fn micros(d: Duration) -> f64 {
 }
 
 fn main() {
-    let bytes = knit::builtin::BUILTIN_PLUGINS
-        .iter()
-        .find(|(name, _)| *name == "clb-allocator")
-        .expect("clb-allocator is built in")
-        .1;
-    let runtime = Runtime::new(
-        RuntimeConfig::default(),
-        Arc::new(RuntimeMetrics::default()),
-    )
-    .unwrap();
-    let registry = Registry::new(runtime);
-    let plugin = registry
-        .load(
-            PluginSource::BuiltIn,
-            "clb-allocator",
-            bytes,
-            PluginSettings::default(),
-            None,
-        )
-        .unwrap();
+    let plugin = knit::cli::builtin_registry(None, Arc::default())
+        .unwrap()
+        .get("clb-allocator")
+        .expect("clb-allocator is built in");
     let request = knit::cli::clb_bench_request();
     let native_plan = || {
         knit_clb_core::plan(

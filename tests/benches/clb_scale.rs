@@ -10,15 +10,18 @@
 //! 600 × (create + register) = 1,200 tasks, at least 240 s at 200 ms each.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use knit::domains::tke_clb::cloud::TkeSettings;
 use knit::domains::tke_clb::types::{DedicatedCLBListener, DedicatedCLBService, ListenerState};
 use knit_tests::fake_clb::FakeClb;
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
+use support::Knit;
 
 /// 300 unless `KNIT_BENCH_PODS` says otherwise (for a quick look).
 fn pod_count() -> usize {
@@ -88,23 +91,7 @@ async fn run(task_delay: Duration) -> Outcome {
         listener_quota: 1000,
         resync: TkeSettings::DEFAULT_RESYNC,
     };
-    let registry = knit::cli::builtin_registry(None, Arc::default()).unwrap();
-    let knit = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    knit.spawn(async move {
-        let client = knit_tests::admin_client().await;
-        knit::domains::tke_clb::run(
-            client,
-            registry,
-            settings,
-            Arc::default(),
-            std::future::pending(),
-        )
-        .await;
-    });
+    let knit = Knit::start(settings);
 
     let calls_before = fake.calls_by_action();
     let started = Instant::now();
@@ -168,7 +155,7 @@ async fn run(task_delay: Duration) -> Outcome {
         },
     )
     .await;
-    knit.shutdown_background();
+    drop(knit);
     Outcome { elapsed, calls }
 }
 

@@ -7,7 +7,6 @@
 //! of its own, so dropping it stops all of it at once, as a crash would.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -18,50 +17,15 @@ use knit_tests::fake_clb::FakeClb;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use support::Knit;
 
 const REGION: &str = "ap-chengdu";
 const SECRET_ID: &str = "AKIDknitE2eKey0001";
 const SECRET_KEY: &str = "knit-e2e-secret-key";
 const WAIT: Duration = Duration::from_secs(90);
+mod support;
+
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A knit running the TKE controllers on its own runtime.
-struct Knit {
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Knit {
-    fn start(settings: TkeSettings) -> Knit {
-        let registry = knit::cli::builtin_registry(None, Arc::default()).unwrap();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.spawn(async move {
-            let client = knit_tests::admin_client().await;
-            knit::domains::tke_clb::run(
-                client,
-                registry,
-                settings,
-                Arc::default(),
-                std::future::pending(),
-            )
-            .await;
-        });
-        Knit {
-            runtime: Some(runtime),
-        }
-    }
-}
-
-impl Drop for Knit {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
 
 /// One test's world: its turn, a client, a namespace holding the
 /// credentials Secret, and a fake CLB API that knows the key.
