@@ -14,10 +14,6 @@ fn readable(path: &std::path::Path, mode: u32) {
 
 #[test]
 fn runs_as_non_root_on_a_read_only_root_with_only_its_cache_writable() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "this test needs root, as CI runs it: it remounts / read-only in a private mount namespace"
-    );
     // Where UID 65532 can read: the binary and a manifest, in a directory
     // of their own.
     let dir = tempfile::tempdir().unwrap();
@@ -28,9 +24,11 @@ fn runs_as_non_root_on_a_read_only_root_with_only_its_cache_writable() {
     let manifest = dir.path().join("pool.yaml");
     std::fs::write(&manifest, knit::DEFAULT_EXAMPLE).unwrap();
     readable(&manifest, 0o644);
+    // Writable by UID 65532 without a chown, so the test needs privilege
+    // only for the mount namespace, and cleans up after itself.
     let cache = dir.path().join("cache");
     std::fs::create_dir(&cache).unwrap();
-    std::os::unix::fs::chown(&cache, Some(65532), Some(65532)).unwrap();
+    readable(&cache, 0o777);
 
     let (dir_s, bin_s, manifest_s, cache_s) = (
         dir.path().display().to_string(),
@@ -44,7 +42,16 @@ fn runs_as_non_root_on_a_read_only_root_with_only_its_cache_writable() {
          exec setpriv --reuid 65532 --regid 65532 --clear-groups --inh-caps=-all \
            {bin_s} simulate -f {manifest_s} --plugin-cache {cache_s}"
     );
-    let output = Command::new("unshare")
+    // Mount namespaces need root: as the test command's package step does,
+    // use sudo when not root.
+    let mut command = if rustix::process::geteuid().is_root() {
+        Command::new("unshare")
+    } else {
+        let mut sudo = Command::new("sudo");
+        sudo.args(["-n", "unshare"]);
+        sudo
+    };
+    let output = command
         .args(["--mount", "--propagation", "private", "sh", "-c", &script])
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
