@@ -4,6 +4,9 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+use crate::domains::cloudflare::types::{
+    CloudflareCredentials, ClusterTunnel, Tunnel, VirtualNetwork, WARPConnector,
+};
 use crate::domains::ipam::types::{IPAllocation, IPPool};
 use crate::domains::tke_clb::types::{
     DedicatedCLBListener, DedicatedCLBService, GROUP as TKE_GROUP, MISSPELLED_VERSION,
@@ -23,6 +26,26 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         (
             "networking.cloud.tencent.com_dedicatedclblisteners.yaml",
             with_misspelled_version(DedicatedCLBListener::crd()),
+        ),
+        (
+            "networking.cloudflare-operator.io_tunnels.yaml",
+            Tunnel::crd(),
+        ),
+        (
+            "networking.cloudflare-operator.io_clustertunnels.yaml",
+            ClusterTunnel::crd(),
+        ),
+        (
+            "networking.cloudflare-operator.io_warpconnectors.yaml",
+            WARPConnector::crd(),
+        ),
+        (
+            "networking.cloudflare-operator.io_virtualnetworks.yaml",
+            VirtualNetwork::crd(),
+        ),
+        (
+            "networking.cloudflare-operator.io_cloudflarecredentials.yaml",
+            CloudflareCredentials::crd(),
         ),
     ]
     .into_iter()

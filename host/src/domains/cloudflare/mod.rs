@@ -1,0 +1,4 @@
+//! Cloudflare tunnels: Ingresses and HTTPRoutes served through cloudflared,
+//! WARP connectors and their private routes.
+
+pub mod types;

@@ -1,0 +1,434 @@
+//! The Cloudflare kinds (`networking.cloudflare-operator.io/v1alpha2`), with
+//! the fields and status of the seeds (cloudflare-operator's `Tunnel`,
+//! `ClusterTunnel`, `WARPConnector`, `VirtualNetwork`,
+//! `CloudflareCredentials`).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "networking.cloudflare-operator.io";
+pub const VERSION: &str = "v1alpha2";
+/// The key of the API token in a credentials Secret, as in the seed.
+pub const TOKEN_KEY: &str = "CLOUDFLARE_API_TOKEN";
+pub const DEFAULT_FALLBACK_TARGET: &str = "http_status:404";
+pub const DEFAULT_CLOUDFLARED_IMAGE: &str = "cloudflare/cloudflared:latest";
+
+/// `Tunnel` and `ClusterTunnel` have the same spec (the seed: "ClusterTunnel
+/// uses the same spec as Tunnel"); the macro writes it once for both kinds.
+macro_rules! tunnel_specs {
+    ($($(#[$field_attr:meta])* pub $field:ident: $ty:ty,)*) => {
+        /// A Cloudflare tunnel for the Ingresses and HTTPRoutes of its own
+        /// namespace, and the cloudflared Deployment that runs it.
+        #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+        #[kube(
+            group = "networking.cloudflare-operator.io",
+            version = "v1alpha2",
+            kind = "Tunnel",
+            namespaced,
+            status = "TunnelStatus",
+            shortname = "tun",
+            category = "knit",
+            category = "cloudflare",
+            printcolumn = r#"{"name":"TunnelID","type":"string","jsonPath":".status.tunnelId"}"#,
+            printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+            printcolumn = r#"{"name":"Config","type":"integer","jsonPath":".status.configVersion"}"#,
+            printcolumn = r#"{"name":"Routes","type":"integer","jsonPath":".status.routes"}"#,
+            printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+            printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+        )]
+        #[serde(rename_all = "camelCase")]
+        #[x_kube(validation = Rule::new("has(self.newTunnel) != has(self.existingTunnel)")
+            .message("set exactly one of newTunnel and existingTunnel"))]
+        #[x_kube(validation = Rule::new("has(self.cloudflare.domain)")
+            .message("cloudflare.domain is required: the DNS records of the tunnel's hosts are made in it")
+            .field_path(".cloudflare"))]
+        pub struct TunnelSpec {
+            $($(#[$field_attr])* pub $field: $ty,)*
+        }
+
+        /// A Cloudflare tunnel shared by the Ingresses and HTTPRoutes of
+        /// every namespace. Its credentials Secret is in knit's namespace.
+        #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+        #[kube(
+            group = "networking.cloudflare-operator.io",
+            version = "v1alpha2",
+            kind = "ClusterTunnel",
+            status = "TunnelStatus",
+            shortname = "ctun",
+            category = "knit",
+            category = "cloudflare",
+            printcolumn = r#"{"name":"TunnelID","type":"string","jsonPath":".status.tunnelId"}"#,
+            printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+            printcolumn = r#"{"name":"Config","type":"integer","jsonPath":".status.configVersion"}"#,
+            printcolumn = r#"{"name":"Routes","type":"integer","jsonPath":".status.routes"}"#,
+            printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+            printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+        )]
+        #[serde(rename_all = "camelCase")]
+        #[x_kube(validation = Rule::new("has(self.newTunnel) != has(self.existingTunnel)")
+            .message("set exactly one of newTunnel and existingTunnel"))]
+        #[x_kube(validation = Rule::new("has(self.cloudflare.domain)")
+            .message("cloudflare.domain is required: the DNS records of the tunnel's hosts are made in it")
+            .field_path(".cloudflare"))]
+        pub struct ClusterTunnelSpec {
+            $($(#[$field_attr])* pub $field: $ty,)*
+        }
+
+        impl From<ClusterTunnelSpec> for TunnelSpec {
+            fn from(spec: ClusterTunnelSpec) -> TunnelSpec {
+                TunnelSpec { $($field: spec.$field,)* }
+            }
+        }
+    };
+}
+
+tunnel_specs! {
+    /// Create a tunnel with this name (and delete it with this object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == oldSelf")
+        .message("newTunnel is immutable: a renamed tunnel is a new Tunnel object"))]
+    pub new_tunnel: Option<NewTunnel>,
+    /// Adopt a tunnel that already exists (it is kept when this object goes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_tunnel: Option<ExistingTunnel>,
+    /// The account, the DNS zone and the API credentials.
+    pub cloudflare: CloudflareDetails,
+    /// Let WARP clients reach private networks through this tunnel.
+    #[serde(default)]
+    pub enable_warp_routing: bool,
+    /// cloudflared's transport to the edge.
+    #[serde(default)]
+    pub protocol: TunnelProtocol,
+    /// What cloudflared answers when no rule matches.
+    #[serde(default = "default_fallback_target")]
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = r"^(http_status:[1-5][0-9][0-9]|hello_world|[a-z][a-z0-9+.-]*://\S+)$")
+    )]
+    pub fallback_target: String,
+    /// A JSON merge patch (RFC 7386) applied to the generated cloudflared
+    /// Deployment, e.g. replicas or affinity.
+    #[serde(default = "default_deploy_patch")]
+    #[schemars(length(max = 65536))]
+    pub deploy_patch: String,
+}
+
+fn default_fallback_target() -> String {
+    DEFAULT_FALLBACK_TARGET.into()
+}
+
+fn default_deploy_patch() -> String {
+    "{}".into()
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NewTunnel {
+    /// The tunnel's name in Cloudflare, unique in the account.
+    #[schemars(length(min = 1, max = 255))]
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.id) || has(self.name)")
+    .message("existingTunnel needs its id or its name"))]
+pub struct ExistingTunnel {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub name: Option<String>,
+}
+
+/// The Cloudflare account and the credentials to reach it.
+#[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.secret) && has(self.credentialsRef))")
+    .message("set secret or credentialsRef, not both"))]
+pub struct CloudflareDetails {
+    #[schemars(length(min = 1, max = 64))]
+    pub account_id: String,
+    /// The DNS zone the tunnel's hosts live in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub domain: Option<String>,
+    /// A Secret with `CLOUDFLARE_API_TOKEN`: in the object's namespace, or
+    /// knit's for cluster-scoped kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub secret: Option<String>,
+    /// A `CloudflareCredentials` object. Without `secret` or
+    /// `credentialsRef`, the one marked `isDefault` is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_ref: Option<CredentialsRef>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelProtocol {
+    #[default]
+    Auto,
+    Quic,
+    Http2,
+}
+
+impl TunnelProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelProtocol::Auto => "auto",
+            TunnelProtocol::Quic => "quic",
+            TunnelProtocol::Http2 => "http2",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TunnelState {
+    Pending,
+    Creating,
+    Active,
+    Error,
+    Deleting,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TunnelStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<TunnelState>,
+    /// The version Cloudflare gave the configuration knit last put.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<u64>,
+    /// A digest of that configuration: an unchanged plan is not put again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
+    /// cloudflared ingress rules published, the fallback excluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<u32>,
+    /// Route sources (Ingresses, HTTPRoutes) bound to this tunnel, and how
+    /// many of them are refused (conflict, namespace, invalid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sources: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused_sources: Option<u32>,
+    /// The mapper that made the last decision: `name@version`, and its digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_digest: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A WARP connector: a `warp_connector` tunnel advertising private networks
+/// to WARP clients and other sites, and the cloudflared Deployment running it.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[kube(
+    group = "networking.cloudflare-operator.io",
+    version = "v1alpha2",
+    kind = "WARPConnector",
+    namespaced,
+    status = "WARPConnectorStatus",
+    shortname = "warpc",
+    category = "knit",
+    category = "cloudflare",
+    printcolumn = r#"{"name":"ConnectorID","type":"string","jsonPath":".status.connectorId"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.replicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WARPConnectorSpec {
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 100))]
+    pub replicas: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub image: Option<String>,
+    /// The `VirtualNetwork` the routes are advertised in; the account's
+    /// default network when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_network_ref: Option<VirtualNetworkRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self.all(r, self.exists_one(s, s.network == r.network))")
+        .message("each network may be advertised once"))]
+    pub routes: Vec<WARPConnectorRoute>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+    pub cloudflare: CloudflareDetails,
+}
+
+fn default_replicas() -> i32 {
+    1
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualNetworkRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WARPConnectorRoute {
+    /// A CIDR, e.g. `10.0.0.0/8`.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("isCIDR(self)").message("network must be a CIDR such as 10.0.0.0/8"))]
+    pub network: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 100))]
+    pub comment: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WARPConnectorStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connector_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_network_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<TunnelState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// A Zero Trust virtual network: routes in different virtual networks may
+/// overlap.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[kube(
+    group = "networking.cloudflare-operator.io",
+    version = "v1alpha2",
+    kind = "VirtualNetwork",
+    status = "VirtualNetworkStatus",
+    shortname = "vnet",
+    category = "knit",
+    category = "cloudflare",
+    printcolumn = r#"{"name":"NetworkID","type":"string","jsonPath":".status.virtualNetworkId"}"#,
+    printcolumn = r#"{"name":"Default","type":"boolean","jsonPath":".spec.isDefaultNetwork"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualNetworkSpec {
+    /// The network's name in Cloudflare; the object's name when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 255))]
+    pub comment: Option<String>,
+    #[serde(default)]
+    pub is_default_network: bool,
+    pub cloudflare: CloudflareDetails,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualNetworkStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_network_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<TunnelState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// API credentials shared by name (`cloudflare.credentialsRef`): an account
+/// and the Secret holding its token.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[kube(
+    group = "networking.cloudflare-operator.io",
+    version = "v1alpha2",
+    kind = "CloudflareCredentials",
+    status = "CloudflareCredentialsStatus",
+    shortname = "cfcreds",
+    category = "knit",
+    category = "cloudflare",
+    printcolumn = r#"{"name":"Account","type":"string","jsonPath":".spec.accountId"}"#,
+    printcolumn = r#"{"name":"Default","type":"boolean","jsonPath":".spec.isDefault"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudflareCredentialsSpec {
+    #[schemars(length(min = 1, max = 64))]
+    pub account_id: String,
+    pub secret_ref: SecretKeyRef,
+    /// The zone used when an object names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub default_domain: Option<String>,
+    /// Used by objects that give neither `secret` nor `credentialsRef`.
+    #[serde(default)]
+    pub is_default: bool,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// knit's namespace when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+    /// `CLOUDFLARE_API_TOKEN` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudflareCredentialsStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
