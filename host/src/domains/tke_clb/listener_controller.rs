@@ -57,7 +57,7 @@ pub async fn reconcile(
 
 pub fn error_policy(listener: Arc<DedicatedCLBListener>, error: &Error, _: Arc<Context>) -> Action {
     match error {
-        Error::Finalizer(inner) if super::lost_finalizer_race(inner) => {
+        Error::Finalizer(inner) if crate::domains::lost_finalizer_race(inner) => {
             tracing::debug!(listener = %ObjectRef::from_obj(&*listener), %error, "finalizer race");
             Action::requeue(Duration::from_secs(1))
         }
@@ -234,7 +234,16 @@ async fn write_status(
     ctx: &Context,
     status: DedicatedCLBListenerStatus,
 ) -> Result<(), Error> {
-    super::write_status(&ctx.client, listener, listener.status.as_ref(), &status).await?;
+    crate::domains::write_status(
+        &Api::namespaced(
+            ctx.client.clone(),
+            &listener.namespace().unwrap_or_default(),
+        ),
+        listener,
+        listener.status.as_ref(),
+        &status,
+    )
+    .await?;
     Ok(())
 }
 
@@ -245,7 +254,7 @@ async fn publish(
     reason: &str,
     note: &str,
 ) {
-    super::publish_event(
+    crate::domains::publish_event(
         &ctx.recorder,
         &listener.object_ref(&()),
         type_,
@@ -262,7 +271,7 @@ fn condition(
     reason: &str,
     message: &str,
 ) -> Condition {
-    super::ready_condition(
+    crate::domains::ready_condition(
         &current.conditions,
         listener.metadata.generation,
         ready,

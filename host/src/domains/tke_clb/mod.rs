@@ -19,16 +19,12 @@ pub mod types;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::{Api, Client, ResourceExt};
 
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
@@ -200,89 +196,4 @@ fn mark_listed<K>(
         listed.send_replace(true);
     }
     std::future::ready(())
-}
-
-/// A finalizer write that lost a race nobody needs to hear about: the
-/// object is already gone (404), was changed meanwhile (409) or is being
-/// deleted (422). The next pass, from the watch, settles it.
-fn lost_finalizer_race<E: std::error::Error + 'static>(
-    error: &kube::runtime::finalizer::Error<E>,
-) -> bool {
-    use kube::runtime::finalizer::Error;
-    match error {
-        Error::AddFinalizer(kube::Error::Api(e)) | Error::RemoveFinalizer(kube::Error::Api(e)) => {
-            matches!(e.code, 404 | 409 | 422)
-        }
-        _ => false,
-    }
-}
-
-/// The `Ready` condition as of now.
-fn ready_condition(
-    previous: &[Condition],
-    generation: Option<i64>,
-    ready: bool,
-    reason: &str,
-    message: &str,
-) -> Condition {
-    let now = Time(k8s_openapi::jiff::Timestamp::now());
-    crate::conditions::condition(previous, "Ready", ready, reason, message, generation, &now)
-}
-
-/// Writes an object's status when it changed. Fields that became unset are
-/// sent as `null`, so the merge patch removes them (an address that is no
-/// longer true, say).
-async fn write_status<K, S>(
-    client: &Client,
-    object: &K,
-    current: Option<&S>,
-    status: &S,
-) -> Result<(), kube::Error>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-    S: serde::Serialize + PartialEq,
-{
-    if current == Some(status) {
-        return Ok(());
-    }
-    let mut value = serde_json::to_value(status).unwrap_or_default();
-    if let (Some(serde_json::Value::Object(old)), Some(new)) = (
-        current.and_then(|c| serde_json::to_value(c).ok()),
-        value.as_object_mut(),
-    ) {
-        for key in old.keys() {
-            new.entry(key.clone()).or_insert(serde_json::Value::Null);
-        }
-    }
-    Api::<K>::namespaced(client.clone(), &object.namespace().unwrap_or_default())
-        .patch_status(
-            &object.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({ "status": value })),
-        )
-        .await?;
-    Ok(())
-}
-
-/// Publishes an Event; failing to is logged, never an error.
-async fn publish_event(
-    recorder: &Recorder,
-    reference: &ObjectReference,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.into()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(error) = recorder.publish(&event, reference).await {
-        tracing::debug!(%error, "publishing an Event");
-    }
 }

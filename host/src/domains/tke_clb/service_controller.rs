@@ -94,7 +94,7 @@ pub fn error_policy(service: Arc<DedicatedCLBService>, error: &Error, _: Arc<Con
             tracing::debug!(service = %ObjectRef::from_obj(&*service), %error, "DedicatedCLBService deletion");
             Action::requeue(Duration::from_secs(2))
         }
-        Error::Finalizer(inner) if super::lost_finalizer_race(inner) => {
+        Error::Finalizer(inner) if crate::domains::lost_finalizer_race(inner) => {
             tracing::debug!(service = %ObjectRef::from_obj(&*service), %error, "finalizer race");
             Action::requeue(Duration::from_secs(1))
         }
@@ -533,7 +533,7 @@ fn condition(service: &DedicatedCLBService, ready: bool, reason: &str, message: 
         .status
         .as_ref()
         .map_or(&[][..], |s| s.conditions.as_slice());
-    super::ready_condition(
+    crate::domains::ready_condition(
         previous,
         service.metadata.generation,
         ready,
@@ -547,7 +547,13 @@ async fn write_status(
     ctx: &Context,
     status: DedicatedCLBServiceStatus,
 ) -> Result<(), Error> {
-    super::write_status(&ctx.client, service, service.status.as_ref(), &status).await?;
+    crate::domains::write_status(
+        &Api::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default()),
+        service,
+        service.status.as_ref(),
+        &status,
+    )
+    .await?;
     Ok(())
 }
 
@@ -558,5 +564,5 @@ async fn publish(
     reason: &str,
     note: &str,
 ) {
-    super::publish_event(&ctx.recorder, reference, type_, reason, note).await;
+    crate::domains::publish_event(&ctx.recorder, reference, type_, reason, note).await;
 }
