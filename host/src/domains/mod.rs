@@ -105,3 +105,37 @@ pub(crate) async fn publish_event(
         tracing::debug!(%error, "publishing an Event");
     }
 }
+
+/// Whether a controller's watch caches each hold a full list: planning on a
+/// half-filled one would undo what the objects not seen yet hold. Signalled
+/// from the watch streams rather than `Store::wait_until_ready`, which wakes
+/// only one of several waiters (and a `Controller` already waits on its
+/// store that way).
+#[derive(Clone, Default)]
+pub struct CachesReady(Vec<tokio::sync::watch::Receiver<bool>>);
+
+impl CachesReady {
+    /// One more cache to wait for; raise the flag with `mark_listed`.
+    pub fn track(&mut self) -> tokio::sync::watch::Sender<bool> {
+        let (listed, receiver) = tokio::sync::watch::channel(false);
+        self.0.push(receiver);
+        listed
+    }
+
+    pub async fn wait(&self) {
+        for listed in &self.0 {
+            let _ = listed.clone().wait_for(|listed| *listed).await;
+        }
+    }
+}
+
+/// Raises `listed` when a watch stream reports its first full list.
+pub fn mark_listed<K>(
+    listed: &tokio::sync::watch::Sender<bool>,
+    event: Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>,
+) -> std::future::Ready<()> {
+    if let Ok(kube::runtime::watcher::Event::InitDone) = event {
+        listed.send_replace(true);
+    }
+    std::future::ready(())
+}

@@ -26,7 +26,7 @@ pub struct Context {
     pub queues: Arc<LbQueues>,
     pub pods: Store<Pod>,
     pub recorder: Recorder,
-    pub caches: super::CachesReady,
+    pub caches: crate::domains::CachesReady,
 }
 
 #[derive(Debug, thiserror::Error)]

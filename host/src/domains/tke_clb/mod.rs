@@ -26,6 +26,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
+use super::{CachesReady, mark_listed};
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use cloud::{TencentCloud, TkeSettings};
@@ -56,13 +57,14 @@ pub async fn run(
 
     let (pods, pods_writer) = reflector::store_shared(1024);
     let pod_events = pods_writer.subscribe().expect("a shared store");
-    let (pods_listed, pods_ready) = tokio::sync::watch::channel(false);
+    let mut caches = CachesReady::default();
+    let pods_listed = caches.track();
     let pod_watch = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect_shared(pods_writer)
         .for_each(move |event| mark_listed(&pods_listed, event));
     let (listeners, listeners_writer) = reflector::store_shared(1024);
-    let (listeners_listed, listeners_ready) = tokio::sync::watch::channel(false);
+    let listeners_listed = caches.track();
     let listener_events = listeners_writer.subscribe().expect("a shared store");
     let listener_watch = watcher(
         Api::<DedicatedCLBListener>::all(client.clone()),
@@ -71,10 +73,6 @@ pub async fn run(
     .default_backoff()
     .reflect_shared(listeners_writer)
     .for_each(move |event| mark_listed(&listeners_listed, event));
-    let caches = CachesReady {
-        pods: pods_ready,
-        listeners: listeners_ready,
-    };
 
     // Listeners: a pod change reaches the listeners naming it.
     let listener_context = Arc::new(listener_controller::Context {
@@ -168,32 +166,4 @@ pub async fn run(
         _ = pod_watch => {}
         _ = listener_watch => {}
     }
-}
-
-/// Whether the pod and listener caches hold a full list: planning on
-/// half-filled ones would unbind the listeners of pods not seen yet.
-/// Signalled from the watch streams rather than `Store::wait_until_ready`,
-/// which wakes only one of several waiters, and the listener controller
-/// already waits on its store that way.
-#[derive(Clone)]
-pub struct CachesReady {
-    pods: tokio::sync::watch::Receiver<bool>,
-    listeners: tokio::sync::watch::Receiver<bool>,
-}
-
-impl CachesReady {
-    pub async fn wait(&self) {
-        let _ = self.pods.clone().wait_for(|listed| *listed).await;
-        let _ = self.listeners.clone().wait_for(|listed| *listed).await;
-    }
-}
-
-fn mark_listed<K>(
-    listed: &tokio::sync::watch::Sender<bool>,
-    event: Result<watcher::Event<K>, watcher::Error>,
-) -> std::future::Ready<()> {
-    if let Ok(watcher::Event::InitDone) = event {
-        listed.send_replace(true);
-    }
-    std::future::ready(())
 }

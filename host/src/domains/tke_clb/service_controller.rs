@@ -37,7 +37,7 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub listeners: Store<DedicatedCLBListener>,
     pub recorder: Recorder,
-    pub caches: super::CachesReady,
+    pub caches: crate::domains::CachesReady,
     /// Per service, the listener objects it last wrote and the pod each
     /// should name; see `cache_caught_up`.
     pub expected: std::sync::Mutex<HashMap<ObjectRef<DedicatedCLBService>, Expected>>,
