@@ -10,6 +10,7 @@
 //! shut down and delete its directory when that closes.
 
 pub mod fake_clb;
+pub mod fake_cloudflare;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
 //! Clients of the cloud APIs knit calls. Request signing is kept pure and
 //! apart from the HTTP exchange, so it is tested against published vectors.
 
+pub mod cloudflare;
 pub mod tencent;

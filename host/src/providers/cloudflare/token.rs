@@ -1,0 +1,168 @@
+use std::fmt;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+
+/// The data key of the credentials Secret that holds the API token (the
+/// seeds create it with `--from-literal=CLOUDFLARE_API_TOKEN=...`).
+pub const TOKEN_KEY: &str = "CLOUDFLARE_API_TOKEN";
+
+/// A Cloudflare API token. It leaves this type only as the client's
+/// `Authorization` header (marked sensitive): `Debug` prints
+/// `ApiToken(***)` and there is no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(String);
+
+/// Why a Secret does not hold a usable token. Names the Secret and the key,
+/// never the value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TokenError {
+    #[error("Secret {secret} has no data key {key:?}")]
+    MissingKey { secret: String, key: &'static str },
+    #[error("Secret {secret}: data key {key:?} is empty")]
+    Empty { secret: String, key: &'static str },
+    #[error("Secret {secret}: data key {key:?} is not UTF-8")]
+    NotUtf8 { secret: String, key: &'static str },
+}
+
+impl ApiToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        ApiToken(token.into())
+    }
+
+    /// Reads `CLOUDFLARE_API_TOKEN` from a Secret's `data` (or `stringData`,
+    /// for a Secret read from a manifest rather than the API). Surrounding
+    /// whitespace is dropped: a token pasted with `echo` ends in a newline.
+    pub fn from_secret(secret: &Secret) -> Result<Self, TokenError> {
+        Self::from_secret_key(secret, TOKEN_KEY)
+    }
+
+    /// Like `from_secret`, for a Secret that keeps the token under another
+    /// key.
+    pub fn from_secret_key(secret: &Secret, key: &'static str) -> Result<Self, TokenError> {
+        let name = match secret.namespace() {
+            Some(namespace) => format!("{namespace}/{}", secret.name_any()),
+            None => secret.name_any(),
+        };
+        let bytes = secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(key))
+            .map(|value| value.0.as_slice())
+            .or_else(|| {
+                secret
+                    .string_data
+                    .as_ref()
+                    .and_then(|data| data.get(key))
+                    .map(String::as_bytes)
+            })
+            .ok_or_else(|| TokenError::MissingKey {
+                secret: name.clone(),
+                key,
+            })?;
+        let text = std::str::from_utf8(bytes).map_err(|_| TokenError::NotUtf8 {
+            secret: name.clone(),
+            key,
+        })?;
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(TokenError::Empty { secret: name, key });
+        }
+        Ok(ApiToken(text.to_owned()))
+    }
+
+    pub(super) fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(***)")
+    }
+}
+
+/// The token `cloudflared tunnel run --token` (or a WARP connector) runs
+/// with: whoever holds it can serve the tunnel. Kept out of `Debug`; read
+/// it with `expose` to put it into a Secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TunnelToken(String);
+
+impl TunnelToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        TunnelToken(token.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for TunnelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TunnelToken(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(data: serde_json::Value) -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cloudflare-api-credentials", "namespace": "knit-system"},
+            "data": data,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn debug_never_shows_a_token() {
+        let token = ApiToken::new("cf-secret-token-value");
+        let tunnel = TunnelToken::new("eyJhIjoi-tunnel-token");
+        let shown = format!("{token:?} {token:#?} {tunnel:?} {tunnel:#?}");
+        assert_eq!(format!("{token:?}"), "ApiToken(***)");
+        assert_eq!(format!("{tunnel:?}"), "TunnelToken(***)");
+        assert!(!shown.contains("cf-secret"), "{shown}");
+        assert!(!shown.contains("eyJhIjoi"), "{shown}");
+        assert_eq!(tunnel.expose(), "eyJhIjoi-tunnel-token");
+    }
+
+    #[test]
+    fn reads_and_trims_the_token_from_data_or_string_data() {
+        // base64 of "tok-123\n".
+        let token = ApiToken::from_secret(&secret(serde_json::json!({
+            "CLOUDFLARE_API_TOKEN": "dG9rLTEyMwo=",
+        })))
+        .unwrap();
+        assert_eq!(token.expose(), "tok-123");
+        let from_manifest: Secret = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "cf"},
+            "stringData": {"CLOUDFLARE_API_TOKEN": " tok-456 "},
+        }))
+        .unwrap();
+        assert_eq!(
+            ApiToken::from_secret(&from_manifest).unwrap().expose(),
+            "tok-456"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_blank_token_names_the_secret_not_the_value() {
+        let error = ApiToken::from_secret(&secret(serde_json::json!({}))).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"Secret knit-system/cloudflare-api-credentials has no data key "CLOUDFLARE_API_TOKEN""#
+        );
+        let error = ApiToken::from_secret(&secret(serde_json::json!({
+            "CLOUDFLARE_API_TOKEN": "ICAK",
+        })))
+        .unwrap_err();
+        assert!(matches!(error, TokenError::Empty { .. }));
+        let error = ApiToken::from_secret(&secret(serde_json::json!({
+            "CLOUDFLARE_API_TOKEN": "/w==",
+        })))
+        .unwrap_err();
+        assert!(matches!(error, TokenError::NotUtf8 { .. }));
+    }
+}
