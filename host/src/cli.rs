@@ -304,6 +304,24 @@ pub fn plugin_bench(
             );
             println!("  fresh-instance call:          {}", summary(fresh));
         }
+        World::TunnelMapper => {
+            let request = tunnel_bench_request();
+            let mut fresh = Vec::with_capacity(iterations);
+            for _ in 0..iterations {
+                let started = Instant::now();
+                plugin
+                    .map_tunnel(&request, &[])?
+                    .map_err(anyhow::Error::msg)?;
+                fresh.push(started.elapsed());
+            }
+            println!(
+                "{} ({}) on {}, {iterations} calls:",
+                plugin.name_version(),
+                plugin.world,
+                TUNNEL_BENCH_SHAPE
+            );
+            println!("  fresh-instance call:          {}", summary(fresh));
+        }
     }
     Ok(())
 }
@@ -411,6 +429,110 @@ pub fn clb_bench_request() -> knit_clb_core::Request {
         lbs,
         pods,
         listeners,
+    }
+}
+
+/// What `tunnel_bench_request` is, for the benchmarks' output.
+pub const TUNNEL_BENCH_SHAPE: &str = "a ClusterTunnel with 1,000 Ingresses in 20 namespaces, 2,126 routes: shared hosts, wildcards, exact and prefix paths, 40 conflicts, 67 unready and 20 missing backends";
+
+/// A large `ClusterTunnel`: 1,000 Ingresses in 20 namespaces, created one
+/// second apart. Most have a host of their own with a root and an `/api`
+/// route, every 7th an exact `/healthz` too; every 10th adds versioned paths
+/// to the previous one's host; every 25th contests an older one's root (a
+/// conflict); every 100th (from the 50th) is a wildcard; every 15th (from
+/// the 7th) has an `/api` backend without ready endpoints and every 50th
+/// (from the 13th) a missing root backend.
+pub fn tunnel_bench_request() -> knit_tunnel_core::Request {
+    use knit_tunnel_core::{
+        Backend, BackendState, PathMatch, Request, Route, Scheme, Source, SourceKind, Tunnel,
+    };
+    let route = |host: &str, path: Option<(PathMatch, String)>, service: String, state| Route {
+        host: host.to_string(),
+        path,
+        backend: Backend {
+            service,
+            port: 80,
+            scheme: Scheme::Http,
+            state,
+        },
+    };
+    let sources = (0..1000usize)
+        .map(|i| {
+            let own = if i % 100 == 50 {
+                format!("*.apps-{i:04}.example.com")
+            } else {
+                format!("app-{i:04}.example.com")
+            };
+            let routes = if i % 25 == 24 {
+                let older = format!("app-{:04}.example.com", i - 4);
+                vec![
+                    route(&own, None, format!("web-{i:04}"), BackendState::Ready),
+                    route(&older, None, format!("late-{i:04}"), BackendState::Ready),
+                ]
+            } else if i % 10 == 9 {
+                let shared = format!("app-{:04}.example.com", i - 1);
+                vec![
+                    route(
+                        &shared,
+                        Some((PathMatch::Prefix, format!("/v{i}"))),
+                        format!("v{i}"),
+                        BackendState::Ready,
+                    ),
+                    route(
+                        &shared,
+                        Some((PathMatch::Exact, format!("/v{i}/healthz"))),
+                        format!("v{i}"),
+                        BackendState::Ready,
+                    ),
+                ]
+            } else {
+                let root = if i % 50 == 13 {
+                    BackendState::Missing(format!("service web-{i:04} not found"))
+                } else {
+                    BackendState::Ready
+                };
+                let api = if i % 15 == 7 {
+                    BackendState::NoReadyEndpoints
+                } else {
+                    BackendState::Ready
+                };
+                let mut routes = vec![
+                    route(&own, None, format!("web-{i:04}"), root),
+                    route(
+                        &own,
+                        Some((PathMatch::Prefix, "/api".into())),
+                        format!("api-{i:04}"),
+                        api,
+                    ),
+                ];
+                if i % 7 == 0 {
+                    routes.push(route(
+                        &own,
+                        Some((PathMatch::Exact, "/healthz".into())),
+                        format!("web-{i:04}"),
+                        BackendState::Ready,
+                    ));
+                }
+                routes
+            };
+            Source {
+                kind: SourceKind::Ingress,
+                namespace: format!("team-{:02}", i % 20),
+                name: format!("app-{i:04}"),
+                created: 1_700_000_000 + i as i64,
+                routes,
+            }
+        })
+        .collect();
+    Request {
+        tunnel: Tunnel {
+            name: "edge".into(),
+            namespace: None,
+            domain: "example.com".into(),
+            fallback_target: "http_status:404".into(),
+        },
+        sources,
+        cluster_domain: "cluster.local".into(),
     }
 }
 

@@ -136,16 +136,20 @@ fn simulate_reports_an_unknown_strategy_in_the_pool_status() {
 fn plugin_check_prints_the_world_of_every_built_plugin() {
     let ipam = knit_tests::built_plugin_path("ipam_sequential");
     let clb = knit_tests::built_plugin_path("clb_allocator");
+    let tunnel = knit_tests::built_plugin_path("tunnel_mapper");
     let output = stdout(&knit(&[
         "plugin",
         "check",
         ipam.to_str().unwrap(),
         clb.to_str().unwrap(),
+        tunnel.to_str().unwrap(),
     ]));
     assert!(output.contains("world:        ipam-strategy"), "{output}");
     assert!(output.contains("name:         ipam-sequential"), "{output}");
     assert!(output.contains("world:        clb-allocator"), "{output}");
     assert!(output.contains("name:         clb-allocator"), "{output}");
+    assert!(output.contains("world:        tunnel-mapper"), "{output}");
+    assert!(output.contains("name:         tunnel-mapper"), "{output}");
     assert!(output.contains("wasi:cli/"), "imports are listed: {output}");
 }
 
@@ -181,6 +185,72 @@ fn plugin_test_runs_fixtures_and_shows_a_diff_on_mismatch() {
         "diff shows both sides"
     );
     assert!(text.contains("FAIL"), "{text}");
+}
+
+#[test]
+fn plugin_test_runs_tunnel_fixtures_and_refuses_worlds_without_a_format() {
+    let wasm = knit_tests::built_plugin_path("tunnel_mapper");
+    let output = stdout(&knit(&[
+        "plugin",
+        "test",
+        "plugins/tunnel-mapper/fixtures",
+        "--plugin",
+        wasm.to_str().unwrap(),
+    ]));
+    assert!(
+        output.contains("ok   conflict.yaml") && output.contains(" 0 failed"),
+        "{output}"
+    );
+
+    // Parts a case leaves out are not compared; a wrong verdict is a diff.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("wrong.yaml"),
+        r#"description: expects the younger Ingress to win
+input:
+  tunnel: {name: edge, domain: example.com, fallbackTarget: "http_status:404"}
+  sources:
+    - {kind: Ingress, namespace: a, name: old, created: 1, routes: [{host: app.example.com, service: old, port: 80}]}
+    - {kind: Ingress, namespace: a, name: new, created: 2, routes: [{host: app.example.com, service: new, port: 80}]}
+expect:
+  sources:
+    - {source: Ingress a/old, verdict: Accepted, hosts: [app.example.com]}
+    - {source: Ingress a/new, verdict: Accepted, hosts: [app.example.com]}
+"#,
+    )
+    .unwrap();
+    let failed = knit(&[
+        "plugin",
+        "test",
+        dir.path().to_str().unwrap(),
+        "--plugin",
+        wasm.to_str().unwrap(),
+    ]);
+    assert!(!failed.status.success());
+    let text = String::from_utf8_lossy(&failed.stdout);
+    assert!(
+        text.contains("FAIL wrong.yaml")
+            && text.contains("-  verdict: Accepted")
+            && text.contains("+  verdict: Conflict")
+            && text.contains("+  message: host app.example.com path / is served by Ingress a/old")
+            && !text.contains("rules:"),
+        "{text}"
+    );
+
+    let clb = knit_tests::built_plugin_path("clb_allocator");
+    let refused = knit(&[
+        "plugin",
+        "test",
+        "plugins/tunnel-mapper/fixtures",
+        "--plugin",
+        clb.to_str().unwrap(),
+    ]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("no case format for the clb-allocator world"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -20,6 +20,17 @@ pub mod clb_allocator {
     });
 }
 
+pub mod tunnel_mapper {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "tunnel-mapper",
+        with: {
+            "knit:plugin/types": super::types,
+            "knit:plugin/host": super::host,
+        },
+    });
+}
+
 pub use ipam_strategy::knit::plugin::{host, types};
 
 /// The WIT package this host speaks; a plugin built against an incompatible

@@ -46,6 +46,7 @@ pub struct PluginSpec {
 pub enum PluginWorld {
     IpamStrategy,
     ClbAllocator,
+    TunnelMapper,
 }
 
 impl From<PluginWorld> for super::World {
@@ -53,6 +54,7 @@ impl From<PluginWorld> for super::World {
         match world {
             PluginWorld::IpamStrategy => super::World::IpamStrategy,
             PluginWorld::ClbAllocator => super::World::ClbAllocator,
+            PluginWorld::TunnelMapper => super::World::TunnelMapper,
         }
     }
 }

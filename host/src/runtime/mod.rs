@@ -16,6 +16,7 @@ mod metrics;
 mod plugin;
 mod registry;
 mod sandbox;
+mod tunnel;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
-use super::bindings::{PACKAGE, PACKAGE_VERSION, clb_allocator, ipam_strategy};
+use super::bindings::{PACKAGE, PACKAGE_VERSION, clb_allocator, ipam_strategy, tunnel_mapper};
 use super::sandbox::Sandbox;
 use super::{CallError, LoadError, PluginRef, PluginSettings, Runtime};
 
@@ -15,15 +15,21 @@ use super::{CallError, LoadError, PluginRef, PluginSettings, Runtime};
 pub enum World {
     IpamStrategy,
     ClbAllocator,
+    TunnelMapper,
 }
 
 impl World {
-    pub const ALL: [World; 2] = [World::IpamStrategy, World::ClbAllocator];
+    pub const ALL: [World; 3] = [
+        World::IpamStrategy,
+        World::ClbAllocator,
+        World::TunnelMapper,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             World::IpamStrategy => "ipam-strategy",
             World::ClbAllocator => "clb-allocator",
+            World::TunnelMapper => "tunnel-mapper",
         }
     }
 
@@ -32,6 +38,7 @@ impl World {
         match self {
             World::IpamStrategy => "ipam",
             World::ClbAllocator => "clb",
+            World::TunnelMapper => "tunnel",
         }
     }
 }
@@ -53,6 +60,7 @@ pub struct PluginInfo {
 pub(super) enum Pre {
     IpamStrategy(ipam_strategy::IpamStrategyPre<Sandbox>),
     ClbAllocator(clb_allocator::ClbAllocatorPre<Sandbox>),
+    TunnelMapper(tunnel_mapper::TunnelMapperPre<Sandbox>),
 }
 
 pub struct Plugin {
@@ -124,6 +132,9 @@ impl Plugin {
             World::ClbAllocator => Pre::ClbAllocator(
                 clb_allocator::ClbAllocatorPre::new(instance_pre).map_err(mismatch)?,
             ),
+            World::TunnelMapper => Pre::TunnelMapper(
+                tunnel_mapper::TunnelMapperPre::new(instance_pre).map_err(mismatch)?,
+            ),
         };
         let runtime = std::sync::Arc::new(RuntimeHandle {
             engine: engine.clone(),
@@ -172,6 +183,10 @@ impl Plugin {
                 instance.knit_plugin_describe().call_describe(&mut *store)
             }
             Pre::ClbAllocator(pre) => {
+                let instance = pre.instantiate(&mut *store)?;
+                instance.knit_plugin_describe().call_describe(&mut *store)
+            }
+            Pre::TunnelMapper(pre) => {
                 let instance = pre.instantiate(&mut *store)?;
                 instance.knit_plugin_describe().call_describe(&mut *store)
             }
@@ -324,6 +339,11 @@ mod tests {
             "knit:plugin/clb@0.1.0".into(),
         ];
         assert_eq!(detect_world(&clb).unwrap(), World::ClbAllocator);
+        let tunnel = vec![
+            "knit:plugin/describe@0.1.0".into(),
+            "knit:plugin/tunnel@0.1.0".into(),
+        ];
+        assert_eq!(detect_world(&tunnel).unwrap(), World::TunnelMapper);
         let newer = vec!["knit:plugin/ipam@0.2.0".to_string()];
         let error = detect_world(&newer).unwrap_err().to_string();
         assert!(
@@ -335,7 +355,8 @@ mod tests {
         assert!(
             error.contains("acme:thing/run")
                 && error.contains("ipam-strategy")
-                && error.contains("clb-allocator"),
+                && error.contains("clb-allocator")
+                && error.contains("knit:plugin/tunnel@0.1.0 (world tunnel-mapper)"),
             "{error}"
         );
     }

@@ -1,0 +1,1022 @@
+use super::*;
+
+fn cluster_tunnel() -> Tunnel {
+    Tunnel {
+        name: "edge".into(),
+        namespace: None,
+        domain: "example.com".into(),
+        fallback_target: "http_status:404".into(),
+    }
+}
+
+fn tunnel_in(namespace: &str) -> Tunnel {
+    Tunnel {
+        namespace: Some(namespace.into()),
+        ..cluster_tunnel()
+    }
+}
+
+fn backend(service: &str, port: u16, state: BackendState) -> Backend {
+    Backend {
+        service: service.into(),
+        port,
+        scheme: Scheme::Http,
+        state,
+    }
+}
+
+fn ready(service: &str) -> Backend {
+    backend(service, 80, BackendState::Ready)
+}
+
+fn route(host: &str, path: Option<(PathMatch, &str)>, backend: Backend) -> Route {
+    Route {
+        host: host.into(),
+        path: path.map(|(kind, p)| (kind, p.to_string())),
+        backend,
+    }
+}
+
+fn prefix(p: &str) -> Option<(PathMatch, &str)> {
+    Some((PathMatch::Prefix, p))
+}
+
+fn exact(p: &str) -> Option<(PathMatch, &str)> {
+    Some((PathMatch::Exact, p))
+}
+
+fn ingress(namespace: &str, name: &str, created: i64, routes: Vec<Route>) -> Source {
+    Source {
+        kind: SourceKind::Ingress,
+        namespace: namespace.into(),
+        name: name.into(),
+        created,
+        routes,
+    }
+}
+
+fn request(tunnel: Tunnel, sources: Vec<Source>) -> Request {
+    Request {
+        tunnel,
+        sources,
+        cluster_domain: "cluster.local".into(),
+    }
+}
+
+fn rule(host: &str, path: Option<&str>, service: &str) -> IngressRule {
+    IngressRule {
+        hostname: Some(host.into()),
+        path: path.map(str::to_string),
+        service: service.into(),
+    }
+}
+
+fn fallback() -> IngressRule {
+    IngressRule {
+        hostname: None,
+        path: None,
+        service: "http_status:404".into(),
+    }
+}
+
+fn mapped(request: &Request) -> Mapping {
+    let mapping = map(request, &Config::default());
+    check_mapping(request, &mapping).unwrap();
+    mapping
+}
+
+fn verdicts(mapping: &Mapping) -> Vec<&Verdict> {
+    mapping.sources.iter().map(|s| &s.verdict).collect()
+}
+
+#[test]
+fn rules_are_ordered_so_none_hides_another() {
+    let request = request(
+        cluster_tunnel(),
+        vec![ingress(
+            "shop",
+            "web",
+            1,
+            vec![
+                route("*.example.com", None, ready("catch")),
+                route("www.example.com", None, ready("www")),
+                route("www.example.com", prefix("/api"), ready("api")),
+                route("www.example.com", exact("/api"), ready("api-root")),
+                route("www.example.com", prefix("/api/v1/"), ready("v1")),
+                route(
+                    "www.example.com",
+                    Some((PathMatch::RegularExpression, "/static/.*")),
+                    ready("static"),
+                ),
+                route("app.example.com", prefix("/"), ready("app")),
+                route("*.dev.example.com", None, ready("dev")),
+            ],
+        )],
+    );
+    let mapping = mapped(&request);
+    let svc = |name: &str| format!("http://{name}.shop.svc.cluster.local:80");
+    assert_eq!(
+        mapping.rules,
+        [
+            rule("app.example.com", None, &svc("app")),
+            rule("www.example.com", Some("^/static/.*"), &svc("static")),
+            rule("www.example.com", Some("^/api/v1(/.*)?$"), &svc("v1")),
+            rule("www.example.com", Some("^/api$"), &svc("api-root")),
+            rule("www.example.com", Some("^/api(/.*)?$"), &svc("api")),
+            rule("www.example.com", None, &svc("www")),
+            rule("*.dev.example.com", None, &svc("dev")),
+            rule("*.example.com", None, &svc("catch")),
+            fallback(),
+        ]
+    );
+    assert_eq!(
+        mapping.dns,
+        [
+            "*.dev.example.com",
+            "*.example.com",
+            "app.example.com",
+            "www.example.com"
+        ]
+    );
+    assert_eq!(mapping.sources[0].verdict, Verdict::Accepted);
+    assert_eq!(mapping.sources[0].hosts, mapping.dns);
+}
+
+#[test]
+fn the_older_source_wins_whatever_the_input_order() {
+    let old = ingress(
+        "a",
+        "old",
+        100,
+        vec![route("app.example.com", prefix("/x"), ready("one"))],
+    );
+    let young = ingress(
+        "b",
+        "young",
+        200,
+        vec![
+            route("other.example.com", None, ready("two")),
+            route("app.example.com", prefix("/x/"), ready("two")),
+        ],
+    );
+    for sources in [
+        vec![old.clone(), young.clone()],
+        vec![young.clone(), old.clone()],
+    ] {
+        let mapping = mapped(&request(cluster_tunnel(), sources.clone()));
+        let status = |name: &str| {
+            mapping
+                .sources
+                .iter()
+                .find(|s| s.name == name)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(status("old").verdict, Verdict::Accepted);
+        assert_eq!(
+            status("young").verdict,
+            Verdict::Conflict("host app.example.com path /x/ is served by Ingress a/old".into())
+        );
+        assert!(status("young").hosts.is_empty());
+        // Refused whole: not even its uncontested host is published.
+        assert_eq!(mapping.dns, ["app.example.com"]);
+        assert_eq!(mapping.rules.len(), 2);
+        // Statuses follow the request's order.
+        assert_eq!(mapping.sources[0].name, sources[0].name);
+    }
+
+    // Same age: kind, namespace, then name break the tie.
+    let twin = |namespace: &str, name: &str| {
+        ingress(
+            namespace,
+            name,
+            5,
+            vec![route("app.example.com", None, ready("x"))],
+        )
+    };
+    let mapping = mapped(&request(
+        cluster_tunnel(),
+        vec![twin("b", "a"), twin("a", "z")],
+    ));
+    assert!(matches!(mapping.sources[0].verdict, Verdict::Conflict(_)));
+    assert_eq!(mapping.sources[1].verdict, Verdict::Accepted);
+    let mut route_source = twin("a", "a");
+    route_source.kind = SourceKind::HttpRoute;
+    let mapping = mapped(&request(
+        cluster_tunnel(),
+        vec![route_source, twin("z", "z")],
+    ));
+    assert_eq!(
+        verdicts(&mapping),
+        [
+            &Verdict::Conflict("host app.example.com path / is served by Ingress z/z".into()),
+            &Verdict::Accepted
+        ]
+    );
+}
+
+#[test]
+fn different_paths_and_no_path_equal_to_prefix_root() {
+    let sources = vec![
+        ingress(
+            "a",
+            "root",
+            1,
+            vec![route("app.example.com", None, ready("root"))],
+        ),
+        ingress(
+            "a",
+            "api",
+            2,
+            vec![route("app.example.com", prefix("/api"), ready("api"))],
+        ),
+        ingress(
+            "a",
+            "slash",
+            3,
+            vec![route("app.example.com", prefix("/"), ready("slash"))],
+        ),
+    ];
+    let mapping = mapped(&request(cluster_tunnel(), sources));
+    assert_eq!(mapping.sources[0].verdict, Verdict::Accepted);
+    assert_eq!(mapping.sources[1].verdict, Verdict::Accepted);
+    assert_eq!(
+        mapping.sources[2].verdict,
+        Verdict::Conflict("host app.example.com path / is served by Ingress a/root".into())
+    );
+}
+
+#[test]
+fn a_namespaced_tunnel_refuses_other_namespaces() {
+    let mapping = mapped(&request(
+        tunnel_in("shop"),
+        vec![
+            ingress(
+                "shop",
+                "mine",
+                1,
+                vec![route("a.example.com", None, ready("a"))],
+            ),
+            ingress(
+                "blog",
+                "theirs",
+                0,
+                vec![route("b.example.com", None, ready("b"))],
+            ),
+        ],
+    ));
+    assert_eq!(mapping.sources[0].verdict, Verdict::Accepted);
+    assert_eq!(
+        mapping.sources[1].verdict,
+        Verdict::NamespaceNotAllowed(
+            "Tunnel shop/edge only accepts sources in namespace shop".into()
+        )
+    );
+    assert_eq!(mapping.dns, ["a.example.com"]);
+    assert_eq!(mapping.rules.len(), 2);
+}
+
+#[test]
+fn hosts_outside_the_domain_or_malformed_are_invalid() {
+    let one = |host: &str| ingress("a", "x", 1, vec![route(host, None, ready("x"))]);
+    let verdict = |source: Source| {
+        map(&request(cluster_tunnel(), vec![source]), &Config::default()).sources[0]
+            .verdict
+            .clone()
+    };
+    assert_eq!(
+        verdict(one("app.example.org")),
+        Verdict::Invalid(
+            "host app.example.org is not inside the tunnel's domain example.com".into()
+        )
+    );
+    assert_eq!(
+        verdict(one("notexample.com")),
+        Verdict::Invalid(
+            "host notexample.com is not inside the tunnel's domain example.com".into()
+        )
+    );
+    assert!(verdict(one("")).message().contains("no host"));
+    assert!(
+        verdict(one("Bad_Name.example.com"))
+            .message()
+            .contains("host \"Bad_Name.example.com\" is not a valid DNS name")
+    );
+    assert!(
+        verdict(one("a..example.com"))
+            .message()
+            .contains("not a valid DNS name")
+    );
+    assert!(verdict(one("*")).message().contains("not a valid DNS name"));
+    assert!(
+        verdict(one("a.*.example.com"))
+            .message()
+            .contains("not a valid DNS name")
+    );
+    assert_eq!(verdict(one("example.com")), Verdict::Accepted);
+    assert_eq!(verdict(one("*.example.com")), Verdict::Accepted);
+    assert_eq!(
+        verdict(ingress("a", "x", 1, vec![])),
+        Verdict::Invalid("no rules".into())
+    );
+    // One bad route refuses the whole source.
+    let mixed = ingress(
+        "a",
+        "x",
+        1,
+        vec![
+            route("good.example.com", None, ready("x")),
+            route("evil.org", None, ready("x")),
+        ],
+    );
+    let mapping = mapped(&request(cluster_tunnel(), vec![mixed]));
+    assert!(matches!(mapping.sources[0].verdict, Verdict::Invalid(_)));
+    assert!(mapping.dns.is_empty() && mapping.rules == [fallback()]);
+    let relative = ingress(
+        "a",
+        "x",
+        1,
+        vec![route("a.example.com", prefix("api"), ready("x"))],
+    );
+    assert!(
+        verdict(relative)
+            .message()
+            .contains("does not start with /")
+    );
+}
+
+#[test]
+fn wildcards_sit_below_the_names_they_cover() {
+    let mapping = mapped(&request(
+        cluster_tunnel(),
+        vec![
+            ingress(
+                "a",
+                "wild",
+                1,
+                vec![route("*.example.com", None, ready("wild"))],
+            ),
+            ingress(
+                "a",
+                "exact",
+                2,
+                vec![route("shop.example.com", None, ready("shop"))],
+            ),
+            ingress(
+                "a",
+                "deeper",
+                3,
+                vec![route("*.eu.example.com", None, ready("eu"))],
+            ),
+        ],
+    ));
+    // A wildcard and a name under it are different keys: no conflict.
+    assert!(
+        mapping
+            .sources
+            .iter()
+            .all(|s| s.verdict == Verdict::Accepted)
+    );
+    let hosts: Vec<_> = mapping
+        .rules
+        .iter()
+        .map(|r| r.hostname.as_deref())
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            Some("shop.example.com"),
+            Some("*.eu.example.com"),
+            Some("*.example.com"),
+            None
+        ]
+    );
+}
+
+#[test]
+fn a_backend_without_endpoints_is_withheld_but_keeps_its_host() {
+    let restarting = ingress(
+        "a",
+        "app",
+        1,
+        vec![
+            route(
+                "app.example.com",
+                None,
+                backend("app", 8080, BackendState::NoReadyEndpoints),
+            ),
+            route(
+                "app.example.com",
+                prefix("/gone"),
+                backend(
+                    "old",
+                    0,
+                    BackendState::Missing("service old not found".into()),
+                ),
+            ),
+            route("app.example.com", prefix("/static"), ready("static")),
+        ],
+    );
+    let usurper = ingress(
+        "b",
+        "usurper",
+        2,
+        vec![route("app.example.com", None, ready("evil"))],
+    );
+    let request = request(cluster_tunnel(), vec![restarting, usurper]);
+    let mapping = mapped(&request);
+    assert_eq!(
+        mapping.sources[0].verdict,
+        Verdict::NoReadyEndpoints(
+            "backend app:8080 has no ready endpoints; service old not found".into()
+        )
+    );
+    assert_eq!(mapping.sources[0].hosts, ["app.example.com"]);
+    assert!(matches!(mapping.sources[1].verdict, Verdict::Conflict(_)));
+    assert_eq!(mapping.dns, ["app.example.com"]);
+    assert_eq!(
+        mapping.rules,
+        [
+            rule(
+                "app.example.com",
+                Some("^/static(/.*)?$"),
+                "http://static.a.svc.cluster.local:80"
+            ),
+            fallback()
+        ]
+    );
+
+    // Published anyway when configured so; a missing backend never is.
+    let config = parse_config(&[("withhold-unready".into(), "false".into())]).unwrap();
+    let mapping = map(&request, &config);
+    check_mapping(&request, &mapping).unwrap();
+    assert_eq!(
+        mapping.sources[0].verdict,
+        Verdict::NoReadyEndpoints("service old not found".into())
+    );
+    assert_eq!(mapping.rules.len(), 3);
+    assert_eq!(
+        mapping.rules[1],
+        rule(
+            "app.example.com",
+            None,
+            "http://app.a.svc.cluster.local:8080"
+        )
+    );
+}
+
+#[test]
+fn https_backends_and_the_cluster_domain_make_the_service_url() {
+    let b = Backend {
+        service: "dash".into(),
+        port: 8443,
+        scheme: Scheme::Https,
+        state: BackendState::Ready,
+    };
+    assert_eq!(
+        service_url(&b, "ops", "corp.internal"),
+        "https://dash.ops.svc.corp.internal:8443"
+    );
+}
+
+#[test]
+fn config_is_parsed_strictly() {
+    let entries = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    assert_eq!(
+        parse_config(&[]),
+        Ok(Config {
+            withhold_unready: true
+        })
+    );
+    assert_eq!(
+        parse_config(&entries(&[("withhold-unready", "false")])),
+        Ok(Config {
+            withhold_unready: false
+        })
+    );
+    assert_eq!(
+        parse_config(&entries(&[("withhold-unready", "yes")])),
+        Err("withhold-unready \"yes\": expected true or false".into())
+    );
+    assert_eq!(
+        parse_config(&entries(&[("withold-unready", "true")])),
+        Err("unknown configuration key \"withold-unready\": expected withhold-unready".into())
+    );
+}
+
+#[test]
+fn path_regexes() {
+    let regex = |kind: PathMatch, p: &str| path_regex(&(kind, p.to_string()));
+    assert_eq!(regex(PathMatch::Prefix, "/"), None);
+    assert_eq!(regex(PathMatch::Prefix, ""), None);
+    assert_eq!(regex(PathMatch::Prefix, "//"), None);
+    assert_eq!(
+        regex(PathMatch::Prefix, "/api"),
+        Some("^/api(/.*)?$".into())
+    );
+    assert_eq!(
+        regex(PathMatch::Prefix, "/api/"),
+        Some("^/api(/.*)?$".into())
+    );
+    assert_eq!(
+        regex(PathMatch::Prefix, "/v1.0/a+b"),
+        Some(r"^/v1\.0/a\+b(/.*)?$".into())
+    );
+    assert_eq!(regex(PathMatch::Exact, "/x"), Some("^/x$".into()));
+    assert_eq!(regex(PathMatch::Exact, "/"), Some("^/$".into()));
+    assert_eq!(
+        regex(PathMatch::Exact, "/a.b(c)[d]$"),
+        Some(r"^/a\.b\(c\)\[d\]\$$".into())
+    );
+    assert_eq!(
+        regex(PathMatch::RegularExpression, "/img/.*\\.png"),
+        Some("^/img/.*\\.png".into())
+    );
+    assert_eq!(
+        regex(PathMatch::RegularExpression, "^/already$"),
+        Some("^/already$".into())
+    );
+
+    // The host reads back what it can reason about.
+    let shape = |p: &str| PathShape::of(Some(p));
+    assert_eq!(shape(r"^/v1\.0(/.*)?$"), PathShape::Prefix("/v1.0".into()));
+    assert_eq!(shape(r"^/a\$$"), PathShape::Exact("/a$".into()));
+    assert_eq!(shape("^/a.*"), PathShape::Unknown);
+    assert_eq!(shape(r"^/a\d$"), PathShape::Unknown);
+    assert_eq!(shape("/a$"), PathShape::Unknown);
+    assert_eq!(PathShape::of(None), PathShape::All);
+    let prefix = PathShape::Prefix("/api".into());
+    assert!(prefix.covers(&PathShape::Exact("/api".into())));
+    assert!(prefix.covers(&PathShape::Exact("/api/x".into())));
+    assert!(prefix.covers(&PathShape::Prefix("/api/v1".into())));
+    assert!(!prefix.covers(&PathShape::Exact("/apix".into())));
+    assert!(!prefix.covers(&PathShape::All));
+    assert!(!prefix.covers(&PathShape::Unknown));
+}
+
+#[test]
+fn requests_without_a_sensible_answer_are_invalid() {
+    let good = request(cluster_tunnel(), vec![]);
+    assert_eq!(validate_request(&good), Ok(()));
+    let mut bad = good.clone();
+    bad.tunnel.domain = "*.example.com".into();
+    assert!(
+        validate_request(&bad)
+            .unwrap_err()
+            .contains("not a DNS name")
+    );
+    let mut bad = good.clone();
+    bad.tunnel.fallback_target.clear();
+    assert!(
+        validate_request(&bad)
+            .unwrap_err()
+            .contains("empty fallback")
+    );
+    let mut bad = good;
+    let source = ingress("a", "x", 1, vec![route("a.example.com", None, ready("x"))]);
+    bad.sources = vec![source.clone(), source];
+    assert_eq!(
+        validate_request(&bad),
+        Err("Ingress a/x is listed twice".into())
+    );
+}
+
+/// A request with a bit of everything the lies below need: an accepted
+/// source with a prefix and an exact path, a conflicting one, one from
+/// another namespace.
+fn liar_request() -> Request {
+    request(
+        tunnel_in("shop"),
+        vec![
+            ingress(
+                "shop",
+                "web",
+                1,
+                vec![
+                    route("www.example.com", prefix("/api"), ready("api")),
+                    route("www.example.com", exact("/api/v1"), ready("v1")),
+                ],
+            ),
+            ingress(
+                "shop",
+                "late",
+                2,
+                vec![route("www.example.com", prefix("/api"), ready("late"))],
+            ),
+            ingress(
+                "blog",
+                "foreign",
+                0,
+                vec![route("blog.example.com", None, ready("blog"))],
+            ),
+        ],
+    )
+}
+
+#[test]
+fn the_host_refuses_lies() {
+    let liar = liar_request();
+    let honest = mapped(&liar);
+    let refuse = |lie: &dyn Fn(&mut Mapping)| {
+        let mut mapping = honest.clone();
+        lie(&mut mapping);
+        check_mapping(&liar, &mapping).unwrap_err()
+    };
+    assert_eq!(
+        refuse(&|m| {
+            m.rules.pop();
+        }),
+        "the last rule must be the fallback ((any host) -> http_status:404), found www.example.com path ^/api(/.*)?$ -> http://api.shop.svc.cluster.local:80"
+    );
+    assert!(
+        refuse(&|m| m.rules.clear()).contains("there are no rules"),
+        "empty"
+    );
+    let foreign = rule(
+        "blog.example.com",
+        None,
+        "http://blog.blog.svc.cluster.local:80",
+    );
+    assert_eq!(
+        refuse(&|m| m.rules.insert(0, foreign.clone())),
+        "rule 1 (blog.example.com -> http://blog.blog.svc.cluster.local:80) is for Ingress blog/foreign, which is refused (NamespaceNotAllowed): Tunnel shop/edge only accepts sources in namespace shop"
+    );
+    assert_eq!(
+        refuse(&|m| {
+            m.sources[2].verdict = Verdict::Accepted;
+            m.sources[2].hosts = vec!["blog.example.com".into()];
+        }),
+        "Ingress blog/foreign is Accepted, but Tunnel shop/edge only accepts sources in namespace shop"
+    );
+    assert_eq!(
+        refuse(&|m| m.rules.swap(0, 1)),
+        "rule 2 (www.example.com path ^/api/v1$ -> http://v1.shop.svc.cluster.local:80) is never reached: rule 1 (www.example.com path ^/api(/.*)?$ -> http://api.shop.svc.cluster.local:80) matches its requests first"
+    );
+    let late = rule(
+        "www.example.com",
+        Some("^/api(/.*)?$"),
+        "http://late.shop.svc.cluster.local:80",
+    );
+    assert_eq!(
+        refuse(&|m| m.rules.insert(0, late.clone())),
+        "rule 1 (www.example.com path ^/api(/.*)?$ -> http://late.shop.svc.cluster.local:80) is for Ingress shop/late, which is refused (Conflict): host www.example.com path /api is served by Ingress shop/web"
+    );
+    assert_eq!(
+        refuse(&|m| m.dns.push("www.example.org".into())),
+        "DNS name www.example.org is not inside the tunnel's domain example.com"
+    );
+    assert_eq!(
+        refuse(&|m| m.dns.push("blog.example.com".into())),
+        "DNS name blog.example.com belongs only to Ingress blog/foreign, which is refused (NamespaceNotAllowed)"
+    );
+    assert_eq!(
+        refuse(&|m| m.dns.push("ghost.example.com".into())),
+        "DNS name ghost.example.com is not a host of any of the tunnel's sources"
+    );
+    assert_eq!(
+        refuse(&|m| m.dns.push("www.example.com".into())),
+        "DNS name www.example.com is listed twice"
+    );
+    assert_eq!(
+        refuse(&|m| {
+            m.rules
+                .insert(0, rule("evil.example.com", None, "http://x"));
+        }),
+        "rule 1 (evil.example.com -> http://x) is not the rule of any route of the tunnel's sources"
+    );
+    assert_eq!(
+        refuse(&|m| {
+            m.rules.insert(0, rule("evil.org", None, "http://x"));
+        }),
+        "rule 1 (evil.org -> http://x): hostname evil.org is not inside the tunnel's domain example.com"
+    );
+    assert_eq!(
+        refuse(&|m| {
+            let first = m.rules[0].clone();
+            m.rules.insert(0, first);
+        }),
+        "rules 1 and 2 both match host www.example.com path ^/api/v1$"
+    );
+    assert_eq!(
+        refuse(&|m| m.rules.insert(0, fallback())),
+        "rule 1 ((any host) -> http_status:404) has no hostname: only the last, fallback rule may"
+    );
+    assert_eq!(
+        refuse(&|m| {
+            m.sources.pop();
+        }),
+        "2 source statuses for 3 sources"
+    );
+    assert_eq!(
+        refuse(&|m| m.sources.swap(0, 1)),
+        "source status 1 is for Ingress shop/late, expected Ingress shop/web"
+    );
+    assert_eq!(
+        refuse(&|m| m.sources[1].hosts = vec!["www.example.com".into()]),
+        "Ingress shop/late is refused (Conflict) but holds hosts www.example.com"
+    );
+    assert_eq!(
+        refuse(&|m| m.sources[0].hosts.push("blog.example.com".into())),
+        "Ingress shop/web holds host blog.example.com, which none of its routes has"
+    );
+
+    // A missing backend is never published; a wildcard hides what it covers.
+    let mut missing = liar.clone();
+    missing.sources[0].routes[1].backend = backend(
+        "v1",
+        80,
+        BackendState::Missing("service v1 not found".into()),
+    );
+    let mapping = mapped(&missing);
+    let mut lie = mapping.clone();
+    lie.rules.insert(
+        0,
+        rule(
+            "www.example.com",
+            Some("^/api/v1$"),
+            "http://v1.shop.svc.cluster.local:80",
+        ),
+    );
+    assert_eq!(
+        check_mapping(&missing, &lie).unwrap_err(),
+        "rule 1 (www.example.com path ^/api/v1$ -> http://v1.shop.svc.cluster.local:80) publishes a missing backend: service v1 not found"
+    );
+    let wild = request(
+        cluster_tunnel(),
+        vec![ingress(
+            "a",
+            "x",
+            1,
+            vec![
+                route("a.b.example.com", prefix("/x"), ready("x")),
+                route("*.example.com", None, ready("w")),
+            ],
+        )],
+    );
+    let mut lie = mapped(&wild);
+    lie.rules.swap(0, 1);
+    assert!(
+        check_mapping(&wild, &lie)
+            .unwrap_err()
+            .contains("rule 2 (a.b.example.com path ^/x(/.*)?$ -> http://x.a.svc.cluster.local:80) is never reached: rule 1 (*.example.com")
+    );
+}
+
+/// The same small generator the other plugins use: a seed replays.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// A random request over a small pool of hosts and paths, so that conflicts,
+/// wildcards, refusals and unready backends all happen.
+fn random_request(rng: &mut SplitMix64) -> Request {
+    const HOSTS: &[&str] = &[
+        "app.example.com",
+        "api.example.com",
+        "example.com",
+        "*.example.com",
+        "*.dev.example.com",
+        "a.dev.example.com",
+        "deep.a.dev.example.com",
+        "*.a.dev.example.com",
+        "app.example.com",
+        "api.example.com",
+        "other.org",
+        "",
+        "Bad_Host.example.com",
+    ];
+    let paths: Vec<Option<(PathMatch, &str)>> = vec![
+        None,
+        None,
+        prefix("/"),
+        prefix(""),
+        prefix("/api"),
+        prefix("/api/"),
+        prefix("/api/v1"),
+        exact("/api"),
+        exact("/api/v1"),
+        exact("/v1.0"),
+        prefix("/v1.0"),
+        Some((PathMatch::RegularExpression, "/static/.*")),
+        Some((PathMatch::RegularExpression, "^/api/v1$")),
+        Some((PathMatch::RegularExpression, "^/img")),
+        Some((PathMatch::RegularExpression, "^/api(/.*)?$")),
+        Some((PathMatch::RegularExpression, "/v1\\.0(/.*)?$")),
+        prefix("api"),
+    ];
+    let states = [
+        BackendState::Ready,
+        BackendState::Ready,
+        BackendState::Ready,
+        BackendState::Ready,
+        BackendState::NoReadyEndpoints,
+        BackendState::Missing("service gone not found".into()),
+    ];
+    let namespaces = ["a", "b", "c"];
+    let tunnel = if rng.below(3) == 0 {
+        tunnel_in("a")
+    } else {
+        cluster_tunnel()
+    };
+    let count = rng.below(12);
+    let sources = (0..count)
+        .map(|i| {
+            let routes = (0..rng.below(5))
+                .map(|_| {
+                    // Mostly valid hosts, now and then a bad one.
+                    let host = if rng.below(8) == 0 {
+                        *rng.pick(&HOSTS[10..])
+                    } else {
+                        *rng.pick(&HOSTS[..10])
+                    };
+                    let path = rng.pick(&paths).map(|(k, p)| (k, p));
+                    let path = if path == prefix("api") && rng.below(4) != 0 {
+                        None
+                    } else {
+                        path
+                    };
+                    let mut b = backend(
+                        rng.pick::<&str>(&["web", "api", "static"]),
+                        *rng.pick(&[80, 8080]),
+                        rng.pick(&states).clone(),
+                    );
+                    if rng.below(4) == 0 {
+                        b.scheme = Scheme::Https;
+                    }
+                    route(host, path, b)
+                })
+                .collect();
+            Source {
+                kind: if rng.below(2) == 0 {
+                    SourceKind::Ingress
+                } else {
+                    SourceKind::HttpRoute
+                },
+                namespace: rng.pick(&namespaces).to_string(),
+                name: format!("s{i}"),
+                created: rng.below(4) as i64,
+                routes,
+            }
+        })
+        .collect();
+    request(tunnel, sources)
+}
+
+/// cloudflared's host match: `*.name` covers every host ending in `.name`.
+fn host_matches(rule_host: &str, host: &str) -> bool {
+    rule_host == host
+        || rule_host
+            .strip_prefix('*')
+            .is_some_and(|suffix| host.ends_with(suffix))
+}
+
+/// A request (host, path) that `rule` matches and that no earlier rule of a
+/// correct order may take; `None` for regex rules, which are not judged.
+fn witness(rule: &IngressRule) -> Option<(String, String)> {
+    let host = rule.hostname.as_deref()?;
+    let host = match host.strip_prefix("*.") {
+        Some(rest) => format!("witness-q7.{rest}"),
+        None => host.to_string(),
+    };
+    let path = match PathShape::of(rule.path.as_deref()) {
+        PathShape::All => "/witness-q7".to_string(),
+        PathShape::Exact(p) => p,
+        // Under the prefix, so that a rule for the prefix itself does not
+        // count as hiding it.
+        PathShape::Prefix(p) => format!("{p}/witness-q7"),
+        PathShape::Unknown => return None,
+    };
+    Some((host, path))
+}
+
+fn rule_matches(rule: &IngressRule, host: &str, path: &str) -> bool {
+    let host_ok = rule
+        .hostname
+        .as_deref()
+        .is_none_or(|h| host_matches(h, host));
+    let path_ok = match PathShape::of(rule.path.as_deref()) {
+        PathShape::All => true,
+        PathShape::Exact(p) => path == p,
+        PathShape::Prefix(p) => PathShape::Prefix(p).covers(&PathShape::Exact(path.into())),
+        PathShape::Unknown => false,
+    };
+    host_ok && path_ok
+}
+
+#[test]
+fn every_mapping_passes_the_hosts_check_and_reaches_every_rule() {
+    let mut rng = SplitMix64(20);
+    let mut seen = BTreeSet::new();
+    for _ in 0..3000 {
+        let request = random_request(&mut rng);
+        for config in [
+            Config::default(),
+            Config {
+                withhold_unready: false,
+            },
+        ] {
+            let mapping = map(&request, &config);
+            if let Err(why) = check_mapping(&request, &mapping) {
+                panic!("{why}\n{request:#?}\n{mapping:#?}");
+            }
+            // Every published rule with a literal path is reached by a
+            // request of its own, under cloudflared's first-match.
+            for (n, rule) in mapping.rules.iter().enumerate() {
+                let Some((host, path)) = witness(rule) else {
+                    continue;
+                };
+                let first = mapping
+                    .rules
+                    .iter()
+                    .position(|r| rule_matches(r, &host, &path));
+                assert_eq!(first, Some(n), "{host}{path} in {:#?}", mapping.rules);
+            }
+            // The input order does not change any decision.
+            let mut reversed = request.clone();
+            reversed.sources.reverse();
+            let mut again = map(&reversed, &config);
+            again.sources.reverse();
+            assert_eq!(again, mapping);
+            for status in &mapping.sources {
+                seen.insert(status.verdict.name());
+            }
+        }
+    }
+    // The generator reaches every verdict.
+    assert_eq!(seen.len(), 5, "{seen:?}");
+}
+
+#[test]
+fn generated_lies_are_all_refused() {
+    let mut rng = SplitMix64(7);
+    let mut refused = 0;
+    for _ in 0..2000 {
+        let request = random_request(&mut rng);
+        let honest = map(&request, &Config::default());
+        let published = honest.rules.len() - 1;
+        // Drop the fallback.
+        let mut lie = honest.clone();
+        lie.rules.pop();
+        assert!(check_mapping(&request, &lie).is_err());
+        // A rule for each refused source's routes.
+        for (source, status) in request.sources.iter().zip(&honest.sources) {
+            if !status.verdict.is_refused() {
+                continue;
+            }
+            for route in &source.routes {
+                let rule = route_rule(route, &source.namespace, &request.cluster_domain);
+                // Skip what a source not refused may publish too.
+                let publishable = request.sources.iter().zip(&honest.sources).any(|(s, st)| {
+                    !st.verdict.is_refused()
+                        && s.routes.iter().any(|r| {
+                            !matches!(r.backend.state, BackendState::Missing(_))
+                                && route_rule(r, &s.namespace, &request.cluster_domain) == rule
+                        })
+                });
+                if publishable {
+                    continue;
+                }
+                let mut lie = honest.clone();
+                lie.rules.insert(0, rule);
+                assert!(check_mapping(&request, &lie).is_err(), "{lie:#?}");
+                refused += 1;
+            }
+        }
+        // Move the catch-all of a host in front of that host's other rules.
+        if published >= 2 {
+            let mut lie = honest.clone();
+            if let Some(n) = (1..published).find(|&n| {
+                lie.rules[n].path.is_none() && lie.rules[n - 1].hostname == lie.rules[n].hostname
+            }) {
+                lie.rules.swap(n - 1, n);
+                assert!(check_mapping(&request, &lie).is_err());
+            }
+        }
+        // A DNS name outside the domain.
+        let mut lie = honest;
+        lie.dns.push("a.example.net".into());
+        assert!(check_mapping(&request, &lie).is_err());
+    }
+    assert!(refused > 100, "{refused}");
+}
