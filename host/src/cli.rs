@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the controller (kubeconfig from $KUBECONFIG or in-cluster).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print every CRD knit serves, as YAML.
     Crds {
         /// Write one file per CRD into this directory instead (as in `crds/`).
@@ -74,11 +74,13 @@ pub struct RunArgs {
         long,
         env = "KNIT_DOMAINS",
         value_delimiter = ',',
-        default_value = "ipam,tke-clb"
+        default_value = "ipam,tke-clb,cloudflare"
     )]
     pub domains: Vec<Domain>,
     #[command(flatten)]
     pub tke: TkeArgs,
+    #[command(flatten)]
+    pub cloudflare: CloudflareArgs,
 }
 
 /// A domain knit can run the controllers of.
@@ -88,6 +90,45 @@ pub enum Domain {
     Ipam,
     /// `DedicatedCLBService` and `DedicatedCLBListener`.
     TkeClb,
+    /// `Tunnel`, `ClusterTunnel` and the Ingresses and HTTPRoutes bound to
+    /// them.
+    Cloudflare,
+}
+
+/// How the Cloudflare domain reaches Cloudflare and runs cloudflared.
+#[derive(clap::Args)]
+pub struct CloudflareArgs {
+    /// The Cloudflare API's base URL.
+    #[arg(long, env = "KNIT_CLOUDFLARE_ENDPOINT", default_value = crate::providers::cloudflare::API_BASE)]
+    pub cloudflare_endpoint: String,
+    /// This cluster's identity in the ownership marks of the DNS records
+    /// knit makes; the `kube-system` namespace's UID when unset. Two
+    /// clusters sharing a zone must differ.
+    #[arg(long, env = "KNIT_CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+    /// The cloudflared image of tunnel Deployments.
+    #[arg(long, env = "KNIT_CLOUDFLARED_IMAGE", default_value = crate::domains::cloudflare::types::DEFAULT_CLOUDFLARED_IMAGE)]
+    pub cloudflared_image: String,
+    /// Seconds between checks of each tunnel against Cloudflare when nothing
+    /// changed (what repairs changes made outside knit).
+    #[arg(long, env = "KNIT_CLOUDFLARE_RESYNC_SECONDS", default_value_t = 600)]
+    pub cloudflare_resync_seconds: u64,
+}
+
+impl CloudflareArgs {
+    pub fn settings(
+        &self,
+        namespace: &str,
+        cluster_id: String,
+    ) -> crate::domains::cloudflare::account::CloudflareSettings {
+        crate::domains::cloudflare::account::CloudflareSettings {
+            endpoint: self.cloudflare_endpoint.clone(),
+            cluster_id,
+            namespace: namespace.to_owned(),
+            cloudflared_image: self.cloudflared_image.clone(),
+            resync: std::time::Duration::from_secs(self.cloudflare_resync_seconds),
+        }
+    }
 }
 
 /// How the TKE CLB domain reaches Tencent Cloud.

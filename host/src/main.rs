@@ -11,7 +11,7 @@ fn main() -> anyhow::Result<()> {
     knit::telemetry::init_logging(&cli.log_format);
     let metrics = Arc::new(RuntimeMetrics::default());
     match cli.command {
-        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(args, metrics)),
+        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(*args, metrics)),
         Command::Crds { output_dir } => {
             for (file, crd) in knit::crds::all() {
                 match &output_dir {
@@ -137,11 +137,17 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
     } else {
         (tokio::sync::watch::channel(true).1, None)
     };
+    let cluster_id = if args.domains.contains(&cli::Domain::Cloudflare) {
+        cluster_id(&client, args.cloudflare.cluster_id.clone()).await?
+    } else {
+        String::new()
+    };
     let domains = Domains {
         enabled: args.domains,
         ipam_metrics,
         reconciles,
         tke: args.tke.settings(&args.namespace),
+        cloudflare: args.cloudflare.settings(&args.namespace, cluster_id),
     };
     let mut controllers = tokio::spawn(run_controllers(
         client,
@@ -172,11 +178,28 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
 }
 
 /// The domains to run and what each needs beyond a client and plugins.
+/// `--cluster-id`, else the `kube-system` namespace's UID: stable for the
+/// cluster's life and different in every cluster.
+async fn cluster_id(client: &kube::Client, flag: Option<String>) -> anyhow::Result<String> {
+    if let Some(id) = flag {
+        return Ok(id);
+    }
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(client.clone());
+    namespaces
+        .get("kube-system")
+        .await
+        .ok()
+        .and_then(|ns| ns.metadata.uid)
+        .context("reading the kube-system namespace's UID for the cluster's identity; set --cluster-id instead")
+}
+
 struct Domains {
     enabled: Vec<cli::Domain>,
     ipam_metrics: Arc<knit::domains::ipam::metrics::IpamMetrics>,
     reconciles: Arc<knit::telemetry::ReconcileMetrics>,
     tke: knit::domains::tke_clb::cloud::TkeSettings,
+    cloudflare: knit::domains::cloudflare::account::CloudflareSettings,
 }
 
 /// Waits for leadership, then runs the controllers until `stop` (they finish
@@ -203,6 +226,7 @@ async fn run_controllers(
             ipam_metrics,
             reconciles,
             tke,
+            cloudflare,
         } = domains;
         tracing::info!(domains = ?enabled, "leading: starting controllers");
         let ipam = async {
@@ -229,6 +253,18 @@ async fn run_controllers(
                 .await;
             }
         };
+        let cloudflare = async {
+            if enabled.contains(&cli::Domain::Cloudflare) {
+                knit::domains::cloudflare::run(
+                    client.clone(),
+                    registry.clone(),
+                    cloudflare,
+                    reconciles.clone(),
+                    stop.clone(),
+                )
+                .await;
+            }
+        };
         let lease_lost = async {
             let lost = leading.wait_for(|leading| !*leading).await.is_ok();
             // No election (`--leader-elect=false`), or it ended: only `stop`
@@ -239,7 +275,7 @@ async fn run_controllers(
         };
         tokio::select! {
             // With no domain enabled, knit still serves plugins until stopped.
-            _ = async { tokio::join!(ipam, tke); stop.clone().await } => Ok(()),
+            _ = async { tokio::join!(ipam, tke, cloudflare); stop.clone().await } => Ok(()),
             _ = lease_lost => {
                 Err(anyhow::anyhow!("lost the lease; exiting so that only the new leader acts"))
             }

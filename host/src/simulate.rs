@@ -9,6 +9,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use crate::domains::cloudflare::plan as tunnel_plan;
+use crate::domains::cloudflare::sources::{self as tunnel_sources, Backends, TunnelKey};
+use crate::domains::cloudflare::types::{
+    ClusterTunnel, GROUP as CLOUDFLARE_GROUP, Tunnel, TunnelSpec,
+};
 use crate::domains::ipam::plan::{overlapping_pool, plan_pool};
 use crate::domains::ipam::types::{ADDRESS_ANNOTATION, IPAllocation, IPPool};
 use crate::domains::tke_clb::lb_queue::LbView;
@@ -28,6 +33,11 @@ pub struct Manifests {
     pub pods: Vec<Pod>,
     pub clb_services: Vec<DedicatedCLBService>,
     pub clb_listeners: Vec<DedicatedCLBListener>,
+    pub tunnels: Vec<Tunnel>,
+    pub cluster_tunnels: Vec<ClusterTunnel>,
+    pub ingresses: Vec<k8s_openapi::api::networking::v1::Ingress>,
+    pub http_routes: Vec<crate::domains::cloudflare::sources::HttpRoute>,
+    pub services: Vec<k8s_openapi::api::core::v1::Service>,
     pub ignored: Vec<String>,
 }
 
@@ -73,6 +83,19 @@ impl Manifests {
             (version, "DedicatedCLBListener") if is_clb(version) => {
                 self.clb_listeners.push(serde_json::from_value(value)?)
             }
+            (version, "Tunnel") if version == format!("{CLOUDFLARE_GROUP}/v1alpha2") => {
+                self.tunnels.push(serde_json::from_value(value)?)
+            }
+            (version, "ClusterTunnel") if version == format!("{CLOUDFLARE_GROUP}/v1alpha2") => {
+                self.cluster_tunnels.push(serde_json::from_value(value)?)
+            }
+            ("networking.k8s.io/v1", "Ingress") => {
+                self.ingresses.push(serde_json::from_value(value)?)
+            }
+            ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
+                self.http_routes.push(serde_json::from_value(value)?)
+            }
+            ("v1", "Service") => self.services.push(serde_json::from_value(value)?),
             _ => self.ignored.push(format!(
                 "{api_version} {kind} {}",
                 value["metadata"]["name"].as_str().unwrap_or("<unnamed>")
@@ -161,6 +184,140 @@ pub fn simulate(manifests: &Manifests, registry: &Registry, seed: u64) -> Vec<(S
     for service in &manifests.clb_services {
         out.extend(simulate_clb(service, manifests, registry, seed, &now));
     }
+    for tunnel in &manifests.tunnels {
+        let key = TunnelKey::Namespaced {
+            namespace: tunnel.namespace().unwrap_or_else(|| "default".into()),
+            name: tunnel.name_any(),
+        };
+        out.extend(simulate_tunnel(
+            &key,
+            &tunnel.spec,
+            tunnel.annotations(),
+            manifests,
+            registry,
+        ));
+    }
+    for tunnel in &manifests.cluster_tunnels {
+        let key = TunnelKey::Cluster {
+            name: tunnel.name_any(),
+        };
+        let spec: TunnelSpec = tunnel.spec.clone().into();
+        out.extend(simulate_tunnel(
+            &key,
+            &spec,
+            tunnel.annotations(),
+            manifests,
+            registry,
+        ));
+    }
+    out
+}
+
+/// A tunnel planned over the Ingresses and HTTPRoutes of the input: the
+/// cloudflared configuration it would put, the DNS records it would make,
+/// and each source's verdict. Backends are taken as ready (no endpoints are
+/// known offline); a Service the input lacks is taken to exist.
+fn simulate_tunnel(
+    key: &TunnelKey,
+    spec: &TunnelSpec,
+    annotations: &std::collections::BTreeMap<String, String>,
+    manifests: &Manifests,
+    registry: &Registry,
+) -> Vec<(String, Value)> {
+    use crate::domains::cloudflare::tunnel_controller::{
+        DEFAULT_MAPPER, MAPPER_ANNOTATION, plugin_config,
+    };
+    let exists = |k: &TunnelKey| match k {
+        TunnelKey::Namespaced { namespace, name } => manifests
+            .tunnels
+            .iter()
+            .any(|t| t.namespace().as_deref() == Some(namespace) && &t.name_any() == name),
+        TunnelKey::Cluster { .. } => false,
+    };
+    let service = |namespace: &str, name: &str| {
+        manifests
+            .services
+            .iter()
+            .find(|s| s.namespace().as_deref() == Some(namespace) && s.name_any() == name)
+            .cloned()
+            .map(std::sync::Arc::new)
+    };
+    let ready = manifests
+        .services
+        .iter()
+        .map(|s| (s.namespace().unwrap_or_default(), s.name_any()))
+        .collect();
+    let backends = Backends {
+        service: &service,
+        ready: &ready,
+        assume_missing_ready: true,
+    };
+    let bound = tunnel_sources::bind(
+        key,
+        manifests.ingresses.iter(),
+        manifests.http_routes.iter(),
+        &exists,
+        &backends,
+    );
+    let request = tunnel_plan::mapper_request(key, spec, &bound);
+    let plugin_name = annotations
+        .get(MAPPER_ANNOTATION)
+        .map(String::as_str)
+        .unwrap_or(DEFAULT_MAPPER);
+    let mapping = registry
+        .get_world(plugin_name, World::TunnelMapper)
+        .map_err(|e| e.to_string())
+        .and_then(|plugin| {
+            plugin
+                .map_tunnel(&request, &plugin_config(annotations))
+                .map_err(|e| e.to_string())?
+        });
+    let mapping = match mapping {
+        Ok(mapping) => mapping,
+        Err(why) => {
+            tracing::warn!(tunnel = %key, "not planned: {why}");
+            return Vec::new();
+        }
+    };
+    let tunnel_name = spec
+        .new_tunnel
+        .as_ref()
+        .map(|t| t.name.clone())
+        .or_else(|| {
+            spec.existing_tunnel
+                .as_ref()
+                .and_then(|t| t.name.clone().or(t.id.clone()))
+        })
+        .unwrap_or_default();
+    let target = format!("<id of tunnel {tunnel_name}>.cfargotunnel.com");
+    let config = tunnel_plan::tunnel_config(spec, &mapping);
+    let mut out = vec![(
+        format!("cloudflare: configuration of {key} (tunnel {tunnel_name})"),
+        json!({ "config": config }),
+    )];
+    out.push((
+        format!("cloudflare: DNS records in {}", spec.cloudflare.domain.clone().unwrap_or_default()),
+        Value::Array(
+            mapping
+                .dns
+                .iter()
+                .map(|name| json!({"name": name, "type": "CNAME", "content": target, "proxied": true}))
+                .collect(),
+        ),
+    ));
+    let verdicts = tunnel_plan::verdicts(&bound, &mapping);
+    out.push((
+        format!("sources of {key}"),
+        Value::Array(
+            bound
+                .iter()
+                .map(|b| {
+                    let (accepted, reason, message) = tunnel_plan::verdict_reason(&verdicts[&b.reference]);
+                    json!({"source": b.reference.to_string(), "accepted": accepted, "reason": reason, "message": message})
+                })
+                .collect(),
+        ),
+    ));
     out
 }
 

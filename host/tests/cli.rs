@@ -115,6 +115,38 @@ fn simulate_plans_the_seed_clb_service_over_three_pods() {
 }
 
 #[test]
+fn simulate_maps_the_seed_ingresses_and_http_route_to_tunnel_rules() {
+    let output = stdout(&knit(&["simulate", "-f", "examples/cloudflare"]));
+    let documents: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&output)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let configs: Vec<&serde_json::Value> = documents
+        .iter()
+        .filter_map(|d| d["config"]["ingress"].as_array().map(|_| &d["config"]))
+        .collect();
+    // One configuration per ClusterTunnel of the seed (five), each ending
+    // in the fallback.
+    assert_eq!(configs.len(), 5);
+    let mut hosts = Vec::new();
+    for config in &configs {
+        let rules = config["ingress"].as_array().unwrap();
+        assert_eq!(rules.last().unwrap()["service"], "http_status:404");
+        hosts.extend(rules.iter().filter_map(|r| r["hostname"].as_str()));
+    }
+    hosts.sort();
+    assert_eq!(hosts, ["api.example.com", "app1.example.com", "app2.example.com"]);
+    assert!(output.contains("service: http://api-service.api-namespace.svc.cluster.local:8080"));
+    let sources: Vec<&serde_json::Value> = documents
+        .iter()
+        .filter_map(|d| d.as_array())
+        .flatten()
+        .filter(|s| s.get("source").is_some())
+        .collect();
+    assert_eq!(sources.len(), 3);
+    assert!(sources.iter().all(|s| s["accepted"] == true), "{sources:?}");
+}
+
+#[test]
 fn simulate_reports_an_unknown_strategy_in_the_pool_status() {
     let dir = tempfile::tempdir().unwrap();
     let manifest = dir.path().join("pool.yaml");

@@ -91,7 +91,15 @@ async fn run(task_delay: Duration) -> Outcome {
         listener_quota: 1000,
         resync: TkeSettings::DEFAULT_RESYNC,
     };
-    let knit = Knit::start(settings);
+    let knit = Knit::start(move |client, registry| {
+        knit::domains::tke_clb::run(
+            client,
+            registry,
+            settings,
+            Default::default(),
+            std::future::pending(),
+        )
+    });
 
     let calls_before = fake.calls_by_action();
     let started = Instant::now();

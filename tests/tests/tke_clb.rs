@@ -100,7 +100,16 @@ impl World {
     }
 
     fn knit(&self) -> Knit {
-        Knit::start(self.settings())
+        let settings = self.settings();
+        Knit::start(move |client, registry| {
+            knit::domains::tke_clb::run(
+                client,
+                registry,
+                settings,
+                Default::default(),
+                std::future::pending(),
+            )
+        })
     }
 
     async fn create_service(&self, name: &str, spec: serde_json::Value) {

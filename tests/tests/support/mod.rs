@@ -1,16 +1,25 @@
-//! Support shared by the TKE CLB tests and the `clb_scale` bench.
+//! Support shared by the end-to-end tests and benches that run knit's
+//! controllers in-process.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use knit::domains::tke_clb::cloud::TkeSettings;
+use knit::runtime::Registry;
 
-/// A knit running the TKE controllers on its own runtime.
+/// knit's controllers on a runtime of their own: dropping it stops all of
+/// them at once, as a crash would.
 pub struct Knit {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Knit {
-    pub fn start(settings: TkeSettings) -> Knit {
+    /// Runs `controllers` with a cluster-admin client and the built-in
+    /// plugins.
+    pub fn start<F, Fut>(controllers: F) -> Knit
+    where
+        F: FnOnce(kube::Client, Arc<Registry>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let registry = knit::cli::builtin_registry(None, Arc::default()).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -19,14 +28,7 @@ impl Knit {
             .unwrap();
         runtime.spawn(async move {
             let client = knit_tests::admin_client().await;
-            knit::domains::tke_clb::run(
-                client,
-                registry,
-                settings,
-                Arc::default(),
-                std::future::pending(),
-            )
-            .await;
+            controllers(client, registry).await;
         });
         Knit {
             runtime: Some(runtime),

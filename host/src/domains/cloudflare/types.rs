@@ -13,8 +13,6 @@ use serde::{Deserialize, Serialize};
 
 pub const GROUP: &str = "networking.cloudflare-operator.io";
 pub const VERSION: &str = "v1alpha2";
-/// The key of the API token in a credentials Secret, as in the seed.
-pub const TOKEN_KEY: &str = "CLOUDFLARE_API_TOKEN";
 pub const DEFAULT_FALLBACK_TARGET: &str = "http_status:404";
 pub const DEFAULT_CLOUDFLARED_IMAGE: &str = "cloudflare/cloudflared:latest";
 

@@ -18,11 +18,11 @@ pub struct ApiToken(String);
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     #[error("Secret {secret} has no data key {key:?}")]
-    MissingKey { secret: String, key: &'static str },
+    MissingKey { secret: String, key: String },
     #[error("Secret {secret}: data key {key:?} is empty")]
-    Empty { secret: String, key: &'static str },
+    Empty { secret: String, key: String },
     #[error("Secret {secret}: data key {key:?} is not UTF-8")]
-    NotUtf8 { secret: String, key: &'static str },
+    NotUtf8 { secret: String, key: String },
 }
 
 impl ApiToken {
@@ -39,7 +39,7 @@ impl ApiToken {
 
     /// Like `from_secret`, for a Secret that keeps the token under another
     /// key.
-    pub fn from_secret_key(secret: &Secret, key: &'static str) -> Result<Self, TokenError> {
+    pub fn from_secret_key(secret: &Secret, key: &str) -> Result<Self, TokenError> {
         let name = match secret.namespace() {
             Some(namespace) => format!("{namespace}/{}", secret.name_any()),
             None => secret.name_any(),
@@ -58,21 +58,31 @@ impl ApiToken {
             })
             .ok_or_else(|| TokenError::MissingKey {
                 secret: name.clone(),
-                key,
+                key: key.to_owned(),
             })?;
         let text = std::str::from_utf8(bytes).map_err(|_| TokenError::NotUtf8 {
             secret: name.clone(),
-            key,
+            key: key.to_owned(),
         })?;
         let text = text.trim();
         if text.is_empty() {
-            return Err(TokenError::Empty { secret: name, key });
+            return Err(TokenError::Empty {
+                secret: name,
+                key: key.to_owned(),
+            });
         }
         Ok(ApiToken(text.to_owned()))
     }
 
     pub(super) fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// A SHA-256 of the token: tells tokens apart (one client per token)
+    /// without keeping a copy of one.
+    pub fn digest(&self) -> [u8; 32] {
+        use sha2::Digest;
+        sha2::Sha256::digest(self.0.as_bytes()).into()
     }
 }
 

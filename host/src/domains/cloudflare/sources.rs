@@ -1,0 +1,753 @@
+//! Route sources — Ingresses and Gateway API HTTPRoutes — as the mapper sees
+//! them: which tunnel each binds to, and its hosts, paths and backends with
+//! their readiness. Pure: the controller passes what its caches hold.
+
+use std::collections::HashSet;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
+use std::borrow::Cow;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use serde::Deserialize;
+
+use knit_tunnel_core::{Backend, BackendState, PathMatch, Route, Scheme, Source, SourceKind};
+
+/// Names the tunnel a source binds to: `name` (a `Tunnel` of the source's
+/// namespace, else the `ClusterTunnel`) or `namespace/name` (a `Tunnel`).
+pub const TUNNEL_ANNOTATION: &str = "cf-operator.io/tunnel";
+/// The `ingressClassName` knit serves.
+pub const INGRESS_CLASS: &str = "cloudflare-tunnel";
+/// The old cloudflare-warp ingress controller's class annotation, still
+/// honoured.
+pub const LEGACY_CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
+pub const LEGACY_CLASS: &str = "cloudflare-warp";
+
+/// A `Tunnel` or a `ClusterTunnel`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TunnelKey {
+    Namespaced { namespace: String, name: String },
+    Cluster { name: String },
+}
+
+impl TunnelKey {
+    pub fn name(&self) -> &str {
+        match self {
+            TunnelKey::Namespaced { name, .. } | TunnelKey::Cluster { name } => name,
+        }
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            TunnelKey::Namespaced { namespace, .. } => Some(namespace),
+            TunnelKey::Cluster { .. } => None,
+        }
+    }
+}
+
+impl std::fmt::Display for TunnelKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TunnelKey::Namespaced { namespace, name } => write!(f, "Tunnel {namespace}/{name}"),
+            TunnelKey::Cluster { name } => write!(f, "ClusterTunnel {name}"),
+        }
+    }
+}
+
+/// Which tunnel `annotation` (on an object in `namespace`) names, given
+/// which tunnels exist: `ns/name` is always that `Tunnel`; a bare name is the
+/// `Tunnel` of the object's namespace when there is one, else the
+/// `ClusterTunnel`.
+pub fn resolve_tunnel(
+    annotation: &str,
+    namespace: &str,
+    tunnel_exists: impl Fn(&TunnelKey) -> bool,
+) -> TunnelKey {
+    if let Some((namespace, name)) = annotation.split_once('/') {
+        return TunnelKey::Namespaced {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+    }
+    let local = TunnelKey::Namespaced {
+        namespace: namespace.into(),
+        name: annotation.into(),
+    };
+    if tunnel_exists(&local) {
+        local
+    } else {
+        TunnelKey::Cluster {
+            name: annotation.into(),
+        }
+    }
+}
+
+/// The tunnel an Ingress asks for, when it is of knit's class.
+pub fn ingress_tunnel(ingress: &Ingress) -> Option<&str> {
+    let class = ingress
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.as_deref());
+    let legacy = ingress
+        .annotations()
+        .get(LEGACY_CLASS_ANNOTATION)
+        .map(String::as_str);
+    if class == Some(INGRESS_CLASS) || legacy == Some(LEGACY_CLASS) {
+        ingress
+            .annotations()
+            .get(TUNNEL_ANNOTATION)
+            .map(|s| s.as_str())
+    } else {
+        None
+    }
+}
+
+/// The tunnel an HTTPRoute asks for.
+pub fn route_tunnel(route: &HttpRoute) -> Option<&str> {
+    route
+        .annotations()
+        .get(TUNNEL_ANNOTATION)
+        .map(|s| s.as_str())
+}
+
+/// A Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`), its spec and
+/// status kept as JSON: knit reads the few fields cloudflared can serve and
+/// writes its own `status.parents` entries, and does not depend on a
+/// Gateway API crate for that.
+#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
+pub struct HttpRoute {
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<serde_json::Value>,
+}
+
+impl Resource for HttpRoute {
+    type DynamicType = ();
+    type Scope = k8s_openapi::NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "HTTPRoute".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "gateway.networking.k8s.io".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "httproutes".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// Which object a source is.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourceRef {
+    pub kind: SourceKindKey,
+    pub namespace: String,
+    pub name: String,
+}
+
+/// `SourceKind` as a map key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceKindKey {
+    Ingress,
+    HttpRoute,
+}
+
+impl From<SourceKindKey> for SourceKind {
+    fn from(kind: SourceKindKey) -> SourceKind {
+        match kind {
+            SourceKindKey::Ingress => SourceKind::Ingress,
+            SourceKindKey::HttpRoute => SourceKind::HttpRoute,
+        }
+    }
+}
+
+impl std::fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self.kind {
+            SourceKindKey::Ingress => "Ingress",
+            SourceKindKey::HttpRoute => "HTTPRoute",
+        };
+        write!(f, "{kind} {}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the caches say about backends: Services by namespace and name, and
+/// which Services have a ready endpoint.
+pub struct Backends<'a> {
+    pub service: &'a dyn Fn(&str, &str) -> Option<std::sync::Arc<Service>>,
+    pub ready: &'a HashSet<(String, String)>,
+    /// `knit simulate`: a Service the input lacks is taken to exist, with
+    /// the port asked for and ready endpoints.
+    pub assume_missing_ready: bool,
+}
+
+/// `(namespace, service)` of every Service with at least one ready endpoint
+/// (an endpoint whose `ready` is unset counts as ready, as the API says).
+pub fn ready_services<'a>(
+    slices: impl IntoIterator<Item = &'a EndpointSlice>,
+) -> HashSet<(String, String)> {
+    slices
+        .into_iter()
+        .filter(|slice| {
+            slice
+                .endpoints
+                .iter()
+                .flatten()
+                .any(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        })
+        .filter_map(|slice| {
+            let service = slice.labels().get("kubernetes.io/service-name")?;
+            Some((slice.namespace()?, service.clone()))
+        })
+        .collect()
+}
+
+/// A port of a Service, by number or by name.
+enum PortRef<'a> {
+    Number(i32),
+    Name(&'a str),
+}
+
+fn backend(namespace: &str, service_name: &str, port: PortRef<'_>, backends: &Backends) -> Backend {
+    let missing = |port: u16, why: String| Backend {
+        service: service_name.into(),
+        port,
+        scheme: Scheme::Http,
+        state: BackendState::Missing(why),
+    };
+    let requested = match port {
+        PortRef::Number(n) => u16::try_from(n).unwrap_or(0),
+        PortRef::Name(_) => 0,
+    };
+    let Some(service) = (backends.service)(namespace, service_name) else {
+        if backends.assume_missing_ready && requested != 0 {
+            return Backend {
+                service: service_name.into(),
+                port: requested,
+                scheme: Scheme::Http,
+                state: BackendState::Ready,
+            };
+        }
+        return missing(
+            requested,
+            format!("service {namespace}/{service_name} not found"),
+        );
+    };
+    let spec = service.spec.clone().unwrap_or_default();
+    let found = spec.ports.iter().flatten().find(|p| match port {
+        PortRef::Number(n) => p.port == n,
+        PortRef::Name(name) => p.name.as_deref() == Some(name),
+    });
+    let Some(found) = found else {
+        let wanted = match port {
+            PortRef::Number(n) => n.to_string(),
+            PortRef::Name(name) => format!("named {name}"),
+        };
+        return missing(
+            requested,
+            format!("service {namespace}/{service_name} has no port {wanted}"),
+        );
+    };
+    let https =
+        found.app_protocol.as_deref() == Some("https") || found.name.as_deref() == Some("https");
+    // An ExternalName service has no endpoints: cloudflared resolves it.
+    let external = spec.type_.as_deref() == Some("ExternalName");
+    Backend {
+        service: service_name.into(),
+        port: u16::try_from(found.port).unwrap_or(0),
+        scheme: if https { Scheme::Https } else { Scheme::Http },
+        state: if external
+            || backends
+                .ready
+                .contains(&(namespace.to_owned(), service_name.to_owned()))
+        {
+            BackendState::Ready
+        } else {
+            BackendState::NoReadyEndpoints
+        },
+    }
+}
+
+fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
+    meta.creation_timestamp
+        .as_ref()
+        .map(|t| t.0.as_second())
+        .unwrap_or(i64::MAX)
+}
+
+/// An Ingress as a source; an `Err` says why knit cannot serve it as
+/// written (the whole Ingress is refused, never half-applied).
+pub fn ingress_source(ingress: &Ingress, backends: &Backends) -> Result<Source, String> {
+    let namespace = ingress.namespace().unwrap_or_default();
+    let spec = ingress.spec.clone().unwrap_or_default();
+    if spec.default_backend.is_some() {
+        return Err(
+            "defaultBackend is not supported: the tunnel's fallbackTarget answers requests no rule matches"
+                .into(),
+        );
+    }
+    let mut routes = Vec::new();
+    for rule in spec.rules.iter().flatten() {
+        let host = rule.host.clone().unwrap_or_default();
+        let Some(http) = &rule.http else {
+            return Err(format!("the rule for host {host:?} has no http paths"));
+        };
+        for path in &http.paths {
+            let Some(service) = &path.backend.service else {
+                return Err(format!(
+                    "host {host:?}: resource backends are not supported, only services"
+                ));
+            };
+            let port = match service.port.as_ref() {
+                Some(p) if p.number.is_some() => PortRef::Number(p.number.unwrap_or_default()),
+                Some(p) if p.name.is_some() => PortRef::Name(p.name.as_deref().unwrap_or_default()),
+                _ => {
+                    return Err(format!(
+                        "host {host:?}: service {} has no port",
+                        service.name
+                    ));
+                }
+            };
+            let matching = match path.path_type.as_str() {
+                "Exact" => PathMatch::Exact,
+                _ => PathMatch::Prefix,
+            };
+            routes.push(Route {
+                host: host.clone(),
+                path: Some((matching, path.path.clone().unwrap_or_else(|| "/".into()))),
+                backend: backend(&namespace, &service.name, port, backends),
+            });
+        }
+    }
+    Ok(Source {
+        kind: SourceKind::Ingress,
+        namespace,
+        name: ingress.name_any(),
+        created: created(&ingress.metadata),
+        routes,
+    })
+}
+
+/// A source bound to a tunnel: what the mapper gets, or why the host
+/// refused it before asking.
+pub struct Bound {
+    pub reference: SourceRef,
+    pub uid: Option<String>,
+    pub generation: Option<i64>,
+    pub source: Result<Source, String>,
+    /// Its backend Services (a change of one wakes the tunnel).
+    pub services: Vec<String>,
+}
+
+/// Every Ingress and HTTPRoute that names the tunnel `key`, in a stable
+/// order, with its backends resolved.
+pub fn bind<'a>(
+    key: &TunnelKey,
+    ingresses: impl Iterator<Item = &'a Ingress>,
+    routes: impl Iterator<Item = &'a HttpRoute>,
+    tunnel_exists: &dyn Fn(&TunnelKey) -> bool,
+    backends: &Backends,
+) -> Vec<Bound> {
+    let mut bound = Vec::new();
+    for ingress in ingresses {
+        let namespace = ingress.namespace().unwrap_or_default();
+        let Some(name) = ingress_tunnel(ingress) else {
+            continue;
+        };
+        if &resolve_tunnel(name, &namespace, tunnel_exists) != key {
+            continue;
+        }
+        let source = ingress_source(ingress, backends);
+        bound.push(Bound {
+            reference: SourceRef {
+                kind: SourceKindKey::Ingress,
+                namespace,
+                name: ingress.name_any(),
+            },
+            uid: ingress.uid(),
+            generation: ingress.metadata.generation,
+            services: backend_services(&source),
+            source,
+        });
+    }
+    for route in routes {
+        let namespace = route.namespace().unwrap_or_default();
+        let Some(name) = route_tunnel(route) else {
+            continue;
+        };
+        if &resolve_tunnel(name, &namespace, tunnel_exists) != key {
+            continue;
+        }
+        let source = http_route_source(route, backends);
+        bound.push(Bound {
+            reference: SourceRef {
+                kind: SourceKindKey::HttpRoute,
+                namespace,
+                name: route.name_any(),
+            },
+            uid: route.uid(),
+            generation: route.metadata.generation,
+            services: backend_services(&source),
+            source,
+        });
+    }
+    bound.sort_by(|a, b| a.reference.cmp(&b.reference));
+    bound
+}
+
+fn backend_services(source: &Result<Source, String>) -> Vec<String> {
+    let mut services: Vec<String> = source
+        .iter()
+        .flat_map(|s| s.routes.iter().map(|r| r.backend.service.clone()))
+        .collect();
+    services.sort();
+    services.dedup();
+    services
+}
+
+/// The parts of an HTTPRoute's spec knit reads; anything cloudflared cannot
+/// express (header, query or method matches, filters, weighted or
+/// cross-namespace backends) refuses the route with a message.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct HttpRouteSpec {
+    #[serde(default)]
+    hostnames: Vec<String>,
+    #[serde(default)]
+    rules: Vec<HttpRouteRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpRouteRule {
+    #[serde(default)]
+    matches: Vec<HttpRouteMatch>,
+    #[serde(default)]
+    backend_refs: Vec<BackendRef>,
+    #[serde(default)]
+    filters: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpRouteMatch {
+    path: Option<HttpPathMatch>,
+    #[serde(default)]
+    headers: Vec<serde_json::Value>,
+    #[serde(default)]
+    query_params: Vec<serde_json::Value>,
+    method: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HttpPathMatch {
+    #[serde(rename = "type", default = "path_prefix")]
+    type_: String,
+    #[serde(default = "root")]
+    value: String,
+}
+
+fn path_prefix() -> String {
+    "PathPrefix".into()
+}
+
+fn root() -> String {
+    "/".into()
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BackendRef {
+    name: String,
+    namespace: Option<String>,
+    port: Option<i32>,
+    kind: Option<String>,
+    group: Option<String>,
+}
+
+/// An HTTPRoute as a source; an `Err` says why knit cannot serve it.
+pub fn http_route_source(route: &HttpRoute, backends: &Backends) -> Result<Source, String> {
+    let namespace = route.namespace().unwrap_or_default();
+    let spec: HttpRouteSpec = match &route.spec {
+        serde_json::Value::Null => HttpRouteSpec::default(),
+        spec => serde_json::from_value(spec.clone()).map_err(|e| format!("spec: {e}"))?,
+    };
+    if spec.hostnames.is_empty() {
+        return Err("an HTTPRoute served by a tunnel needs hostnames".into());
+    }
+    let mut routes = Vec::new();
+    for (index, rule) in spec.rules.iter().enumerate() {
+        if !rule.filters.is_empty() {
+            return Err(format!(
+                "rules[{index}]: filters are not supported by cloudflared"
+            ));
+        }
+        let [reference] = rule.backend_refs.as_slice() else {
+            return Err(format!(
+                "rules[{index}]: cloudflared sends a rule to one service; {} backendRefs given",
+                rule.backend_refs.len()
+            ));
+        };
+        let is_service = reference.kind.as_deref().unwrap_or("Service") == "Service"
+            && reference.group.as_deref().unwrap_or("").is_empty();
+        if !is_service {
+            return Err(format!(
+                "rules[{index}]: only Service backends are supported"
+            ));
+        }
+        if reference
+            .namespace
+            .as_deref()
+            .is_some_and(|ns| ns != namespace)
+        {
+            return Err(format!(
+                "rules[{index}]: backendRefs in another namespace are not supported"
+            ));
+        }
+        let Some(port) = reference.port else {
+            return Err(format!("rules[{index}]: backendRefs[0] needs a port"));
+        };
+        let target = backend(&namespace, &reference.name, PortRef::Number(port), backends);
+        let matches: Vec<(PathMatch, String)> = if rule.matches.is_empty() {
+            vec![(PathMatch::Prefix, "/".into())]
+        } else {
+            let mut paths = Vec::new();
+            for m in &rule.matches {
+                if !m.headers.is_empty() || !m.query_params.is_empty() || m.method.is_some() {
+                    return Err(format!(
+                        "rules[{index}]: header, query and method matches are not supported by cloudflared"
+                    ));
+                }
+                let path = match &m.path {
+                    None => (PathMatch::Prefix, "/".into()),
+                    Some(p) => {
+                        let matching = match p.type_.as_str() {
+                            "Exact" => PathMatch::Exact,
+                            "RegularExpression" => PathMatch::RegularExpression,
+                            _ => PathMatch::Prefix,
+                        };
+                        (matching, p.value.clone())
+                    }
+                };
+                paths.push(path);
+            }
+            paths
+        };
+        for host in &spec.hostnames {
+            for path in &matches {
+                routes.push(Route {
+                    host: host.clone(),
+                    path: Some(path.clone()),
+                    backend: target.clone(),
+                });
+            }
+        }
+    }
+    Ok(Source {
+        kind: SourceKind::HttpRoute,
+        namespace,
+        name: route.name_any(),
+        created: created(&route.metadata),
+        routes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+    use std::sync::Arc;
+
+    fn service(name: &str, ports: &[(&str, i32)]) -> Arc<Service> {
+        Arc::new(Service {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("app".into()),
+                ..Default::default()
+            },
+            spec: Some(ServiceSpec {
+                ports: Some(
+                    ports
+                        .iter()
+                        .map(|(n, p)| ServicePort {
+                            name: Some((*n).into()),
+                            port: *p,
+                            ..Default::default()
+                        })
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    }
+
+    fn ingress(yaml: &str) -> Ingress {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn tunnel_names_resolve_to_the_local_tunnel_first() {
+        let exists = |k: &TunnelKey| k.namespace() == Some("a") && k.name() == "t";
+        assert_eq!(
+            resolve_tunnel("t", "a", exists),
+            TunnelKey::Namespaced {
+                namespace: "a".into(),
+                name: "t".into()
+            }
+        );
+        assert_eq!(
+            resolve_tunnel("t", "b", exists),
+            TunnelKey::Cluster { name: "t".into() }
+        );
+        assert_eq!(
+            resolve_tunnel("a/t", "b", exists),
+            TunnelKey::Namespaced {
+                namespace: "a".into(),
+                name: "t".into()
+            }
+        );
+    }
+
+    #[test]
+    fn ingress_class_and_legacy_annotation_select_knit() {
+        let ours = ingress(
+            "metadata: {name: i, namespace: app, annotations: {cf-operator.io/tunnel: t}}\nspec: {ingressClassName: cloudflare-tunnel}",
+        );
+        assert_eq!(ingress_tunnel(&ours), Some("t"));
+        let legacy = ingress(
+            "metadata: {name: i, namespace: app, annotations: {cf-operator.io/tunnel: t, kubernetes.io/ingress.class: cloudflare-warp}}",
+        );
+        assert_eq!(ingress_tunnel(&legacy), Some("t"));
+        let other = ingress(
+            "metadata: {name: i, namespace: app, annotations: {cf-operator.io/tunnel: t}}\nspec: {ingressClassName: nginx}",
+        );
+        assert_eq!(ingress_tunnel(&other), None);
+    }
+
+    #[test]
+    fn ingress_backends_are_resolved_with_their_readiness() {
+        let services = |ns: &str, name: &str| {
+            (ns == "app" && name == "web").then(|| service("web", &[("http", 80), ("https", 443)]))
+        };
+        let ready: HashSet<_> = [("app".to_string(), "web".to_string())].into();
+        let backends = Backends {
+            service: &services,
+            ready: &ready,
+            assume_missing_ready: false,
+        };
+        let source = ingress_source(
+            &ingress(
+                r#"
+metadata: {name: i, namespace: app}
+spec:
+  rules:
+  - host: a.example.com
+    http:
+      paths:
+      - {path: /api, pathType: Exact, backend: {service: {name: web, port: {name: https}}}}
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 81}}}}
+      - {pathType: ImplementationSpecific, backend: {service: {name: gone, port: {number: 80}}}}
+"#,
+            ),
+            &backends,
+        )
+        .unwrap();
+        let got: Vec<_> = source
+            .routes
+            .iter()
+            .map(|r| {
+                (
+                    r.path.clone().unwrap(),
+                    r.backend.port,
+                    r.backend.scheme,
+                    r.backend.state.clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    (PathMatch::Exact, "/api".into()),
+                    443,
+                    Scheme::Https,
+                    BackendState::Ready
+                ),
+                (
+                    (PathMatch::Prefix, "/".into()),
+                    81,
+                    Scheme::Http,
+                    BackendState::Missing("service app/web has no port 81".into())
+                ),
+                (
+                    (PathMatch::Prefix, "/".into()),
+                    80,
+                    Scheme::Http,
+                    BackendState::Missing("service app/gone not found".into())
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn http_routes_expand_hostnames_by_matches_and_refuse_what_cloudflared_cannot_do() {
+        let services = |_: &str, name: &str| Some(service(name, &[("http", 8080)]));
+        let ready = HashSet::new();
+        let backends = Backends {
+            service: &services,
+            ready: &ready,
+            assume_missing_ready: false,
+        };
+        let route = |spec: serde_json::Value| HttpRoute {
+            metadata: ObjectMeta {
+                name: Some("r".into()),
+                namespace: Some("api".into()),
+                ..Default::default()
+            },
+            spec,
+            status: None,
+        };
+        let ok = http_route_source(
+            &route(serde_json::json!({
+                "hostnames": ["api.example.com", "www.example.com"],
+                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                           "backendRefs": [{"name": "api-service", "port": 8080}]}]
+            })),
+            &backends,
+        )
+        .unwrap();
+        assert_eq!(ok.routes.len(), 2);
+        assert_eq!(ok.routes[0].backend.state, BackendState::NoReadyEndpoints);
+        let refused =
+            |spec: serde_json::Value| http_route_source(&route(spec), &backends).unwrap_err();
+        assert!(refused(serde_json::json!({"rules": []})).contains("needs hostnames"));
+        assert!(
+            refused(
+                serde_json::json!({"hostnames": ["a.example.com"], "rules": [
+                {"backendRefs": [{"name": "a", "port": 1}, {"name": "b", "port": 1}]}]})
+            )
+            .contains("2 backendRefs")
+        );
+        assert!(
+            refused(
+                serde_json::json!({"hostnames": ["a.example.com"], "rules": [
+                {"matches": [{"headers": [{"name": "x", "value": "y"}]}],
+                 "backendRefs": [{"name": "a", "port": 1}]}]})
+            )
+            .contains("header")
+        );
+    }
+}

@@ -1,0 +1,493 @@
+//! `WARPConnector` and `VirtualNetwork`: a `warp_connector` tunnel run by a
+//! cloudflared Deployment, advertising the connector's networks as Zero
+//! Trust routes in its virtual network. Routes and virtual networks knit
+//! made carry its ownership mark in their comment; nothing else is touched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use super::account::Accounts;
+use super::plan::{OwnerMarker, TOKEN_SECRET_KEY, TUNNEL_ID_ANNOTATION};
+use super::tunnel_controller::Error;
+use super::types::{
+    TunnelState, VirtualNetwork, VirtualNetworkStatus, WARPConnector, WARPConnectorSpec,
+    WARPConnectorStatus,
+};
+use crate::providers::cloudflare::{self as api, CloudflareClient};
+
+pub const WARP_FINALIZER: &str = "knit.dev/warp-connector";
+pub const VNET_FINALIZER: &str = "knit.dev/virtual-network";
+const MANAGER: &str = "knit";
+
+pub struct Context {
+    pub client: Client,
+    pub accounts: Arc<Accounts>,
+}
+
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    object: Arc<K>,
+    error: &Error,
+    _: Arc<Context>,
+) -> Action {
+    match error {
+        Error::Finalizer(inner) if crate::domains::lost_finalizer_race(inner) => {
+            Action::requeue(Duration::from_secs(1))
+        }
+        _ => {
+            tracing::warn!(object = %object.meta().name.clone().unwrap_or_default(), %error, "reconcile failed");
+            Action::requeue(Duration::from_secs(10))
+        }
+    }
+}
+
+/// The name of a connector's `warp_connector` tunnel: unique per cluster,
+/// namespace and object, so a connector is adopted by its own object only.
+pub fn connector_name(cluster_id: &str, namespace: &str, name: &str) -> String {
+    let marker = OwnerMarker::new(cluster_id, "cluster");
+    let cluster = &marker.prefix["knit:".len().."knit:".len() + 8];
+    format!("{namespace}-{name}-{cluster}")
+}
+
+fn marker(ctx: &Context, owner: &str) -> OwnerMarker {
+    OwnerMarker::new(&ctx.accounts.settings().cluster_id, owner)
+}
+
+/// A route's comment: the ownership mark, then the user's words.
+pub fn route_comment(marker: &OwnerMarker, comment: Option<&str>, fallback: &str) -> String {
+    let mut text = format!("{} {}", marker.prefix, comment.unwrap_or(fallback));
+    text.truncate(100);
+    text
+}
+
+pub async fn reconcile_connector(
+    connector: Arc<WARPConnector>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let api: Api<WARPConnector> = Api::namespaced(
+        ctx.client.clone(),
+        &connector.namespace().unwrap_or_default(),
+    );
+    finalizer(&api, WARP_FINALIZER, connector, |event| async {
+        match event {
+            Finalizer::Apply(c) => apply_connector(&c, &ctx).await,
+            Finalizer::Cleanup(c) => cleanup_connector(&c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+async fn apply_connector(connector: &WARPConnector, ctx: &Context) -> Result<Action, Error> {
+    let mut status = connector.status.clone().unwrap_or_default();
+    let outcome = serve_connector(connector, ctx, &mut status).await;
+    let (ready, reason, message) = match outcome {
+        Ok(Ok(message)) => (true, "Active", message),
+        Ok(Err((reason, message))) => (false, reason, message),
+        Err(Error::Credentials(e)) => (false, "CredentialsError", e.to_string()),
+        Err(Error::Cloudflare(e)) => (false, "CloudflareError", e.to_string()),
+        Err(other) => return Err(other),
+    };
+    status.state = Some(if ready {
+        TunnelState::Active
+    } else {
+        TunnelState::Error
+    });
+    status.observed_generation = connector.metadata.generation;
+    status.conditions = vec![crate::domains::ready_condition(
+        &status.conditions,
+        connector.metadata.generation,
+        ready,
+        reason,
+        &message,
+    )];
+    let api: Api<WARPConnector> = Api::namespaced(
+        ctx.client.clone(),
+        &connector.namespace().unwrap_or_default(),
+    );
+    crate::domains::write_status(&api, connector, connector.status.as_ref(), &status).await?;
+    Ok(if ready {
+        Action::requeue(ctx.accounts.settings().resync)
+    } else {
+        Action::requeue(Duration::from_secs(30))
+    })
+}
+
+type Refusal = (&'static str, String);
+
+async fn serve_connector(
+    connector: &WARPConnector,
+    ctx: &Context,
+    status: &mut WARPConnectorStatus,
+) -> Result<Result<String, Refusal>, Error> {
+    let spec = &connector.spec;
+    let namespace = connector.namespace().unwrap_or_default();
+    let name = connector.name_any();
+    let client = ctx
+        .accounts
+        .client_for(&spec.cloudflare, Some(&namespace))
+        .await?;
+    let account = spec.cloudflare.account_id.as_str();
+    status.account_id = Some(account.to_owned());
+
+    // Its virtual network, once that has one.
+    let vnet_id = match &spec.virtual_network_ref {
+        // The account's default network, named so routes compare exactly.
+        None => client
+            .list_virtual_networks(account)
+            .await?
+            .into_iter()
+            .find(|n| n.is_default_network)
+            .map(|n| n.id),
+        Some(reference) => {
+            let vnet = Api::<VirtualNetwork>::all(ctx.client.clone())
+                .get_opt(&reference.name)
+                .await?;
+            match vnet
+                .and_then(|v| v.status)
+                .and_then(|s| s.virtual_network_id)
+            {
+                Some(id) => Some(id),
+                None => {
+                    return Ok(Err((
+                        "VirtualNetworkNotReady",
+                        format!("VirtualNetwork {} has no network yet", reference.name),
+                    )));
+                }
+            }
+        }
+    };
+    status.virtual_network_id = vnet_id.clone();
+
+    // The connector tunnel: the one in status, else adopted by name, else new.
+    let tunnel_name = connector_name(&ctx.accounts.settings().cluster_id, &namespace, &name);
+    let existing = match &status.connector_id {
+        Some(id) => client.get_warp_connector(account, id).await?,
+        None => None,
+    };
+    let tunnel = match existing {
+        Some(tunnel) => tunnel,
+        None => match client.find_warp_connector(account, &tunnel_name).await? {
+            Some(tunnel) => tunnel,
+            None => client.create_warp_connector(account, &tunnel_name).await?,
+        },
+    };
+    status.connector_id = Some(tunnel.id.clone());
+
+    // cloudflared, with the connector's token.
+    let owner = connector
+        .controller_owner_ref(&())
+        .expect("a stored object has a name and a UID");
+    let workload = format!("warp-{name}");
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
+    let current = secrets.get_opt(&workload).await?;
+    let fresh = current.as_ref().is_some_and(|s| {
+        s.annotations().get(TUNNEL_ID_ANNOTATION) == Some(&tunnel.id)
+            && s.data
+                .as_ref()
+                .is_some_and(|d| d.contains_key(TOKEN_SECRET_KEY))
+    });
+    if !fresh {
+        let token = client.warp_connector_token(account, &tunnel.id).await?;
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {
+                "name": workload, "namespace": namespace,
+                "annotations": { TUNNEL_ID_ANNOTATION: tunnel.id },
+                "ownerReferences": [owner],
+            },
+            "type": "Opaque",
+            "stringData": { TOKEN_SECRET_KEY: token.expose() },
+        });
+        secrets
+            .patch(
+                &workload,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+    }
+    let deployment = connector_deployment(spec, &namespace, &workload, &owner);
+    let applied = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
+        .patch(
+            &workload,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&deployment),
+        )
+        .await?;
+    let deployment_status = applied.status.unwrap_or_default();
+    status.replicas = Some(deployment_status.replicas.unwrap_or(0));
+    status.ready_replicas = Some(deployment_status.ready_replicas.unwrap_or(0));
+
+    // Its routes, owned through their comment.
+    let owner_name = format!("WARPConnector {namespace}/{name}");
+    let marker = marker(ctx, &owner_name);
+    let existing = client
+        .list_routes(
+            account,
+            &api::RouteFilter {
+                tunnel_id: Some(tunnel.id.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let wanted: Vec<api::NewRoute> = spec
+        .routes
+        .iter()
+        .map(|r| api::NewRoute {
+            network: r.network.clone(),
+            tunnel_id: tunnel.id.clone(),
+            comment: route_comment(&marker, r.comment.as_deref(), &owner_name),
+            virtual_network_id: vnet_id.clone(),
+        })
+        .collect();
+    let same = |have: &api::Route, want: &api::NewRoute| {
+        have.network == want.network
+            && have.comment == want.comment
+            && have.virtual_network_id == want.virtual_network_id
+    };
+    for route in existing.iter().filter(|r| marker.owns(Some(&r.comment))) {
+        if !wanted.iter().any(|w| same(route, w)) {
+            client.delete_route(account, &route.id).await?;
+        }
+    }
+    let mut refused = Vec::new();
+    for route in wanted
+        .iter()
+        .filter(|w| !existing.iter().any(|r| same(r, w)))
+    {
+        match client.create_route(account, route).await {
+            Ok(_) => {}
+            Err(api::Error::Api { errors, .. }) => refused.push(format!(
+                "{}: {}",
+                route.network,
+                errors
+                    .iter()
+                    .map(|e| e.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if !refused.is_empty() {
+        return Ok(Err(("RouteRefused", refused.join(", "))));
+    }
+    Ok(Ok(format!(
+        "connector {tunnel_name} advertises {} route(s)",
+        spec.routes.len()
+    )))
+}
+
+fn connector_deployment(
+    spec: &WARPConnectorSpec,
+    namespace: &str,
+    name: &str,
+    owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+) -> serde_json::Value {
+    let labels = json!({
+        "app.kubernetes.io/name": "cloudflared-warp-connector",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": "knit",
+    });
+    let selector = json!({
+        "app.kubernetes.io/name": "cloudflared-warp-connector",
+        "app.kubernetes.io/instance": name,
+    });
+    let mut pod = json!({
+        "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": { "type": "RuntimeDefault" } },
+        "containers": [{
+            "name": "cloudflared",
+            "image": spec.image.clone().unwrap_or_else(|| super::types::DEFAULT_CLOUDFLARED_IMAGE.into()),
+            "args": ["tunnel", "--no-autoupdate", "--metrics", "0.0.0.0:2000", "run"],
+            "env": [{ "name": "TUNNEL_TOKEN", "valueFrom": { "secretKeyRef": { "name": name, "key": TOKEN_SECRET_KEY } } }],
+            "ports": [{ "name": "metrics", "containerPort": 2000 }],
+            "readinessProbe": { "httpGet": { "path": "/ready", "port": 2000 } },
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": { "drop": ["ALL"] },
+            },
+        }],
+    });
+    if let Some(resources) = &spec.resources {
+        pod["containers"][0]["resources"] = json!(resources);
+    }
+    if !spec.node_selector.is_empty() {
+        pod["nodeSelector"] = json!(spec.node_selector);
+    }
+    if !spec.tolerations.is_empty() {
+        pod["tolerations"] = json!(spec.tolerations);
+    }
+    match &spec.service_account_name {
+        Some(account) => pod["serviceAccountName"] = json!(account),
+        None => pod["automountServiceAccountToken"] = json!(false),
+    }
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": { "name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner] },
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": { "matchLabels": selector },
+            "template": { "metadata": { "labels": labels }, "spec": pod },
+        },
+    })
+}
+
+async fn cleanup_connector(connector: &WARPConnector, ctx: &Context) -> Result<Action, Error> {
+    let namespace = connector.namespace().unwrap_or_default();
+    let name = connector.name_any();
+    let workload = format!("warp-{name}");
+    super::tunnel_controller::delete_workload(&ctx.client, &namespace, &workload).await?;
+    let Some(id) = connector
+        .status
+        .as_ref()
+        .and_then(|s| s.connector_id.clone())
+    else {
+        return Ok(Action::await_change());
+    };
+    let spec = &connector.spec;
+    let client = ctx
+        .accounts
+        .client_for_cleanup(&spec.cloudflare, Some(&namespace))
+        .await?;
+    let account = spec.cloudflare.account_id.as_str();
+    let marker = marker(ctx, &format!("WARPConnector {namespace}/{name}"));
+    delete_owned_routes(&client, account, &marker, Some(&id)).await?;
+    client.delete_warp_connector(account, &id).await?;
+    Ok(Action::await_change())
+}
+
+async fn delete_owned_routes(
+    client: &CloudflareClient,
+    account: &str,
+    marker: &OwnerMarker,
+    tunnel_id: Option<&str>,
+) -> Result<(), Error> {
+    let routes = client
+        .list_routes(
+            account,
+            &api::RouteFilter {
+                tunnel_id: tunnel_id.map(str::to_owned),
+                ..Default::default()
+            },
+        )
+        .await?;
+    for route in routes.iter().filter(|r| marker.owns(Some(&r.comment))) {
+        client.delete_route(account, &route.id).await?;
+    }
+    Ok(())
+}
+
+pub async fn reconcile_network(
+    vnet: Arc<VirtualNetwork>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let api: Api<VirtualNetwork> = Api::all(ctx.client.clone());
+    finalizer(&api, VNET_FINALIZER, vnet, |event| async {
+        match event {
+            Finalizer::Apply(v) => apply_network(&v, &ctx).await,
+            Finalizer::Cleanup(v) => cleanup_network(&v, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+fn network_name(vnet: &VirtualNetwork) -> String {
+    vnet.spec.name.clone().unwrap_or_else(|| vnet.name_any())
+}
+
+async fn apply_network(vnet: &VirtualNetwork, ctx: &Context) -> Result<Action, Error> {
+    let mut status: VirtualNetworkStatus = vnet.status.clone().unwrap_or_default();
+    let result: Result<String, Error> = async {
+        let client = ctx.accounts.client_for(&vnet.spec.cloudflare, None).await?;
+        let account = vnet.spec.cloudflare.account_id.as_str();
+        status.account_id = Some(account.to_owned());
+        let marker = marker(ctx, &format!("VirtualNetwork {}", vnet.name_any()));
+        let wanted = api::NewVirtualNetwork {
+            name: network_name(vnet),
+            comment: route_comment(&marker, vnet.spec.comment.as_deref(), "VirtualNetwork"),
+            is_default_network: vnet.spec.is_default_network,
+        };
+        let networks = client.list_virtual_networks(account).await?;
+        let found = networks
+            .iter()
+            .find(|n| Some(&n.id) == status.virtual_network_id.as_ref())
+            .or_else(|| networks.iter().find(|n| n.name == wanted.name));
+        let id = match found {
+            Some(network) => {
+                if network.name != wanted.name
+                    || network.comment != wanted.comment
+                    || network.is_default_network != wanted.is_default_network
+                {
+                    client
+                        .update_virtual_network(account, &network.id, &wanted)
+                        .await?;
+                }
+                network.id.clone()
+            }
+            None => client.create_virtual_network(account, &wanted).await?.id,
+        };
+        status.virtual_network_id = Some(id.clone());
+        Ok(format!("virtual network {} ({id})", wanted.name))
+    }
+    .await;
+    let (ready, reason, message) = match result {
+        Ok(message) => (true, "Active", message),
+        Err(Error::Credentials(e)) => (false, "CredentialsError", e.to_string()),
+        Err(Error::Cloudflare(e)) => (false, "CloudflareError", e.to_string()),
+        Err(other) => return Err(other),
+    };
+    status.state = Some(if ready {
+        TunnelState::Active
+    } else {
+        TunnelState::Error
+    });
+    status.observed_generation = vnet.metadata.generation;
+    status.conditions = vec![crate::domains::ready_condition(
+        &status.conditions,
+        vnet.metadata.generation,
+        ready,
+        reason,
+        &message,
+    )];
+    let api: Api<VirtualNetwork> = Api::all(ctx.client.clone());
+    crate::domains::write_status(&api, vnet, vnet.status.as_ref(), &status).await?;
+    Ok(if ready {
+        Action::requeue(ctx.accounts.settings().resync)
+    } else {
+        Action::requeue(Duration::from_secs(30))
+    })
+}
+
+/// Deletes the network when knit made it (its comment carries the mark).
+async fn cleanup_network(vnet: &VirtualNetwork, ctx: &Context) -> Result<Action, Error> {
+    let Some(id) = vnet
+        .status
+        .as_ref()
+        .and_then(|s| s.virtual_network_id.clone())
+    else {
+        return Ok(Action::await_change());
+    };
+    let client = ctx
+        .accounts
+        .client_for_cleanup(&vnet.spec.cloudflare, None)
+        .await?;
+    let account = vnet.spec.cloudflare.account_id.as_str();
+    let marker = marker(ctx, &format!("VirtualNetwork {}", vnet.name_any()));
+    let networks = client.list_virtual_networks(account).await?;
+    if let Some(network) = networks.iter().find(|n| n.id == id)
+        && marker.owns(Some(&network.comment))
+    {
+        client.delete_virtual_network(account, &id).await?;
+    }
+    Ok(Action::await_change())
+}

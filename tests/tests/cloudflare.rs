@@ -1,0 +1,996 @@
+//! The Cloudflare domain end to end: knit's tunnel and WARP controllers on
+//! the real API server, the strict fake Cloudflare API behind them, and the
+//! seed's manifests applied unchanged with kubectl. There is no kubelet and
+//! no endpoints controller: the tests write the EndpointSlices a ready
+//! backend would have.
+//!
+//! Every knit started here manages every tunnel of the API server, so the
+//! tests take turns (`SERIAL`), and each starts by clearing what an earlier
+//! one left.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::Ingress;
+use knit::domains::cloudflare::account::CloudflareSettings;
+use knit::domains::cloudflare::sources::HttpRoute;
+use knit::domains::cloudflare::types::{
+    CloudflareCredentials, ClusterTunnel, Tunnel, TunnelState, VirtualNetwork, WARPConnector,
+};
+use knit_tests::fake_cloudflare::FakeCloudflare;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use support::Knit;
+
+mod support;
+
+/// The seed's account, token, zone and operator namespace.
+const ACCOUNT: &str = "<your-account-id>";
+const TOKEN: &str = "your-api-token-here";
+const DOMAIN: &str = "example.com";
+const KNIT_NAMESPACE: &str = "cloudflare-operator-system";
+/// The WARPConnector examples' account, and the token its credentials hold.
+const WARP_ACCOUNT: &str = "1234567890abcdef";
+const WARP_TOKEN: &str = "production-token";
+const WAIT: Duration = Duration::from_secs(60);
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct World {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    client: Client,
+    fake: FakeCloudflare,
+    zone: String,
+    knit: Option<Knit>,
+}
+
+impl World {
+    async fn new() -> World {
+        let turn = SERIAL.lock().await;
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let client = knit_tests::admin_client().await;
+        clear_leftovers(&client).await;
+        for namespace in [
+            KNIT_NAMESPACE,
+            "app-namespace-1",
+            "app-namespace-2",
+            "api-namespace",
+            "production",
+        ] {
+            let _ = Api::<Namespace>::all(client.clone())
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
+                )
+                .await;
+        }
+        let fake = FakeCloudflare::start().await;
+        fake.add_account(ACCOUNT);
+        fake.add_token(TOKEN, ACCOUNT);
+        let zone = fake.add_zone(ACCOUNT, DOMAIN);
+        fake.add_account(WARP_ACCOUNT);
+        fake.add_token(WARP_TOKEN, WARP_ACCOUNT);
+        apply("examples/cloudflare/credentials-secret.yaml");
+        let mut world = World {
+            _turn: turn,
+            client,
+            fake,
+            zone,
+            knit: None,
+        };
+        world.start_knit();
+        world
+    }
+
+    fn start_knit(&mut self) {
+        let settings = CloudflareSettings {
+            endpoint: self.fake.endpoint().into(),
+            cluster_id: "e2e-cluster".into(),
+            namespace: KNIT_NAMESPACE.into(),
+            cloudflared_image: "cloudflare/cloudflared:2025.1.0".into(),
+            resync: Duration::from_secs(5),
+        };
+        self.knit = Some(Knit::start(move |client, registry| {
+            knit::domains::cloudflare::run(
+                client,
+                registry,
+                settings,
+                Default::default(),
+                std::future::pending(),
+            )
+        }));
+    }
+
+    async fn cluster_tunnel(&self, name: &str) -> ClusterTunnel {
+        Api::<ClusterTunnel>::all(self.client.clone())
+            .get(name)
+            .await
+            .unwrap()
+    }
+
+    /// Waits for a ClusterTunnel's `Ready` condition to have `status`, and
+    /// returns the object.
+    async fn cluster_tunnel_ready(&self, name: &str, status: &str) -> ClusterTunnel {
+        let api = Api::<ClusterTunnel>::all(self.client.clone());
+        let status = status.to_owned();
+        knit_tests::eventually(
+            &format!("ClusterTunnel {name} Ready={status}"),
+            WAIT,
+            || {
+                let api = api.clone();
+                let status = status.clone();
+                async move {
+                    let tunnel = api.get(name).await.ok()?;
+                    let ready = ready_condition(tunnel.status.as_ref()?.conditions.as_slice())?;
+                    (ready.status == status
+                        && tunnel.status.as_ref()?.observed_generation
+                            == tunnel.metadata.generation)
+                        .then_some(tunnel)
+                }
+            },
+        )
+        .await
+    }
+
+    /// The configuration the fake holds for a tunnel: `(hostname, path,
+    /// service)` per rule.
+    fn rules(&self, tunnel_id: &str) -> Vec<(Option<String>, Option<String>, String)> {
+        let Some(config) = self.fake.tunnel_configuration(tunnel_id) else {
+            return Vec::new();
+        };
+        config.config["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                (
+                    r["hostname"].as_str().map(str::to_owned),
+                    r["path"].as_str().map(str::to_owned),
+                    r["service"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until the fake's configuration of `tunnel_id` has exactly these
+    /// hostnames (fallback excluded).
+    async fn wait_hosts(&self, tunnel_id: &str, hosts: &[&str]) {
+        let wanted: BTreeSet<String> = hosts.iter().map(|h| h.to_string()).collect();
+        knit_tests::eventually(&format!("configuration with hosts {hosts:?}"), WAIT, || {
+            let got: BTreeSet<String> = self
+                .rules(tunnel_id)
+                .into_iter()
+                .filter_map(|(host, _, _)| host)
+                .collect();
+            std::future::ready((got == wanted).then_some(()))
+        })
+        .await;
+    }
+
+    /// The names of the zone's CNAMEs pointing at `tunnel_id`.
+    fn dns_names(&self, tunnel_id: &str) -> BTreeSet<String> {
+        self.fake
+            .dns_records(&self.zone)
+            .into_iter()
+            .filter(|r| r.content == format!("{tunnel_id}.cfargotunnel.com"))
+            .map(|r| r.name)
+            .collect()
+    }
+
+    async fn wait_dns(&self, tunnel_id: &str, names: &[&str]) {
+        let wanted: BTreeSet<String> = names.iter().map(|h| h.to_string()).collect();
+        knit_tests::eventually(&format!("DNS records {names:?}"), WAIT, || {
+            std::future::ready((self.dns_names(tunnel_id) == wanted).then_some(()))
+        })
+        .await;
+    }
+
+    /// A Service with a ready endpoint, as the endpoints controller would
+    /// publish it.
+    async fn ready_service(&self, namespace: &str, name: &str, port: i32) {
+        let services =
+            Api::<k8s_openapi::api::core::v1::Service>::namespaced(self.client.clone(), namespace);
+        let _ = services
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": name},
+                    "spec": {"ports": [{"name": "http", "port": port}]},
+                }))
+                .unwrap(),
+            )
+            .await;
+        let slices = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+            self.client.clone(),
+            namespace,
+        );
+        let _ = slices
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
+                    "addressType": "IPv4",
+                    "endpoints": [{"addresses": ["10.1.0.10"], "conditions": {"ready": true}}],
+                    "ports": [{"name": "http", "port": port}],
+                }))
+                .unwrap(),
+            )
+            .await;
+    }
+
+    async fn ingress(&self, namespace: &str, name: &str, tunnel: &str, host: &str, service: &str) {
+        let ingress: Ingress = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {"cf-operator.io/tunnel": tunnel}},
+            "spec": {
+                "ingressClassName": "cloudflare-tunnel",
+                "rules": [{"host": host, "http": {"paths": [{
+                    "path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": service, "port": {"number": 80}}},
+                }]}}],
+            },
+        }))
+        .unwrap();
+        Api::<Ingress>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &ingress)
+            .await
+            .unwrap();
+    }
+
+    async fn ingress_hostname(&self, namespace: &str, name: &str) -> Option<String> {
+        let ingress = Api::<Ingress>::namespaced(self.client.clone(), namespace)
+            .get(name)
+            .await
+            .ok()?;
+        ingress
+            .status?
+            .load_balancer?
+            .ingress?
+            .first()?
+            .hostname
+            .clone()
+    }
+
+    /// The reasons of the Events about an object.
+    async fn event_reasons(&self, namespace: &str, name: &str) -> Vec<String> {
+        Api::<Event>::namespaced(self.client.clone(), namespace)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+}
+
+fn ready_condition(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    conditions.iter().find(|c| c.type_ == "Ready")
+}
+
+/// `kubectl apply -f <file>` from the repository root; panics with its
+/// output when it fails.
+fn apply(file: &str) {
+    let output = knit_tests::kubectl(&["apply", "-f", file], None);
+    assert!(
+        output.status.success(),
+        "kubectl apply -f {file}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn kubectl_delete(file: &str) {
+    let output = knit_tests::kubectl(
+        &["delete", "--wait=false", "--ignore-not-found", "-f", file],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "kubectl delete -f {file}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Deletes the Cloudflare objects, Ingresses and HTTPRoutes earlier tests
+/// left, finalizers dropped (the knit that owned them is gone with its fake).
+async fn clear_leftovers(client: &Client) {
+    drop_namespaced::<Tunnel>(client).await;
+    drop_cluster::<ClusterTunnel>(client).await;
+    drop_namespaced::<WARPConnector>(client).await;
+    drop_cluster::<VirtualNetwork>(client).await;
+    drop_cluster::<CloudflareCredentials>(client).await;
+    drop_namespaced::<Ingress>(client).await;
+    drop_namespaced::<HttpRoute>(client).await;
+}
+
+async fn drop_namespaced<K>(client: &Client)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    for object in Api::<K>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+    {
+        let api = Api::<K>::namespaced(client.clone(), &object.namespace().unwrap());
+        drop_one(&api, &object.name_any()).await;
+    }
+}
+
+async fn drop_cluster<K>(client: &Client)
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::ClusterResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api = Api::<K>::all(client.clone());
+    for object in api.list(&ListParams::default()).await.unwrap() {
+        drop_one(&api, &object.name_any()).await;
+    }
+}
+
+async fn drop_one<K>(api: &Api<K>, name: &str)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let _ = api
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    let _ = api.delete(name, &DeleteParams::default()).await;
+}
+
+fn live_tunnel(world: &World, name: &str) -> knit_tests::fake_cloudflare::FakeTunnel {
+    world
+        .fake
+        .tunnels()
+        .into_iter()
+        .find(|t| t.name == name && !t.deleted)
+        .unwrap_or_else(|| panic!("no live tunnel {name} in the fake"))
+}
+
+/// The seed's Ingress and Gateway API examples applied unchanged, a third
+/// namespace joining the shared tunnel, then everything deleted.
+#[tokio::test]
+async fn seed_ingresses_and_http_route_share_cluster_tunnels() {
+    let world = World::new().await;
+    world
+        .ready_service("app-namespace-1", "app1-service", 80)
+        .await;
+    world
+        .ready_service("app-namespace-2", "app2-service", 80)
+        .await;
+    world
+        .ready_service("api-namespace", "api-service", 8080)
+        .await;
+    apply("examples/cloudflare/clustertunnel-ingress.yaml");
+    apply("examples/cloudflare/clustertunnel-gateway.yaml");
+
+    let shared = world.cluster_tunnel_ready("shared-tunnel", "True").await;
+    let status = shared.status.clone().unwrap();
+    assert_eq!(status.state, Some(TunnelState::Active));
+    assert_eq!(status.account_id.as_deref(), Some(ACCOUNT));
+    let id = status.tunnel_id.clone().unwrap();
+    assert_eq!(live_tunnel(&world, "shared-k8s-tunnel").id, id);
+    world
+        .wait_hosts(&id, &["app1.example.com", "app2.example.com"])
+        .await;
+    let rules = world.rules(&id);
+    assert!(rules.contains(&(
+        Some("app1.example.com".into()),
+        None,
+        "http://app1-service.app-namespace-1.svc.cluster.local:80".into()
+    )));
+    assert_eq!(rules.last(), Some(&(None, None, "http_status:404".into())));
+    world
+        .wait_dns(&id, &["app1.example.com", "app2.example.com"])
+        .await;
+    assert!(
+        world
+            .fake
+            .dns_records(&world.zone)
+            .iter()
+            .all(|r| r.proxied && r.comment.as_deref().is_some_and(|c| c.starts_with("knit:")))
+    );
+    let target = format!("{id}.cfargotunnel.com");
+    for (namespace, name) in [
+        ("app-namespace-1", "app1-ingress"),
+        ("app-namespace-2", "app2-ingress"),
+    ] {
+        knit_tests::eventually("the Ingress load-balancer hostname", WAIT, || async {
+            (world.ingress_hostname(namespace, name).await.as_deref() == Some(target.as_str()))
+                .then_some(())
+        })
+        .await;
+    }
+
+    // cloudflared runs in knit's namespace with the token from its Secret.
+    let deployments = Api::<Deployment>::namespaced(world.client.clone(), KNIT_NAMESPACE);
+    let deployment = deployments
+        .get("cloudflared-cluster-shared-tunnel")
+        .await
+        .unwrap();
+    let container = &deployment
+        .spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0];
+    assert_eq!(
+        container.image.as_deref(),
+        Some("cloudflare/cloudflared:2025.1.0")
+    );
+    let token_ref = container.env.as_ref().unwrap()[0]
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    let secret = Api::<Secret>::namespaced(world.client.clone(), KNIT_NAMESPACE)
+        .get(&token_ref.name)
+        .await
+        .unwrap();
+    assert!(secret.data.unwrap().contains_key(&token_ref.key));
+
+    // The HTTPRoute on its own ClusterTunnel, with its parent status.
+    let gateway = world.cluster_tunnel_ready("gateway-tunnel", "True").await;
+    let gateway_id = gateway.status.unwrap().tunnel_id.unwrap();
+    world.wait_hosts(&gateway_id, &["api.example.com"]).await;
+    let routes = Api::<HttpRoute>::namespaced(world.client.clone(), "api-namespace");
+    knit_tests::eventually("HTTPRoute parent status Accepted", WAIT, || async {
+        let route = routes.get("api-route").await.ok()?;
+        let parent = route.status?["parents"].as_array()?.first()?.clone();
+        (parent["controllerName"] == "knit.dev/cloudflare-tunnel"
+            && parent["conditions"][0]["type"] == "Accepted"
+            && parent["conditions"][0]["status"] == "True")
+            .then_some(())
+    })
+    .await;
+
+    // A third namespace joins: one more PUT, and cloudflared is not touched.
+    let generation = deployment.metadata.generation;
+    let version = world
+        .cluster_tunnel("shared-tunnel")
+        .await
+        .status
+        .unwrap()
+        .config_version;
+    let puts = world.fake.count("PUT", "cfd_tunnel/{id}/configurations");
+    let third = knit_tests::fresh_namespace(&world.client, "app-namespace-3").await;
+    world.ready_service(&third, "app3-service", 80).await;
+    world
+        .ingress(
+            &third,
+            "app3-ingress",
+            "shared-tunnel",
+            "app3.example.com",
+            "app3-service",
+        )
+        .await;
+    world
+        .wait_hosts(
+            &id,
+            &["app1.example.com", "app2.example.com", "app3.example.com"],
+        )
+        .await;
+    world
+        .wait_dns(
+            &id,
+            &["app1.example.com", "app2.example.com", "app3.example.com"],
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        world.fake.count("PUT", "cfd_tunnel/{id}/configurations"),
+        puts + 1
+    );
+    let after = world.cluster_tunnel("shared-tunnel").await.status.unwrap();
+    assert_eq!(after.config_version, version.map(|v| v + 1));
+    assert_eq!(after.sources, Some(3));
+    assert_eq!(
+        deployments
+            .get("cloudflared-cluster-shared-tunnel")
+            .await
+            .unwrap()
+            .metadata
+            .generation,
+        generation,
+        "a configuration change must not restart cloudflared"
+    );
+
+    // Everything goes; nothing stays behind in Cloudflare.
+    Api::<Ingress>::namespaced(world.client.clone(), &third)
+        .delete("app3-ingress", &DeleteParams::default())
+        .await
+        .unwrap();
+    kubectl_delete("examples/cloudflare/clustertunnel-ingress.yaml");
+    kubectl_delete("examples/cloudflare/clustertunnel-gateway.yaml");
+    let tunnels = Api::<ClusterTunnel>::all(world.client.clone());
+    knit_tests::eventually("the ClusterTunnels gone", WAIT, || async {
+        tunnels
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        world.fake.tunnels().iter().all(|t| t.deleted),
+        "{:?}",
+        world.fake.tunnels()
+    );
+    assert!(world.fake.dns_records(&world.zone).is_empty());
+    assert!(
+        deployments
+            .get_opt("cloudflared-cluster-shared-tunnel")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// The seed's basic, HA and WARP-routing ClusterTunnels; the Ingress
+/// example's tunnel has the basic one's Cloudflare name, so it is refused.
+#[tokio::test]
+async fn seed_cluster_tunnels_deploy_patch_warp_routing_and_a_taken_name() {
+    let world = World::new().await;
+    apply("examples/cloudflare/clustertunnel-basic.yaml");
+    apply("examples/cloudflare/clustertunnel-ha.yaml");
+    apply("examples/cloudflare/clustertunnel-warp-routing.yaml");
+    let basic = world
+        .cluster_tunnel_ready("shared-cluster-tunnel", "True")
+        .await;
+    world
+        .cluster_tunnel_ready("ha-cluster-tunnel", "True")
+        .await;
+    let private = world
+        .cluster_tunnel_ready("private-network-tunnel", "True")
+        .await;
+
+    let deployment = Api::<Deployment>::namespaced(world.client.clone(), KNIT_NAMESPACE)
+        .get("cloudflared-cluster-ha-cluster-tunnel")
+        .await
+        .unwrap();
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let affinity = spec.template.spec.unwrap().affinity.unwrap();
+    assert!(affinity.pod_anti_affinity.is_some());
+
+    let private_id = private.status.unwrap().tunnel_id.unwrap();
+    let config = world.fake.tunnel_configuration(&private_id).unwrap();
+    assert_eq!(config.config["warp-routing"]["enabled"], true);
+    let basic_id = basic.status.unwrap().tunnel_id.unwrap();
+    assert_eq!(
+        world.fake.tunnel_configuration(&basic_id).unwrap().config["warp-routing"]["enabled"],
+        false
+    );
+
+    apply("examples/cloudflare/clustertunnel-ingress.yaml");
+    let refused = world.cluster_tunnel_ready("shared-tunnel", "False").await;
+    let ready = ready_condition(&refused.status.as_ref().unwrap().conditions)
+        .unwrap()
+        .clone();
+    assert_eq!(ready.reason, "TunnelInUse");
+    assert!(
+        ready
+            .message
+            .contains("ClusterTunnel shared-cluster-tunnel"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(
+        world
+            .fake
+            .tunnels()
+            .iter()
+            .filter(|t| t.name == "shared-k8s-tunnel" && !t.deleted)
+            .count(),
+        1
+    );
+    kubectl_delete("examples/cloudflare/clustertunnel-ingress.yaml");
+    for file in ["basic", "ha", "warp-routing"] {
+        kubectl_delete(&format!("examples/cloudflare/clustertunnel-{file}.yaml"));
+    }
+    let tunnels = Api::<ClusterTunnel>::all(world.client.clone());
+    knit_tests::eventually("the ClusterTunnels gone", WAIT, || async {
+        tunnels
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(world.fake.tunnels().iter().all(|t| t.deleted));
+}
+
+/// A namespaced Tunnel: another namespace's Ingress is refused, the younger
+/// of two Ingresses for one host is the one told, a renamed host's old
+/// record goes, and records knit did not make are never touched.
+#[tokio::test]
+async fn tunnel_namespace_conflicts_renames_and_foreign_records() {
+    let world = World::new().await;
+    let team = knit_tests::fresh_namespace(&world.client, "team").await;
+    let other = knit_tests::fresh_namespace(&world.client, "other").await;
+    Api::<Secret>::namespaced(world.client.clone(), &team)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "cloudflare-api-credentials"},
+                "stringData": {"CLOUDFLARE_API_TOKEN": TOKEN},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    world.fake.add_dns_record(
+        &world.zone,
+        "manual.example.com",
+        "CNAME",
+        "elsewhere.example.net",
+        None,
+    );
+    world.fake.add_dns_record(
+        &world.zone,
+        "taken.example.com",
+        "A",
+        "192.0.2.1",
+        Some("made by hand"),
+    );
+    let before_manual = world.fake.dns_records(&world.zone);
+    let tunnel: Tunnel = serde_json::from_value(json!({
+        "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+        "kind": "Tunnel",
+        "metadata": {"name": "team-tunnel"},
+        "spec": {
+            "newTunnel": {"name": format!("{team}-tunnel")},
+            "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": "cloudflare-api-credentials"},
+        },
+    }))
+    .unwrap();
+    let tunnels = Api::<Tunnel>::namespaced(world.client.clone(), &team);
+    tunnels
+        .create(&PostParams::default(), &tunnel)
+        .await
+        .unwrap();
+    world.ready_service(&team, "web", 80).await;
+    world.ready_service(&team, "web2", 80).await;
+    world.ready_service(&other, "web", 80).await;
+    world
+        .ingress(&team, "older", "team-tunnel", "a.example.com", "web")
+        .await;
+    world
+        .ingress(&team, "site", "team-tunnel", "site.example.com", "web")
+        .await;
+    world
+        .ingress(&team, "taken", "team-tunnel", "taken.example.com", "web")
+        .await;
+    world
+        .ingress(
+            &other,
+            "foreign",
+            &format!("{team}/team-tunnel"),
+            "foreign.example.com",
+            "web",
+        )
+        .await;
+    // creationTimestamp has one-second resolution.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    world
+        .ingress(&team, "younger", "team-tunnel", "a.example.com", "web2")
+        .await;
+
+    let id = knit_tests::eventually("the Tunnel's id", WAIT, || async {
+        tunnels.get("team-tunnel").await.ok()?.status?.tunnel_id
+    })
+    .await;
+    world
+        .wait_hosts(
+            &id,
+            &["a.example.com", "site.example.com", "taken.example.com"],
+        )
+        .await;
+    assert!(world.rules(&id).contains(&(
+        Some("a.example.com".into()),
+        None,
+        format!("http://web.{team}.svc.cluster.local:80")
+    )));
+    knit_tests::eventually("Conflict on the younger Ingress", WAIT, || async {
+        world
+            .event_reasons(&team, "younger")
+            .await
+            .contains(&"Conflict".to_string())
+            .then_some(())
+    })
+    .await;
+    knit_tests::eventually(
+        "NamespaceNotAllowed on the foreign Ingress",
+        WAIT,
+        || async {
+            world
+                .event_reasons(&other, "foreign")
+                .await
+                .contains(&"NamespaceNotAllowed".to_string())
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(world.ingress_hostname(&team, "younger").await, None);
+    assert_eq!(world.ingress_hostname(&other, "foreign").await, None);
+
+    // The hand-made record at taken.example.com is left alone and reported.
+    let dns = knit_tests::eventually("DNSReady=False", WAIT, || async {
+        let status = tunnels.get("team-tunnel").await.ok()?.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "DNSReady" && c.status == "False")
+    })
+    .await;
+    assert_eq!(dns.reason, "RecordNotOwned");
+    assert!(dns.message.contains("taken.example.com"), "{}", dns.message);
+    world
+        .wait_dns(&id, &["a.example.com", "site.example.com"])
+        .await;
+
+    // Renaming a host: the new record comes, the old goes.
+    let mut site = Api::<Ingress>::namespaced(world.client.clone(), &team)
+        .get("site")
+        .await
+        .unwrap();
+    site.spec.as_mut().unwrap().rules.as_mut().unwrap()[0].host =
+        Some("renamed.example.com".into());
+    Api::<Ingress>::namespaced(world.client.clone(), &team)
+        .replace("site", &PostParams::default(), &site)
+        .await
+        .unwrap();
+    world
+        .wait_dns(&id, &["a.example.com", "renamed.example.com"])
+        .await;
+
+    // Deleting the Tunnel removes what knit made, and only that.
+    tunnels
+        .delete("team-tunnel", &DeleteParams::default())
+        .await
+        .unwrap();
+    knit_tests::eventually("the Tunnel gone", WAIT, || async {
+        tunnels
+            .get_opt("team-tunnel")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(world.fake.dns_records(&world.zone), before_manual);
+    assert!(world.fake.tunnels().iter().all(|t| t.deleted));
+}
+
+/// A Tunnel whose Secret is missing says so, then recovers once it exists;
+/// rate limiting on the way is waited out.
+#[tokio::test]
+async fn missing_credentials_then_rate_limits() {
+    let world = World::new().await;
+    let namespace = knit_tests::fresh_namespace(&world.client, "creds").await;
+    let tunnels = Api::<Tunnel>::namespaced(world.client.clone(), &namespace);
+    let tunnel: Tunnel = serde_json::from_value(json!({
+        "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+        "kind": "Tunnel",
+        "metadata": {"name": "t"},
+        "spec": {
+            "newTunnel": {"name": format!("{namespace}-t")},
+            "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": "absent"},
+        },
+    }))
+    .unwrap();
+    tunnels
+        .create(&PostParams::default(), &tunnel)
+        .await
+        .unwrap();
+    let condition = knit_tests::eventually("Ready=False", WAIT, || async {
+        let status = tunnels.get("t").await.ok()?.status?;
+        ready_condition(&status.conditions).cloned()
+    })
+    .await;
+    assert_eq!(condition.status, "False");
+    assert_eq!(condition.reason, "CredentialsError");
+    assert_eq!(
+        condition.message,
+        format!("Secret {namespace}/absent not found")
+    );
+    assert!(world.fake.tunnels().is_empty());
+
+    world.fake.rate_limit_next(3, 1);
+    Api::<Secret>::namespaced(world.client.clone(), &namespace)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": "absent"},
+                "stringData": {"CLOUDFLARE_API_TOKEN": TOKEN},
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    knit_tests::eventually("Ready=True", WAIT, || async {
+        let status = tunnels.get("t").await.ok()?.status?;
+        (ready_condition(&status.conditions)?.status == "True").then_some(())
+    })
+    .await;
+    assert_eq!(world.fake.rate_limited(), 3);
+    tunnels.delete("t", &DeleteParams::default()).await.unwrap();
+    knit_tests::eventually("the Tunnel gone", WAIT, || async {
+        tunnels.get_opt("t").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(world.fake.tunnels().iter().all(|t| t.deleted));
+}
+
+/// The seed's WARPConnector examples: connectors, Deployments, routes in
+/// the right virtual network; the HA example's network is already routed by
+/// the basic one, which is refused clearly; deleting removes it all.
+#[tokio::test]
+async fn seed_warp_connectors_advertise_routes() {
+    let world = World::new().await;
+    Api::<Secret>::namespaced(world.client.clone(), KNIT_NAMESPACE)
+        .patch(
+            "production-cloudflare-token",
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "production-cloudflare-token"},
+                "stringData": {"CLOUDFLARE_API_TOKEN": WARP_TOKEN},
+            })),
+        )
+        .await
+        .unwrap();
+    apply("examples/cloudflare/backends.yaml");
+    apply("examples/cloudflare/warpconnector-basic.yaml");
+    apply("examples/cloudflare/warpconnector-multi-route.yaml");
+    let connectors = Api::<WARPConnector>::namespaced(world.client.clone(), "production");
+    let ready = |name: &'static str, want: &'static str| {
+        let connectors = connectors.clone();
+        async move {
+            knit_tests::eventually(
+                &format!("WARPConnector {name} Ready={want}"),
+                WAIT,
+                || async {
+                    let connector = connectors.get(name).await.ok()?;
+                    let condition =
+                        ready_condition(&connector.status.as_ref()?.conditions)?.clone();
+                    (condition.status == want).then_some((connector, condition))
+                },
+            )
+            .await
+        }
+    };
+    let (basic, _) = ready("main-connector", "True").await;
+    let (multi, _) = ready("multi-route-connector", "True").await;
+    let vnet = Api::<VirtualNetwork>::all(world.client.clone())
+        .get("production-vnet")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .virtual_network_id
+        .unwrap();
+    let multi_status = multi.status.unwrap();
+    assert_eq!(
+        multi_status.virtual_network_id.as_deref(),
+        Some(vnet.as_str())
+    );
+    let multi_id = multi_status.connector_id.unwrap();
+    let routes = world.fake.routes();
+    let networks: BTreeSet<_> = routes
+        .iter()
+        .filter(|r| r.tunnel_id == multi_id)
+        .map(|r| (r.network.clone(), r.virtual_network_id.clone()))
+        .collect();
+    assert_eq!(
+        networks,
+        ["10.0.0.0/16", "172.16.0.0/12", "192.168.0.0/16"]
+            .into_iter()
+            .map(|n| (n.to_string(), vnet.clone()))
+            .collect()
+    );
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.comment.ends_with("Production servers"))
+    );
+    let basic_id = basic.status.unwrap().connector_id.unwrap();
+    assert!(
+        routes
+            .iter()
+            .any(|r| r.tunnel_id == basic_id && r.network == "10.0.0.0/8")
+    );
+
+    apply("examples/cloudflare/warpconnector-ha.yaml");
+    let (_, refused) = ready("ha-connector", "False").await;
+    assert_eq!(refused.reason, "RouteRefused");
+    assert!(
+        refused.message.contains("10.0.0.0/8"),
+        "{}",
+        refused.message
+    );
+    let deployment = Api::<Deployment>::namespaced(world.client.clone(), "production")
+        .get("warp-ha-connector")
+        .await
+        .unwrap();
+    let spec = deployment.spec.unwrap();
+    assert_eq!(spec.replicas, Some(4));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("warp-connector-sa")
+    );
+    assert_eq!(pod.node_selector.unwrap()["node-type"], "connector");
+    assert_eq!(
+        pod.tolerations.unwrap()[0].value.as_deref(),
+        Some("connector")
+    );
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("cloudflare/cloudflared:2024.1.0")
+    );
+
+    for file in [
+        "warpconnector-ha",
+        "warpconnector-multi-route",
+        "warpconnector-basic",
+    ] {
+        kubectl_delete(&format!("examples/cloudflare/{file}.yaml"));
+    }
+    knit_tests::eventually("the WARPConnectors gone", WAIT, || async {
+        connectors
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    kubectl_delete("examples/cloudflare/backends.yaml");
+    knit_tests::eventually("the VirtualNetwork gone", WAIT, || async {
+        Api::<VirtualNetwork>::all(world.client.clone())
+            .get_opt("production-vnet")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    assert!(world.fake.routes().is_empty(), "{:?}", world.fake.routes());
+    assert!(world.fake.warp_connectors().iter().all(|t| t.deleted));
+    assert!(
+        world
+            .fake
+            .virtual_networks()
+            .iter()
+            .all(|n| n.is_default_network)
+    );
+}
