@@ -134,7 +134,10 @@ fn simulate_maps_the_seed_ingresses_and_http_route_to_tunnel_rules() {
         hosts.extend(rules.iter().filter_map(|r| r["hostname"].as_str()));
     }
     hosts.sort();
-    assert_eq!(hosts, ["api.example.com", "app1.example.com", "app2.example.com"]);
+    assert_eq!(
+        hosts,
+        ["api.example.com", "app1.example.com", "app2.example.com"]
+    );
     assert!(output.contains("service: http://api-service.api-namespace.svc.cluster.local:8080"));
     let sources: Vec<&serde_json::Value> = documents
         .iter()
