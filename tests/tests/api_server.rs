@@ -27,12 +27,22 @@ async fn every_crd_is_accepted_and_established() {
 #[tokio::test]
 async fn examples_pass_server_side_dry_run() {
     let client = knit_tests::admin_client().await;
-    // The examples' pods live in `demo`.
-    let demo: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "demo"}})).unwrap();
-    let _ = Api::<Namespace>::all(client)
-        .create(&PostParams::default(), &demo)
-        .await;
+    // The namespaces the examples name: `demo` for the pods, and those of
+    // the Cloudflare seed (its operator namespace and its apps').
+    for name in [
+        "demo",
+        "cloudflare-operator-system",
+        "app-namespace-1",
+        "app-namespace-2",
+        "api-namespace",
+        "production",
+    ] {
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+        let _ = Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await;
+    }
     let output = knit_tests::kubectl(
         &["apply", "--dry-run=server", "-R", "-f", "examples/"],
         None,
@@ -43,6 +53,12 @@ async fn examples_pass_server_side_dry_run() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "{printed}");
+    assert!(
+        printed.contains("httproute.gateway.networking.k8s.io/api-route created")
+            && printed
+                .contains("warpconnector.networking.cloudflare-operator.io/ha-connector created"),
+        "{printed}"
+    );
     // The seed's misspelled version is served, with a warning.
     assert!(
         printed.contains("v1apha1 is a misspelling"),

@@ -309,15 +309,13 @@ pub fn verdicts(bound: &[Bound], mapping: &Mapping) -> HashMap<SourceRef, Verdic
         .collect()
 }
 
-/// The condition a source's verdict gives: `(accepted, reason, message)`.
+/// What a source is told of its verdict: `(accepted, reason, message)`.
 pub fn verdict_reason(verdict: &Verdict) -> (bool, &'static str, String) {
-    match verdict {
-        Verdict::Accepted => (true, "Accepted", "served by the tunnel".into()),
-        Verdict::NoReadyEndpoints(why) => (true, "NoReadyEndpoints", why.clone()),
-        Verdict::Conflict(why) => (false, "Conflict", why.clone()),
-        Verdict::NamespaceNotAllowed(why) => (false, "NamespaceNotAllowed", why.clone()),
-        Verdict::Invalid(why) => (false, "Invalid", why.clone()),
-    }
+    let message = match verdict {
+        Verdict::Accepted => "served by the tunnel".to_owned(),
+        other => other.message().to_owned(),
+    };
+    (!verdict.is_refused(), verdict.name(), message)
 }
 
 #[cfg(test)]

@@ -231,17 +231,29 @@ async fn apply<K: TunnelObject>(object: &K, ctx: &Context) -> Result<Action, Err
 
     let outcome = match serve(object, &key, &spec, &mut status, ctx).await {
         Ok(outcome) => outcome,
-        Err(Error::Credentials(e)) => Outcome::failed("CredentialsError", e.to_string()),
-        Err(Error::Cloudflare(e)) => Outcome::failed("CloudflareError", e.to_string()),
-        Err(other) => return Err(other),
+        Err(error) => {
+            let (reason, message) = failure_reason(error)?;
+            Outcome::failed(reason, message)
+        }
     };
     let retry = !outcome.ready;
     finish_status(object, ctx, &mut status, outcome).await?;
     Ok(if retry {
-        Action::requeue(Duration::from_secs(30))
+        Action::requeue(Duration::from_secs(10))
     } else {
         resync
     })
+}
+
+/// What a failed pass tells the object: Cloudflare and credentials failures
+/// are a `Ready=False` reason and message; Kubernetes errors are returned,
+/// to be retried.
+pub(super) fn failure_reason(error: Error) -> Result<(&'static str, String), Error> {
+    match error {
+        Error::Credentials(e) => Ok(("CredentialsError", e.to_string())),
+        Error::Cloudflare(e) => Ok(("CloudflareError", e.to_string())),
+        other => Err(other),
+    }
 }
 
 /// Everything but the status write; fills `status` as it goes.
@@ -567,15 +579,7 @@ async fn sync_dns(
     }
     let zone = ctx.accounts.zone_id(client, account, domain).await?;
     let marker = owner_marker(ctx, key);
-    let owned = client
-        .list_dns_records(
-            &zone,
-            &api::DnsFilter {
-                comment_startswith: Some(marker.prefix.clone()),
-                ..Default::default()
-            },
-        )
-        .await?;
+    let owned = owned_records(client, &zone, &marker).await?;
     let changes = plan::dns_changes(wanted, &plan::cname_target(tunnel_id), &marker, &owned);
     for record in &changes.delete {
         client.delete_dns_record(&zone, &record.id).await?;
@@ -604,6 +608,28 @@ async fn sync_dns(
         );
     }
     Ok(blocked)
+}
+
+/// The zone's records `marker` owns (listed by its prefix, then checked
+/// exactly: a longer digest with the same start is someone else's).
+async fn owned_records(
+    client: &CloudflareClient,
+    zone: &str,
+    marker: &OwnerMarker,
+) -> Result<Vec<api::DnsRecord>, Error> {
+    let listed = client
+        .list_dns_records(
+            zone,
+            &api::DnsFilter {
+                comment_startswith: Some(marker.prefix.clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    Ok(listed
+        .into_iter()
+        .filter(|r| marker.owns(r.comment.as_deref()))
+        .collect())
 }
 
 fn owner_marker(ctx: &Context, key: &TunnelKey) -> OwnerMarker {
@@ -882,16 +908,7 @@ async fn cleanup<K: TunnelObject>(object: &K, ctx: &Context) -> Result<Action, E
     if let Some(domain) = &spec.cloudflare.domain {
         let zone = ctx.accounts.zone_id(&client, account, domain).await?;
         let marker = owner_marker(ctx, &key);
-        let owned = client
-            .list_dns_records(
-                &zone,
-                &api::DnsFilter {
-                    comment_startswith: Some(marker.prefix.clone()),
-                    ..Default::default()
-                },
-            )
-            .await?;
-        for record in owned.iter().filter(|r| marker.owns(r.comment.as_deref())) {
+        for record in owned_records(&client, &zone, &marker).await? {
             client.delete_dns_record(&zone, &record.id).await?;
         }
     }

@@ -88,39 +88,64 @@ pub async fn reconcile_connector(
 async fn apply_connector(connector: &WARPConnector, ctx: &Context) -> Result<Action, Error> {
     let mut status = connector.status.clone().unwrap_or_default();
     let outcome = serve_connector(connector, ctx, &mut status).await;
-    let (ready, reason, message) = match outcome {
-        Ok(Ok(message)) => (true, "Active", message),
-        Ok(Err((reason, message))) => (false, reason, message),
-        Err(Error::Credentials(e)) => (false, "CredentialsError", e.to_string()),
-        Err(Error::Cloudflare(e)) => (false, "CloudflareError", e.to_string()),
-        Err(other) => return Err(other),
-    };
-    status.state = Some(if ready {
-        TunnelState::Active
-    } else {
-        TunnelState::Error
-    });
+    let ready = readiness(outcome, &status.conditions, connector.metadata.generation)?;
+    status.state = Some(ready.state);
     status.observed_generation = connector.metadata.generation;
-    status.conditions = vec![crate::domains::ready_condition(
-        &status.conditions,
-        connector.metadata.generation,
-        ready,
-        reason,
-        &message,
-    )];
+    status.conditions = ready.conditions;
     let api: Api<WARPConnector> = Api::namespaced(
         ctx.client.clone(),
         &connector.namespace().unwrap_or_default(),
     );
     crate::domains::write_status(&api, connector, connector.status.as_ref(), &status).await?;
-    Ok(if ready {
-        Action::requeue(ctx.accounts.settings().resync)
-    } else {
-        Action::requeue(Duration::from_secs(30))
-    })
+    Ok(ready.requeue(ctx))
 }
 
 type Refusal = (&'static str, String);
+
+/// A pass's outcome as status: `Ready`, the state, and when to look again.
+struct Readiness {
+    ready: bool,
+    state: TunnelState,
+    conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+}
+
+impl Readiness {
+    fn requeue(&self, ctx: &Context) -> Action {
+        if self.ready {
+            Action::requeue(ctx.accounts.settings().resync)
+        } else {
+            Action::requeue(Duration::from_secs(10))
+        }
+    }
+}
+
+/// Cloudflare and credentials failures, and refusals, become `Ready=False`
+/// with their reason; Kubernetes errors are returned, to be retried.
+fn readiness(
+    outcome: Result<Result<String, Refusal>, Error>,
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    generation: Option<i64>,
+) -> Result<Readiness, Error> {
+    let (ready, reason, message) = match outcome {
+        Ok(Ok(message)) => (true, "Active", message),
+        Ok(Err((reason, message))) => (false, reason, message),
+        Err(error) => {
+            let (reason, message) = super::tunnel_controller::failure_reason(error)?;
+            (false, reason, message)
+        }
+    };
+    Ok(Readiness {
+        ready,
+        state: if ready {
+            TunnelState::Active
+        } else {
+            TunnelState::Error
+        },
+        conditions: vec![crate::domains::ready_condition(
+            previous, generation, ready, reason, &message,
+        )],
+    })
+}
 
 async fn serve_connector(
     connector: &WARPConnector,
@@ -440,32 +465,13 @@ async fn apply_network(vnet: &VirtualNetwork, ctx: &Context) -> Result<Action, E
         Ok(format!("virtual network {} ({id})", wanted.name))
     }
     .await;
-    let (ready, reason, message) = match result {
-        Ok(message) => (true, "Active", message),
-        Err(Error::Credentials(e)) => (false, "CredentialsError", e.to_string()),
-        Err(Error::Cloudflare(e)) => (false, "CloudflareError", e.to_string()),
-        Err(other) => return Err(other),
-    };
-    status.state = Some(if ready {
-        TunnelState::Active
-    } else {
-        TunnelState::Error
-    });
+    let ready = readiness(result.map(Ok), &status.conditions, vnet.metadata.generation)?;
+    status.state = Some(ready.state);
     status.observed_generation = vnet.metadata.generation;
-    status.conditions = vec![crate::domains::ready_condition(
-        &status.conditions,
-        vnet.metadata.generation,
-        ready,
-        reason,
-        &message,
-    )];
+    status.conditions = ready.conditions;
     let api: Api<VirtualNetwork> = Api::all(ctx.client.clone());
     crate::domains::write_status(&api, vnet, vnet.status.as_ref(), &status).await?;
-    Ok(if ready {
-        Action::requeue(ctx.accounts.settings().resync)
-    } else {
-        Action::requeue(Duration::from_secs(30))
-    })
+    Ok(ready.requeue(ctx))
 }
 
 /// Deletes the network when knit made it (its comment carries the mark).
