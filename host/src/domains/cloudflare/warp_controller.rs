@@ -91,7 +91,7 @@ async fn apply_connector(connector: &WARPConnector, ctx: &Context) -> Result<Act
     let ready = readiness(outcome, &status.conditions, connector.metadata.generation)?;
     status.state = Some(ready.state);
     status.observed_generation = connector.metadata.generation;
-    status.conditions = ready.conditions;
+    status.conditions = ready.conditions.clone();
     let api: Api<WARPConnector> = Api::namespaced(
         ctx.client.clone(),
         &connector.namespace().unwrap_or_default(),
@@ -468,7 +468,7 @@ async fn apply_network(vnet: &VirtualNetwork, ctx: &Context) -> Result<Action, E
     let ready = readiness(result.map(Ok), &status.conditions, vnet.metadata.generation)?;
     status.state = Some(ready.state);
     status.observed_generation = vnet.metadata.generation;
-    status.conditions = ready.conditions;
+    status.conditions = ready.conditions.clone();
     let api: Api<VirtualNetwork> = Api::all(ctx.client.clone());
     crate::domains::write_status(&api, vnet, vnet.status.as_ref(), &status).await?;
     Ok(ready.requeue(ctx))
