@@ -192,6 +192,23 @@ impl World {
         .await;
     }
 
+    /// A Secret holding `token` as `CLOUDFLARE_API_TOKEN` (written over an
+    /// earlier test's).
+    async fn token_secret(&self, namespace: &str, name: &str, token: &str) {
+        Api::<Secret>::namespaced(self.client.clone(), namespace)
+            .patch(
+                name,
+                &PatchParams::apply("e2e").force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "v1", "kind": "Secret",
+                    "metadata": {"name": name},
+                    "stringData": {"CLOUDFLARE_API_TOKEN": token},
+                })),
+            )
+            .await
+            .unwrap();
+    }
+
     /// A Service with a ready endpoint, as the endpoints controller would
     /// publish it.
     async fn ready_service(&self, namespace: &str, name: &str, port: i32) {
@@ -635,17 +652,9 @@ async fn tunnel_namespace_conflicts_renames_and_foreign_records() {
     let world = World::new().await;
     let team = knit_tests::fresh_namespace(&world.client, "team").await;
     let other = knit_tests::fresh_namespace(&world.client, "other").await;
-    Api::<Secret>::namespaced(world.client.clone(), &team)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "cloudflare-api-credentials"},
-                "stringData": {"CLOUDFLARE_API_TOKEN": TOKEN},
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    world
+        .token_secret(&team, "cloudflare-api-credentials", TOKEN)
+        .await;
     world.fake.add_dns_record(
         &world.zone,
         "manual.example.com",
@@ -824,17 +833,7 @@ async fn missing_credentials_then_rate_limits() {
     assert!(world.fake.tunnels().is_empty());
 
     world.fake.rate_limit_next(3, 1);
-    Api::<Secret>::namespaced(world.client.clone(), &namespace)
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({
-                "metadata": {"name": "absent"},
-                "stringData": {"CLOUDFLARE_API_TOKEN": TOKEN},
-            }))
-            .unwrap(),
-        )
-        .await
-        .unwrap();
+    world.token_secret(&namespace, "absent", TOKEN).await;
     knit_tests::eventually("Ready=True", WAIT, || async {
         let status = tunnels.get("t").await.ok()?.status?;
         (ready_condition(&status.conditions)?.status == "True").then_some(())
@@ -855,18 +854,9 @@ async fn missing_credentials_then_rate_limits() {
 #[tokio::test]
 async fn seed_warp_connectors_advertise_routes() {
     let world = World::new().await;
-    Api::<Secret>::namespaced(world.client.clone(), KNIT_NAMESPACE)
-        .patch(
-            "production-cloudflare-token",
-            &PatchParams::apply("e2e").force(),
-            &Patch::Apply(json!({
-                "apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": "production-cloudflare-token"},
-                "stringData": {"CLOUDFLARE_API_TOKEN": WARP_TOKEN},
-            })),
-        )
-        .await
-        .unwrap();
+    world
+        .token_secret(KNIT_NAMESPACE, "production-cloudflare-token", WARP_TOKEN)
+        .await;
     apply("examples/cloudflare/backends.yaml");
     apply("examples/cloudflare/warpconnector-basic.yaml");
     apply("examples/cloudflare/warpconnector-multi-route.yaml");

@@ -178,7 +178,6 @@ pub async fn run(
     // names now and the one it was bound to.
     let wake = Arc::new(Waker {
         context: context.clone(),
-        tunnels: tunnels.clone(),
     });
     let config = kube::runtime::controller::Config::default()
         // Sources created together make one configuration PUT, not one each.
@@ -299,25 +298,14 @@ async fn gateway_api_installed(client: &Client) -> bool {
 /// Maps changes of sources and backends to the tunnels they concern.
 struct Waker {
     context: Arc<Context>,
-    tunnels: Store<Tunnel>,
 }
 
 impl Waker {
-    fn exists(&self, key: &TunnelKey) -> bool {
-        match key {
-            TunnelKey::Namespaced { namespace, name } => self
-                .tunnels
-                .get(&ObjectRef::new(name).within(namespace))
-                .is_some(),
-            TunnelKey::Cluster { .. } => false,
-        }
-    }
-
     fn for_source(&self, reference: SourceRef, annotation: Option<&str>) -> Vec<TunnelKey> {
         let mut keys = Vec::new();
         if let Some(name) = annotation {
             keys.push(sources::resolve_tunnel(name, &reference.namespace, |k| {
-                self.exists(k)
+                tunnel_controller::namespaced_tunnel_exists(&self.context.tunnels, k)
             }));
         }
         let bindings = self.context.bindings.lock().expect("bindings lock");

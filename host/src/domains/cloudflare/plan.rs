@@ -186,78 +186,111 @@ pub struct Workload<'a> {
     pub owner: Value,
 }
 
-/// The labels of a tunnel's cloudflared pods.
-pub fn workload_labels(key: &TunnelKey) -> BTreeMap<String, String> {
+/// The labels of a cloudflared Deployment and its pods.
+pub fn cloudflared_labels(app: &str, instance: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".into(), "cloudflared".into()),
-        ("app.kubernetes.io/instance".into(), workload_name(key)),
+        ("app.kubernetes.io/name".into(), app.into()),
+        ("app.kubernetes.io/instance".into(), instance.into()),
         ("app.kubernetes.io/managed-by".into(), "knit".into()),
     ])
 }
 
-/// The Deployment, `deployPatch` applied. Its pod template depends on the
-/// image, protocol, token Secret and patch only — never on the ingress
-/// rules, which cloudflared fetches from Cloudflare — so a configuration
-/// change restarts nothing.
-pub fn deployment(workload: &Workload) -> Result<Value, String> {
-    let name = workload_name(workload.key);
-    let labels = workload_labels(workload.key);
+/// The labels of a tunnel's cloudflared pods.
+pub fn workload_labels(key: &TunnelKey) -> BTreeMap<String, String> {
+    cloudflared_labels("cloudflared", &workload_name(key))
+}
+
+/// The pod tunnels and WARP connectors both run: cloudflared as a non-root
+/// user on a read-only root, the token from Secret `secret` as
+/// `TUNNEL_TOKEN`, metrics and `/ready` on port 2000.
+pub fn cloudflared_pod(image: &str, args: &[&str], secret: &str) -> Value {
+    json!({
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": 65532,
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "containers": [{
+            "name": "cloudflared",
+            "image": image,
+            "args": args,
+            "env": [{
+                "name": "TUNNEL_TOKEN",
+                "valueFrom": { "secretKeyRef": { "name": secret, "key": TOKEN_SECRET_KEY } },
+            }],
+            "ports": [{ "name": "metrics", "containerPort": 2000 }],
+            "readinessProbe": { "httpGet": { "path": "/ready", "port": 2000 } },
+            "securityContext": {
+                "allowPrivilegeEscalation": false,
+                "readOnlyRootFilesystem": true,
+                "capabilities": { "drop": ["ALL"] },
+            },
+        }],
+    })
+}
+
+/// A cloudflared Deployment running `pod`, selected by its labels but
+/// `managed-by`.
+pub fn cloudflared_deployment(
+    name: &str,
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    owner: &Value,
+    replicas: i32,
+    pod: Value,
+) -> Value {
     let selector: BTreeMap<_, _> = labels
         .iter()
         .filter(|(k, _)| k.as_str() != "app.kubernetes.io/managed-by")
         .collect();
-    let mut deployment = json!({
+    json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {
             "name": name,
-            "namespace": workload.namespace,
+            "namespace": namespace,
             "labels": labels,
-            "ownerReferences": [workload.owner],
+            "ownerReferences": [owner],
         },
         "spec": {
-            "replicas": 1,
+            "replicas": replicas,
             "selector": { "matchLabels": selector },
-            "template": {
-                "metadata": { "labels": labels },
-                "spec": {
-                    "automountServiceAccountToken": false,
-                    "securityContext": {
-                        "runAsNonRoot": true,
-                        "runAsUser": 65532,
-                        "seccompProfile": { "type": "RuntimeDefault" },
-                    },
-                    "containers": [{
-                        "name": "cloudflared",
-                        "image": workload.image,
-                        "args": [
-                            "tunnel", "--no-autoupdate",
-                            "--protocol", workload.protocol,
-                            "--metrics", "0.0.0.0:2000",
-                            "run",
-                        ],
-                        "env": [{
-                            "name": "TUNNEL_TOKEN",
-                            "valueFrom": { "secretKeyRef": { "name": name, "key": TOKEN_SECRET_KEY } },
-                        }],
-                        "ports": [{ "name": "metrics", "containerPort": 2000 }],
-                        "readinessProbe": { "httpGet": { "path": "/ready", "port": 2000 } },
-                        "livenessProbe": {
-                            "httpGet": { "path": "/ready", "port": 2000 },
-                            "failureThreshold": 3,
-                            "initialDelaySeconds": 10,
-                            "periodSeconds": 10,
-                        },
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "capabilities": { "drop": ["ALL"] },
-                        },
-                    }],
-                },
-            },
+            "template": { "metadata": { "labels": labels }, "spec": pod },
         },
+    })
+}
+
+/// A tunnel's Deployment, `deployPatch` applied. Its pod template depends
+/// on the image, protocol, token Secret and patch only — never on the
+/// ingress rules, which cloudflared fetches from Cloudflare — so a
+/// configuration change restarts nothing.
+pub fn deployment(workload: &Workload) -> Result<Value, String> {
+    let name = workload_name(workload.key);
+    let args = [
+        "tunnel",
+        "--no-autoupdate",
+        "--protocol",
+        workload.protocol,
+        "--metrics",
+        "0.0.0.0:2000",
+        "run",
+    ];
+    let mut pod = cloudflared_pod(workload.image, &args, &name);
+    pod["automountServiceAccountToken"] = json!(false);
+    pod["containers"][0]["livenessProbe"] = json!({
+        "httpGet": { "path": "/ready", "port": 2000 },
+        "failureThreshold": 3,
+        "initialDelaySeconds": 10,
+        "periodSeconds": 10,
     });
+    let mut deployment = cloudflared_deployment(
+        &name,
+        workload.namespace,
+        &workload_labels(workload.key),
+        &workload.owner,
+        1,
+        pod,
+    );
     let patch: Value = serde_json::from_str(workload.deploy_patch)
         .map_err(|e| format!("deployPatch is not JSON: {e}"))?;
     if !patch.is_object() {

@@ -309,7 +309,16 @@ async fn serve<K: TunnelObject>(
     status.account_id = Some(account.to_owned());
 
     // Its token, for cloudflared, in a Secret beside the Deployment.
-    ensure_token_secret(ctx, &client, account, key, &namespace, &tunnel.id, &owner).await?;
+    ensure_token_secret(
+        &ctx.client,
+        &namespace,
+        &plan::workload_name(key),
+        &plan::workload_labels(key),
+        &tunnel.id,
+        &owner,
+        client.tunnel_token(account, &tunnel.id),
+    )
+    .await?;
     Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
         .patch(
             &plan::workload_name(key),
@@ -468,20 +477,21 @@ fn claimant(ctx: &Context, key: &TunnelKey, id: &str) -> Option<TunnelKey> {
     namespaced.chain(cluster).find(|other| other != key)
 }
 
-/// The token Secret, fetched from Cloudflare only when it is missing or for
-/// another tunnel. The token never reaches a log or a plugin.
-async fn ensure_token_secret(
-    ctx: &Context,
-    client: &CloudflareClient,
-    account: &str,
-    key: &TunnelKey,
+/// The token Secret `name` beside a cloudflared Deployment. `fetch` (a
+/// token request, lazy like every future) runs only when the Secret is
+/// missing or holds another tunnel's token. The token never reaches a log
+/// or a plugin.
+pub(super) async fn ensure_token_secret(
+    kube: &Client,
     namespace: &str,
+    name: &str,
+    labels: &BTreeMap<String, String>,
     tunnel_id: &str,
     owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+    fetch: impl std::future::Future<Output = Result<api::TunnelToken, api::Error>>,
 ) -> Result<(), Error> {
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), namespace);
-    let name = plan::workload_name(key);
-    if let Some(existing) = secrets.get_opt(&name).await?
+    let secrets = Api::<Secret>::namespaced(kube.clone(), namespace);
+    if let Some(existing) = secrets.get_opt(name).await?
         && existing
             .annotations()
             .get(TUNNEL_ID_ANNOTATION)
@@ -494,14 +504,14 @@ async fn ensure_token_secret(
     {
         return Ok(());
     }
-    let token = client.tunnel_token(account, tunnel_id).await?;
+    let token = fetch.await?;
     let secret = json!({
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": plan::workload_labels(key),
+            "labels": labels,
             "annotations": { TUNNEL_ID_ANNOTATION: tunnel_id },
             "ownerReferences": [owner],
         },
@@ -510,7 +520,7 @@ async fn ensure_token_secret(
     });
     secrets
         .patch(
-            &name,
+            name,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&secret),
         )
@@ -518,15 +528,20 @@ async fn ensure_token_secret(
     Ok(())
 }
 
-/// Every Ingress and HTTPRoute of the caches that names this tunnel.
-fn bound_sources(key: &TunnelKey, ctx: &Context) -> Vec<Bound> {
-    let tunnels = &ctx.tunnels;
-    let exists = |k: &TunnelKey| match k {
+/// Whether `key` is a `Tunnel` in the cache (how a bare tunnel name on a
+/// source resolves; see `sources::resolve_tunnel`).
+pub(super) fn namespaced_tunnel_exists(tunnels: &Store<Tunnel>, key: &TunnelKey) -> bool {
+    match key {
         TunnelKey::Namespaced { namespace, name } => tunnels
             .get(&ObjectRef::new(name).within(namespace))
             .is_some(),
         TunnelKey::Cluster { .. } => false,
-    };
+    }
+}
+
+/// Every Ingress and HTTPRoute of the caches that names this tunnel.
+fn bound_sources(key: &TunnelKey, ctx: &Context) -> Vec<Bound> {
+    let exists = |k: &TunnelKey| namespaced_tunnel_exists(&ctx.tunnels, k);
     let services = &ctx.services;
     let service =
         |namespace: &str, name: &str| services.get(&ObjectRef::new(name).within(namespace));

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -15,7 +14,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
 use super::account::Accounts;
-use super::plan::{OwnerMarker, TOKEN_SECRET_KEY, TUNNEL_ID_ANNOTATION};
+use super::plan::{self, OwnerMarker};
 use super::tunnel_controller::Error;
 use super::types::{
     TunnelState, VirtualNetwork, VirtualNetworkStatus, WARPConnector, WARPConnectorSpec,
@@ -211,35 +210,18 @@ async fn serve_connector(
         .controller_owner_ref(&())
         .expect("a stored object has a name and a UID");
     let workload = format!("warp-{name}");
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &namespace);
-    let current = secrets.get_opt(&workload).await?;
-    let fresh = current.as_ref().is_some_and(|s| {
-        s.annotations().get(TUNNEL_ID_ANNOTATION) == Some(&tunnel.id)
-            && s.data
-                .as_ref()
-                .is_some_and(|d| d.contains_key(TOKEN_SECRET_KEY))
-    });
-    if !fresh {
-        let token = client.warp_connector_token(account, &tunnel.id).await?;
-        let secret = json!({
-            "apiVersion": "v1", "kind": "Secret",
-            "metadata": {
-                "name": workload, "namespace": namespace,
-                "annotations": { TUNNEL_ID_ANNOTATION: tunnel.id },
-                "ownerReferences": [owner],
-            },
-            "type": "Opaque",
-            "stringData": { TOKEN_SECRET_KEY: token.expose() },
-        });
-        secrets
-            .patch(
-                &workload,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&secret),
-            )
-            .await?;
-    }
-    let deployment = connector_deployment(spec, &namespace, &workload, &owner);
+    let labels = plan::cloudflared_labels("cloudflared-warp-connector", &workload);
+    super::tunnel_controller::ensure_token_secret(
+        &ctx.client,
+        &namespace,
+        &workload,
+        &labels,
+        &tunnel.id,
+        &owner,
+        client.warp_connector_token(account, &tunnel.id),
+    )
+    .await?;
+    let deployment = connector_deployment(spec, &namespace, &workload, &labels, &owner);
     let applied = Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
         .patch(
             &workload,
@@ -315,33 +297,21 @@ fn connector_deployment(
     spec: &WARPConnectorSpec,
     namespace: &str,
     name: &str,
+    labels: &std::collections::BTreeMap<String, String>,
     owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
 ) -> serde_json::Value {
-    let labels = json!({
-        "app.kubernetes.io/name": "cloudflared-warp-connector",
-        "app.kubernetes.io/instance": name,
-        "app.kubernetes.io/managed-by": "knit",
-    });
-    let selector = json!({
-        "app.kubernetes.io/name": "cloudflared-warp-connector",
-        "app.kubernetes.io/instance": name,
-    });
-    let mut pod = json!({
-        "securityContext": { "runAsNonRoot": true, "runAsUser": 65532, "seccompProfile": { "type": "RuntimeDefault" } },
-        "containers": [{
-            "name": "cloudflared",
-            "image": spec.image.clone().unwrap_or_else(|| super::types::DEFAULT_CLOUDFLARED_IMAGE.into()),
-            "args": ["tunnel", "--no-autoupdate", "--metrics", "0.0.0.0:2000", "run"],
-            "env": [{ "name": "TUNNEL_TOKEN", "valueFrom": { "secretKeyRef": { "name": name, "key": TOKEN_SECRET_KEY } } }],
-            "ports": [{ "name": "metrics", "containerPort": 2000 }],
-            "readinessProbe": { "httpGet": { "path": "/ready", "port": 2000 } },
-            "securityContext": {
-                "allowPrivilegeEscalation": false,
-                "readOnlyRootFilesystem": true,
-                "capabilities": { "drop": ["ALL"] },
-            },
-        }],
-    });
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| super::types::DEFAULT_CLOUDFLARED_IMAGE.into());
+    let args = [
+        "tunnel",
+        "--no-autoupdate",
+        "--metrics",
+        "0.0.0.0:2000",
+        "run",
+    ];
+    let mut pod = plan::cloudflared_pod(&image, &args, name);
     if let Some(resources) = &spec.resources {
         pod["containers"][0]["resources"] = json!(resources);
     }
@@ -355,15 +325,7 @@ fn connector_deployment(
         Some(account) => pod["serviceAccountName"] = json!(account),
         None => pod["automountServiceAccountToken"] = json!(false),
     }
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": { "name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner] },
-        "spec": {
-            "replicas": spec.replicas,
-            "selector": { "matchLabels": selector },
-            "template": { "metadata": { "labels": labels }, "spec": pod },
-        },
-    })
+    plan::cloudflared_deployment(name, namespace, labels, &json!(owner), spec.replicas, pod)
 }
 
 async fn cleanup_connector(connector: &WARPConnector, ctx: &Context) -> Result<Action, Error> {
