@@ -5,7 +5,8 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::domains::cloudflare::types::{
-    CloudflareCredentials, ClusterTunnel, Tunnel, VirtualNetwork, WARPConnector,
+    CloudflareCredentials, ClusterTunnel, DNSRecord, NetworkRoute, Tunnel, VirtualNetwork,
+    WARPConnector,
 };
 use crate::domains::ipam::types::{IPAllocation, IPPool};
 use crate::domains::tke_clb::types::{
@@ -46,6 +47,14 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         (
             "networking.cloudflare-operator.io_cloudflarecredentials.yaml",
             CloudflareCredentials::crd(),
+        ),
+        (
+            "networking.cloudflare-operator.io_networkroutes.yaml",
+            NetworkRoute::crd(),
+        ),
+        (
+            "networking.cloudflare-operator.io_dnsrecords.yaml",
+            DNSRecord::crd(),
         ),
     ]
     .into_iter()

@@ -10,10 +10,19 @@
 //!   configuration, DNS, cloudflared, source status;
 //! - `warp_controller`: `WARPConnector` → connector tunnel, cloudflared,
 //!   Zero Trust routes; `VirtualNetwork` → virtual network;
+//! - `route_controller`: `NetworkRoute` → one Zero Trust route through a
+//!   tunnel object's tunnel;
+//! - `dns_record` (pure) and `dns_controller`: `DNSRecord` → DNS records
+//!   with static content or a Service's, Ingress's or Node's addresses;
+//! - `objects`: what the controllers of single objects share;
 //! - `account`: settings, credentials and clients.
 
 pub mod account;
+pub mod dns_controller;
+pub mod dns_record;
+pub mod objects;
 pub mod plan;
+pub mod route_controller;
 pub mod sources;
 pub mod tunnel_controller;
 pub mod types;
@@ -37,7 +46,9 @@ use crate::telemetry::ReconcileMetrics;
 use account::{Accounts, CloudflareSettings};
 use sources::{HttpRoute, SourceKindKey, SourceRef, TunnelKey};
 use tunnel_controller::{Context, TunnelObject};
-use types::{ClusterTunnel, Tunnel, VirtualNetwork, WARPConnector};
+use types::{
+    ClusterTunnel, DNSRecord, NetworkRoute, Tunnel, TunnelRefKind, VirtualNetwork, WARPConnector,
+};
 
 /// Runs the tunnel controllers until `shutdown` resolves (then finishes the
 /// passes in flight). Ingresses, HTTPRoutes, Services and EndpointSlices are
@@ -91,7 +102,7 @@ pub async fn run(
     let cluster_tunnels = cluster_controller.store();
 
     let accounts = Arc::new(Accounts::new(client.clone(), settings));
-    let warp_context = Arc::new(warp_controller::Context {
+    let warp_context = Arc::new(objects::Context {
         client: client.clone(),
         accounts: accounts.clone(),
     });
@@ -132,7 +143,7 @@ pub async fn run(
                     }
                 }
             },
-            warp_controller::error_policy,
+            objects::error_policy,
             warp_context.clone(),
         )
         .for_each(|_| async {});
@@ -152,10 +163,24 @@ pub async fn run(
                 }
             }
         },
-        warp_controller::error_policy,
-        warp_context,
+        objects::error_policy,
+        warp_context.clone(),
     )
     .for_each(|_| async {});
+    let network_routes = run_network_routes(
+        &client,
+        warp_context.clone(),
+        reconciles.clone(),
+        shutdown.clone(),
+    );
+    let dns_records = run_dns_records(
+        &client,
+        warp_context,
+        reconciles.clone(),
+        ingress_events.clone(),
+        service_events.clone(),
+        shutdown.clone(),
+    );
 
     let context = Arc::new(Context {
         client: client.clone(),
@@ -251,12 +276,143 @@ pub async fn run(
         }
     };
     tokio::select! {
-        _ = async { tokio::join!(namespaced, cluster, connectors, networks) } => {}
+        _ = async { tokio::join!(namespaced, cluster, connectors, networks, network_routes, dns_records) } => {}
         _ = ingress_watch => {}
         _ = service_watch => {}
         _ = slice_watch => {}
         _ = route_watch => {}
     }
+}
+
+/// `NetworkRoute`s, woken when the tunnel object or virtual network they
+/// name changes.
+fn run_network_routes(
+    client: &Client,
+    context: Arc<objects::Context>,
+    reconciles: Arc<ReconcileMetrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl std::future::Future<Output = ()> {
+    let controller = Controller::new(
+        Api::<NetworkRoute>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let routes_of = move |kind: TunnelRefKind, namespace: Option<String>, name: String| {
+        store
+            .state()
+            .iter()
+            .filter(|r| route_controller::uses_tunnel(r, kind, namespace.as_deref(), &name))
+            .map(|r| ObjectRef::from_obj(&**r))
+            .collect::<Vec<_>>()
+    };
+    let vnet_store = controller.store();
+    controller
+        .watches(Api::<Tunnel>::all(client.clone()), watcher::Config::default(), {
+            let routes_of = routes_of.clone();
+            move |tunnel: Tunnel| {
+                routes_of(TunnelRefKind::Tunnel, tunnel.namespace(), tunnel.name_any())
+            }
+        })
+        .watches(
+            Api::<ClusterTunnel>::all(client.clone()),
+            watcher::Config::default(),
+            move |tunnel: ClusterTunnel| {
+                routes_of(TunnelRefKind::ClusterTunnel, None, tunnel.name_any())
+            },
+        )
+        .watches(
+            Api::<VirtualNetwork>::all(client.clone()),
+            watcher::Config::default(),
+            move |vnet: VirtualNetwork| {
+                vnet_store
+                    .state()
+                    .iter()
+                    .filter(|r| {
+                        r.spec.virtual_network_ref.as_ref().map(|v| &v.name)
+                            == Some(&vnet.name_any())
+                    })
+                    .map(|r| ObjectRef::from_obj(&**r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |route, ctx| {
+                let reconciles = reconciles.clone();
+                async move {
+                    let pass = route_controller::reconcile(route, ctx);
+                    reconciles.measure("NetworkRoute", pass).await
+                }
+            },
+            objects::error_policy,
+            context,
+        )
+        .for_each(|_| async {})
+}
+
+/// `DNSRecord`s, woken when their Service, Ingress or Node changes.
+fn run_dns_records(
+    client: &Client,
+    context: Arc<objects::Context>,
+    reconciles: Arc<ReconcileMetrics>,
+    ingress_events: ReflectHandle<Ingress>,
+    service_events: ReflectHandle<Service>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> impl std::future::Future<Output = ()> {
+    let controller = Controller::new(
+        Api::<DNSRecord>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    let records_of = move |source: dns_controller::Source| {
+        store
+            .state()
+            .iter()
+            .filter(|r| dns_controller::uses_source(r, &source))
+            .map(|r| ObjectRef::from_obj(&**r))
+            .collect::<Vec<_>>()
+    };
+    controller
+        .watches_shared_stream(service_events, {
+            let records_of = records_of.clone();
+            move |service: Arc<Service>| {
+                records_of(dns_controller::Source::Service {
+                    namespace: service.namespace().unwrap_or_default(),
+                    name: service.name_any(),
+                })
+            }
+        })
+        .watches_shared_stream(ingress_events, {
+            let records_of = records_of.clone();
+            move |ingress: Arc<Ingress>| {
+                records_of(dns_controller::Source::Ingress {
+                    namespace: ingress.namespace().unwrap_or_default(),
+                    name: ingress.name_any(),
+                })
+            }
+        })
+        .watches(
+            Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()),
+            watcher::Config::default(),
+            move |node: k8s_openapi::api::core::v1::Node| {
+                records_of(dns_controller::Source::Node {
+                    name: node.name_any(),
+                })
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(
+            move |record, ctx| {
+                let reconciles = reconciles.clone();
+                async move {
+                    let pass = dns_controller::reconcile(record, ctx);
+                    reconciles.measure("DNSRecord", pass).await
+                }
+            },
+            objects::error_policy,
+            context,
+        )
+        .for_each(|_| async {})
 }
 
 /// A watch shared by both controllers: its store, its event stream, and the

@@ -430,3 +430,303 @@ pub struct CloudflareCredentialsStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
+
+/// A private network (CIDR) routed to WARP clients through a `Tunnel` or a
+/// `ClusterTunnel`, in a virtual network.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[kube(
+    group = "networking.cloudflare-operator.io",
+    version = "v1alpha2",
+    kind = "NetworkRoute",
+    status = "NetworkRouteStatus",
+    shortname = "nroute",
+    category = "knit",
+    category = "cloudflare",
+    printcolumn = r#"{"name":"Network","type":"string","jsonPath":".spec.network"}"#,
+    printcolumn = r#"{"name":"Tunnel","type":"string","jsonPath":".spec.tunnelRef.name"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkRouteSpec {
+    /// A CIDR written from its first address, e.g. `10.0.0.0/8`.
+    #[schemars(length(min = 1, max = 64))]
+    #[x_kube(validation = Rule::new("isCIDR(self)").message("network must be a CIDR such as 10.0.0.0/8"))]
+    #[x_kube(validation = Rule::new("!isCIDR(self) || cidr(self) == cidr(self).masked()")
+        .message("network must start at the network's first address, e.g. 10.0.0.0/8 rather than 10.1.2.3/8"))]
+    pub network: String,
+    /// The tunnel the network is reached through.
+    pub tunnel_ref: TunnelRef,
+    /// The `VirtualNetwork` the route is in; the account's default network
+    /// when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_network_ref: Option<VirtualNetworkRef>,
+    /// Shown in Cloudflare after knit's ownership mark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 78))]
+    pub comment: Option<String>,
+    /// The account (the tunnel's) and the credentials; a Secret named here is
+    /// in knit's namespace.
+    pub cloudflare: CloudflareDetails,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.kind == 'ClusterTunnel' ? !has(self.__namespace__) : has(self.__namespace__)")
+    .message("a Tunnel is named with its namespace; a ClusterTunnel without one"))]
+pub struct TunnelRef {
+    #[serde(default)]
+    pub kind: TunnelRefKind,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum TunnelRefKind {
+    Tunnel,
+    #[default]
+    ClusterTunnel,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkRouteStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_network_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+    /// The route's ID in Cloudflare.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<TunnelState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// DNS records in a Cloudflare zone: static content, or the addresses of a
+/// Service, Ingress or Node in the cluster, kept up to date.
+#[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[kube(
+    group = "networking.cloudflare-operator.io",
+    version = "v1alpha2",
+    kind = "DNSRecord",
+    namespaced,
+    status = "DNSRecordStatus",
+    shortname = "dnsrec",
+    category = "knit",
+    category = "cloudflare",
+    printcolumn = r#"{"name":"FQDN","type":"string","jsonPath":".status.fqdn"}"#,
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".status.resolvedType"}"#,
+    printcolumn = r#"{"name":"Content","type":"string","jsonPath":".status.resolvedContent"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.content) != has(self.sourceRef)")
+    .message("set exactly one of content and sourceRef"))]
+#[x_kube(validation = Rule::new("!has(self.content) || has(self.type)")
+    .message("a record with static content needs its type"))]
+#[x_kube(validation = Rule::new("!has(self.sourceRef) || !has(self.type) || self.type != 'TXT'")
+    .message("a record from a sourceRef is A, AAAA or CNAME"))]
+#[x_kube(validation = Rule::new("!self.proxied || !has(self.type) || self.type != 'TXT'")
+    .message("TXT records cannot be proxied"))]
+#[x_kube(validation = Rule::new("!has(self.content) || !has(self.type) || self.type != 'A' || (isIP(self.content) && ip(self.content).family() == 4)")
+    .message("an A record's content is an IPv4 address"))]
+#[x_kube(validation = Rule::new("!has(self.content) || !has(self.type) || self.type != 'AAAA' || (isIP(self.content) && ip(self.content).family() == 6)")
+    .message("an AAAA record's content is an IPv6 address"))]
+#[x_kube(validation = Rule::new("!self.proxied || self.ttl == 1")
+    .message("proxied records have an automatic TTL: leave ttl at 1"))]
+#[x_kube(validation = Rule::new("has(self.cloudflare.domain)")
+    .message("cloudflare.domain is required: the zone the record is made in")
+    .field_path(".cloudflare"))]
+pub struct DNSRecordSpec {
+    /// The record's name: fully qualified inside the zone, relative to it, or
+    /// `@` for the zone's apex.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Required with `content`; with `sourceRef`, detected from the addresses
+    /// (an IPv4 address gives A, IPv6 AAAA, a host name CNAME) unless set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<DnsRecordType>,
+    /// Static content: an address, a host name or text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub content: Option<String>,
+    /// The object whose addresses become the record's content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ref: Option<DnsSourceRef>,
+    /// Which of the source's addresses are published.
+    #[serde(default)]
+    pub address_selection: AddressSelection,
+    /// What happens to the records when the source is deleted.
+    #[serde(default)]
+    pub source_deletion_policy: SourceDeletionPolicy,
+    /// Seconds; 1 means automatic.
+    #[serde(default = "default_ttl")]
+    #[x_kube(validation = Rule::new("self == 1 || (self >= 60 && self <= 86400)")
+        .message("ttl is 1 (automatic) or between 60 and 86400 seconds"))]
+    pub ttl: u32,
+    /// Through Cloudflare's proxy (orange cloud).
+    #[serde(default)]
+    pub proxied: bool,
+    /// Shown in Cloudflare after knit's ownership mark.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 78))]
+    pub comment: Option<String>,
+    pub cloudflare: CloudflareDetails,
+}
+
+fn default_ttl() -> u32 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DnsRecordType {
+    A,
+    AAAA,
+    CNAME,
+    TXT,
+}
+
+impl DnsRecordType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DnsRecordType::A => "A",
+            DnsRecordType::AAAA => "AAAA",
+            DnsRecordType::CNAME => "CNAME",
+            DnsRecordType::TXT => "TXT",
+        }
+    }
+}
+
+/// Exactly one source, in the DNSRecord's namespace (Nodes are cluster-wide).
+#[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.service), has(self.ingress), has(self.node)].filter(x, x).size() == 1")
+    .message("set exactly one of service, ingress and node"))]
+pub struct DnsSourceRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceDnsSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<NamedSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeDnsSource>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceDnsSource {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default)]
+    pub address_type: ServiceAddressType,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum ServiceAddressType {
+    /// `status.loadBalancer.ingress[].ip`
+    #[default]
+    LoadBalancerIP,
+    /// `status.loadBalancer.ingress[].hostname`
+    LoadBalancerHostname,
+    /// `spec.externalIPs`
+    ExternalIP,
+    /// `spec.externalName`
+    ExternalName,
+    /// `spec.clusterIPs`
+    ClusterIP,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NamedSource {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDnsSource {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    #[serde(default)]
+    pub address_type: NodeAddressType,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum NodeAddressType {
+    #[default]
+    ExternalIP,
+    InternalIP,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum AddressSelection {
+    /// The first address the source lists.
+    #[default]
+    First,
+    /// Every address, one record each (round robin); a host name only when
+    /// the source has no address.
+    All,
+    PreferIPv4,
+    PreferIPv6,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum SourceDeletionPolicy {
+    /// The records go with the source.
+    #[default]
+    Delete,
+    /// The records stay as they were.
+    Orphan,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
+pub enum DnsRecordState {
+    Active,
+    Pending,
+    Orphaned,
+    Error,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DNSRecordStatus {
+    /// The fully qualified name published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fqdn: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone_id: Option<String>,
+    /// The first of `managedRecordIds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub managed_record_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_type: Option<String>,
+    /// The first of `resolvedAddresses`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolved_addresses: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<DnsRecordState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -4,48 +4,29 @@
 //! made carry its ownership mark in their comment; nothing else is touched.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use serde_json::json;
 
-use super::account::Accounts;
+use super::objects::{
+    Context, Refusal, delete_owned_routes, marked_comment, readiness, sync_routes,
+    virtual_network_id,
+};
 use super::plan::{self, OwnerMarker};
 use super::tunnel_controller::Error;
 use super::types::{
     TunnelState, VirtualNetwork, VirtualNetworkStatus, WARPConnector, WARPConnectorSpec,
     WARPConnectorStatus,
 };
-use crate::providers::cloudflare::{self as api, CloudflareClient};
+use crate::providers::cloudflare as api;
 
 pub const WARP_FINALIZER: &str = "knit.dev/warp-connector";
 pub const VNET_FINALIZER: &str = "knit.dev/virtual-network";
 const MANAGER: &str = "knit";
-
-pub struct Context {
-    pub client: Client,
-    pub accounts: Arc<Accounts>,
-}
-
-pub fn error_policy<K: Resource<DynamicType = ()>>(
-    object: Arc<K>,
-    error: &Error,
-    _: Arc<Context>,
-) -> Action {
-    match error {
-        Error::Finalizer(inner) if crate::domains::lost_finalizer_race(inner) => {
-            Action::requeue(Duration::from_secs(1))
-        }
-        _ => {
-            tracing::warn!(object = %object.meta().name.clone().unwrap_or_default(), %error, "reconcile failed");
-            Action::requeue(Duration::from_secs(10))
-        }
-    }
-}
 
 /// The name of a connector's `warp_connector` tunnel: unique per cluster,
 /// namespace and object, so a connector is adopted by its own object only.
@@ -55,15 +36,12 @@ pub fn connector_name(cluster_id: &str, namespace: &str, name: &str) -> String {
     format!("{namespace}-{name}-{cluster}")
 }
 
-fn marker(ctx: &Context, owner: &str) -> OwnerMarker {
-    OwnerMarker::new(&ctx.accounts.settings().cluster_id, owner)
-}
-
-/// A route's comment: the ownership mark, then the user's words.
-pub fn route_comment(marker: &OwnerMarker, comment: Option<&str>, fallback: &str) -> String {
-    let mut text = format!("{} {}", marker.prefix, comment.unwrap_or(fallback));
-    text.truncate(100);
-    text
+fn state(ready: &super::objects::Readiness) -> TunnelState {
+    if ready.ready {
+        TunnelState::Active
+    } else {
+        TunnelState::Error
+    }
 }
 
 pub async fn reconcile_connector(
@@ -88,7 +66,7 @@ async fn apply_connector(connector: &WARPConnector, ctx: &Context) -> Result<Act
     let mut status = connector.status.clone().unwrap_or_default();
     let outcome = serve_connector(connector, ctx, &mut status).await;
     let ready = readiness(outcome, &status.conditions, connector.metadata.generation)?;
-    status.state = Some(ready.state);
+    status.state = Some(state(&ready));
     status.observed_generation = connector.metadata.generation;
     status.conditions = ready.conditions.clone();
     let api: Api<WARPConnector> = Api::namespaced(
@@ -97,53 +75,6 @@ async fn apply_connector(connector: &WARPConnector, ctx: &Context) -> Result<Act
     );
     crate::domains::write_status(&api, connector, connector.status.as_ref(), &status).await?;
     Ok(ready.requeue(ctx))
-}
-
-type Refusal = (&'static str, String);
-
-/// A pass's outcome as status: `Ready`, the state, and when to look again.
-struct Readiness {
-    ready: bool,
-    state: TunnelState,
-    conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-}
-
-impl Readiness {
-    fn requeue(&self, ctx: &Context) -> Action {
-        if self.ready {
-            Action::requeue(ctx.accounts.settings().resync)
-        } else {
-            Action::requeue(Duration::from_secs(10))
-        }
-    }
-}
-
-/// Cloudflare and credentials failures, and refusals, become `Ready=False`
-/// with their reason; Kubernetes errors are returned, to be retried.
-fn readiness(
-    outcome: Result<Result<String, Refusal>, Error>,
-    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
-    generation: Option<i64>,
-) -> Result<Readiness, Error> {
-    let (ready, reason, message) = match outcome {
-        Ok(Ok(message)) => (true, "Active", message),
-        Ok(Err((reason, message))) => (false, reason, message),
-        Err(error) => {
-            let (reason, message) = super::tunnel_controller::failure_reason(error)?;
-            (false, reason, message)
-        }
-    };
-    Ok(Readiness {
-        ready,
-        state: if ready {
-            TunnelState::Active
-        } else {
-            TunnelState::Error
-        },
-        conditions: vec![crate::domains::ready_condition(
-            previous, generation, ready, reason, &message,
-        )],
-    })
 }
 
 async fn serve_connector(
@@ -162,31 +93,16 @@ async fn serve_connector(
     status.account_id = Some(account.to_owned());
 
     // Its virtual network, once that has one.
-    let vnet_id = match &spec.virtual_network_ref {
-        // The account's default network, named so routes compare exactly.
-        None => client
-            .list_virtual_networks(account)
-            .await?
-            .into_iter()
-            .find(|n| n.is_default_network)
-            .map(|n| n.id),
-        Some(reference) => {
-            let vnet = Api::<VirtualNetwork>::all(ctx.client.clone())
-                .get_opt(&reference.name)
-                .await?;
-            match vnet
-                .and_then(|v| v.status)
-                .and_then(|s| s.virtual_network_id)
-            {
-                Some(id) => Some(id),
-                None => {
-                    return Ok(Err((
-                        "VirtualNetworkNotReady",
-                        format!("VirtualNetwork {} has no network yet", reference.name),
-                    )));
-                }
-            }
-        }
+    let vnet_id = match virtual_network_id(
+        ctx,
+        &client,
+        account,
+        spec.virtual_network_ref.as_ref(),
+    )
+    .await?
+    {
+        Ok(id) => id,
+        Err(refusal) => return Ok(Err(refusal)),
     };
     status.virtual_network_id = vnet_id.clone();
 
@@ -235,7 +151,7 @@ async fn serve_connector(
 
     // Its routes, owned through their comment.
     let owner_name = format!("WARPConnector {namespace}/{name}");
-    let marker = marker(ctx, &owner_name);
+    let marker = ctx.marker(&owner_name);
     let existing = client
         .list_routes(
             account,
@@ -251,39 +167,15 @@ async fn serve_connector(
         .map(|r| api::NewRoute {
             network: r.network.clone(),
             tunnel_id: tunnel.id.clone(),
-            comment: route_comment(&marker, r.comment.as_deref(), &owner_name),
+            comment: marked_comment(&marker, r.comment.as_deref(), &owner_name),
             virtual_network_id: vnet_id.clone(),
         })
         .collect();
-    let same = |have: &api::Route, want: &api::NewRoute| {
-        have.network == want.network
-            && have.comment == want.comment
-            && have.virtual_network_id == want.virtual_network_id
-    };
-    for route in existing.iter().filter(|r| marker.owns(Some(&r.comment))) {
-        if !wanted.iter().any(|w| same(route, w)) {
-            client.delete_route(account, &route.id).await?;
-        }
-    }
-    let mut refused = Vec::new();
-    for route in wanted
-        .iter()
-        .filter(|w| !existing.iter().any(|r| same(r, w)))
-    {
-        match client.create_route(account, route).await {
-            Ok(_) => {}
-            Err(api::Error::Api { errors, .. }) => refused.push(format!(
-                "{}: {}",
-                route.network,
-                errors
-                    .iter()
-                    .map(|e| e.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let refused: Vec<String> = sync_routes(&client, account, &marker, &existing, &wanted)
+        .await?
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
     if !refused.is_empty() {
         return Ok(Err(("RouteRefused", refused.join(", "))));
     }
@@ -346,31 +238,10 @@ async fn cleanup_connector(connector: &WARPConnector, ctx: &Context) -> Result<A
         .client_for_cleanup(&spec.cloudflare, Some(&namespace))
         .await?;
     let account = spec.cloudflare.account_id.as_str();
-    let marker = marker(ctx, &format!("WARPConnector {namespace}/{name}"));
+    let marker = ctx.marker(&format!("WARPConnector {namespace}/{name}"));
     delete_owned_routes(&client, account, &marker, Some(&id)).await?;
     client.delete_warp_connector(account, &id).await?;
     Ok(Action::await_change())
-}
-
-async fn delete_owned_routes(
-    client: &CloudflareClient,
-    account: &str,
-    marker: &OwnerMarker,
-    tunnel_id: Option<&str>,
-) -> Result<(), Error> {
-    let routes = client
-        .list_routes(
-            account,
-            &api::RouteFilter {
-                tunnel_id: tunnel_id.map(str::to_owned),
-                ..Default::default()
-            },
-        )
-        .await?;
-    for route in routes.iter().filter(|r| marker.owns(Some(&r.comment))) {
-        client.delete_route(account, &route.id).await?;
-    }
-    Ok(())
 }
 
 pub async fn reconcile_network(
@@ -398,10 +269,10 @@ async fn apply_network(vnet: &VirtualNetwork, ctx: &Context) -> Result<Action, E
         let client = ctx.accounts.client_for(&vnet.spec.cloudflare, None).await?;
         let account = vnet.spec.cloudflare.account_id.as_str();
         status.account_id = Some(account.to_owned());
-        let marker = marker(ctx, &format!("VirtualNetwork {}", vnet.name_any()));
+        let marker = ctx.marker(&format!("VirtualNetwork {}", vnet.name_any()));
         let wanted = api::NewVirtualNetwork {
             name: network_name(vnet),
-            comment: route_comment(&marker, vnet.spec.comment.as_deref(), "VirtualNetwork"),
+            comment: marked_comment(&marker, vnet.spec.comment.as_deref(), "VirtualNetwork"),
             is_default_network: vnet.spec.is_default_network,
         };
         let networks = client.list_virtual_networks(account).await?;
@@ -428,7 +299,7 @@ async fn apply_network(vnet: &VirtualNetwork, ctx: &Context) -> Result<Action, E
     }
     .await;
     let ready = readiness(result.map(Ok), &status.conditions, vnet.metadata.generation)?;
-    status.state = Some(ready.state);
+    status.state = Some(state(&ready));
     status.observed_generation = vnet.metadata.generation;
     status.conditions = ready.conditions.clone();
     let api: Api<VirtualNetwork> = Api::all(ctx.client.clone());
@@ -450,7 +321,7 @@ async fn cleanup_network(vnet: &VirtualNetwork, ctx: &Context) -> Result<Action,
         .client_for_cleanup(&vnet.spec.cloudflare, None)
         .await?;
     let account = vnet.spec.cloudflare.account_id.as_str();
-    let marker = marker(ctx, &format!("VirtualNetwork {}", vnet.name_any()));
+    let marker = ctx.marker(&format!("VirtualNetwork {}", vnet.name_any()));
     let networks = client.list_virtual_networks(account).await?;
     if let Some(network) = networks.iter().find(|n| n.id == id)
         && marker.owns(Some(&network.comment))
