@@ -18,7 +18,8 @@ use k8s_openapi::api::networking::v1::Ingress;
 use knit::domains::cloudflare::account::CloudflareSettings;
 use knit::domains::cloudflare::sources::HttpRoute;
 use knit::domains::cloudflare::types::{
-    CloudflareCredentials, ClusterTunnel, Tunnel, TunnelState, VirtualNetwork, WARPConnector,
+    CloudflareCredentials, ClusterTunnel, DNSRecord, DnsRecordState, NetworkRoute, Tunnel,
+    TunnelState, VirtualNetwork, WARPConnector,
 };
 use knit_tests::fake_cloudflare::FakeCloudflare;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -320,6 +321,8 @@ fn kubectl_delete(file: &str) {
 /// Deletes the Cloudflare objects, Ingresses and HTTPRoutes earlier tests
 /// left, finalizers dropped (the knit that owned them is gone with its fake).
 async fn clear_leftovers(client: &Client) {
+    drop_cluster::<NetworkRoute>(client).await;
+    drop_namespaced::<DNSRecord>(client).await;
     drop_namespaced::<Tunnel>(client).await;
     drop_cluster::<ClusterTunnel>(client).await;
     drop_namespaced::<WARPConnector>(client).await;
@@ -983,4 +986,540 @@ async fn seed_warp_connectors_advertise_routes() {
             .iter()
             .all(|n| n.is_default_network)
     );
+}
+
+/// Waits for an object's `Ready` condition to have `status` for its current
+/// generation, and returns the object and the condition.
+async fn wait_ready<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &str,
+    conditions: impl Fn(&K) -> Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>>,
+) -> (K, k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    knit_tests::eventually(&format!("{name} Ready={status}"), WAIT, || async {
+        let object = api.get(name).await.ok()?;
+        let conditions = conditions(&object)?;
+        let ready = ready_condition(&conditions)?.clone();
+        (ready.status == status && ready.observed_generation == object.meta().generation)
+            .then_some((object, ready))
+    })
+    .await
+}
+
+async fn route_ready(
+    world: &World,
+    name: &str,
+    status: &str,
+) -> (
+    NetworkRoute,
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) {
+    let api = Api::<NetworkRoute>::all(world.client.clone());
+    wait_ready(&api, name, status, |r: &NetworkRoute| {
+        Some(r.status.as_ref()?.conditions.clone())
+    })
+    .await
+}
+
+async fn record_ready(
+    world: &World,
+    name: &str,
+    status: &str,
+) -> (
+    DNSRecord,
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+) {
+    let api = Api::<DNSRecord>::namespaced(world.client.clone(), "production");
+    wait_ready(&api, name, status, |r: &DNSRecord| {
+        Some(r.status.as_ref()?.conditions.clone())
+    })
+    .await
+}
+
+/// Creates an object from JSON and returns the API server's refusal.
+async fn refused<K>(api: &Api<K>, object: serde_json::Value) -> String
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object: K = serde_json::from_value(object).unwrap();
+    match api.create(&PostParams::default(), &object).await {
+        Ok(_) => panic!(
+            "the API server accepted {}",
+            object.meta().name.clone().unwrap_or_default()
+        ),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// NetworkRoutes through the warp-routing seed ClusterTunnel: in the default
+/// and in a named virtual network, a network already routed refused, a
+/// missing tunnel reported, a route moved to another tunnel, and the tunnel
+/// deleted under its routes.
+#[tokio::test]
+async fn network_routes_follow_their_tunnel() {
+    let world = World::new().await;
+    apply("examples/cloudflare/clustertunnel-warp-routing.yaml");
+    apply("examples/cloudflare/clustertunnel-basic.yaml");
+    apply("examples/cloudflare/networkroutes.yaml");
+    let private = world
+        .cluster_tunnel_ready("private-network-tunnel", "True")
+        .await;
+    let private_id = private.status.unwrap().tunnel_id.unwrap();
+    let (pods, _) = route_ready(&world, "cluster-pods", "True").await;
+    let (office, _) = route_ready(&world, "office-lan", "True").await;
+    let default_vnet = world
+        .fake
+        .virtual_networks()
+        .into_iter()
+        .find(|n| n.account_id == ACCOUNT && n.is_default_network)
+        .unwrap()
+        .id;
+    let office_vnet = Api::<VirtualNetwork>::all(world.client.clone())
+        .get("office-vnet")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .virtual_network_id
+        .unwrap();
+    let routes: BTreeSet<_> = world
+        .fake
+        .routes()
+        .into_iter()
+        .map(|r| (r.network, r.tunnel_id, r.virtual_network_id))
+        .collect();
+    assert_eq!(
+        routes,
+        BTreeSet::from([
+            (
+                "10.20.0.0/16".into(),
+                private_id.clone(),
+                default_vnet.clone()
+            ),
+            (
+                "192.168.50.0/24".into(),
+                private_id.clone(),
+                office_vnet.clone()
+            ),
+        ])
+    );
+    let pods_status = pods.status.unwrap();
+    assert_eq!(pods_status.tunnel_id.as_deref(), Some(private_id.as_str()));
+    assert_eq!(
+        pods_status.tunnel_name.as_deref(),
+        Some("cluster-private-tunnel")
+    );
+    assert_eq!(pods_status.state, Some(TunnelState::Active));
+    let pods_route = pods_status.route_id.unwrap();
+    assert!(
+        world
+            .fake
+            .routes()
+            .iter()
+            .any(|r| r.id == pods_route && r.comment.ends_with("Cluster pod network"))
+    );
+    assert_eq!(
+        office.status.unwrap().virtual_network_id.as_deref(),
+        Some(office_vnet.as_str())
+    );
+
+    // The same network again in the default virtual network: refused by
+    // Cloudflare, reported, and the first route untouched.
+    let routes_api = Api::<NetworkRoute>::all(world.client.clone());
+    let route = |name: &str, network: &str, tunnel: &str| -> NetworkRoute {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+            "kind": "NetworkRoute",
+            "metadata": {"name": name},
+            "spec": {
+                "network": network,
+                "tunnelRef": {"name": tunnel},
+                "cloudflare": {"accountId": ACCOUNT, "secret": "cloudflare-api-credentials"},
+            },
+        }))
+        .unwrap()
+    };
+    let shared_id = world
+        .cluster_tunnel_ready("shared-cluster-tunnel", "True")
+        .await
+        .status
+        .unwrap()
+        .tunnel_id
+        .unwrap();
+    routes_api
+        .create(
+            &PostParams::default(),
+            &route("pods-again", "10.20.0.0/16", "shared-cluster-tunnel"),
+        )
+        .await
+        .unwrap();
+    let (_, again) = route_ready(&world, "pods-again", "False").await;
+    assert_eq!(again.reason, "RouteRefused");
+    assert!(again.message.contains("10.20.0.0/16"), "{}", again.message);
+
+    // A tunnel that does not exist.
+    routes_api
+        .create(
+            &PostParams::default(),
+            &route("nowhere", "10.30.0.0/16", "no-such-tunnel"),
+        )
+        .await
+        .unwrap();
+    let (_, nowhere) = route_ready(&world, "nowhere", "False").await;
+    assert_eq!(nowhere.reason, "TunnelNotFound");
+    assert!(
+        nowhere.message.contains("ClusterTunnel no-such-tunnel"),
+        "{}",
+        nowhere.message
+    );
+
+    // Bad input stops at the API server.
+    let message = refused(
+        &routes_api,
+        serde_json::to_value(route("sloppy", "10.20.1.0/16", "shared-cluster-tunnel")).unwrap(),
+    )
+    .await;
+    assert!(message.contains("first address"), "{message}");
+    let mut namespaced = serde_json::to_value(route("no-ns", "10.40.0.0/16", "t")).unwrap();
+    namespaced["spec"]["tunnelRef"]["kind"] = json!("Tunnel");
+    let message = refused(&routes_api, namespaced).await;
+    assert!(message.contains("named with its namespace"), "{message}");
+
+    // The duplicate gone, the pod network moves to the basic tunnel.
+    routes_api
+        .delete("pods-again", &DeleteParams::default())
+        .await
+        .unwrap();
+    routes_api
+        .patch(
+            "cluster-pods",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"tunnelRef": {"name": "shared-cluster-tunnel"}}})),
+        )
+        .await
+        .unwrap();
+    knit_tests::eventually("10.20.0.0/16 through the basic tunnel", WAIT, || async {
+        let routes = world.fake.routes();
+        let pods: Vec<_> = routes
+            .iter()
+            .filter(|r| r.network == "10.20.0.0/16")
+            .collect();
+        (pods.len() == 1 && pods[0].tunnel_id == shared_id).then_some(())
+    })
+    .await;
+
+    // Deleting the warp-routing tunnel withdraws the office route first, so
+    // Cloudflare lets the tunnel go.
+    kubectl_delete("examples/cloudflare/clustertunnel-warp-routing.yaml");
+    let (_, orphan) = route_ready(&world, "office-lan", "False").await;
+    assert_eq!(orphan.reason, "TunnelNotFound");
+    knit_tests::eventually("the warp-routing tunnel deleted", WAIT, || async {
+        world
+            .fake
+            .tunnels()
+            .iter()
+            .any(|t| t.id == private_id && t.deleted)
+            .then_some(())
+    })
+    .await;
+    assert!(
+        world
+            .fake
+            .routes()
+            .iter()
+            .all(|r| r.tunnel_id != private_id)
+    );
+
+    kubectl_delete("examples/cloudflare/networkroutes.yaml");
+    routes_api
+        .delete("nowhere", &DeleteParams::default())
+        .await
+        .unwrap();
+    knit_tests::eventually("the NetworkRoutes gone", WAIT, || async {
+        routes_api
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(world.fake.routes().is_empty(), "{:?}", world.fake.routes());
+    kubectl_delete("examples/cloudflare/clustertunnel-basic.yaml");
+}
+
+/// The DNSRecord examples: static A and TXT records, a LoadBalancer
+/// Service's addresses followed as they change, a node's address kept after
+/// the node (Orphan), a name held by someone else left alone, a rename, the
+/// source deleted, and everything deleted.
+#[tokio::test]
+async fn dns_records_publish_static_and_source_addresses() {
+    let world = World::new().await;
+    world
+        .token_secret("production", "cloudflare-api-credentials", TOKEN)
+        .await;
+    let foreign = world.fake.add_dns_record(
+        &world.zone,
+        "taken.example.com",
+        "CNAME",
+        "elsewhere.example.net",
+        Some("made by hand"),
+    );
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(world.client.clone());
+    let _ = nodes.delete("edge-node-1", &DeleteParams::default()).await;
+    nodes
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "edge-node-1"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    nodes
+        .patch_status(
+            "edge-node-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"addresses": [
+                {"type": "InternalIP", "address": "10.0.0.4"},
+                {"type": "ExternalIP", "address": "198.51.100.4"},
+            ]}})),
+        )
+        .await
+        .unwrap();
+    apply("examples/cloudflare/dnsrecords.yaml");
+    let records = |name: &str| -> BTreeSet<(String, String)> {
+        world
+            .fake
+            .dns_records(&world.zone)
+            .into_iter()
+            .filter(|r| r.name == name)
+            .map(|r| (r.r#type, r.content))
+            .collect()
+    };
+    let pair = |t: &str, c: &str| (t.to_owned(), c.to_owned());
+
+    // Static records, with the mark and the user's comment.
+    let (www, _) = record_ready(&world, "www", "True").await;
+    let www_status = www.status.unwrap();
+    assert_eq!(www_status.fqdn.as_deref(), Some("www.example.com"));
+    assert_eq!(
+        records("www.example.com"),
+        BTreeSet::from([pair("A", "203.0.113.50")])
+    );
+    let www_record = world
+        .fake
+        .dns_records(&world.zone)
+        .into_iter()
+        .find(|r| r.name == "www.example.com")
+        .unwrap();
+    assert!(www_record.proxied);
+    assert!(www_record.comment.as_deref().unwrap().starts_with("knit:"));
+    assert!(
+        www_record
+            .comment
+            .as_deref()
+            .unwrap()
+            .ends_with("Web front")
+    );
+    assert_eq!(
+        www_status.record_id.as_deref(),
+        Some(www_record.id.as_str())
+    );
+    record_ready(&world, "site-verification", "True").await;
+    assert_eq!(
+        records("example.com"),
+        BTreeSet::from([pair("TXT", "site-verification=3f9a1c")])
+    );
+
+    // The node's external address.
+    record_ready(&world, "edge-node", "True").await;
+    assert_eq!(
+        records("node1.example.com"),
+        BTreeSet::from([pair("A", "198.51.100.4")])
+    );
+
+    // The Service has no address yet: pending, nothing published.
+    let (_, pending) = record_ready(&world, "edge-lb", "False").await;
+    assert_eq!(pending.reason, "NoAddress");
+    assert!(records("edge.example.com").is_empty());
+    let services =
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(world.client.clone(), "production");
+    let balance = |ips: &[&str]| {
+        json!({"status": {"loadBalancer": {"ingress":
+            ips.iter().map(|ip| json!({"ip": ip})).collect::<Vec<_>>()}}})
+    };
+    services
+        .patch_status(
+            "edge-lb",
+            &PatchParams::default(),
+            &Patch::Merge(balance(&["203.0.113.10", "203.0.113.11"])),
+        )
+        .await
+        .unwrap();
+    knit_tests::eventually("two A records for edge", WAIT, || {
+        std::future::ready(
+            (records("edge.example.com")
+                == BTreeSet::from([pair("A", "203.0.113.10"), pair("A", "203.0.113.11")]))
+            .then_some(()),
+        )
+    })
+    .await;
+    let ids_before: BTreeSet<String> = world
+        .fake
+        .dns_records(&world.zone)
+        .into_iter()
+        .filter(|r| r.name == "edge.example.com")
+        .map(|r| r.id)
+        .collect();
+    services
+        .patch_status(
+            "edge-lb",
+            &PatchParams::default(),
+            &Patch::Merge(balance(&["203.0.113.12"])),
+        )
+        .await
+        .unwrap();
+    knit_tests::eventually("one A record for edge", WAIT, || {
+        std::future::ready(
+            (records("edge.example.com") == BTreeSet::from([pair("A", "203.0.113.12")]))
+                .then_some(()),
+        )
+    })
+    .await;
+    let (edge, _) = record_ready(&world, "edge-lb", "True").await;
+    let edge_status = edge.status.unwrap();
+    assert_eq!(
+        edge_status.resolved_addresses,
+        vec!["203.0.113.12".to_owned()]
+    );
+    // Rewritten in place: the remaining record kept one of the IDs.
+    assert!(ids_before.contains(edge_status.record_id.as_ref().unwrap()));
+
+    // A name someone else holds is reported and left alone.
+    let dns_api = Api::<DNSRecord>::namespaced(world.client.clone(), "production");
+    let record = |name: &str, host: &str, content: &str| -> DNSRecord {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+            "kind": "DNSRecord",
+            "metadata": {"name": name},
+            "spec": {
+                "name": host, "type": "A", "content": content,
+                "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": "cloudflare-api-credentials"},
+            },
+        }))
+        .unwrap()
+    };
+    dns_api
+        .create(
+            &PostParams::default(),
+            &record("taken", "taken", "203.0.113.99"),
+        )
+        .await
+        .unwrap();
+    let (_, taken) = record_ready(&world, "taken", "False").await;
+    assert_eq!(taken.reason, "RecordNotOwned");
+    assert_eq!(
+        records("taken.example.com"),
+        BTreeSet::from([pair("CNAME", "elsewhere.example.net")])
+    );
+    // Two DNSRecords for one name: the second is refused, naming the first.
+    dns_api
+        .create(
+            &PostParams::default(),
+            &record("www-twin", "www", "203.0.113.51"),
+        )
+        .await
+        .unwrap();
+    let (_, twin) = record_ready(&world, "www-twin", "False").await;
+    assert_eq!(twin.reason, "RecordNotOwned");
+    assert!(
+        twin.message.contains("DNSRecord production/www"),
+        "{}",
+        twin.message
+    );
+
+    // Bad input stops at the API server.
+    let mut both = serde_json::to_value(record("both", "b", "203.0.113.1")).unwrap();
+    both["spec"]["sourceRef"] = json!({"node": {"name": "edge-node-1"}});
+    let message = refused(&dns_api, both).await;
+    assert!(
+        message.contains("exactly one of content and sourceRef"),
+        "{message}"
+    );
+    let message = refused(
+        &dns_api,
+        serde_json::to_value(record("bad-ip", "b", "not-an-address")).unwrap(),
+    )
+    .await;
+    assert!(message.contains("IPv4 address"), "{message}");
+
+    // A rename moves the record.
+    dns_api
+        .patch(
+            "www",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"name": "web"}})),
+        )
+        .await
+        .unwrap();
+    knit_tests::eventually("www renamed web", WAIT, || {
+        std::future::ready(
+            (records("www.example.com").is_empty()
+                && records("web.example.com") == BTreeSet::from([pair("A", "203.0.113.50")]))
+            .then_some(()),
+        )
+    })
+    .await;
+
+    // The Service deleted (policy Delete): its records go. The node deleted
+    // (policy Orphan): its record stays.
+    services
+        .delete("edge-lb", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (_, gone) = record_ready(&world, "edge-lb", "False").await;
+    assert_eq!(gone.reason, "SourceNotFound");
+    assert!(records("edge.example.com").is_empty());
+    nodes
+        .delete("edge-node-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    let (node_record, _) = record_ready(&world, "edge-node", "False").await;
+    assert_eq!(
+        node_record.status.unwrap().state,
+        Some(DnsRecordState::Orphaned)
+    );
+    assert_eq!(
+        records("node1.example.com"),
+        BTreeSet::from([pair("A", "198.51.100.4")])
+    );
+
+    // Everything deleted: only the hand-made record is left.
+    kubectl_delete("examples/cloudflare/dnsrecords.yaml");
+    for name in ["taken", "www-twin"] {
+        dns_api
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    knit_tests::eventually("the DNSRecords gone", WAIT, || async {
+        dns_api
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    let left: Vec<String> = world
+        .fake
+        .dns_records(&world.zone)
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, vec![foreign]);
 }

@@ -17,7 +17,9 @@ use super::dns_record;
 use super::objects::{Context, Refusal, readiness};
 use super::plan::OwnerMarker;
 use super::tunnel_controller::Error;
-use super::types::{DNSRecord, DNSRecordStatus, DnsRecordState, DnsSourceRef, SourceDeletionPolicy};
+use super::types::{
+    DNSRecord, DNSRecordStatus, DnsRecordState, DnsSourceRef, SourceDeletionPolicy,
+};
 use crate::providers::cloudflare::{self as api, CloudflareClient};
 
 pub const FINALIZER: &str = "knit.dev/dns-record";
@@ -129,7 +131,9 @@ async fn serve(
                 if spec.source_deletion_policy == SourceDeletionPolicy::Orphan {
                     return Ok(Err((
                         "SourceOrphaned",
-                        format!("{what} not found; its records are kept (sourceDeletionPolicy Orphan)"),
+                        format!(
+                            "{what} not found; its records are kept (sourceDeletionPolicy Orphan)"
+                        ),
                     )));
                 }
                 source_gone = Some(what);
@@ -191,7 +195,7 @@ async fn serve(
         return Ok(Err((
             "RecordNotOwned",
             format!(
-                "{fqdn} already has a {} record knit does not own here{holder}; it is left alone",
+                "{fqdn} already has a record of type {} that this DNSRecord does not own{holder}; it is left alone",
                 other.r#type
             ),
         )));

@@ -141,9 +141,9 @@ pub fn wanted_records(
     fqdn: &str,
     contents: &[(DnsRecordType, String)],
     marker: &OwnerMarker,
-    fallback_comment: &str,
+    owner: &str,
 ) -> Vec<NewDnsRecord> {
-    let comment = super::objects::marked_comment(marker, spec.comment.as_deref(), fallback_comment);
+    let comment = super::objects::marked_comment(marker, owner, spec.comment.as_deref());
     contents
         .iter()
         .map(|(kind, content)| NewDnsRecord {
@@ -234,7 +234,10 @@ mod tests {
         assert_eq!(fqdn("WWW.Example.com.", "example.com"), "www.example.com");
         assert_eq!(fqdn("api.example.com", "example.com"), "api.example.com");
         // Only a real suffix counts: notexample.com is not in example.com.
-        assert_eq!(fqdn("notexample.com", "example.com"), "notexample.com.example.com");
+        assert_eq!(
+            fqdn("notexample.com", "example.com"),
+            "notexample.com.example.com"
+        );
     }
 
     #[test]
@@ -263,12 +266,18 @@ mod tests {
             ..Default::default()
         };
         let of = |kind| service_addresses(&service, kind);
-        assert_eq!(of(ServiceAddressType::LoadBalancerIP), strings(&["203.0.113.5"]));
+        assert_eq!(
+            of(ServiceAddressType::LoadBalancerIP),
+            strings(&["203.0.113.5"])
+        );
         assert_eq!(
             of(ServiceAddressType::LoadBalancerHostname),
             strings(&["lb.elb.example.net"])
         );
-        assert_eq!(of(ServiceAddressType::ExternalIP), strings(&["198.51.100.7"]));
+        assert_eq!(
+            of(ServiceAddressType::ExternalIP),
+            strings(&["198.51.100.7"])
+        );
         assert_eq!(of(ServiceAddressType::ClusterIP), strings(&["10.96.0.10"]));
         assert!(of(ServiceAddressType::ExternalName).is_empty());
     }
@@ -304,7 +313,12 @@ mod tests {
     #[test]
     fn selection_picks_addresses_and_their_types() {
         use DnsRecordType::*;
-        let mixed = strings(&["lb.example.net", "2001:db8::1", "203.0.113.5", "203.0.113.6"]);
+        let mixed = strings(&[
+            "lb.example.net",
+            "2001:db8::1",
+            "203.0.113.5",
+            "203.0.113.6",
+        ]);
         let pick = |selection, only| select(&mixed, selection, only);
         assert_eq!(
             pick(AddressSelection::First, None),
@@ -332,12 +346,20 @@ mod tests {
             vec![(A, "203.0.113.5".into()), (A, "203.0.113.6".into())]
         );
         assert_eq!(
-            select(&strings(&["a.example.net", "b.example.net"]), AddressSelection::All, None),
+            select(
+                &strings(&["a.example.net", "b.example.net"]),
+                AddressSelection::All,
+                None
+            ),
             vec![(CNAME, "a.example.net".into())]
         );
         // Preferences fall back to the first address.
         assert_eq!(
-            select(&strings(&["203.0.113.5"]), AddressSelection::PreferIPv6, None),
+            select(
+                &strings(&["203.0.113.5"]),
+                AddressSelection::PreferIPv6,
+                None
+            ),
             vec![(A, "203.0.113.5".into())]
         );
         assert!(select(&[], AddressSelection::First, None).is_empty());
@@ -380,10 +402,16 @@ mod tests {
             &[want("A", "203.0.113.5", "m"), want("A", "203.0.113.8", "m")],
         );
         assert!(changes.create.is_empty());
-        assert_eq!(changes.update, vec![("2".into(), want("A", "203.0.113.8", "m"))]);
+        assert_eq!(
+            changes.update,
+            vec![("2".into(), want("A", "203.0.113.8", "m"))]
+        );
         assert_eq!(changes.delete, vec![owned[2].clone()]);
         // Nothing owned: everything is created; nothing wanted: all goes.
-        assert_eq!(record_changes(&[], &[want("TXT", "x", "m")]).create.len(), 1);
+        assert_eq!(
+            record_changes(&[], &[want("TXT", "x", "m")]).create.len(),
+            1
+        );
         assert_eq!(record_changes(&owned, &[]).delete.len(), 3);
         // Up to date: no write.
         assert!(record_changes(&owned[..1], &[want("A", "203.0.113.5", "m")]).is_empty());

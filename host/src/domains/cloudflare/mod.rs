@@ -307,12 +307,16 @@ fn run_network_routes(
     };
     let vnet_store = controller.store();
     controller
-        .watches(Api::<Tunnel>::all(client.clone()), watcher::Config::default(), {
-            let routes_of = routes_of.clone();
-            move |tunnel: Tunnel| {
-                routes_of(TunnelRefKind::Tunnel, tunnel.namespace(), tunnel.name_any())
-            }
-        })
+        .watches(
+            Api::<Tunnel>::all(client.clone()),
+            watcher::Config::default(),
+            {
+                let routes_of = routes_of.clone();
+                move |tunnel: Tunnel| {
+                    routes_of(TunnelRefKind::Tunnel, tunnel.namespace(), tunnel.name_any())
+                }
+            },
+        )
         .watches(
             Api::<ClusterTunnel>::all(client.clone()),
             watcher::Config::default(),

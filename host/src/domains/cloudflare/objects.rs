@@ -47,10 +47,13 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
 }
 
 /// A comment knit writes on a route, virtual network or DNS record: the
-/// ownership mark, then the user's words (or `fallback`), within
-/// Cloudflare's 100 characters.
-pub fn marked_comment(marker: &OwnerMarker, comment: Option<&str>, fallback: &str) -> String {
-    let mut text = format!("{} {}", marker.prefix, comment.unwrap_or(fallback));
+/// ownership mark, the owner (so a refusal can name who holds a thing), then
+/// the user's words, within Cloudflare's 100 characters.
+pub fn marked_comment(marker: &OwnerMarker, owner: &str, comment: Option<&str>) -> String {
+    let mut text = format!("{} {owner}", marker.prefix);
+    if let Some(comment) = comment {
+        text = format!("{text}: {comment}");
+    }
     let mut end = text.len().min(100);
     while !text.is_char_boundary(end) {
         end -= 1;
@@ -215,11 +218,15 @@ mod tests {
     #[test]
     fn a_marked_comment_keeps_the_mark_and_fits_cloudflares_limit() {
         let marker = OwnerMarker::new("cluster", "NetworkRoute office");
-        let comment = marked_comment(&marker, Some(&"é".repeat(80)), "unused");
+        let comment = marked_comment(&marker, "NetworkRoute office", Some(&"é".repeat(80)));
         assert!(comment.len() <= 100, "{}", comment.len());
         assert!(marker.owns(Some(&comment)));
         assert_eq!(
-            marked_comment(&marker, None, "NetworkRoute office"),
+            marked_comment(&marker, "NetworkRoute office", Some("LAN")),
+            format!("{} NetworkRoute office: LAN", marker.prefix)
+        );
+        assert_eq!(
+            marked_comment(&marker, "NetworkRoute office", None),
             format!("{} NetworkRoute office", marker.prefix)
         );
     }

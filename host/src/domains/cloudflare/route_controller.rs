@@ -16,8 +16,8 @@ use super::objects::{
 };
 use super::tunnel_controller::Error;
 use super::types::{
-    ClusterTunnel, NetworkRoute, NetworkRouteStatus, Tunnel, TunnelRef, TunnelRefKind,
-    TunnelState, TunnelStatus,
+    ClusterTunnel, NetworkRoute, NetworkRouteStatus, Tunnel, TunnelRef, TunnelRefKind, TunnelState,
+    TunnelStatus,
 };
 use crate::providers::cloudflare as api;
 
@@ -42,7 +42,9 @@ fn owner(route: &NetworkRoute) -> String {
 /// How the user names the tunnel, for messages.
 pub fn tunnel_ref_name(reference: &TunnelRef) -> String {
     match (&reference.kind, &reference.namespace) {
-        (TunnelRefKind::Tunnel, Some(namespace)) => format!("Tunnel {namespace}/{}", reference.name),
+        (TunnelRefKind::Tunnel, Some(namespace)) => {
+            format!("Tunnel {namespace}/{}", reference.name)
+        }
         (TunnelRefKind::Tunnel, None) => format!("Tunnel {}", reference.name),
         (TunnelRefKind::ClusterTunnel, _) => format!("ClusterTunnel {}", reference.name),
     }
@@ -151,7 +153,7 @@ async fn serve(
     let wanted = api::NewRoute {
         network: spec.network.clone(),
         tunnel_id,
-        comment: marked_comment(&marker, spec.comment.as_deref(), &owner(route)),
+        comment: marked_comment(&marker, &owner(route), spec.comment.as_deref()),
         virtual_network_id: vnet_id,
     };
     let existing = client
@@ -172,7 +174,12 @@ async fn serve(
 }
 
 async fn cleanup(route: &NetworkRoute, ctx: &Context) -> Result<Action, Error> {
-    if route.status.as_ref().and_then(|s| s.account_id.as_ref()).is_none() {
+    if route
+        .status
+        .as_ref()
+        .and_then(|s| s.account_id.as_ref())
+        .is_none()
+    {
         return Ok(Action::await_change());
     }
     let client = ctx
@@ -185,7 +192,12 @@ async fn cleanup(route: &NetworkRoute, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// Whether `route` goes through this tunnel object.
-pub fn uses_tunnel(route: &NetworkRoute, kind: TunnelRefKind, namespace: Option<&str>, name: &str) -> bool {
+pub fn uses_tunnel(
+    route: &NetworkRoute,
+    kind: TunnelRefKind,
+    namespace: Option<&str>,
+    name: &str,
+) -> bool {
     let reference = &route.spec.tunnel_ref;
     reference.kind == kind && reference.name == name && reference.namespace.as_deref() == namespace
 }

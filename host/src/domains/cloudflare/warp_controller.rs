@@ -93,17 +93,11 @@ async fn serve_connector(
     status.account_id = Some(account.to_owned());
 
     // Its virtual network, once that has one.
-    let vnet_id = match virtual_network_id(
-        ctx,
-        &client,
-        account,
-        spec.virtual_network_ref.as_ref(),
-    )
-    .await?
-    {
-        Ok(id) => id,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
+    let vnet_id =
+        match virtual_network_id(ctx, &client, account, spec.virtual_network_ref.as_ref()).await? {
+            Ok(id) => id,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
     status.virtual_network_id = vnet_id.clone();
 
     // The connector tunnel: the one in status, else adopted by name, else new.
@@ -167,7 +161,7 @@ async fn serve_connector(
         .map(|r| api::NewRoute {
             network: r.network.clone(),
             tunnel_id: tunnel.id.clone(),
-            comment: marked_comment(&marker, r.comment.as_deref(), &owner_name),
+            comment: marked_comment(&marker, &owner_name, r.comment.as_deref()),
             virtual_network_id: vnet_id.clone(),
         })
         .collect();
@@ -269,10 +263,11 @@ async fn apply_network(vnet: &VirtualNetwork, ctx: &Context) -> Result<Action, E
         let client = ctx.accounts.client_for(&vnet.spec.cloudflare, None).await?;
         let account = vnet.spec.cloudflare.account_id.as_str();
         status.account_id = Some(account.to_owned());
-        let marker = ctx.marker(&format!("VirtualNetwork {}", vnet.name_any()));
+        let owner = format!("VirtualNetwork {}", vnet.name_any());
+        let marker = ctx.marker(&owner);
         let wanted = api::NewVirtualNetwork {
             name: network_name(vnet),
-            comment: marked_comment(&marker, vnet.spec.comment.as_deref(), "VirtualNetwork"),
+            comment: marked_comment(&marker, &owner, vnet.spec.comment.as_deref()),
             is_default_network: vnet.spec.is_default_network,
         };
         let networks = client.list_virtual_networks(account).await?;
