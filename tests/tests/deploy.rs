@@ -13,15 +13,19 @@ use clap::Parser;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
 use knit::cli::{Cli, Command, Domain};
+use knit::domains::cloudflare::types::{DNSRecord, NetworkRoute, Tunnel, WARPConnector};
 use knit::domains::tke_clb::types::{DedicatedCLBListener, DedicatedCLBService, ListenerState};
 use knit::runtime::kind::{Plugin, PluginState};
 use knit_tests::fake_clb::FakeClb;
+use knit_tests::fake_cloudflare::FakeCloudflare;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 const NAMESPACE: &str = "knit-system";
 const WAIT: Duration = Duration::from_secs(90);
+const CF_ACCOUNT: &str = "deploy-account";
+const CF_TOKEN: &str = "deploy-cloudflare-token";
 
 fn helm_template(values: &[String]) -> String {
     let mut command = std::process::Command::new(knit_tests::tool("helm"));
@@ -103,6 +107,17 @@ fn the_chart_renders_only_the_rules_of_enabled_domains() {
         !ipam_only.iter().any(|r| r.starts_with("dedicatedclb")),
         "{ipam_only:?}"
     );
+    assert!(all.contains(&"dnsrecords".to_owned()) && all.contains(&"secrets".to_owned()));
+    // Without Cloudflare, no cluster-wide Secret rule and no Cloudflare kind.
+    let without_cloudflare = rules(&["domains.cloudflare=false".into()]);
+    assert!(
+        !without_cloudflare
+            .iter()
+            .any(|r| r == "secrets" || r == "deployments" || r.starts_with("tunnels")),
+        "{without_cloudflare:?}"
+    );
+    // A cluster ID given: knit reads no namespace.
+    assert!(!rules(&["cloudflare.clusterId=prod-eu".into()]).contains(&"namespaces".to_owned()));
     // No wildcard anywhere.
     assert!(!helm_template(&[]).contains("\"*\""));
 }
@@ -124,6 +139,10 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
     fake.add_credentials("AKIDdeploy", "deploy-secret-key");
     fake.set_task_delay(Duration::from_millis(50));
     let lb = fake.add_lb("ap-chengdu", &["7.7.7.7"]);
+    let cloudflare = FakeCloudflare::start().await;
+    cloudflare.add_account(CF_ACCOUNT);
+    cloudflare.add_token(CF_TOKEN, CF_ACCOUNT);
+    let zone = cloudflare.add_zone(CF_ACCOUNT, "deploy.example");
 
     // The chart, with the seed's TKE values, applied as cluster admin.
     let manifest = helm_template(&[
@@ -132,6 +151,10 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
         "secretKey=deploy-secret-key".into(),
         format!("tke.endpoint={}", fake.endpoint()),
         "tke.resyncSeconds=5".into(),
+        format!("cloudflare.accountId={CF_ACCOUNT}"),
+        format!("cloudflare.apiToken={CF_TOKEN}"),
+        format!("cloudflare.endpoint={}", cloudflare.endpoint()),
+        "cloudflare.resyncSeconds=5".into(),
     ]);
     let applied = knit_tests::kubectl(&["apply", "-f", "-"], Some(&manifest));
     assert!(
@@ -158,7 +181,10 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
     else {
         panic!("the chart does not run `knit run`");
     };
-    assert_eq!(run.domains, [Domain::Ipam, Domain::TkeClb]);
+    assert_eq!(
+        run.domains,
+        [Domain::Ipam, Domain::TkeClb, Domain::Cloudflare]
+    );
     assert!(run.leader_elect);
     let settings = run.tke.settings(NAMESPACE);
     assert_eq!(settings.region.as_deref(), Some("ap-chengdu"));
@@ -195,6 +221,20 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
         client.clone(),
         registry.clone(),
         settings,
+        reconciles.clone(),
+        std::future::pending(),
+    ));
+    // The cluster's identity, read as knit reads it without --cluster-id.
+    let cluster_id = Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await
+        .expect("the chart lets knit read kube-system")
+        .uid()
+        .unwrap();
+    tokio::spawn(knit::domains::cloudflare::run(
+        client.clone(),
+        registry.clone(),
+        run.cloudflare.settings(NAMESPACE, cluster_id),
         reconciles.clone(),
         std::future::pending(),
     ));
@@ -287,15 +327,26 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
     );
     assert_eq!(fake.listeners(&lb).len(), 1);
 
+    cloudflare_scenario(&admin, &namespace, &cloudflare, &zone).await;
+
     // Every kind's passes were counted.
     let mut metrics = String::new();
     prometheus_client::encoding::text::encode(&mut metrics, &prometheus).unwrap();
-    for kind in ["IPPool", "DedicatedCLBService", "DedicatedCLBListener"] {
+    for kind in [
+        "IPPool",
+        "DedicatedCLBService",
+        "DedicatedCLBListener",
+        "Tunnel",
+        "WARPConnector",
+        "NetworkRoute",
+        "DNSRecord",
+    ] {
         let line = format!(r#"knit_reconciles_total{{kind="{kind}",result="success"}}"#);
         assert!(metrics.contains(&line), "{line} missing from:\n{metrics}");
     }
 
-    // And what it may not do: read other Secrets, here or in its namespace.
+    // And what it may not do: list or watch Secrets anywhere (it reads and
+    // writes them by name only), or read a namespace but kube-system.
     let forbidden = |result: Result<_, kube::Error>| matches!(result, Err(kube::Error::Api(e)) if e.code == 403);
     assert!(forbidden(
         Api::<Secret>::namespaced(client.clone(), &namespace)
@@ -304,8 +355,8 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
             .map(|_| ())
     ));
     assert!(forbidden(
-        Api::<Secret>::namespaced(client.clone(), NAMESPACE)
-            .get("some-other-secret")
+        Api::<Secret>::all(client.clone())
+            .list(&ListParams::default())
             .await
             .map(|_| ())
     ));
@@ -315,4 +366,181 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
             .await
             .map(|_| ())
     ));
+    assert!(forbidden(
+        Api::<Namespace>::all(client.clone())
+            .get("default")
+            .await
+            .map(|_| ())
+    ));
+}
+
+/// Cloudflare, with the chart's default credentials: a Tunnel serving an
+/// Ingress and an HTTPRoute, a WARPConnector, a NetworkRoute and a
+/// DNSRecord; then all deleted, their finalizers cleaning Cloudflare.
+async fn cloudflare_scenario(admin: &Client, namespace: &str, fake: &FakeCloudflare, zone: &str) {
+    let cloudflare = json!({"accountId": CF_ACCOUNT, "domain": "deploy.example"});
+    create(
+        &Api::<k8s_openapi::api::core::v1::Service>::namespaced(admin.clone(), namespace),
+        json!({"metadata": {"name": "web"}, "spec": {"ports": [{"name": "http", "port": 80}]}}),
+    )
+    .await;
+    create(
+        &Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+            admin.clone(),
+            namespace,
+        ),
+        json!({"metadata": {"name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
+               "addressType": "IPv4",
+               "endpoints": [{"addresses": ["10.1.0.10"], "conditions": {"ready": true}}],
+               "ports": [{"name": "http", "port": 80}]}),
+    )
+    .await;
+    let tunnels = Api::<Tunnel>::namespaced(admin.clone(), namespace);
+    create(
+        &tunnels,
+        json!({"apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "Tunnel",
+               "metadata": {"name": "edge"},
+               "spec": {"newTunnel": {"name": format!("{namespace}-edge")}, "cloudflare": cloudflare}}),
+    )
+    .await;
+    let ingresses =
+        Api::<k8s_openapi::api::networking::v1::Ingress>::namespaced(admin.clone(), namespace);
+    create(
+        &ingresses,
+        json!({"metadata": {"name": "web", "annotations": {"cf-operator.io/tunnel": "edge"}},
+               "spec": {"ingressClassName": "cloudflare-tunnel",
+                        "rules": [{"host": "web.deploy.example", "http": {"paths": [{
+                            "path": "/", "pathType": "Prefix",
+                            "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}}),
+    )
+    .await;
+    // knit's HTTPRoute type reads only what it uses: kubectl writes this one.
+    let route = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": "api", "namespace": namespace,
+                        "annotations": {"cf-operator.io/tunnel": "edge"}},
+           "spec": {"parentRefs": [{"name": "edge-gateway"}], "hostnames": ["api.deploy.example"],
+                    "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}});
+    let applied = knit_tests::kubectl(&["apply", "-f", "-"], Some(&route.to_string()));
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    create(
+        &Api::<NetworkRoute>::all(admin.clone()),
+        json!({"apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "NetworkRoute",
+               "metadata": {"name": format!("{namespace}-lan")},
+               "spec": {"network": "10.50.0.0/16",
+                        "tunnelRef": {"kind": "Tunnel", "name": "edge", "namespace": namespace},
+                        "cloudflare": {"accountId": CF_ACCOUNT}}}),
+    )
+    .await;
+    let records = Api::<DNSRecord>::namespaced(admin.clone(), namespace);
+    create(
+        &records,
+        json!({"apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "DNSRecord",
+               "metadata": {"name": "www"},
+               "spec": {"name": "www", "type": "A", "content": "203.0.113.5", "cloudflare": cloudflare}}),
+    )
+    .await;
+    let connectors = Api::<WARPConnector>::namespaced(admin.clone(), namespace);
+    create(
+        &connectors,
+        json!({"apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "WARPConnector",
+               "metadata": {"name": "site"},
+               "spec": {"routes": [{"network": "10.60.0.0/16"}], "cloudflare": {"accountId": CF_ACCOUNT}}}),
+    )
+    .await;
+
+    knit_tests::eventually("the Ingress served through the tunnel", WAIT, || async {
+        let ingress = ingresses.get("web").await.ok()?;
+        let hostname = ingress
+            .status?
+            .load_balancer?
+            .ingress?
+            .first()?
+            .hostname
+            .clone()?;
+        hostname.ends_with(".cfargotunnel.com").then_some(())
+    })
+    .await;
+    knit_tests::eventually("the HTTPRoute's parent status", WAIT, || {
+        let got = knit_tests::kubectl(
+            &[
+                "get",
+                "httproute",
+                "api",
+                "-n",
+                namespace,
+                "-o",
+                "jsonpath={.status.parents[*].controllerName}",
+            ],
+            None,
+        );
+        let controllers = String::from_utf8_lossy(&got.stdout).into_owned();
+        std::future::ready(
+            controllers
+                .contains("knit.dev/cloudflare-tunnel")
+                .then_some(()),
+        )
+    })
+    .await;
+    knit_tests::eventually("the records, routes and connector", WAIT, || {
+        let names: std::collections::BTreeSet<String> =
+            fake.dns_records(zone).into_iter().map(|r| r.name).collect();
+        let networks: std::collections::BTreeSet<String> =
+            fake.routes().into_iter().map(|r| r.network).collect();
+        std::future::ready(
+            (names
+                == [
+                    "api.deploy.example",
+                    "web.deploy.example",
+                    "www.deploy.example",
+                ]
+                .map(String::from)
+                .into()
+                && networks == ["10.50.0.0/16", "10.60.0.0/16"].map(String::from).into()
+                && fake.warp_connectors().len() == 1)
+                .then_some(()),
+        )
+    })
+    .await;
+    let deployments =
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), namespace);
+    for name in ["cloudflared-edge", "warp-site"] {
+        deployments.get(name).await.unwrap();
+    }
+
+    for deleted in [
+        tunnels
+            .delete("edge", &Default::default())
+            .await
+            .map(|_| ()),
+        records.delete("www", &Default::default()).await.map(|_| ()),
+        connectors
+            .delete("site", &Default::default())
+            .await
+            .map(|_| ()),
+        Api::<NetworkRoute>::all(admin.clone())
+            .delete(&format!("{namespace}-lan"), &Default::default())
+            .await
+            .map(|_| ()),
+    ] {
+        deleted.unwrap();
+    }
+    knit_tests::eventually("Cloudflare cleaned", WAIT, || {
+        std::future::ready(
+            (fake.dns_records(zone).is_empty()
+                && fake.routes().is_empty()
+                && fake.tunnels().iter().all(|t| t.deleted)
+                && fake.warp_connectors().iter().all(|t| t.deleted))
+            .then_some(()),
+        )
+    })
+    .await;
+    knit_tests::eventually("cloudflared gone", WAIT, || async {
+        let left = deployments.list(&ListParams::default()).await.ok()?.items;
+        left.is_empty().then_some(())
+    })
+    .await;
 }

@@ -21,5 +21,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $domains := list -}}
 {{- if .Values.domains.ipam }}{{ $domains = append $domains "ipam" }}{{ end -}}
 {{- if .Values.domains.tkeClb }}{{ $domains = append $domains "tke-clb" }}{{ end -}}
+{{- if .Values.domains.cloudflare }}{{ $domains = append $domains "cloudflare" }}{{ end -}}
 {{- join "," $domains -}}
+{{- end -}}
+
+{{/* The Secret holding the default Cloudflare API token: the user's, or the chart's. */}}
+{{- define "knit.cloudflareSecret" -}}
+{{- default (printf "%s-cloudflare-credentials" .Release.Name) .Values.cloudflare.existingSecret -}}
 {{- end -}}

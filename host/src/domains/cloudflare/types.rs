@@ -384,6 +384,7 @@ pub struct VirtualNetworkStatus {
     group = "networking.cloudflare-operator.io",
     version = "v1alpha2",
     kind = "CloudflareCredentials",
+    plural = "cloudflarecredentials",
     status = "CloudflareCredentialsStatus",
     shortname = "cfcreds",
     category = "knit",
