@@ -8,7 +8,9 @@ use knit::runtime::{RuntimeMetrics, dir_source, kube_source};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    knit::telemetry::init_logging(&cli.log_format);
+    // Held to the end: dropping it sends the spans still queued for OTLP,
+    // also when a command fails.
+    let _telemetry = knit::telemetry::init_logging(&cli.log_format);
     let metrics = Arc::new(RuntimeMetrics::default());
     match cli.command {
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(*args, metrics)),

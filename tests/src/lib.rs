@@ -11,6 +11,7 @@
 
 pub mod fake_clb;
 pub mod fake_cloudflare;
+pub mod fake_otlp;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -205,6 +205,21 @@ impl Plugin {
         function: &'static str,
         f: impl FnOnce(&mut Store<Sandbox>, &Pre) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
+        // One span per call: which plugin, which function, how long, and how
+        // it failed if it did (traces carry it when OTLP is configured).
+        let span = tracing::info_span!(
+            "plugin call",
+            plugin = %self.name,
+            plugin.version = tracing::field::Empty,
+            function,
+            error = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        // Unknown until `describe` has answered once.
+        if !self.info.version.is_empty() {
+            span.record("plugin.version", self.info.version.as_str());
+        }
+        let _entered = span.enter();
         let started = Instant::now();
         let limits = self.settings.limits;
         let mut store = Store::new(
@@ -219,6 +234,10 @@ impl Plugin {
         let sandbox = store.data();
         sandbox.forward_output();
         let result = result.map_err(|error| self.classify(error, sandbox.memory_limit_hit));
+        if let Err(error) = &result {
+            span.record("error", error.kind());
+            span.record("otel.status_code", "ERROR");
+        }
         self.runtime.metrics.observe_call(
             &self.name,
             function,
