@@ -354,9 +354,14 @@ spec: { containers: [{ name: app, image: registry.invalid/app }] }
             .iter()
             .all(|s| s.resource.get("service.name").map(String::as_str) == Some("knit"))
     );
+    let allocation = plugin_call(&spans, "ipam-sequential", "allocate").unwrap_or_else(|| {
+        panic!("no allocation:\n{}", describe(&spans));
+    });
+    // The plugin call is part of its reconcile's trace, not a trace of its own.
     assert!(
-        plugin_call(&spans, "ipam-sequential", "allocate").is_some(),
-        "no allocation:\n{}",
+        reconciles.iter().any(|r| r.trace_id == allocation.trace_id),
+        "the allocation is outside every reconcile's trace:\n{}",
         describe(&spans)
     );
+    assert!(!allocation.parent_span_id.is_empty());
 }

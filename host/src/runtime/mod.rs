@@ -34,6 +34,17 @@ pub use registry::{PluginEvent, PluginSource, Registry};
 use cache::CompileCache;
 use sandbox::Sandbox;
 
+/// Runs a plugin call (or anything that makes one) on tokio's blocking pool,
+/// inside the caller's span, so a trace shows the call under its reconcile.
+pub fn spawn_call<T, F>(call: F) -> tokio::task::JoinHandle<T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(call))
+}
+
 /// Per-plugin limits; the defaults suit decision logic that takes microseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {

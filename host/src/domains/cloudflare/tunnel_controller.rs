@@ -346,7 +346,7 @@ async fn serve<K: TunnelObject>(
     let config = plugin_config(object.annotations());
     let mapped = {
         let plugin = plugin.clone();
-        tokio::task::spawn_blocking(move || plugin.map_tunnel(&request, &config)).await?
+        crate::runtime::spawn_call(move || plugin.map_tunnel(&request, &config)).await?
     };
     status.plugin = Some(plugin.reference().to_string());
     status.plugin_digest = Some(plugin.digest.clone());

@@ -180,7 +180,7 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
             ctx.registry.clone(),
         );
         let now = now.clone();
-        tokio::task::spawn_blocking(move || {
+        crate::runtime::spawn_call(move || {
             plan_pool(
                 &pool,
                 &mine,

@@ -281,7 +281,7 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
     let decision = {
         let plugin = plugin.clone();
         let config = config.clone();
-        tokio::task::spawn_blocking(move || plugin.allocate_listeners(&request, &config)).await?
+        crate::runtime::spawn_call(move || plugin.allocate_listeners(&request, &config)).await?
     };
     let decision = match decision {
         Ok(Ok(decision)) => decision,
