@@ -28,6 +28,9 @@ use kube::{Client, Config};
 pub struct TestEnv {
     pub admin_kubeconfig: PathBuf,
     pub knit_kubeconfig: PathBuf,
+    /// The API server's audit log (JSON lines) of the requests made as
+    /// knit's ServiceAccount: what the chart's RBAC rules are really used for.
+    pub knit_audit_log: PathBuf,
     _process: Mutex<(Child, ChildStdin)>,
 }
 
@@ -68,10 +71,37 @@ pub fn env() -> &'static TestEnv {
     ENV.get_or_init(start)
 }
 
+/// Audits knit's identity only, at the Metadata level (no bodies, so no
+/// Secret contents).
+const AUDIT_POLICY: &str = r#"apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    users: ["system:serviceaccount:knit-system:knit"]
+  - level: None
+"#;
+
 fn start() -> TestEnv {
+    let audit_dir = std::env::temp_dir().join(format!("knit-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&audit_dir).expect("creating the audit directory");
+    let policy = audit_dir.join("policy.yaml");
+    std::fs::write(&policy, AUDIT_POLICY).expect("writing the audit policy");
+    let knit_audit_log = audit_dir.join("knit.log");
     let mut command = Command::new(tool("knit-testenv"));
     command
         .arg("--exit-on-stdin-eof")
+        .arg(format!(
+            "--apiserver-arg=--audit-policy-file={}",
+            policy.display()
+        ))
+        .arg(format!(
+            "--apiserver-arg=--audit-log-path={}",
+            knit_audit_log.display()
+        ))
+        // Owner references with blockOwnerDeletion need `update` on the
+        // owner's finalizers, as on clusters that enable this plugin.
+        .arg("--apiserver-arg=--enable-admission-plugins=OwnerReferencesPermissionEnforcement")
         .arg("--crds")
         .arg(repo().join("crds"));
     let gateway_crds = cache_dir().join("gateway-api-crds");
@@ -101,6 +131,7 @@ fn start() -> TestEnv {
     TestEnv {
         admin_kubeconfig,
         knit_kubeconfig,
+        knit_audit_log,
         _process: Mutex::new((child, stdin)),
     }
 }

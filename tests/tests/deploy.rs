@@ -275,7 +275,7 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
         &Api::<knit::domains::ipam::types::IPPool>::all(admin.clone()),
         json!({"apiVersion": "knit.dev/v1alpha1", "kind": "IPPool",
                "metadata": {"name": "deploy-pool"},
-               "spec": {"cidrs": ["10.77.0.0/24"]}}),
+               "spec": {"cidrs": ["10.77.0.0/24"], "reuseCooldownSeconds": 1}}),
     )
     .await;
     pod_with_ip(
@@ -291,6 +291,20 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
     })
     .await;
     assert!(address.starts_with("10.77.0."), "{address}");
+    // The pod gone, its address rests for the cooldown, then is released.
+    let allocations = Api::<knit::domains::ipam::types::IPAllocation>::all(admin.clone());
+    Api::<Pod>::namespaced(admin.clone(), &namespace)
+        .delete(
+            "ipam-pod",
+            &kube::api::DeleteParams::default().grace_period(0),
+        )
+        .await
+        .unwrap();
+    knit_tests::eventually("the address released", WAIT, || async {
+        let left = allocations.list(&ListParams::default()).await.ok()?.items;
+        (!left.iter().any(|a| a.spec.pool == "deploy-pool")).then_some(())
+    })
+    .await;
 
     // TKE CLB: a service and its pod, bound on the CLB, address on the pod.
     create(
@@ -326,8 +340,33 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
         Some(ListenerState::Bound)
     );
     assert_eq!(fake.listeners(&lb).len(), 1);
+    // The service deleted: its listeners and their CLB listeners go.
+    Api::<DedicatedCLBService>::namespaced(admin.clone(), &namespace)
+        .delete("game", &Default::default())
+        .await
+        .unwrap();
+    knit_tests::eventually("the CLB listeners deleted", WAIT, || {
+        std::future::ready(fake.listeners(&lb).is_empty().then_some(()))
+    })
+    .await;
 
     cloudflare_scenario(&admin, &namespace, &cloudflare, &zone).await;
+
+    // No excess: every rule the chart grants was used by a request the API
+    // server allowed, as its audit log of knit's identity shows.
+    let granted = granted_rules(&manifest);
+    knit_tests::eventually("every granted rule used", Duration::from_secs(10), || {
+        let used = audited_requests();
+        let unused: Vec<_> = granted
+            .iter()
+            .filter(|rule| !used.contains(*rule) && !checked_without_a_request(rule, &used))
+            .collect();
+        if !unused.is_empty() {
+            eprintln!("granted but not used yet: {unused:?}");
+        }
+        std::future::ready(unused.is_empty().then_some(()))
+    })
+    .await;
 
     // Every kind's passes were counted.
     let mut metrics = String::new();
@@ -372,6 +411,78 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
             .await
             .map(|_| ())
     ));
+}
+
+/// `(apiGroup, resource[/subresource], verb)`.
+type Rule = (String, String, String);
+
+/// Every rule of the chart's ClusterRole and Role, one verb each.
+fn granted_rules(manifest: &str) -> std::collections::BTreeSet<Rule> {
+    let mut granted = std::collections::BTreeSet::new();
+    for role in documents(manifest)
+        .into_iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "Role")
+    {
+        for rule in role["rules"].as_array().unwrap() {
+            let list = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect()
+            };
+            for group in list("apiGroups") {
+                for resource in list("resources") {
+                    for verb in list("verbs") {
+                        granted.insert((group.clone(), resource.clone(), verb));
+                    }
+                }
+            }
+        }
+    }
+    granted
+}
+
+/// The requests knit's identity made that the API server did not forbid.
+fn audited_requests() -> std::collections::BTreeSet<Rule> {
+    let log = std::fs::read_to_string(&knit_tests::env().knit_audit_log).unwrap_or_default();
+    log.lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event["responseStatus"]["code"] != 403)
+        .filter_map(|event| {
+            let object = &event["objectRef"];
+            let mut resource = object["resource"].as_str()?.to_owned();
+            if let Some(sub) = object["subresource"].as_str() {
+                resource = format!("{resource}/{sub}");
+            }
+            Some((
+                object["apiGroup"].as_str().unwrap_or_default().to_owned(),
+                resource,
+                event["verb"].as_str()?.to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// Rules a test scenario cannot show in the audit log, each with why: the
+/// API server checks some without a request of their own, and a few serve
+/// paths only a race reaches.
+fn checked_without_a_request(rule: &Rule, used: &std::collections::BTreeSet<Rule>) -> bool {
+    let (group, resource, verb) = rule;
+    match (group.as_str(), resource.as_str(), verb.as_str()) {
+        // A server-side apply (a `patch`) that creates its object.
+        (_, _, "create") => used.contains(&(group.clone(), resource.clone(), "patch".into())),
+        // Checked by OwnerReferencesPermissionEnforcement when knit sets
+        // `blockOwnerDeletion` on what it owns.
+        (_, finalizers, "update") => finalizers.ends_with("/finalizers"),
+        // kube's event recorder patches an Event that recurs (its series).
+        ("events.k8s.io", "events", "patch") => true,
+        // Before writing a pod's address, the IPAM controller reads the
+        // record of an address another allocator wrote first.
+        ("knit.dev", "ipallocations", "get") => true,
+        _ => false,
+    }
 }
 
 /// Cloudflare, with the chart's default credentials: a Tunnel serving an
@@ -443,12 +554,70 @@ async fn cloudflare_scenario(admin: &Client, namespace: &str, fake: &FakeCloudfl
                "spec": {"name": "www", "type": "A", "content": "203.0.113.5", "cloudflare": cloudflare}}),
     )
     .await;
+    // DNSRecords from a Service, an Ingress and a Node, one through the
+    // chart's credentials by name.
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(admin.clone());
+    let node = format!("{namespace}-node");
+    create(&nodes, json!({"metadata": {"name": node}})).await;
+    nodes
+        .patch_status(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"addresses": [{"type": "ExternalIP", "address": "203.0.113.7"}]}})),
+        )
+        .await
+        .unwrap();
+    let by_name = json!({"accountId": CF_ACCOUNT, "domain": "deploy.example",
+                         "credentialsRef": {"name": "default"}});
+    for (name, source, cloudflare) in [
+        (
+            "lb",
+            json!({"service": {"name": "web", "addressType": "ClusterIP"}}),
+            &by_name,
+        ),
+        ("ing", json!({"ingress": {"name": "web"}}), &cloudflare),
+        ("node", json!({"node": {"name": node}}), &cloudflare),
+    ] {
+        create(
+            &records,
+            json!({"apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "DNSRecord",
+                   "metadata": {"name": name},
+                   "spec": {"name": name, "sourceRef": source, "cloudflare": cloudflare}}),
+        )
+        .await;
+    }
+    // A ClusterTunnel (its cloudflared in knit's namespace) routing a
+    // network, and a WARPConnector in a VirtualNetwork.
+    let cluster_tunnel = format!("{namespace}-shared");
+    create(
+        &Api::<knit::domains::cloudflare::types::ClusterTunnel>::all(admin.clone()),
+        json!({"apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "ClusterTunnel",
+               "metadata": {"name": cluster_tunnel},
+               "spec": {"newTunnel": {"name": cluster_tunnel}, "cloudflare": cloudflare}}),
+    )
+    .await;
+    create(
+        &Api::<NetworkRoute>::all(admin.clone()),
+        json!({"apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "NetworkRoute",
+               "metadata": {"name": format!("{namespace}-dc")},
+               "spec": {"network": "10.70.0.0/16", "tunnelRef": {"name": cluster_tunnel},
+                        "cloudflare": {"accountId": CF_ACCOUNT}}}),
+    )
+    .await;
+    let vnet = format!("{namespace}-vnet");
+    create(
+        &Api::<knit::domains::cloudflare::types::VirtualNetwork>::all(admin.clone()),
+        json!({"apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "VirtualNetwork",
+               "metadata": {"name": vnet}, "spec": {"cloudflare": {"accountId": CF_ACCOUNT}}}),
+    )
+    .await;
     let connectors = Api::<WARPConnector>::namespaced(admin.clone(), namespace);
     create(
         &connectors,
         json!({"apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "WARPConnector",
                "metadata": {"name": "site"},
-               "spec": {"routes": [{"network": "10.60.0.0/16"}], "cloudflare": {"accountId": CF_ACCOUNT}}}),
+               "spec": {"routes": [{"network": "10.60.0.0/16"}], "virtualNetworkRef": {"name": vnet},
+                        "cloudflare": {"accountId": CF_ACCOUNT}}}),
     )
     .await;
 
@@ -494,12 +663,18 @@ async fn cloudflare_scenario(admin: &Client, namespace: &str, fake: &FakeCloudfl
             (names
                 == [
                     "api.deploy.example",
+                    "ing.deploy.example",
+                    "lb.deploy.example",
+                    "node.deploy.example",
                     "web.deploy.example",
                     "www.deploy.example",
                 ]
                 .map(String::from)
                 .into()
-                && networks == ["10.50.0.0/16", "10.60.0.0/16"].map(String::from).into()
+                && networks
+                    == ["10.50.0.0/16", "10.60.0.0/16", "10.70.0.0/16"]
+                        .map(String::from)
+                        .into()
                 && fake.warp_connectors().len() == 1)
                 .then_some(()),
         )
@@ -511,29 +686,45 @@ async fn cloudflare_scenario(admin: &Client, namespace: &str, fake: &FakeCloudfl
         deployments.get(name).await.unwrap();
     }
 
-    for deleted in [
-        tunnels
-            .delete("edge", &Default::default())
-            .await
-            .map(|_| ()),
-        records.delete("www", &Default::default()).await.map(|_| ()),
-        connectors
-            .delete("site", &Default::default())
-            .await
-            .map(|_| ()),
-        Api::<NetworkRoute>::all(admin.clone())
-            .delete(&format!("{namespace}-lan"), &Default::default())
-            .await
-            .map(|_| ()),
+    for (kind, name) in [
+        ("Tunnel", "edge"),
+        ("DNSRecord", "www"),
+        ("DNSRecord", "lb"),
+        ("DNSRecord", "ing"),
+        ("DNSRecord", "node"),
+        ("WARPConnector", "site"),
     ] {
-        deleted.unwrap();
+        let output = knit_tests::kubectl(
+            &["delete", "--wait=false", "-n", namespace, kind, name],
+            None,
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    for (kind, name) in [
+        ("NetworkRoute", format!("{namespace}-lan")),
+        ("NetworkRoute", format!("{namespace}-dc")),
+        ("ClusterTunnel", cluster_tunnel),
+        ("VirtualNetwork", vnet),
+        ("Node", node),
+    ] {
+        let output = knit_tests::kubectl(&["delete", "--wait=false", kind, &name], None);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     knit_tests::eventually("Cloudflare cleaned", WAIT, || {
         std::future::ready(
             (fake.dns_records(zone).is_empty()
                 && fake.routes().is_empty()
                 && fake.tunnels().iter().all(|t| t.deleted)
-                && fake.warp_connectors().iter().all(|t| t.deleted))
+                && fake.warp_connectors().iter().all(|t| t.deleted)
+                && fake.virtual_networks().iter().all(|n| n.is_default_network))
             .then_some(()),
         )
     })
