@@ -120,15 +120,9 @@ pub async fn run(
             Api::<VirtualNetwork>::all(client.clone()),
             watcher::Config::default(),
             move |vnet: VirtualNetwork| {
-                connector_store
-                    .state()
-                    .iter()
-                    .filter(|c| {
-                        c.spec.virtual_network_ref.as_ref().map(|r| &r.name)
-                            == Some(&vnet.name_any())
-                    })
-                    .map(|c| ObjectRef::from_obj(&**c))
-                    .collect::<Vec<_>>()
+                in_network(&connector_store, &vnet, |c| {
+                    c.spec.virtual_network_ref.as_ref()
+                })
             },
         )
         .graceful_shutdown_on(shutdown.clone())
@@ -284,6 +278,23 @@ pub async fn run(
     }
 }
 
+/// The objects of `store` that name `vnet`, woken when it changes.
+fn in_network<K>(
+    store: &Store<K>,
+    vnet: &VirtualNetwork,
+    reference: impl Fn(&K) -> Option<&types::VirtualNetworkRef>,
+) -> Vec<ObjectRef<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    store
+        .state()
+        .iter()
+        .filter(|object| reference(object).is_some_and(|r| r.name == vnet.name_any()))
+        .map(|object| ObjectRef::from_obj(&**object))
+        .collect()
+}
+
 /// `NetworkRoute`s, woken when the tunnel object or virtual network they
 /// name changes.
 fn run_network_routes(
@@ -328,15 +339,7 @@ fn run_network_routes(
             Api::<VirtualNetwork>::all(client.clone()),
             watcher::Config::default(),
             move |vnet: VirtualNetwork| {
-                vnet_store
-                    .state()
-                    .iter()
-                    .filter(|r| {
-                        r.spec.virtual_network_ref.as_ref().map(|v| &v.name)
-                            == Some(&vnet.name_any())
-                    })
-                    .map(|r| ObjectRef::from_obj(&**r))
-                    .collect::<Vec<_>>()
+                in_network(&vnet_store, &vnet, |r| r.spec.virtual_network_ref.as_ref())
             },
         )
         .graceful_shutdown_on(shutdown)
