@@ -122,6 +122,54 @@ fn the_chart_renders_only_the_rules_of_enabled_domains() {
     assert!(!helm_template(&[]).contains("\"*\""));
 }
 
+/// Plugin ConfigMaps are mounted together, read-only, where `--plugins-dir`
+/// points (a ConfigMap volume's `..data` swap is what `host/tests/hot_swap.rs`
+/// reproduces on disk).
+#[test]
+fn plugin_config_maps_are_mounted_as_the_plugins_directory() {
+    let deployment = |values: &[String]| -> Value {
+        documents(&helm_template(values))
+            .into_iter()
+            .find(|d| d["kind"] == "Deployment")
+            .unwrap()
+    };
+    let with = deployment(&["plugins.configMaps={ipam-mine,clb-mine}".into()]);
+    let pod = &with["spec"]["template"]["spec"];
+    let args: Vec<&str> = pod["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    let dir = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--plugins-dir="))
+        .expect("--plugins-dir");
+    let mount = pod["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == dir)
+        .expect("a volume mounted at the plugins directory");
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    let names: Vec<&str> = volume["projected"]["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["configMap"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["ipam-mine", "clb-mine"]);
+    // Without plugin ConfigMaps: no flag, no volume.
+    let without = deployment(&[]);
+    assert!(!without.to_string().contains("--plugins-dir"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn knit_runs_every_domain_as_the_charts_service_account() {
     let _ = tracing_subscriber::fmt()
