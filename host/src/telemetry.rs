@@ -385,8 +385,29 @@ impl ReconcileMetrics {
         );
     }
 
+    /// `reconcile` as a controller runs it, every pass counted for `kind`.
+    pub fn measured<K, C, T, E, R, Fut>(
+        self: &Arc<Self>,
+        kind: &'static str,
+        reconcile: R,
+    ) -> impl FnMut(Arc<K>, Arc<C>) -> futures::future::BoxFuture<'static, Result<T, E>>
+    + use<K, C, T, E, R, Fut>
+    where
+        R: Fn(Arc<K>, Arc<C>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, E>> + Send + 'static,
+        T: 'static,
+        E: 'static,
+    {
+        let metrics = self.clone();
+        move |object, ctx| {
+            let metrics = metrics.clone();
+            let pass = reconcile(object, ctx);
+            Box::pin(async move { metrics.measure(kind, pass).await })
+        }
+    }
+
     /// Runs one pass of a controller for `kind` and counts it.
-    pub async fn measure<T, E>(
+    async fn measure<T, E>(
         &self,
         kind: &'static str,
         pass: impl std::future::Future<Output = Result<T, E>>,

@@ -127,16 +127,7 @@ pub async fn run(
         )
         .graceful_shutdown_on(shutdown.clone())
         .run(
-            {
-                let reconciles = reconciles.clone();
-                move |connector, ctx| {
-                    let reconciles = reconciles.clone();
-                    async move {
-                        let pass = warp_controller::reconcile_connector(connector, ctx);
-                        reconciles.measure("WARPConnector", pass).await
-                    }
-                }
-            },
+            reconciles.measured("WARPConnector", warp_controller::reconcile_connector),
             objects::error_policy,
             warp_context.clone(),
         )
@@ -147,16 +138,7 @@ pub async fn run(
     )
     .graceful_shutdown_on(shutdown.clone())
     .run(
-        {
-            let reconciles = reconciles.clone();
-            move |vnet, ctx| {
-                let reconciles = reconciles.clone();
-                async move {
-                    let pass = warp_controller::reconcile_network(vnet, ctx);
-                    reconciles.measure("VirtualNetwork", pass).await
-                }
-            }
-        },
+        reconciles.measured("VirtualNetwork", warp_controller::reconcile_network),
         objects::error_policy,
         warp_context.clone(),
     )
@@ -344,13 +326,7 @@ fn run_network_routes(
         )
         .graceful_shutdown_on(shutdown)
         .run(
-            move |route, ctx| {
-                let reconciles = reconciles.clone();
-                async move {
-                    let pass = route_controller::reconcile(route, ctx);
-                    reconciles.measure("NetworkRoute", pass).await
-                }
-            },
+            reconciles.measured("NetworkRoute", route_controller::reconcile),
             objects::error_policy,
             context,
         )
@@ -409,13 +385,7 @@ fn run_dns_records(
         )
         .graceful_shutdown_on(shutdown)
         .run(
-            move |record, ctx| {
-                let reconciles = reconciles.clone();
-                async move {
-                    let pass = dns_controller::reconcile(record, ctx);
-                    reconciles.measure("DNSRecord", pass).await
-                }
-            },
+            reconciles.measured("DNSRecord", dns_controller::reconcile),
             objects::error_policy,
             context,
         )
@@ -547,13 +517,7 @@ async fn run_controller<K: TunnelObject>(
         .reconcile_all_on(super::plugin_changes(registry.subscribe()))
         .graceful_shutdown_on(shutdown)
         .run(
-            move |object, ctx| {
-                let reconciles = reconciles.clone();
-                async move {
-                    let pass = tunnel_controller::reconcile(object, ctx);
-                    reconciles.measure(kind, pass).await
-                }
-            },
+            reconciles.measured(kind, tunnel_controller::reconcile),
             tunnel_controller::error_policy,
             context,
         )

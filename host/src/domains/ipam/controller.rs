@@ -116,12 +116,7 @@ pub async fn run(
         .reconcile_all_on(plugin_changes)
         .graceful_shutdown_on(shutdown)
         .run(
-            |pool, ctx: Arc<Context>| async move {
-                ctx.reconciles
-                    .clone()
-                    .measure("IPPool", reconcile(pool, ctx))
-                    .await
-            },
+            context.reconciles.measured("IPPool", reconcile),
             error_policy,
             context,
         )

@@ -103,16 +103,7 @@ pub async fn run(
             })
             .graceful_shutdown_on(shutdown.clone())
             .run(
-                {
-                    let reconciles = reconciles.clone();
-                    move |listener, ctx| {
-                        let reconciles = reconciles.clone();
-                        async move {
-                            let pass = listener_controller::reconcile(listener, ctx);
-                            reconciles.measure("DedicatedCLBListener", pass).await
-                        }
-                    }
-                },
+                reconciles.measured("DedicatedCLBListener", listener_controller::reconcile),
                 listener_controller::error_policy,
                 listener_context,
             )
@@ -148,13 +139,7 @@ pub async fn run(
         .reconcile_all_on(super::plugin_changes(registry.subscribe()))
         .graceful_shutdown_on(shutdown)
         .run(
-            move |service, ctx| {
-                let reconciles = reconciles.clone();
-                async move {
-                    let pass = service_controller::reconcile(service, ctx);
-                    reconciles.measure("DedicatedCLBService", pass).await
-                }
-            },
+            reconciles.measured("DedicatedCLBService", service_controller::reconcile),
             service_controller::error_policy,
             service_context,
         )
