@@ -289,6 +289,22 @@ impl World {
     }
 }
 
+/// Waits until `api` lists nothing (finalizers done).
+async fn all_gone<K>(api: &Api<K>, what: &str)
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    knit_tests::eventually(what, WAIT, || async {
+        api.list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+}
+
 fn ready_condition(
     conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
 ) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
@@ -546,16 +562,7 @@ async fn seed_ingresses_and_http_route_share_cluster_tunnels() {
     kubectl_delete("examples/cloudflare/clustertunnel-ingress.yaml");
     kubectl_delete("examples/cloudflare/clustertunnel-gateway.yaml");
     let tunnels = Api::<ClusterTunnel>::all(world.client.clone());
-    knit_tests::eventually("the ClusterTunnels gone", WAIT, || async {
-        tunnels
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    all_gone(&tunnels, "the ClusterTunnels gone").await;
     assert!(
         world.fake.tunnels().iter().all(|t| t.deleted),
         "{:?}",
@@ -634,16 +641,7 @@ async fn seed_cluster_tunnels_deploy_patch_warp_routing_and_a_taken_name() {
         kubectl_delete(&format!("examples/cloudflare/clustertunnel-{file}.yaml"));
     }
     let tunnels = Api::<ClusterTunnel>::all(world.client.clone());
-    knit_tests::eventually("the ClusterTunnels gone", WAIT, || async {
-        tunnels
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    all_gone(&tunnels, "the ClusterTunnels gone").await;
     assert!(world.fake.tunnels().iter().all(|t| t.deleted));
 }
 
@@ -957,16 +955,7 @@ async fn seed_warp_connectors_advertise_routes() {
     ] {
         kubectl_delete(&format!("examples/cloudflare/{file}.yaml"));
     }
-    knit_tests::eventually("the WARPConnectors gone", WAIT, || async {
-        connectors
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    all_gone(&connectors, "the WARPConnectors gone").await;
     kubectl_delete("examples/cloudflare/backends.yaml");
     knit_tests::eventually("the VirtualNetwork gone", WAIT, || async {
         Api::<VirtualNetwork>::all(world.client.clone())
@@ -1238,16 +1227,7 @@ async fn network_routes_follow_their_tunnel() {
         .delete("nowhere", &DeleteParams::default())
         .await
         .unwrap();
-    knit_tests::eventually("the NetworkRoutes gone", WAIT, || async {
-        routes_api
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    all_gone(&routes_api, "the NetworkRoutes gone").await;
     assert!(world.fake.routes().is_empty(), "{:?}", world.fake.routes());
     kubectl_delete("examples/cloudflare/clustertunnel-basic.yaml");
 }
@@ -1505,16 +1485,7 @@ async fn dns_records_publish_static_and_source_addresses() {
             .await
             .unwrap();
     }
-    knit_tests::eventually("the DNSRecords gone", WAIT, || async {
-        dns_api
-            .list(&ListParams::default())
-            .await
-            .ok()?
-            .items
-            .is_empty()
-            .then_some(())
-    })
-    .await;
+    all_gone(&dns_api, "the DNSRecords gone").await;
     let left: Vec<String> = world
         .fake
         .dns_records(&world.zone)

@@ -14,13 +14,12 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Client, ResourceExt};
 
 use super::dns_record;
-use super::objects::{Context, Refusal, readiness};
-use super::plan::OwnerMarker;
-use super::tunnel_controller::Error;
+use super::objects::{Context, Refusal, readiness, refusal};
+use super::tunnel_controller::{Error, delete_owned_records, owned_records};
 use super::types::{
     DNSRecord, DNSRecordStatus, DnsRecordState, DnsSourceRef, SourceDeletionPolicy,
 };
-use crate::providers::cloudflare::{self as api, CloudflareClient};
+use crate::providers::cloudflare as api;
 
 pub const FINALIZER: &str = "knit.dev/dns-record";
 
@@ -63,42 +62,33 @@ async fn apply(record: &DNSRecord, ctx: &Context) -> Result<Action, Error> {
     Ok(ready.requeue(ctx))
 }
 
-/// What the source offers: `None` when it does not exist.
+/// The addresses the source offers: `None` when it does not exist.
 async fn source_addresses(
     client: &Client,
     namespace: &str,
     source: &DnsSourceRef,
-) -> Result<Option<(String, Vec<String>)>, kube::Error> {
+) -> Result<Option<Vec<String>>, kube::Error> {
     Ok(if let Some(service) = &source.service {
         Api::<Service>::namespaced(client.clone(), namespace)
             .get_opt(&service.name)
             .await?
-            .map(|s| {
-                let addresses = dns_record::service_addresses(&s, service.address_type);
-                (format!("Service {namespace}/{}", service.name), addresses)
-            })
+            .map(|s| dns_record::service_addresses(&s, service.address_type))
     } else if let Some(ingress) = &source.ingress {
         Api::<Ingress>::namespaced(client.clone(), namespace)
             .get_opt(&ingress.name)
             .await?
-            .map(|i| {
-                let addresses = dns_record::ingress_addresses(&i);
-                (format!("Ingress {namespace}/{}", ingress.name), addresses)
-            })
+            .map(|i| dns_record::ingress_addresses(&i))
     } else if let Some(node) = &source.node {
         Api::<Node>::all(client.clone())
             .get_opt(&node.name)
             .await?
-            .map(|n| {
-                let addresses = dns_record::node_addresses(&n, node.address_type);
-                (format!("Node {}", node.name), addresses)
-            })
+            .map(|n| dns_record::node_addresses(&n, node.address_type))
     } else {
         None
     })
 }
 
-/// The source's name as the user wrote it, for messages about a missing one.
+/// The source's name as the user wrote it, for messages.
 fn source_name(namespace: &str, source: &DnsSourceRef) -> String {
     match (&source.service, &source.ingress, &source.node) {
         (Some(s), _, _) => format!("Service {namespace}/{}", s.name),
@@ -125,32 +115,35 @@ async fn serve(
     let mut source_gone = None;
     let contents = match &spec.source_ref {
         None => dns_record::static_content(spec),
-        Some(source) => match source_addresses(&ctx.client, &namespace, source).await? {
-            None => {
-                let what = source_name(&namespace, source);
-                if spec.source_deletion_policy == SourceDeletionPolicy::Orphan {
-                    return Ok(Err((
-                        "SourceOrphaned",
-                        format!(
-                            "{what} not found; its records are kept (sourceDeletionPolicy Orphan)"
-                        ),
-                    )));
+        Some(source) => {
+            let what = source_name(&namespace, source);
+            match source_addresses(&ctx.client, &namespace, source).await? {
+                None => {
+                    if spec.source_deletion_policy == SourceDeletionPolicy::Orphan {
+                        return Ok(Err((
+                            "SourceOrphaned",
+                            format!(
+                                "{what} not found; its records are kept (sourceDeletionPolicy Orphan)"
+                            ),
+                        )));
+                    }
+                    source_gone = Some(what);
+                    Vec::new()
                 }
-                source_gone = Some(what);
-                Vec::new()
-            }
-            Some((what, addresses)) => {
-                let contents = dns_record::select(&addresses, spec.address_selection, spec.r#type);
-                if contents.is_empty() {
-                    let kind = spec.r#type.map_or("an", |t| t.as_str());
-                    return Ok(Err((
-                        "NoAddress",
-                        format!("{what} has no {kind} address to publish yet"),
-                    )));
+                Some(addresses) => {
+                    let contents =
+                        dns_record::select(&addresses, spec.address_selection, spec.r#type);
+                    if contents.is_empty() {
+                        let kind = spec.r#type.map_or("an", |t| t.as_str());
+                        return Ok(Err((
+                            "NoAddress",
+                            format!("{what} has no {kind} address to publish yet"),
+                        )));
+                    }
+                    contents
                 }
-                contents
             }
-        },
+        }
     };
     status.resolved_type = contents.first().map(|(t, _)| t.as_str().to_owned());
     status.resolved_content = contents.first().map(|(_, c)| c.clone());
@@ -165,7 +158,7 @@ async fn serve(
     let marker = ctx.marker(&owner(record));
     // Moved to another zone: the old zone's records go first.
     if let Some(old) = status.zone_id.clone().filter(|old| *old != zone_id) {
-        delete_owned(&client, &old, &marker).await?;
+        delete_owned_records(&client, &old, &marker).await?;
         status.managed_record_ids.clear();
     }
     let fqdn = dns_record::fqdn(&spec.name, domain);
@@ -224,15 +217,9 @@ async fn serve(
         match written {
             Ok(record) if !ids.contains(&record.id) => ids.push(record.id),
             Ok(_) => {}
-            Err(api::Error::Api { errors, .. }) => refused.push(format!(
-                "{} {}: {}",
-                want.r#type,
-                want.content,
-                errors
-                    .iter()
-                    .map(|e| e.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("; ")
+            Err(api::Error::Api { errors, .. }) => refused.push(refusal(
+                &format!("{} {}", want.r#type, want.content),
+                &errors,
             )),
             Err(e) => return Err(e.into()),
         }
@@ -255,37 +242,6 @@ async fn serve(
     )))
 }
 
-async fn owned_records(
-    client: &CloudflareClient,
-    zone_id: &str,
-    marker: &OwnerMarker,
-) -> Result<Vec<api::DnsRecord>, Error> {
-    let records = client
-        .list_dns_records(
-            zone_id,
-            &api::DnsFilter {
-                comment_startswith: Some(marker.prefix.clone()),
-                ..Default::default()
-            },
-        )
-        .await?;
-    Ok(records
-        .into_iter()
-        .filter(|r| marker.owns(r.comment.as_deref()))
-        .collect())
-}
-
-async fn delete_owned(
-    client: &CloudflareClient,
-    zone_id: &str,
-    marker: &OwnerMarker,
-) -> Result<(), Error> {
-    for record in owned_records(client, zone_id, marker).await? {
-        client.delete_dns_record(zone_id, &record.id).await?;
-    }
-    Ok(())
-}
-
 /// Deletes every record the object owns, whatever `sourceDeletionPolicy`
 /// says: that policy is about the source, not the DNSRecord.
 async fn cleanup(record: &DNSRecord, ctx: &Context) -> Result<Action, Error> {
@@ -297,7 +253,7 @@ async fn cleanup(record: &DNSRecord, ctx: &Context) -> Result<Action, Error> {
         .accounts
         .client_for_cleanup(&record.spec.cloudflare, Some(&namespace))
         .await?;
-    delete_owned(&client, &zone_id, &ctx.marker(&owner(record))).await?;
+    delete_owned_records(&client, &zone_id, &ctx.marker(&owner(record))).await?;
     Ok(Action::await_change())
 }
 

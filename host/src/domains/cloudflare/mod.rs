@@ -290,6 +290,7 @@ fn run_network_routes(
         watcher::Config::default(),
     );
     let store = controller.store();
+    let vnet_store = store.clone();
     let routes_of = move |kind: TunnelRefKind, namespace: Option<String>, name: String| {
         store
             .state()
@@ -298,7 +299,6 @@ fn run_network_routes(
             .map(|r| ObjectRef::from_obj(&**r))
             .collect::<Vec<_>>()
     };
-    let vnet_store = controller.store();
     controller
         .watches(
             Api::<Tunnel>::all(client.clone()),

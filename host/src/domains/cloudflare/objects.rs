@@ -140,6 +140,12 @@ pub async fn virtual_network_id(
     )
 }
 
+/// Cloudflare's words refusing a write of `what`, as `what: message; message`.
+pub fn refusal(what: &str, errors: &[api::ApiMessage]) -> String {
+    let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+    format!("{what}: {}", messages.join("; "))
+}
+
 /// Brings the routes `marker` owns among `existing` to `wanted`: owned
 /// routes not wanted as they are go, wanted routes missing are created.
 /// Per wanted route: its ID, or Cloudflare's words refusing it (a network
@@ -174,15 +180,7 @@ pub async fn sync_routes(
         }
         outcomes.push(match client.create_route(account, want).await {
             Ok(route) => Ok(route.id),
-            Err(api::Error::Api { errors, .. }) => Err(format!(
-                "{}: {}",
-                want.network,
-                errors
-                    .iter()
-                    .map(|e| e.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )),
+            Err(api::Error::Api { errors, .. }) => Err(refusal(&want.network, &errors)),
             Err(e) => return Err(e.into()),
         });
     }

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::{Resource, ResourceExt};
 
 use super::objects::{
     Context, Refusal, delete_owned_routes, marked_comment, readiness, sync_routes,
@@ -50,33 +50,24 @@ pub fn tunnel_ref_name(reference: &TunnelRef) -> String {
     }
 }
 
-/// The referenced tunnel object's status, and whether it is being deleted;
+/// Whether the referenced tunnel object is being deleted, and its status;
 /// `None` when it does not exist.
 async fn tunnel_status(
     ctx: &Context,
     reference: &TunnelRef,
-) -> Result<Option<(Option<TunnelStatus>, bool)>, kube::Error> {
-    fn parts<K: Resource>(object: K, status: Option<TunnelStatus>) -> (Option<TunnelStatus>, bool) {
-        (status, object.meta().deletion_timestamp.is_some())
-    }
+) -> Result<Option<(bool, Option<TunnelStatus>)>, kube::Error> {
     Ok(match reference.kind {
         TunnelRefKind::ClusterTunnel => Api::<ClusterTunnel>::all(ctx.client.clone())
             .get_opt(&reference.name)
             .await?
-            .map(|mut t| {
-                let status = t.status.take();
-                parts(t, status)
-            }),
+            .map(|t| (t.metadata.deletion_timestamp.is_some(), t.status)),
         TunnelRefKind::Tunnel => Api::<Tunnel>::namespaced(
             ctx.client.clone(),
             reference.namespace.as_deref().unwrap_or_default(),
         )
         .get_opt(&reference.name)
         .await?
-        .map(|mut t| {
-            let status = t.status.take();
-            parts(t, status)
-        }),
+        .map(|t| (t.metadata.deletion_timestamp.is_some(), t.status)),
     })
 }
 
@@ -111,7 +102,7 @@ async fn serve(
     let tunnel = tunnel_ref_name(&spec.tunnel_ref);
 
     let tunnel_id = match tunnel_status(ctx, &spec.tunnel_ref).await? {
-        None | Some((_, true)) => {
+        None | Some((true, _)) => {
             delete_owned_routes(&client, account, &marker, None).await?;
             status.route_id = None;
             return Ok(Err((
@@ -119,7 +110,7 @@ async fn serve(
                 format!("{tunnel} does not exist or is being deleted; the route is withdrawn"),
             )));
         }
-        Some((tunnel_status, false)) => {
+        Some((false, tunnel_status)) => {
             let tunnel_status = tunnel_status.unwrap_or_default();
             if let Some(other) = tunnel_status
                 .account_id

@@ -627,7 +627,7 @@ async fn sync_dns(
 
 /// The zone's records `marker` owns (listed by its prefix, then checked
 /// exactly: a longer digest with the same start is someone else's).
-async fn owned_records(
+pub(super) async fn owned_records(
     client: &CloudflareClient,
     zone: &str,
     marker: &OwnerMarker,
@@ -645,6 +645,18 @@ async fn owned_records(
         .into_iter()
         .filter(|r| marker.owns(r.comment.as_deref()))
         .collect())
+}
+
+/// Deletes the zone's records `marker` owns.
+pub(super) async fn delete_owned_records(
+    client: &CloudflareClient,
+    zone: &str,
+    marker: &OwnerMarker,
+) -> Result<(), Error> {
+    for record in owned_records(client, zone, marker).await? {
+        client.delete_dns_record(zone, &record.id).await?;
+    }
+    Ok(())
 }
 
 fn owner_marker(ctx: &Context, key: &TunnelKey) -> OwnerMarker {
@@ -923,9 +935,7 @@ async fn cleanup<K: TunnelObject>(object: &K, ctx: &Context) -> Result<Action, E
     if let Some(domain) = &spec.cloudflare.domain {
         let zone = ctx.accounts.zone_id(&client, account, domain).await?;
         let marker = owner_marker(ctx, &key);
-        for record in owned_records(&client, &zone, &marker).await? {
-            client.delete_dns_record(&zone, &record.id).await?;
-        }
+        delete_owned_records(&client, &zone, &marker).await?;
     }
     let namespace = plan::workload_namespace(&key, &ctx.accounts.settings().namespace);
     let name = plan::workload_name(&key);
