@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use super::error::{CniError, Code};
 use crate::domains::ipam::claim::StrategySource;
-use crate::runtime::{Plugin, PluginSettings, Runtime, RuntimeConfig, RuntimeMetrics, World};
+use crate::runtime::{
+    Plugin, PluginSettings, Runtime, RuntimeConfig, RuntimeMetrics, World, private_cache_dir,
+};
 
 /// Where the cache goes when the configured directory cannot be written.
 const FALLBACK_CACHE: &str = "knit-ipam-cache";
@@ -105,17 +107,23 @@ fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>, CniError> {
     }
 }
 
-/// The configured cache directory if this process can write it (a plugin
-/// run as another user, a read-only /var), else one in the temp directory;
-/// with neither, plugins compile in memory on every invocation.
+/// The configured cache directory if it can be made private to this user
+/// (a plugin run as another user, a read-only /var, a directory someone else
+/// made), else one in the temp directory; with neither, plugins compile in
+/// memory on every invocation. Loading a cache runs its native code, so a
+/// directory that fails is never used (see `runtime::private_cache_dir`).
 fn usable_cache_dir(configured: &Path) -> Option<PathBuf> {
-    [
-        configured.to_path_buf(),
-        std::env::temp_dir().join(FALLBACK_CACHE),
-    ]
-    .into_iter()
-    .find(|dir| {
-        std::fs::create_dir_all(dir).is_ok()
-            && rustix::fs::access(dir, rustix::fs::Access::WRITE_OK).is_ok()
-    })
+    let fallback = std::env::temp_dir().join(FALLBACK_CACHE);
+    let mut refusals = Vec::new();
+    for dir in [configured, &fallback] {
+        match private_cache_dir(dir) {
+            Ok(dir) => return Some(dir),
+            Err(why) => refusals.push(why),
+        }
+    }
+    tracing::warn!(
+        "compiling in memory, no safe cache directory: {}",
+        refusals.join("; ")
+    );
+    None
 }

@@ -5,7 +5,7 @@ use knit_clb_core::{NewListener, Plan, Protocol, Request, check_plan};
 use super::bindings::clb_allocator::exports::knit::plugin::clb;
 use super::bindings::types::ConfigEntry;
 use super::plugin::Pre;
-use super::{CallError, Plugin, World};
+use super::{CallError, Plugin, World, text};
 
 impl Plugin {
     /// Asks the allocator which listener each pod port of `request.service`
@@ -35,7 +35,10 @@ impl Plugin {
         })?;
         match answer {
             Ok(plan) => {
-                let plan = native_plan(plan);
+                let plan = native_plan(plan).map_err(|reason| CallError::BadOutput {
+                    plugin: self.reference(),
+                    reason,
+                })?;
                 check_plan(
                     &request.service,
                     &request.lbs,
@@ -49,12 +52,14 @@ impl Plugin {
                 })?;
                 Ok(Ok(plan))
             }
-            Err(clb::AllocateError::InvalidConfig(why)) => {
-                Ok(Err(format!("invalid config: {why}")))
-            }
-            Err(clb::AllocateError::InvalidRequest(why)) => {
-                Ok(Err(format!("invalid request: {why}")))
-            }
+            Err(clb::AllocateError::InvalidConfig(why)) => Ok(Err(format!(
+                "invalid config: {}",
+                text::clean(&why, text::MESSAGE_LIMIT)
+            ))),
+            Err(clb::AllocateError::InvalidRequest(why)) => Ok(Err(format!(
+                "invalid request: {}",
+                text::clean(&why, text::MESSAGE_LIMIT)
+            ))),
         }
     }
 
@@ -126,28 +131,55 @@ impl Plugin {
     }
 }
 
-fn native_plan(plan: clb::Plan) -> Plan {
-    Plan {
+/// The plan in the core's types, its names bounded and its messages cleaned
+/// (see `text`).
+fn native_plan(plan: clb::Plan) -> Result<Plan, String> {
+    let name = |what: &str, value: String| text::identifier(what, value, text::NAME_LIMIT);
+    Ok(Plan {
         create: plan
             .create
             .into_iter()
-            .map(|c| NewListener {
-                lb_id: c.lb_id,
-                port: c.port,
-                protocol: protocol(c.protocol),
-                pod: c.pod,
-                target_port: c.target_port,
+            .map(|c| {
+                Ok(NewListener {
+                    lb_id: name("a load balancer ID", c.lb_id)?,
+                    port: c.port,
+                    protocol: protocol(c.protocol),
+                    pod: name("a pod name", c.pod)?,
+                    target_port: c.target_port,
+                })
             })
-            .collect(),
-        bind: plan.bind.into_iter().map(|b| (b.listener, b.pod)).collect(),
-        unbind: plan.unbind,
-        delete: plan.delete,
+            .collect::<Result<_, String>>()?,
+        bind: plan
+            .bind
+            .into_iter()
+            .map(|b| {
+                Ok((
+                    name("a listener name", b.listener)?,
+                    name("a pod name", b.pod)?,
+                ))
+            })
+            .collect::<Result<_, String>>()?,
+        unbind: plan
+            .unbind
+            .into_iter()
+            .map(|l| name("a listener name", l))
+            .collect::<Result<_, String>>()?,
+        delete: plan
+            .delete
+            .into_iter()
+            .map(|l| name("a listener name", l))
+            .collect::<Result<_, String>>()?,
         messages: plan
             .messages
             .into_iter()
-            .map(|m| (m.pod, m.message))
-            .collect(),
-    }
+            .map(|m| {
+                Ok((
+                    name("a pod name", m.pod)?,
+                    text::clean(&m.message, text::MESSAGE_LIMIT),
+                ))
+            })
+            .collect::<Result<_, String>>()?,
+    })
 }
 
 fn protocol(protocol: clb::Protocol) -> Protocol {

@@ -47,6 +47,11 @@ pub enum CallError {
     Trap { plugin: PluginRef, message: String },
     #[error("plugin {plugin} could not be instantiated: {message}")]
     Instantiate { plugin: PluginRef, message: String },
+    #[error("plugin {plugin} returned more than the {limit_bytes} bytes one answer may take")]
+    OutputBudget {
+        plugin: PluginRef,
+        limit_bytes: usize,
+    },
     #[error("plugin {plugin} returned an answer the host refuses: {reason}")]
     BadOutput { plugin: PluginRef, reason: String },
 }
@@ -61,6 +66,7 @@ impl CallError {
             CallError::MemoryLimit { .. } => "memory_limit",
             CallError::Trap { .. } => "trap",
             CallError::Instantiate { .. } => "instantiate",
+            CallError::OutputBudget { .. } => "output_budget",
             CallError::BadOutput { .. } => "bad_output",
         }
     }

@@ -5,7 +5,7 @@ use knit_ipam_core::{AllocateError, FreeSpace, Request, check_answer};
 use super::bindings::ipam_strategy::exports::knit::plugin::ipam;
 use super::bindings::types::ConfigEntry;
 use super::plugin::Pre;
-use super::{CallError, Plugin, World};
+use super::{CallError, Plugin, World, text};
 
 impl Plugin {
     /// Asks the strategy for `request.count` offsets. The outer error is the
@@ -46,12 +46,12 @@ impl Plugin {
                 }
                 Ok(Err(AllocateError::Exhausted(free)))
             }
-            Err(ipam::AllocateError::InvalidConfig(why)) => {
-                Ok(Err(AllocateError::InvalidConfig(why)))
-            }
-            Err(ipam::AllocateError::InvalidRequest(why)) => {
-                Ok(Err(AllocateError::InvalidRequest(why)))
-            }
+            Err(ipam::AllocateError::InvalidConfig(why)) => Ok(Err(AllocateError::InvalidConfig(
+                text::clean(&why, text::MESSAGE_LIMIT),
+            ))),
+            Err(ipam::AllocateError::InvalidRequest(why)) => Ok(Err(
+                AllocateError::InvalidRequest(text::clean(&why, text::MESSAGE_LIMIT)),
+            )),
         }
     }
 

@@ -110,4 +110,15 @@ impl RuntimeMetrics {
             })
             .get()
     }
+
+    /// Loads of a plugin with this result (`loaded`, `unchanged`, `rejected`,
+    /// `removed`) counted so far (for tests).
+    pub fn reloads_of(&self, plugin: &str, result: &str) -> u64 {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                plugin: plugin.to_string(),
+                result: result.to_string(),
+            })
+            .get()
+    }
 }

@@ -16,6 +16,7 @@ mod metrics;
 mod plugin;
 mod registry;
 mod sandbox;
+pub mod text;
 mod tunnel;
 
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ pub use plugin::{Plugin, PluginInfo, World};
 pub use registry::{PluginEvent, PluginSource, Registry};
 
 use cache::CompileCache;
+pub use cache::private_dir as private_cache_dir;
 use sandbox::Sandbox;
 
 /// Runs a plugin call (or anything that makes one) on tokio's blocking pool,
@@ -74,7 +76,8 @@ pub struct PluginSettings {
 /// Engine-wide settings.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
-    /// Where compiled plugins are kept; `None` compiles in memory every load.
+    /// Where compiled plugins are kept (see `private_cache_dir`); `None`, or
+    /// a directory that is not safe, compiles in memory every load.
     pub cache_dir: Option<PathBuf>,
     /// Instances that may exist at once (the pooling allocator's slots).
     pub max_instances: u32,
@@ -122,12 +125,22 @@ impl Runtime {
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        sandbox::link_bounded_waits(&mut linker)?;
         bindings::host::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
 
-        let cache = match &config.cache_dir {
-            Some(dir) => Some(CompileCache::new(dir, &engine)?),
-            None => None,
-        };
+        // A cache that is not safe to load native code from is not used:
+        // plugins then compile in memory, which is slower, never unsafe.
+        let cache =
+            config
+                .cache_dir
+                .as_ref()
+                .and_then(|dir| match CompileCache::open(dir, &engine) {
+                    Ok(cache) => Some(cache),
+                    Err(why) => {
+                        tracing::warn!("not caching compiled plugins: {why}");
+                        None
+                    }
+                });
         start_epoch_ticker(&engine, config.epoch_tick);
         Ok(Arc::new(Runtime {
             engine,
@@ -182,7 +195,9 @@ impl Runtime {
             Some(cache) => cache.component(&self.engine, hex, bytes),
             None => Component::new(&self.engine, bytes),
         };
-        compiled.map_err(|error| LoadError::Compile(format!("{error:#}")))
+        compiled.map_err(|error| {
+            LoadError::Compile(text::clean(&format!("{error:#}"), text::MESSAGE_LIMIT))
+        })
     }
 
     fn deadline_ticks(&self, deadline: Duration) -> u64 {

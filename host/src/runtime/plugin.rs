@@ -6,7 +6,8 @@ use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
 use super::bindings::{PACKAGE, PACKAGE_VERSION, clb_allocator, ipam_strategy, tunnel_mapper};
-use super::sandbox::Sandbox;
+use super::sandbox::{Sandbox, TRANSFER_LIMIT, WaitedPastDeadline};
+use super::text;
 use super::{CallError, LoadError, PluginRef, PluginSettings, Runtime};
 
 /// The worlds a plugin can implement. Each is recognised by the domain
@@ -107,7 +108,11 @@ impl Plugin {
         let engine = &runtime.engine;
         let ty = component.component_type();
         let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_string()).collect();
-        let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_string()).collect();
+        // Import names are the component's own: shown by `plugin check`.
+        let imports: Vec<String> = ty
+            .imports(engine)
+            .map(|(n, _)| text::clean(n, text::NAME_LIMIT))
+            .collect();
         let world = detect_world(&exports)?;
         if let Some(expected) = expected_world
             && expected != world
@@ -119,10 +124,11 @@ impl Plugin {
         let instance_pre = runtime
             .linker
             .instantiate_pre(&component)
-            .map_err(|e| LoadError::Link(format!("{e:#}")))?;
+            .map_err(|e| LoadError::Link(text::clean(&format!("{e:#}"), text::MESSAGE_LIMIT)))?;
         let mismatch = |e: wasmtime::Error| {
             LoadError::WrongWorld(format!(
-                "component claims the {world} world but does not match it: {e:#}"
+                "component claims the {world} world but does not match it: {}",
+                text::clean(&format!("{e:#}"), text::MESSAGE_LIMIT)
             ))
         };
         let pre = match world {
@@ -191,10 +197,14 @@ impl Plugin {
                 instance.knit_plugin_describe().call_describe(&mut *store)
             }
         })?;
+        let bad = |reason: String| CallError::BadOutput {
+            plugin: self.reference(),
+            reason,
+        };
         Ok(PluginInfo {
-            name: info.name,
-            version: info.version,
-            description: info.description,
+            name: plugin_name(info.name).map_err(bad)?,
+            version: text::identifier("the version", info.version, VERSION_LIMIT).map_err(bad)?,
+            description: text::clean(&info.description, text::MESSAGE_LIMIT),
         })
     }
 
@@ -224,9 +234,10 @@ impl Plugin {
         let limits = self.settings.limits;
         let mut store = Store::new(
             &self.runtime.engine,
-            Sandbox::new(&self.name, limits.memory_bytes),
+            Sandbox::new(&self.name, limits.memory_bytes, started + limits.deadline),
         );
         store.limiter(|sandbox| sandbox);
+        store.set_hostcall_fuel(TRANSFER_LIMIT);
         store.set_epoch_deadline(self.runtime.deadline_ticks);
         store.epoch_deadline_trap();
 
@@ -256,19 +267,29 @@ impl Plugin {
                 limit_bytes: limits.memory_bytes,
             };
         }
+        if error.downcast_ref::<WaitedPastDeadline>().is_some() {
+            return CallError::Deadline {
+                plugin,
+                deadline: limits.deadline,
+            };
+        }
+        // A trap's text quotes function names from the component, which the
+        // plugin chose.
+        let message = text::clean(&format!("{error:#}"), text::MESSAGE_LIMIT);
+        // wasmtime's error for this is private; its text is the only sign.
+        if message.contains("fuel allocated for hostcalls has been exhausted") {
+            return CallError::OutputBudget {
+                plugin,
+                limit_bytes: TRANSFER_LIMIT,
+            };
+        }
         match error.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => CallError::Deadline {
                 plugin,
                 deadline: limits.deadline,
             },
-            Some(_) => CallError::Trap {
-                plugin,
-                message: format!("{error:#}"),
-            },
-            None => CallError::Instantiate {
-                plugin,
-                message: format!("{error:#}"),
-            },
+            Some(_) => CallError::Trap { plugin, message },
+            None => CallError::Instantiate { plugin, message },
         }
     }
 
@@ -294,6 +315,30 @@ impl Plugin {
     }
 }
 
+/// Longest version a plugin may describe itself with (semver with
+/// pre-release and build parts fits easily).
+const VERSION_LIMIT: usize = 64;
+/// Longest plugin name: a Kubernetes label value, like the `Plugin` object
+/// names and ConfigMap keys plugins are shipped under.
+const PLUGIN_NAME_LIMIT: usize = 63;
+
+/// The name a plugin describes itself by, if it is one: policies, status
+/// and file names use it, so letters, digits, `-`, `_` and `.`, starting
+/// with a letter or digit.
+fn plugin_name(name: String) -> Result<String, String> {
+    let name = text::identifier("the name", name, PLUGIN_NAME_LIMIT)?;
+    let valid = name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return Err(format!(
+            "the name {name:?} is not a plugin name (letters, digits, '-', '_' and '.', starting with a letter or digit)"
+        ));
+    }
+    Ok(name)
+}
+
 /// Finds the world from the exports, checking the contract version on the way.
 fn detect_world(exports: &[String]) -> Result<World, LoadError> {
     for world in World::ALL {
@@ -302,7 +347,7 @@ fn detect_world(exports: &[String]) -> Result<World, LoadError> {
             let version = &export[prefix.len()..];
             if !compatible(version, PACKAGE_VERSION) {
                 return Err(LoadError::IncompatibleVersion {
-                    found: format!("{PACKAGE}@{version}"),
+                    found: format!("{PACKAGE}@{}", text::clean(version, VERSION_LIMIT)),
                 });
             }
             return Ok(world);
@@ -314,7 +359,7 @@ fn detect_world(exports: &[String]) -> Result<World, LoadError> {
         .collect();
     Err(LoadError::WrongWorld(format!(
         "component exports [{}], but a knit plugin exports one of: {}",
-        exports.join(", "),
+        text::clean(&exports.join(", "), text::MESSAGE_LIMIT),
         expected.join(", ")
     )))
 }

@@ -8,7 +8,7 @@ use knit_tunnel_core::{
 use super::bindings::tunnel_mapper::exports::knit::plugin::tunnel;
 use super::bindings::types::ConfigEntry;
 use super::plugin::Pre;
-use super::{CallError, Plugin, World};
+use super::{CallError, Plugin, World, text};
 
 impl Plugin {
     /// Asks the mapper for the cloudflared rules, DNS names and source
@@ -36,17 +36,24 @@ impl Plugin {
         })?;
         match answer {
             Ok(mapping) => {
-                let mapping = native_mapping(mapping);
+                let mapping = native_mapping(mapping).map_err(|reason| CallError::BadOutput {
+                    plugin: self.reference(),
+                    reason,
+                })?;
                 check_mapping(request, &mapping).map_err(|reason| CallError::BadOutput {
                     plugin: self.reference(),
                     reason,
                 })?;
                 Ok(Ok(mapping))
             }
-            Err(tunnel::MapError::InvalidConfig(why)) => Ok(Err(format!("invalid config: {why}"))),
-            Err(tunnel::MapError::InvalidRequest(why)) => {
-                Ok(Err(format!("invalid request: {why}")))
-            }
+            Err(tunnel::MapError::InvalidConfig(why)) => Ok(Err(format!(
+                "invalid config: {}",
+                text::clean(&why, text::MESSAGE_LIMIT)
+            ))),
+            Err(tunnel::MapError::InvalidRequest(why)) => Ok(Err(format!(
+                "invalid request: {}",
+                text::clean(&why, text::MESSAGE_LIMIT)
+            ))),
         }
     }
 
@@ -118,39 +125,61 @@ impl Plugin {
     }
 }
 
-fn native_mapping(mapping: tunnel::Mapping) -> Mapping {
-    Mapping {
+/// The mapping in the core's types, its names and values bounded and its
+/// messages cleaned (see `text`).
+fn native_mapping(mapping: tunnel::Mapping) -> Result<Mapping, String> {
+    let name = |what: &str, value: String| text::identifier(what, value, text::NAME_LIMIT);
+    let value = |what: &str, value: String| text::identifier(what, value, text::VALUE_LIMIT);
+    let message = |m: String| text::clean(&m, text::MESSAGE_LIMIT);
+    let names = |what: &str, values: Vec<String>| {
+        values
+            .into_iter()
+            .map(|v| name(what, v))
+            .collect::<Result<Vec<_>, String>>()
+    };
+    Ok(Mapping {
         rules: mapping
             .rules
             .into_iter()
-            .map(|rule| IngressRule {
-                hostname: rule.hostname,
-                path: rule.path,
-                service: rule.service,
+            .map(|rule| {
+                Ok(IngressRule {
+                    hostname: rule
+                        .hostname
+                        .map(|h| name("a rule's hostname", h))
+                        .transpose()?,
+                    path: rule.path.map(|p| value("a rule's path", p)).transpose()?,
+                    service: value("a rule's service", rule.service)?,
+                })
             })
-            .collect(),
-        dns: mapping.dns,
+            .collect::<Result<_, String>>()?,
+        dns: names("a DNS name", mapping.dns)?,
         sources: mapping
             .sources
             .into_iter()
-            .map(|status| SourceStatus {
-                kind: match status.kind {
-                    tunnel::SourceKind::Ingress => SourceKind::Ingress,
-                    tunnel::SourceKind::HttpRoute => SourceKind::HttpRoute,
-                },
-                namespace: status.namespace,
-                name: status.name,
-                verdict: match status.verdict {
-                    tunnel::Verdict::Accepted => Verdict::Accepted,
-                    tunnel::Verdict::Conflict(m) => Verdict::Conflict(m),
-                    tunnel::Verdict::NamespaceNotAllowed(m) => Verdict::NamespaceNotAllowed(m),
-                    tunnel::Verdict::NoReadyEndpoints(m) => Verdict::NoReadyEndpoints(m),
-                    tunnel::Verdict::Invalid(m) => Verdict::Invalid(m),
-                },
-                hosts: status.hosts,
+            .map(|status| {
+                Ok(SourceStatus {
+                    kind: match status.kind {
+                        tunnel::SourceKind::Ingress => SourceKind::Ingress,
+                        tunnel::SourceKind::HttpRoute => SourceKind::HttpRoute,
+                    },
+                    namespace: name("a source namespace", status.namespace)?,
+                    name: name("a source name", status.name)?,
+                    verdict: match status.verdict {
+                        tunnel::Verdict::Accepted => Verdict::Accepted,
+                        tunnel::Verdict::Conflict(m) => Verdict::Conflict(message(m)),
+                        tunnel::Verdict::NamespaceNotAllowed(m) => {
+                            Verdict::NamespaceNotAllowed(message(m))
+                        }
+                        tunnel::Verdict::NoReadyEndpoints(m) => {
+                            Verdict::NoReadyEndpoints(message(m))
+                        }
+                        tunnel::Verdict::Invalid(m) => Verdict::Invalid(message(m)),
+                    },
+                    hosts: names("a source's host", status.hosts)?,
+                })
             })
-            .collect(),
-    }
+            .collect::<Result<_, String>>()?,
+    })
 }
 
 fn wit_kind(kind: SourceKind) -> tunnel::SourceKind {
