@@ -223,3 +223,46 @@ async fn configmap_volume_symlink_swap() {
         "hidden entries must not load as plugins"
     );
 }
+
+/// A directory nobody touches costs nothing: the rescan's own reads are not
+/// changes, and a file that failed is not compiled again until it changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_directory_is_not_rescanned() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("swap.wasm"),
+        common::built_plugin("fixture_swap_v1"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("broken.wasm"), b"not a component").unwrap();
+    let registry = common::registry();
+    let metrics = registry.runtime().metrics().clone();
+    let _watch = dir_source::watch(
+        registry.clone(),
+        dir.path().to_path_buf(),
+        PluginSettings::default(),
+    )
+    .await
+    .unwrap();
+    let counts = || {
+        (
+            metrics.reloads_of("swap", "unchanged") + metrics.reloads_of("swap", "loaded"),
+            metrics.reloads_of("broken", "rejected"),
+        )
+    };
+    assert_eq!(counts(), (1, 1), "the first scan loads and rejects once");
+
+    // Ten debounce periods of quiet: a watcher woken by its own reads
+    // rescans about ten times in this time.
+    tokio::time::sleep(dir_source::DEBOUNCE * 10).await;
+    assert_eq!(counts(), (1, 1), "an idle directory was rescanned");
+
+    // A real change is still seen, and the broken file is not retried.
+    write_atomically(
+        &dir.path().join("swap.wasm"),
+        &common::built_plugin("fixture_swap_v2"),
+    );
+    wait_for_version(&registry, "swap", "2.0.0").await;
+    tokio::time::sleep(dir_source::DEBOUNCE * 3).await;
+    assert_eq!(metrics.reloads_of("broken", "rejected"), 1);
+}

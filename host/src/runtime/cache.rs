@@ -137,9 +137,10 @@ impl CompileCache {
 }
 
 /// The directory under `dir` that a compile cache may use: `dir` itself when
-/// it is this user's and private; else, when `dir` is shared (a Kubernetes
-/// `emptyDir` is root's and mode 0777), a private `knit-<uid>` made inside
-/// it. Creates what is missing with mode 0700.
+/// it is this user's and private; else, when `dir` is root's or ours but
+/// shared (a Kubernetes `emptyDir` is root's and mode 0777), a private
+/// `knit-<uid>` made inside it. A directory another user owns is not used at
+/// all. Creates what is missing with mode 0700.
 pub fn private_dir(dir: &Path) -> Result<PathBuf, String> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -150,6 +151,12 @@ pub fn private_dir(dir: &Path) -> Result<PathBuf, String> {
         Ok(_) => return Ok(dir.to_path_buf()),
         Err(why) => why,
     };
+    let owner = rustix::fs::stat(dir)
+        .map_err(|error| format!("cannot stat {}: {error}", dir.display()))?
+        .st_uid;
+    if owner != 0 && owner != rustix::process::geteuid().as_raw() {
+        return Err(why_not);
+    }
     let own = dir.join(format!("knit-{}", rustix::process::geteuid().as_raw()));
     match std::fs::DirBuilder::new().mode(0o700).create(&own) {
         Ok(()) => {}

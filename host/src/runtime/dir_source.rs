@@ -3,18 +3,22 @@
 //!
 //! Rather than interpreting each filesystem event (editors write temp files
 //! and rename, Kubernetes swaps a ConfigMap volume by re-pointing the `..data`
-//! symlink), any event starts a short quiet period after which the directory
-//! is rescanned and compared with what is loaded. Unchanged files cost a hash.
+//! symlink), any event that can change content (a create, a write, a rename,
+//! a removal) starts a short quiet period after which the directory is
+//! rescanned and compared with what is loaded. Unchanged files cost a hash.
+//! Reads and metadata changes are ignored: the rescan reads every file, and
+//! counting its own reads as changes made it rescan forever.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use super::{PluginSettings, PluginSource, Registry};
+use super::{PluginSettings, PluginSource, Registry, digest_of};
 
 /// Quiet time after the last event before rescanning.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -43,6 +47,19 @@ pub fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
 /// Brings the registry in line with the directory: loads new and changed
 /// files, forgets vanished ones. Blocking. Returns how many files failed.
 pub fn sync(registry: &Registry, dir: &Path, settings: &PluginSettings) -> usize {
+    sync_remembering(registry, dir, settings, &mut Rejected::new())
+}
+
+/// The digest of the bytes last refused at each path: bytes that failed once
+/// fail again, so they are not compiled (and warned about) on every rescan.
+type Rejected = HashMap<PathBuf, String>;
+
+fn sync_remembering(
+    registry: &Registry,
+    dir: &Path,
+    settings: &PluginSettings,
+    rejected: &mut Rejected,
+) -> usize {
     let files = match scan(dir) {
         Ok(files) => files,
         Err(error) => {
@@ -63,11 +80,19 @@ pub fn sync(registry: &Registry, dir: &Path, settings: &PluginSettings) -> usize
                 continue;
             }
         };
-        if registry
-            .load(source, name, &bytes, settings.clone(), None)
-            .is_err()
-        {
+        let digest = digest_of(&bytes);
+        if rejected.get(path) == Some(&digest) {
             failures += 1;
+            continue;
+        }
+        match registry.load(source, name, &bytes, settings.clone(), None) {
+            Ok(_) => {
+                rejected.remove(path);
+            }
+            Err(_) => {
+                rejected.insert(path.clone(), digest);
+                failures += 1;
+            }
         }
     }
     let in_dir = |source: &PluginSource| matches!(source, PluginSource::Directory(path) if path.parent() == Some(dir));
@@ -91,12 +116,29 @@ pub async fn watch(
 ) -> notify::Result<DirectoryWatch> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        // Only the fact that something happened matters; see the module doc.
-        let _ = tx.send(event.is_ok());
+        // Only the fact that content may have changed matters; see the module
+        // doc. An error (say, a lost event) may hide a change: rescan.
+        let rescan = match &event {
+            Ok(event) => may_change_content(&event.kind),
+            Err(_) => true,
+        };
+        if rescan {
+            let _ = tx.send(());
+        }
     })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    let initial = (registry.clone(), dir.clone(), settings.clone());
-    let _ = tokio::task::spawn_blocking(move || sync(&initial.0, &initial.1, &initial.2)).await;
+    let rescan = move |mut rejected: Rejected| {
+        let (registry, dir, settings) = (registry.clone(), dir.clone(), settings.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                sync_remembering(&registry, &dir, &settings, &mut rejected);
+                rejected
+            })
+            .await
+            .unwrap_or_default()
+        }
+    };
+    let mut rejected = rescan(Rejected::new()).await;
     let task = tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Debounce: wait until no event arrived for DEBOUNCE.
@@ -107,14 +149,24 @@ pub async fn watch(
                     Err(_quiet) => break,
                 }
             }
-            let (registry, dir, settings) = (registry.clone(), dir.clone(), settings.clone());
-            let _ = tokio::task::spawn_blocking(move || sync(&registry, &dir, &settings)).await;
+            rejected = rescan(rejected).await;
         }
     });
     Ok(DirectoryWatch {
         _watcher: watcher,
         task,
     })
+}
+
+/// Whether an event of this kind can change what the directory serves.
+fn may_change_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) => true,
+        // Unknown to notify: be safe and rescan.
+        EventKind::Any | EventKind::Other => true,
+    }
 }
 
 /// Stops watching when dropped.
