@@ -66,6 +66,11 @@ pub struct RunArgs {
     /// stand by (`--leader-elect=false` for a single replica).
     #[arg(long, env = "KNIT_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_elect: bool,
+    /// Longest a stop (SIGTERM) may take: in-flight work finishes and the
+    /// lease is released within it, or knit exits without them. Keep it below
+    /// the pod's `terminationGracePeriodSeconds` (30 by default).
+    #[arg(long, env = "KNIT_SHUTDOWN_SECONDS", default_value_t = 20)]
+    pub shutdown_seconds: u64,
     /// The `Lease` in `--namespace` that replicas campaign for.
     #[arg(long, env = "KNIT_LEASE_NAME", default_value = "knit")]
     pub lease_name: String,

@@ -99,7 +99,12 @@ pub fn spawn(
         };
         tokio::pin!(stop);
         loop {
-            let is_leader = elector.step().await;
+            // A round waits on the API server, which may not answer for a
+            // long time: a stop must not wait for it.
+            let is_leader = tokio::select! {
+                _ = &mut stop => break,
+                is_leader = elector.step() => is_leader,
+            };
             leading.send_if_modified(|was| std::mem::replace(was, is_leader) != is_leader);
             tokio::select! {
                 _ = &mut stop => break,

@@ -13,7 +13,14 @@ fn main() -> anyhow::Result<()> {
     let _telemetry = knit::telemetry::init_logging(&cli.log_format);
     let metrics = Arc::new(RuntimeMetrics::default());
     match cli.command {
-        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(run(*args, metrics)),
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let result = runtime.block_on(run(*args, metrics));
+            // `run` has bounded the stop; don't wait again for blocking work
+            // (a plugin call ends by its own deadline anyway).
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            result
+        }
         Command::Crds { output_dir } => {
             for (file, crd) in knit::crds::all() {
                 match &output_dir {
@@ -171,12 +178,35 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
         result = &mut controllers => return result?,
         result = server => result??,
     }
-    let _ = stop_controllers.send(());
-    controllers.await??;
-    if let Some(election) = election {
-        election.await?;
+    let stopping = async {
+        let _ = stop_controllers.send(());
+        controllers.await??;
+        if let Some(election) = election {
+            election.await?;
+        }
+        anyhow::Ok(())
+    };
+    // A pod must be gone within its grace period, also when the API server
+    // does not answer and every request waits for its timeout: what has not
+    // finished by then (or by a second signal) is left undone.
+    let limit = std::time::Duration::from_secs(args.shutdown_seconds);
+    tokio::select! {
+        result = tokio::time::timeout(limit, stopping) => match result {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("stopping took longer than {limit:?}; exiting without waiting");
+                Ok(())
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            tracing::warn!("interrupted again; exiting at once");
+            Ok(())
+        }
+        _ = terminate.recv() => {
+            tracing::warn!("terminated again; exiting at once");
+            Ok(())
+        }
     }
-    Ok(())
 }
 
 /// The domains to run and what each needs beyond a client and plugins.

@@ -59,6 +59,15 @@ impl Drop for Knit {
 
 /// `knit run` with `args`, serving on a free port; returns once ready.
 fn start(args: &[&str], plugins: &std::path::Path) -> (Knit, String) {
+    start_with(&knit_tests::env().admin_kubeconfig, args, plugins)
+}
+
+/// `start` against the API server `kubeconfig` names.
+fn start_with(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    plugins: &std::path::Path,
+) -> (Knit, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -70,7 +79,7 @@ fn start(args: &[&str], plugins: &std::path::Path) -> (Knit, String) {
         .args(args)
         .arg("--plugins-dir")
         .arg(plugins)
-        .env("KUBECONFIG", &knit_tests::env().admin_kubeconfig)
+        .env("KUBECONFIG", kubeconfig)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
@@ -213,5 +222,42 @@ fn run_without_leader_election_runs_the_controllers() {
     pod_gets_an_address("run-alone", "10.99.1.0/29", "10.99.1.1");
     // Still running: no election is not a lost lease.
     std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
     stop(knit);
+    eprintln!("stopped {:?} after SIGTERM", started.elapsed());
+}
+
+/// An API server that takes connections and never answers: every request
+/// waits for its timeout. A pod must still stop within its grace period.
+#[test]
+fn run_stops_on_sigterm_while_the_api_server_does_not_answer() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = silent.local_addr().unwrap();
+    std::thread::spawn(move || {
+        // Held open, never read or written.
+        let held: Vec<_> = silent.incoming().collect();
+        drop(held);
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: silent\n\
+             clusters: [{{name: silent, cluster: {{server: \"https://{server}\", insecure-skip-tls-verify: true}}}}]\n\
+             users: [{{name: silent, user: {{token: unused}}}}]\n\
+             contexts: [{{name: silent, context: {{cluster: silent, user: silent}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let (knit, _) = start_with(
+        &kubeconfig,
+        &["--domains", "ipam", "--shutdown-seconds", "2"],
+        dir.path(),
+    );
+    // Let the election's first request start waiting on the silent server.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    stop(knit);
+    eprintln!("stopped {:?} after SIGTERM", started.elapsed());
 }
