@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use knit::runtime::{
-    CallError, Limits, LoadError, Plugin, PluginSettings, PluginSource, Registry, World,
+    CallError, Limits, LoadError, Plugin, PluginSettings, PluginSource, Registry, World, digest_of,
 };
 use knit_ipam_core::{AllocateError, Request};
 
@@ -256,8 +256,12 @@ fn stronger_sources_override_and_removal_uncovers_the_weaker() {
         .load(dir.clone(), "swap", &v1, PluginSettings::default(), None)
         .unwrap();
     assert_eq!(registry.get("swap").unwrap().info.version, "2.0.0");
+    // Each serving plugin says where it came from (shown in status).
+    assert_eq!(registry.get("swap").unwrap().source, Some(object.clone()));
     registry.remove(&object, "swap");
     assert_eq!(registry.get("swap").unwrap().info.version, "1.0.0");
+    assert_eq!(registry.get("swap").unwrap().source, Some(dir.clone()));
+    assert_eq!(dir.to_string(), "file /plugins/swap.wasm");
     registry.remove(&dir, "swap");
     registry.remove(&PluginSource::BuiltIn, "swap");
     assert!(matches!(registry.get("swap"), Err(CallError::NotFound(_))));
@@ -277,4 +281,61 @@ fn stronger_sources_override_and_removal_uncovers_the_weaker() {
         .collect();
     // Removing the directory entry uncovers the built-in: serving changed again.
     assert_eq!(kinds, vec!["1.0.0", "2.0.0", "1.0.0", "1.0.0", "removed"]);
+}
+
+/// What a closure logged, as text.
+fn logged(run: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, run);
+    String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn a_file_named_like_a_built_in_is_a_warning_with_both_digests() {
+    let registry = common::registry();
+    let builtin = common::built_plugin("fixture_swap_v1");
+    let file = common::built_plugin("fixture_swap_v2");
+    registry
+        .load(
+            PluginSource::BuiltIn,
+            "swap",
+            &builtin,
+            PluginSettings::default(),
+            None,
+        )
+        .unwrap();
+    let logs = logged(|| {
+        registry
+            .load(
+                PluginSource::Directory("/plugins/swap.wasm".into()),
+                "swap",
+                &file,
+                PluginSettings::default(),
+                None,
+            )
+            .unwrap();
+    });
+    let warning = logs
+        .lines()
+        .find(|line| line.contains("WARN") && line.contains("overrides the built-in"))
+        .unwrap_or_else(|| panic!("no override warning in:\n{logs}"));
+    for digest in [digest_of(&builtin), digest_of(&file)] {
+        assert!(warning.contains(&digest), "{digest} missing from {warning}");
+    }
 }

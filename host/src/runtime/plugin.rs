@@ -75,6 +75,9 @@ pub struct Plugin {
     /// Interfaces the component imports, e.g. `wasi:cli/stdout@0.2.0`.
     pub imports: Vec<String>,
     pub settings: PluginSettings,
+    /// Where the registry took it from (a built-in, a file, a `Plugin`
+    /// object); `None` when it was loaded directly, outside a registry.
+    pub source: Option<super::PluginSource>,
     pub loaded_at: SystemTime,
     pub(super) pre: Pre,
     runtime: std::sync::Arc<RuntimeHandle>,
@@ -161,6 +164,7 @@ impl Plugin {
             compile_time,
             imports,
             settings,
+            source: None,
             loaded_at: SystemTime::now(),
             pre,
             runtime,

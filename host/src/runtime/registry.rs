@@ -161,7 +161,10 @@ impl Registry {
             }
         }
         let plugin = match self.runtime.load(name, bytes, settings, expected_world) {
-            Ok(plugin) => Arc::new(plugin),
+            Ok(mut plugin) => {
+                plugin.source = Some(source.clone());
+                Arc::new(plugin)
+            }
             Err(error) => {
                 self.runtime.metrics().observe_reload(name, "rejected");
                 tracing::warn!(plugin = name, %source, %digest, %error, "plugin rejected");
@@ -184,7 +187,21 @@ impl Registry {
         let serves = self
             .strongest(&entries, name)
             .is_some_and(|entry| Arc::ptr_eq(&entry.plugin, &plugin));
+        // A file named like a built-in replaces it silently otherwise: say
+        // so, with both digests, each time a stronger source takes a name.
+        let overridden: Vec<(PluginSource, String)> = (0..source.strength())
+            .filter_map(|strength| entries.get(&(name.to_string(), strength)))
+            .map(|entry| (entry.source.clone(), entry.plugin.digest.clone()))
+            .collect();
         drop(entries);
+        if serves {
+            for (weaker, weaker_digest) in overridden {
+                tracing::warn!(
+                    plugin = name, %source, %digest, overridden = %weaker, overridden_digest = %weaker_digest,
+                    "{source} overrides the {weaker} plugin of the same name"
+                );
+            }
+        }
         self.runtime.metrics().observe_reload(name, "loaded");
         tracing::info!(
             plugin = name, version = %plugin.info.version, digest = %plugin.digest, %source, serves,

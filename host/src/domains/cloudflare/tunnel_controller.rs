@@ -350,6 +350,7 @@ async fn serve<K: TunnelObject>(
     };
     status.plugin = Some(plugin.reference().to_string());
     status.plugin_digest = Some(plugin.digest.clone());
+    status.plugin_source = plugin.source.as_ref().map(ToString::to_string);
     let mapping = match mapped {
         Ok(Ok(mapping)) => mapping,
         Ok(Err(why)) => return Ok(Outcome::failed("InvalidConfig", why)),

@@ -235,6 +235,11 @@ pub struct TunnelStatus {
     pub plugin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_digest: Option<String>,
+    /// Where that version came from: `built-in`, `file <path>` (the plugins
+    /// directory, which overrides a built-in of the same name) or `Plugin
+    /// <name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_source: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

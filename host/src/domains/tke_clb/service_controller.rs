@@ -433,6 +433,7 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
         conditions: vec![condition(service, ready, reason, &message)],
         plugin: Some(plugin.name_version()),
         plugin_digest: Some(plugin.digest.clone()),
+        plugin_source: plugin.source.as_ref().map(ToString::to_string),
     };
     write_status(service, ctx, status).await?;
 
