@@ -56,7 +56,9 @@ impl CompileCache {
         digest_hex: &str,
         bytes: &[u8],
     ) -> wasmtime::Result<Component> {
-        let name = format!("{digest_hex}-{}.cwasm", self.engine_key);
+        // `-v2`: files from before the digest header have the plain name and
+        // are never read (nor warned about) again.
+        let name = format!("{digest_hex}-{}-v2.cwasm", self.engine_key);
         if let Some(compiled) = self.read_verified(&name) {
             // SAFETY: the file is in a directory only this user can write, is
             // ours and private, and its content matches the digest `store`
