@@ -227,6 +227,29 @@ fn bad_config_is_the_plugins_answer_not_a_failure() {
     }
 }
 
+/// Asks the liar in each mode of `modes` for an answer to `request`;
+/// every answer must be refused as a bad output with the mode's reason.
+/// All modes are tried before failing, so one run shows every check that
+/// does not hold.
+fn assert_refused(registry: &Registry, liar: &[u8], request: &Request, modes: &[(&str, &str)]) {
+    let wrong: Vec<String> = modes
+        .iter()
+        .filter_map(|&(mode, reason)| {
+            let plugin = load(registry, &format!("liar-{mode}"), liar, &[("mode", mode)]);
+            match plugin.allocate_listeners(request, &[]) {
+                Err(error @ CallError::BadOutput { .. }) => {
+                    let said = error.to_string();
+                    let refused = matches!(&error, CallError::BadOutput { reason: r, .. } if r == reason)
+                        && said.contains("returned an answer the host refuses");
+                    (!refused).then(|| format!("{mode}: {said}"))
+                }
+                other => Some(format!("{mode}: {other:?}")),
+            }
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 #[test]
 fn the_host_refuses_a_lying_plan_and_the_wrong_world() {
     let registry = common::registry();
@@ -240,27 +263,19 @@ fn the_host_refuses_a_lying_plan_and_the_wrong_world() {
         honest.allocate_listeners(&request, &[]).unwrap(),
         Ok(native(&request, &[]))
     );
-    for (mode, reason) in [
-        ("out-of-range", "port 504 is outside 501-503"),
-        ("foreign-port", "Tcp port 503 on lb-a is already in use"),
-        (
-            "unknown-listener",
-            "no-such-listener is not a listener of the service",
-        ),
-    ] {
-        let plugin = load(&registry, &format!("liar-{mode}"), &liar, &[("mode", mode)]);
-        let error = plugin.allocate_listeners(&request, &[]).unwrap_err();
-        assert!(
-            matches!(&error, CallError::BadOutput { reason: r, .. } if r == reason),
-            "{mode}: {error}"
-        );
-        assert!(
-            error
-                .to_string()
-                .contains("returned an answer the host refuses"),
-            "{error}"
-        );
-    }
+    assert_refused(
+        &registry,
+        &liar,
+        &request,
+        &[
+            ("out-of-range", "port 504 is outside 501-503"),
+            ("foreign-port", "Tcp port 503 on \"lb-a\" is already in use"),
+            (
+                "unknown-listener",
+                "\"no-such-listener\" is not a listener of the service",
+            ),
+        ],
+    );
 
     // Each world's call refuses a plugin of the other world.
     let clb = builtin(&registry);
@@ -296,4 +311,69 @@ fn the_host_refuses_a_lying_plan_and_the_wrong_world() {
         ),
         "{error}"
     );
+}
+
+/// A well-formed plan that takes away what serves — a serving pod's
+/// listener deleted or unbound, a pod port left without a listener and
+/// unexplained, or explained by a full range that is not — is refused
+/// through the runtime like any other lie.
+#[test]
+fn the_host_refuses_a_plan_that_destroys_what_serves() {
+    let registry = common::registry();
+    let liar = common::built_plugin("fixture_clb_liar");
+    // gs-0 and gs-1 serve on lb-a's 501 and 502; gs-2 is new, and 503 is
+    // free for it.
+    let request = request(
+        &["gs-0", "gs-1", "gs-2"],
+        vec![
+            listener("l-0", 501, Some("gs-0")),
+            listener("l-1", 502, Some("gs-1")),
+        ],
+    );
+    let honest = load(&registry, "liar-honest", &liar, &[]);
+    let plan = honest.allocate_listeners(&request, &[]).unwrap().unwrap();
+    assert_eq!(plan, native(&request, &[]));
+    assert_eq!(plan.create.len(), 1, "{plan:?}");
+    assert_refused(
+        &registry,
+        &liar,
+        &request,
+        &[
+            (
+                "delete-serving",
+                "deletes \"l-0\" (\"lb-a\" port 501 for Tcp/9000), which the service keeps: only listeners outside its range 501-503, its CLBs or its ports may be deleted",
+            ),
+            (
+                "unbind-serving",
+                "unbinds \"l-0\" from \"gs-0\", which is serving and has no other listener for Tcp/9000",
+            ),
+            (
+                "drop-pod-port",
+                "leaves \"gs-2\" without a listener for Tcp/9000 and gives no message for it",
+            ),
+            (
+                "claim-exhausted",
+                "leaves \"gs-2\" without a listener for Tcp/9000 though port 503 on \"lb-a\" is free and under its quota",
+            ),
+        ],
+    );
+}
+
+/// The benchmark's large steady state (unbinds, rebinds, new listeners)
+/// passes the host's check through the runtime, as does a range too small
+/// for every pod.
+#[test]
+fn the_built_in_plans_pass_the_check_at_scale() {
+    let registry = common::registry();
+    let plugin = builtin(&registry);
+    let bench = knit::cli::clb_bench_request();
+    let plan = same_as_native(&plugin, &bench, &[]);
+    assert!(
+        plan.delete.is_empty() && plan.messages.is_empty(),
+        "{plan:?}"
+    );
+    let mut small = bench;
+    small.service.max_port = 400;
+    let plan = same_as_native(&plugin, &small, &[]);
+    assert!(!plan.delete.is_empty() && !plan.messages.is_empty());
 }

@@ -308,6 +308,29 @@ fn bad_config_and_bad_requests_are_the_plugins_answer_not_a_failure() {
     );
 }
 
+/// Asks the liar in each mode of `modes` for an answer to `request`;
+/// every answer must be refused as a bad output with the mode's reason.
+/// All modes are tried before failing, so one run shows every check that
+/// does not hold.
+fn assert_refused(registry: &Registry, liar: &[u8], request: &Request, modes: &[(&str, &str)]) {
+    let wrong: Vec<String> = modes
+        .iter()
+        .filter_map(|&(mode, reason)| {
+            let plugin = load(registry, &format!("tunnel-liar-{mode}"), liar, &[("mode", mode)]);
+            match plugin.map_tunnel(request, &[]) {
+                Err(error @ CallError::BadOutput { .. }) => {
+                    let said = error.to_string();
+                    let refused = matches!(&error, CallError::BadOutput { reason: r, .. } if r == reason)
+                        && said.contains("returned an answer the host refuses");
+                    (!refused).then(|| format!("{mode}: {said}"))
+                }
+                other => Some(format!("{mode}: {other:?}")),
+            }
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
 #[test]
 fn the_host_refuses_a_lying_mapping_and_the_wrong_world() {
     let registry = common::registry();
@@ -320,46 +343,33 @@ fn the_host_refuses_a_lying_mapping_and_the_wrong_world() {
         honest.map_tunnel(&request, &[]).unwrap(),
         Ok(native(&request, &[]))
     );
-    for (mode, reason) in [
-        (
-            "drop-fallback",
-            "the last rule must be the fallback ((any host) -> http_status:404), found www.example.com path ^/api(/.*)?$ -> http://api.shop.svc.cluster.local:80",
-        ),
-        (
-            "foreign-namespace",
-            "rule 1 (blog.example.com -> http://blog.blog.svc.cluster.local:80) is for Ingress blog/foreign, which is refused (NamespaceNotAllowed): Tunnel shop/edge only accepts sources in namespace shop",
-        ),
-        (
-            "shadowing",
-            "rule 2 (www.example.com path ^/api/v1$ -> http://v1.shop.svc.cluster.local:80) is never reached: rule 1 (www.example.com path ^/api(/.*)?$ -> http://api.shop.svc.cluster.local:80) matches its requests first",
-        ),
-        (
-            "refused-source",
-            "rule 1 (www.example.com path ^/api(/.*)?$ -> http://late.shop.svc.cluster.local:80) is for Ingress shop/late, which is refused (Conflict): host www.example.com path /api is served by Ingress shop/web",
-        ),
-        (
-            "dns-outside-domain",
-            "DNS name www.not-example.com is not inside the tunnel's domain example.com",
-        ),
-    ] {
-        let plugin = load(
-            &registry,
-            &format!("tunnel-liar-{mode}"),
-            &liar,
-            &[("mode", mode)],
-        );
-        let error = plugin.map_tunnel(&request, &[]).unwrap_err();
-        assert!(
-            matches!(&error, CallError::BadOutput { reason: r, .. } if r == reason),
-            "{mode}: {error}"
-        );
-        assert!(
-            error
-                .to_string()
-                .contains("returned an answer the host refuses"),
-            "{error}"
-        );
-    }
+    assert_refused(
+        &registry,
+        &liar,
+        &request,
+        &[
+            (
+                "drop-fallback",
+                "the last rule must be the fallback ((any host) -> \"http_status:404\"), found \"www.example.com\" path \"^/api(/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\"",
+            ),
+            (
+                "foreign-namespace",
+                "rule 1 (\"blog.example.com\" -> \"http://blog.blog.svc.cluster.local:80\") is for Ingress blog/foreign, which is refused (NamespaceNotAllowed): \"Tunnel shop/edge only accepts sources in namespace shop\"",
+            ),
+            (
+                "shadowing",
+                "rule 2 (\"www.example.com\" path \"^/api/v1$\" -> \"http://v1.shop.svc.cluster.local:80\") is never reached: rule 1 (\"www.example.com\" path \"^/api(/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\") matches its requests first",
+            ),
+            (
+                "refused-source",
+                "rule 1 (\"www.example.com\" path \"^/api(/.*)?$\" -> \"http://late.shop.svc.cluster.local:80\") is for Ingress shop/late, which is refused (Conflict): \"host www.example.com path /api is served by Ingress shop/web\"",
+            ),
+            (
+                "dns-outside-domain",
+                "DNS name \"www.not-example.com\" is not inside the tunnel's domain example.com",
+            ),
+        ],
+    );
 
     // Each world's call refuses a plugin of another world.
     let tunnel_mapper = builtin(&registry);
@@ -395,6 +405,82 @@ fn the_host_refuses_a_lying_mapping_and_the_wrong_world() {
         ),
         "{error}"
     );
+}
+
+/// A mapping whose verdicts say a source is served while its rules or DNS
+/// names are gone, or that withholds ready backends, is refused through the
+/// runtime like any other lie.
+#[test]
+fn the_host_refuses_a_mapping_that_drops_what_serves() {
+    let registry = common::registry();
+    let liar = common::built_plugin("fixture_tunnel_liar");
+    // The shop, and a source whose root backend is restarting.
+    let mut request = shop();
+    request.sources.push(source(
+        SourceKind::Ingress,
+        "shop",
+        "restarting",
+        3,
+        vec![
+            route(
+                "app.example.com",
+                None,
+                "app",
+                BackendState::NoReadyEndpoints,
+            ),
+            route(
+                "app.example.com",
+                Some((PathMatch::Prefix, "/static")),
+                "static",
+                BackendState::Ready,
+            ),
+        ],
+    ));
+    let honest = load(&registry, "tunnel-liar-honest", &liar, &[]);
+    let mapping = honest.map_tunnel(&request, &[]).unwrap().unwrap();
+    assert_eq!(mapping, native(&request, &[]));
+    assert!(matches!(
+        mapping.sources[3].verdict,
+        Verdict::NoReadyEndpoints(_)
+    ));
+    assert_refused(
+        &registry,
+        &liar,
+        &request,
+        &[
+            (
+                "drop-accepted-rules",
+                "Ingress shop/web is Accepted, but its host \"www.example.com\" path /api has no rule",
+            ),
+            (
+                "accepted-without-rules",
+                "Ingress shop/restarting is Accepted, but its host \"app.example.com\" path / has no rule",
+            ),
+            (
+                "withhold-ready",
+                "Ingress shop/web withholds its host \"www.example.com\" path /api, whose backend api:80 is ready",
+            ),
+            (
+                "unready-without-withholding",
+                "Ingress shop/web is NoReadyEndpoints (\"no endpoint is ready\"), but every route of it has its rule",
+            ),
+            (
+                "drop-dns",
+                "Ingress shop/web is Accepted, but its host \"www.example.com\" has no DNS name",
+            ),
+        ],
+    );
+}
+
+/// The benchmark's large tunnel (conflicts, wildcards, withheld backends)
+/// passes the host's check through the runtime, withholding or not.
+#[test]
+fn the_built_in_mappings_pass_the_check_at_scale() {
+    let registry = common::registry();
+    let plugin = builtin(&registry);
+    let bench = knit::cli::tunnel_bench_request();
+    same_as_native(&plugin, &bench, &[]);
+    same_as_native(&plugin, &bench, &[("withhold-unready", "false")]);
 }
 
 /// A small generator: a seed replays.

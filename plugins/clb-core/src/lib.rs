@@ -9,7 +9,8 @@
 //!    had before (a replaced pod keeps its public address), then an
 //!    `Available` listener whose cooldown is over, then a new listener on a
 //!    CLB chosen by the spread policy, at the lowest free port of the range;
-//! 3. listeners outside the service's range or CLBs are deleted;
+//! 3. listeners outside the service's range, CLBs or ports are deleted
+//!    (the others are [`in_service`]: never deleted);
 //! 4. a pod port nothing can serve gets a message saying why.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -158,16 +159,6 @@ pub fn plan(service: &Service, lbs: &[LoadBalancer], pods: &[Pod], listeners: &[
         .filter(|p| p.serving)
         .map(|p| p.name.as_str())
         .collect();
-    let wanted: BTreeSet<(Protocol, u16)> = service
-        .ports
-        .iter()
-        .map(|p| (p.protocol, p.target_port))
-        .collect();
-    let in_service = |l: &Listener| {
-        (service.min_port..=service.max_port).contains(&l.port)
-            && lbs.iter().any(|lb| lb.id == l.lb_id)
-            && wanted.contains(&(l.protocol, l.target_port))
-    };
 
     // Indexes over the listeners that stay, so the plan is near-linear in
     // pods and listeners: who holds what, and what is free for whom.
@@ -176,7 +167,7 @@ pub fn plan(service: &Service, lbs: &[LoadBalancer], pods: &[Pod], listeners: &[
     let mut sorted: Vec<&Listener> = listeners.iter().collect();
     sorted.sort_by(|a, b| (&a.lb_id, a.port, &a.name).cmp(&(&b.lb_id, b.port, &b.name)));
     for listener in sorted {
-        if !in_service(listener) {
+        if !in_service(service, lbs, listener) {
             plan.delete.push(listener.name.clone());
             continue;
         }
@@ -325,13 +316,33 @@ fn place<'a>(
     }
 }
 
+/// Whether the service keeps `listener`: inside its range, on one of its
+/// CLBs, for one of its ports. Only the others are deleted (rule 3); one
+/// the service keeps serves its pod, or rests for the next one.
+pub fn in_service(service: &Service, lbs: &[LoadBalancer], listener: &Listener) -> bool {
+    (service.min_port..=service.max_port).contains(&listener.port)
+        && lbs.iter().any(|lb| lb.id == listener.lb_id)
+        && service
+            .ports
+            .iter()
+            .any(|p| p.protocol == listener.protocol && p.target_port == listener.target_port)
+}
+
 /// What the host checks of any plan before acting on it:
 /// - new listeners: inside the range, on the service's CLBs, for one of its
 ///   ports, unique per (CLB, protocol, port) counting what exists;
 /// - binds, unbinds and deletes name the service's listeners; a bind takes
 ///   a listener that is free (or freed by this plan) for its pod port;
-/// - every pod named is serving, and ends with at most one listener per
-///   pod port.
+/// - only listeners the service does not keep ([`in_service`]) are
+///   deleted, and a listener is unbound from a serving pod only when the
+///   pod keeps another one for that pod port: what serves stays;
+/// - every pod named is serving, and each serving pod ends with exactly one
+///   listener per pod port — or, for a pod port left without one, the plan
+///   has a message for the pod and no CLB has both room under its quota and
+///   a free port of the range for it.
+///
+/// Strings the plugin wrote are quoted with `{:?}` in refusals, so none can
+/// forge a line of a log or an Event.
 pub fn check_plan(
     service: &Service,
     lbs: &[LoadBalancer],
@@ -348,20 +359,43 @@ pub fn check_plan(
         .chain(plan.bind.iter().map(|(l, _)| l))
     {
         if !by_name.contains_key(name.as_str()) {
-            return Err(format!("{name} is not a listener of the service"));
+            return Err(format!("{name:?} is not a listener of the service"));
         }
     }
     for name in &plan.unbind {
         if by_name[name.as_str()].pod.is_none() {
-            return Err(format!("{name} is unbound already"));
+            return Err(format!("{name:?} is unbound already"));
         }
     }
-    let serving = |pod: &str| pods.iter().any(|p| p.serving && p.name == pod);
+    // A listener the service keeps may be serving a pod right now, or be
+    // the address a replaced pod comes back to: deleting it is never the
+    // allocator's to decide.
+    for name in &plan.delete {
+        let listener = by_name[name.as_str()];
+        if in_service(service, lbs, listener) {
+            return Err(format!(
+                "deletes {name:?} ({:?} port {} for {:?}/{}), which the service keeps: only listeners outside its range {}-{}, its CLBs or its ports may be deleted",
+                listener.lb_id,
+                listener.port,
+                listener.protocol,
+                listener.target_port,
+                service.min_port,
+                service.max_port
+            ));
+        }
+    }
+    let serving_pods: BTreeSet<&str> = pods
+        .iter()
+        .filter(|p| p.serving)
+        .map(|p| p.name.as_str())
+        .collect();
+    let serving = |pod: &str| serving_pods.contains(pod);
     let ports: BTreeSet<(Protocol, u16)> = service
         .ports
         .iter()
         .map(|p| (p.protocol, p.target_port))
         .collect();
+    let deleted: BTreeSet<&str> = plan.delete.iter().map(String::as_str).collect();
     let dropped: BTreeSet<&str> = plan
         .unbind
         .iter()
@@ -370,39 +404,60 @@ pub fn check_plan(
         .collect();
 
     // Who holds which pod port once the plan is applied.
-    let mut holds: BTreeSet<(String, Protocol, u16)> = BTreeSet::new();
-    let mut hold = |pod: &str, protocol: Protocol, target_port: u16, what: &str| {
-        if !holds.insert((pod.to_owned(), protocol, target_port)) {
-            return Err(format!(
-                "{pod} would hold two listeners for {protocol:?}/{target_port} ({what})"
-            ));
-        }
-        Ok(())
-    };
+    let mut holds: BTreeSet<(&str, Protocol, u16)> = BTreeSet::new();
     for listener in listeners
         .iter()
         .filter(|l| !dropped.contains(l.name.as_str()))
     {
         if let Some(pod) = &listener.pod {
-            hold(pod, listener.protocol, listener.target_port, &listener.name)?;
+            hold(
+                &mut holds,
+                pod,
+                listener.protocol,
+                listener.target_port,
+                Some(&listener.name),
+            )?;
+        }
+    }
+    // A serving pod loses a listener only when it has two for one pod port:
+    // unbinding its one listener takes its public address away.
+    for name in &plan.unbind {
+        let listener = by_name[name.as_str()];
+        let Some(pod) = listener.pod.as_deref() else {
+            continue;
+        };
+        if serving(pod)
+            && in_service(service, lbs, listener)
+            && !holds.contains(&(pod, listener.protocol, listener.target_port))
+        {
+            return Err(format!(
+                "unbinds {name:?} from {pod:?}, which is serving and has no other listener for {:?}/{}",
+                listener.protocol, listener.target_port
+            ));
         }
     }
     let mut bound = BTreeSet::new();
     for (name, pod) in &plan.bind {
         let listener = by_name[name.as_str()];
         if !serving(pod) {
-            return Err(format!("{pod} is not a serving pod"));
+            return Err(format!("{pod:?} is not a serving pod"));
         }
         if !bound.insert(name) {
-            return Err(format!("{name} is bound twice"));
+            return Err(format!("{name:?} is bound twice"));
         }
         if listener.pod.is_some() && !dropped.contains(name.as_str()) {
-            return Err(format!("{name} is bound to another pod"));
+            return Err(format!("{name:?} is bound to another pod"));
         }
-        if plan.delete.contains(name) {
-            return Err(format!("{name} is both bound and deleted"));
+        if deleted.contains(name.as_str()) {
+            return Err(format!("{name:?} is both bound and deleted"));
         }
-        hold(pod, listener.protocol, listener.target_port, name)?;
+        hold(
+            &mut holds,
+            pod,
+            listener.protocol,
+            listener.target_port,
+            Some(name),
+        )?;
     }
 
     let mut used: BTreeSet<(&str, Protocol, u16)> = BTreeSet::new();
@@ -411,7 +466,10 @@ pub fn check_plan(
             used.insert((lb.id.as_str(), protocol, port));
         }
     }
-    for listener in listeners.iter().filter(|l| !plan.delete.contains(&l.name)) {
+    for listener in listeners
+        .iter()
+        .filter(|l| !deleted.contains(l.name.as_str()))
+    {
         used.insert((listener.lb_id.as_str(), listener.protocol, listener.port));
     }
     for new in &plan.create {
@@ -422,7 +480,7 @@ pub fn check_plan(
             ));
         }
         if !lbs.iter().any(|lb| lb.id == new.lb_id) {
-            return Err(format!("{} is not one of the service's CLBs", new.lb_id));
+            return Err(format!("{:?} is not one of the service's CLBs", new.lb_id));
         }
         if !ports.contains(&(new.protocol, new.target_port)) {
             return Err(format!(
@@ -432,16 +490,116 @@ pub fn check_plan(
         }
         if !used.insert((new.lb_id.as_str(), new.protocol, new.port)) {
             return Err(format!(
-                "{:?} port {} on {} is already in use",
+                "{:?} port {} on {:?} is already in use",
                 new.protocol, new.port, new.lb_id
             ));
         }
         if !serving(&new.pod) {
-            return Err(format!("{} is not a serving pod", new.pod));
+            return Err(format!("{:?} is not a serving pod", new.pod));
         }
-        hold(&new.pod, new.protocol, new.target_port, "a new listener")?;
+        hold(&mut holds, &new.pod, new.protocol, new.target_port, None)?;
+    }
+
+    // Every serving pod port ends with a listener; one left without says
+    // so (rule 4), and only when no CLB had room for it: a plan that
+    // silently drops a pod, or calls the CLBs full while a port is free,
+    // leaves a serving pod without its address.
+    let told: BTreeSet<&str> = plan.messages.iter().map(|(pod, _)| pod.as_str()).collect();
+    let mut free: BTreeMap<Protocol, Option<(&str, u16)>> = BTreeMap::new();
+    for pod in pods.iter().filter(|p| p.serving) {
+        for spec in &service.ports {
+            if holds.contains(&(pod.name.as_str(), spec.protocol, spec.target_port)) {
+                continue;
+            }
+            if !told.contains(pod.name.as_str()) {
+                return Err(format!(
+                    "leaves {:?} without a listener for {:?}/{} and gives no message for it",
+                    pod.name, spec.protocol, spec.target_port
+                ));
+            }
+            let slot = *free.entry(spec.protocol).or_insert_with(|| {
+                free_slot(
+                    service,
+                    lbs,
+                    listeners,
+                    &deleted,
+                    plan,
+                    &used,
+                    spec.protocol,
+                )
+            });
+            if let Some((lb, port)) = slot {
+                return Err(format!(
+                    "leaves {:?} without a listener for {:?}/{} though port {port} on {lb:?} is free and under its quota",
+                    pod.name, spec.protocol, spec.target_port
+                ));
+            }
+        }
     }
     Ok(())
+}
+
+/// Records that `pod` holds a listener for a pod port once the plan is
+/// applied; a second one is refused. `by` names the listener, `None` for a
+/// new one.
+fn hold<'a>(
+    holds: &mut BTreeSet<(&'a str, Protocol, u16)>,
+    pod: &'a str,
+    protocol: Protocol,
+    target_port: u16,
+    by: Option<&str>,
+) -> Result<(), String> {
+    if holds.insert((pod, protocol, target_port)) {
+        return Ok(());
+    }
+    let by = match by {
+        Some(name) => format!("{name:?}"),
+        None => "a new listener".into(),
+    };
+    Err(format!(
+        "{pod:?} would hold two listeners for {protocol:?}/{target_port} ({by})"
+    ))
+}
+
+/// The first CLB, once the plan is applied, with room under its quota and a
+/// free port of the range for `protocol`, and that port: what the built-in
+/// [`place`] would have given a waiting pod port.
+fn free_slot<'a>(
+    service: &Service,
+    lbs: &'a [LoadBalancer],
+    listeners: &[Listener],
+    deleted: &BTreeSet<&str>,
+    plan: &Plan,
+    used: &BTreeSet<(&str, Protocol, u16)>,
+    protocol: Protocol,
+) -> Option<(&'a str, u16)> {
+    if service.min_port > service.max_port {
+        return None;
+    }
+    lbs.iter().find_map(|lb| {
+        let id = lb.id.as_str();
+        let kept = listeners
+            .iter()
+            .filter(|l| l.lb_id == id && !deleted.contains(l.name.as_str()))
+            .count();
+        let created = plan.create.iter().filter(|c| c.lb_id == id).count();
+        let held = (kept + created + lb.foreign_ports.len()) as u64;
+        if held >= u64::from(lb.listener_quota) {
+            return None;
+        }
+        // The lowest port of the range not in use: walk the used ones in
+        // order until one is skipped.
+        let mut next = u32::from(service.min_port);
+        for &(_, _, port) in
+            used.range((id, protocol, service.min_port)..=(id, protocol, service.max_port))
+        {
+            if u32::from(port) > next {
+                break;
+            }
+            next = u32::from(port) + 1;
+        }
+        (next <= u32::from(service.max_port)).then_some((id, next as u16))
+    })
 }
 
 /// The same small generator the IPAM strategies use: a seed replays.
@@ -749,5 +907,434 @@ mod tests {
             assert_eq!(plan.create.len(), 32);
             assert_eq!(plan.messages.len(), 50 - 32);
         }
+    }
+
+    /// One decision for the table tests below: the service is
+    /// `service(InOrder)` (TCP/9000 on ports 501-503).
+    struct Case {
+        lbs: Vec<LoadBalancer>,
+        pods: Vec<Pod>,
+        listeners: Vec<Listener>,
+        plan: Plan,
+    }
+
+    /// gs-0 and gs-1 serve on lb-a's 501 and 502; gs-2 is new, and 503 is
+    /// free for it.
+    fn serving() -> Case {
+        Case {
+            lbs: vec![lb("lb-a", 50)],
+            pods: vec![pod("gs-0"), pod("gs-1"), pod("gs-2")],
+            listeners: vec![
+                listener("l-0", "lb-a", 501, Some("gs-0")),
+                listener("l-1", "lb-a", 502, Some("gs-1")),
+            ],
+            plan: Plan::default(),
+        }
+    }
+
+    fn create(lb: &str, port: u16, pod: &str) -> NewListener {
+        NewListener {
+            lb_id: lb.into(),
+            port,
+            protocol: Protocol::Tcp,
+            pod: pod.into(),
+            target_port: 9000,
+        }
+    }
+
+    fn no_port(pod: &str) -> (String, String) {
+        (pod.into(), "no port available".into())
+    }
+
+    fn check_case(case: &Case) -> Result<(), String> {
+        check_plan(
+            &service(Spread::InOrder),
+            &case.lbs,
+            &case.pods,
+            &case.listeners,
+            &case.plan,
+        )
+    }
+
+    /// Plans that take away what serves, each refused with its reason.
+    #[test]
+    fn the_host_refuses_plans_that_destroy_what_serves() {
+        let cases: Vec<(&str, Case, &str)> = vec![
+            (
+                "delete_serving",
+                Case {
+                    plan: Plan {
+                        create: vec![create("lb-a", 503, "gs-2")],
+                        delete: vec!["l-0".into()],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+                "deletes \"l-0\" (\"lb-a\" port 501 for Tcp/9000), which the service keeps: only listeners outside its range 501-503, its CLBs or its ports may be deleted",
+            ),
+            (
+                "delete_a_resting_listener_for_its_port",
+                {
+                    let mut case = serving();
+                    let mut resting = listener("l-r", "lb-a", 503, None);
+                    resting.last_pod = Some("gs-8".into());
+                    resting.unbound_for_seconds = Some(5);
+                    case.listeners.push(resting);
+                    case.plan = Plan {
+                        create: vec![create("lb-a", 503, "gs-2")],
+                        delete: vec!["l-r".into()],
+                        ..Plan::default()
+                    };
+                    case
+                },
+                "deletes \"l-r\" (\"lb-a\" port 503 for Tcp/9000), which the service keeps: only listeners outside its range 501-503, its CLBs or its ports may be deleted",
+            ),
+            (
+                "unbind_serving",
+                Case {
+                    plan: Plan {
+                        create: vec![create("lb-a", 503, "gs-2")],
+                        unbind: vec!["l-0".into()],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+                "unbinds \"l-0\" from \"gs-0\", which is serving and has no other listener for Tcp/9000",
+            ),
+            (
+                "move_a_listener_to_another_pod",
+                Case {
+                    plan: Plan {
+                        bind: vec![("l-0".into(), "gs-2".into())],
+                        unbind: vec!["l-0".into()],
+                        messages: vec![no_port("gs-0")],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+                "unbinds \"l-0\" from \"gs-0\", which is serving and has no other listener for Tcp/9000",
+            ),
+            (
+                "unbind_both_of_a_pods_listeners",
+                Case {
+                    pods: vec![pod("gs-0")],
+                    listeners: vec![
+                        listener("l-0", "lb-a", 501, Some("gs-0")),
+                        listener("l-0b", "lb-a", 502, Some("gs-0")),
+                    ],
+                    plan: Plan {
+                        unbind: vec!["l-0".into(), "l-0b".into()],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+                "unbinds \"l-0\" from \"gs-0\", which is serving and has no other listener for Tcp/9000",
+            ),
+            (
+                "drop_pod_port",
+                serving(),
+                "leaves \"gs-2\" without a listener for Tcp/9000 and gives no message for it",
+            ),
+            (
+                "drop_pod_port_by_deleting_its_listener",
+                {
+                    let mut case = serving();
+                    case.listeners
+                        .push(listener("l-x", "lb-a", 999, Some("gs-2")));
+                    case.plan.delete = vec!["l-x".into()];
+                    case
+                },
+                "leaves \"gs-2\" without a listener for Tcp/9000 and gives no message for it",
+            ),
+            (
+                "drop_one_of_two_pods_with_a_message_for_the_other",
+                Case {
+                    pods: vec![pod("gs-0"), pod("gs-1"), pod("gs-2"), pod("gs-3")],
+                    lbs: vec![lb("lb-a", 50), lb("lb-b", 50)],
+                    plan: Plan {
+                        create: vec![create("lb-a", 503, "gs-2")],
+                        messages: vec![no_port("gs-2")],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+                "leaves \"gs-3\" without a listener for Tcp/9000 and gives no message for it",
+            ),
+            (
+                "claim_exhausted_while_a_port_is_free",
+                Case {
+                    plan: Plan {
+                        messages: vec![no_port("gs-2")],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+                "leaves \"gs-2\" without a listener for Tcp/9000 though port 503 on \"lb-a\" is free and under its quota",
+            ),
+            (
+                "claim_exhausted_while_another_clb_has_room",
+                Case {
+                    pods: vec![pod("gs-0"), pod("gs-1"), pod("gs-2"), pod("gs-3")],
+                    lbs: vec![lb("lb-a", 50), lb("lb-b", 50)],
+                    plan: Plan {
+                        create: vec![create("lb-a", 503, "gs-2")],
+                        messages: vec![no_port("gs-3")],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+                "leaves \"gs-3\" without a listener for Tcp/9000 though port 501 on \"lb-b\" is free and under its quota",
+            ),
+            (
+                "claim_exhausted_after_deleting_what_filled_the_quota",
+                {
+                    let mut case = serving();
+                    case.lbs = vec![lb("lb-a", 3)];
+                    case.listeners.push(listener("l-x", "lb-a", 999, None));
+                    case.plan = Plan {
+                        delete: vec!["l-x".into()],
+                        messages: vec![no_port("gs-2")],
+                        ..Plan::default()
+                    };
+                    case
+                },
+                "leaves \"gs-2\" without a listener for Tcp/9000 though port 503 on \"lb-a\" is free and under its quota",
+            ),
+        ];
+        let wrong: Vec<String> = cases
+            .into_iter()
+            .filter_map(|(name, case, reason)| {
+                let got = check_case(&case);
+                (got != Err(reason.to_string())).then(|| format!("{name}: {got:?}"))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// Plans that change what serves only as the WIT allows, all accepted.
+    #[test]
+    fn the_host_accepts_what_the_wit_allows() {
+        let mut full = lb("lb-a", 50);
+        full.foreign_ports = vec![(Protocol::Tcp, 503)];
+        let mut quota_reached = lb("lb-a", 3);
+        quota_reached.foreign_ports = vec![(Protocol::Udp, 503)];
+        let cases: Vec<(&str, Case)> = vec![
+            (
+                "new_pod_gets_the_free_port",
+                Case {
+                    plan: Plan {
+                        create: vec![create("lb-a", 503, "gs-2")],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+            ),
+            (
+                "message_when_the_range_is_taken",
+                Case {
+                    lbs: vec![full],
+                    plan: Plan {
+                        messages: vec![no_port("gs-2")],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+            ),
+            (
+                "message_when_the_quota_is_reached",
+                Case {
+                    lbs: vec![quota_reached],
+                    plan: Plan {
+                        messages: vec![no_port("gs-2")],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+            ),
+            ("message_while_a_listener_rests", {
+                let mut case = serving();
+                let mut resting = listener("l-r", "lb-a", 503, None);
+                resting.last_pod = Some("gs-8".into());
+                resting.unbound_for_seconds = Some(5);
+                case.listeners.push(resting);
+                case.plan.messages = vec![no_port("gs-2")];
+                case
+            }),
+            (
+                "delete_out_of_range_though_serving_and_replace_it",
+                Case {
+                    listeners: vec![
+                        listener("l-0", "lb-a", 999, Some("gs-0")),
+                        listener("l-1", "lb-a", 502, Some("gs-1")),
+                    ],
+                    plan: Plan {
+                        create: vec![create("lb-a", 501, "gs-0"), create("lb-a", 503, "gs-2")],
+                        delete: vec!["l-0".into()],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+            ),
+            (
+                "delete_on_a_clb_no_longer_the_services",
+                Case {
+                    listeners: vec![
+                        listener("l-0", "lb-z", 501, Some("gs-0")),
+                        listener("l-1", "lb-a", 502, Some("gs-1")),
+                    ],
+                    plan: Plan {
+                        create: vec![create("lb-a", 501, "gs-0"), create("lb-a", 503, "gs-2")],
+                        delete: vec!["l-0".into()],
+                        ..Plan::default()
+                    },
+                    ..serving()
+                },
+            ),
+            ("delete_a_port_the_service_no_longer_has", {
+                let mut case = serving();
+                let mut old = listener("l-old", "lb-a", 503, Some("gs-2"));
+                old.target_port = 8000;
+                case.listeners.push(old);
+                case.plan = Plan {
+                    create: vec![create("lb-a", 503, "gs-2")],
+                    delete: vec!["l-old".into()],
+                    ..Plan::default()
+                };
+                case
+            }),
+            ("unbind_a_second_listener_of_one_pod_port", {
+                let mut case = serving();
+                case.listeners
+                    .push(listener("l-0b", "lb-a", 503, Some("gs-0")));
+                case.plan = Plan {
+                    unbind: vec!["l-0b".into()],
+                    messages: vec![no_port("gs-2")],
+                    ..Plan::default()
+                };
+                case
+            }),
+            ("unbind_a_pod_that_is_going", {
+                let mut case = serving();
+                case.pods[1].serving = false;
+                case.plan = Plan {
+                    create: vec![create("lb-a", 503, "gs-2")],
+                    unbind: vec!["l-1".into()],
+                    ..Plan::default()
+                };
+                case
+            }),
+            ("unbind_a_pod_that_is_gone", {
+                let mut case = serving();
+                case.pods.remove(1);
+                case.plan = Plan {
+                    create: vec![create("lb-a", 503, "gs-2")],
+                    unbind: vec!["l-1".into()],
+                    ..Plan::default()
+                };
+                case
+            }),
+        ];
+        let wrong: Vec<String> = cases
+            .into_iter()
+            .filter_map(|(name, case)| {
+                let got = check_case(&case);
+                got.is_err().then(|| format!("{name}: {got:?}"))
+            })
+            .collect();
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// A plugin's strings reach a refusal escaped: no line breaks or
+    /// control characters of its own in a log line or an Event.
+    #[test]
+    fn plugin_strings_are_quoted_in_refusals() {
+        let evil = "gs-0\nlevel=info msg=forged";
+        let plans = [
+            Plan {
+                delete: vec![evil.into()],
+                ..Plan::default()
+            },
+            Plan {
+                bind: vec![("l-0".into(), evil.into())],
+                ..Plan::default()
+            },
+            Plan {
+                create: vec![create("lb-a\r", 503, "gs-2")],
+                ..Plan::default()
+            },
+            Plan {
+                create: vec![create("lb-a", 503, evil)],
+                ..Plan::default()
+            },
+        ];
+        for plan in plans {
+            let reason = check_case(&Case { plan, ..serving() }).unwrap_err();
+            assert!(!reason.contains(|c: char| c.is_control()), "{reason:?}");
+        }
+    }
+
+    /// Whatever the shape, the built-in's plan passes the host's check: the
+    /// refusals above never catch an honest plan.
+    #[test]
+    fn random_shapes_plan_what_the_check_accepts() {
+        let mut rng = SplitMix64(11);
+        let mut below = |n: u64| rng.next() % n;
+        let mut messages = 0;
+        for round in 0..4000 {
+            let mut s = service(match round % 3 {
+                0 => Spread::InOrder,
+                1 => Spread::Uniform,
+                _ => Spread::Random,
+            });
+            s.seed = round;
+            s.max_port = s.min_port + below(5) as u16;
+            if below(2) == 0 {
+                s.ports.push(PortSpec {
+                    protocol: Protocol::Udp,
+                    target_port: 9001,
+                });
+            }
+            s.cooldown_seconds = below(3) * 30;
+            let protocols = [Protocol::Tcp, Protocol::Udp];
+            let lbs: Vec<LoadBalancer> = (0..1 + below(3))
+                .map(|i| LoadBalancer {
+                    id: format!("lb-{i}"),
+                    listener_quota: below(9) as u32,
+                    foreign_ports: (0..below(3))
+                        .map(|_| (protocols[below(2) as usize], 499 + below(8) as u16))
+                        .collect(),
+                })
+                .collect();
+            let pods: Vec<Pod> = (0..below(8))
+                .map(|i| Pod {
+                    name: format!("gs-{i}"),
+                    serving: below(4) != 0,
+                })
+                .collect();
+            let names = |i: u64| match i {
+                0..=7 => Some(format!("gs-{i}")),
+                8 => Some("gone".to_string()),
+                _ => None,
+            };
+            let listeners: Vec<Listener> = (0..below(10))
+                .map(|i| Listener {
+                    name: format!("l-{i}"),
+                    lb_id: format!("lb-{}", below(4)),
+                    port: 499 + below(8) as u16,
+                    protocol: protocols[below(2) as usize],
+                    target_port: [9000, 9001, 8000][below(3) as usize],
+                    pod: names(below(12)),
+                    last_pod: names(below(12)),
+                    unbound_for_seconds: [None, Some(0), Some(45), Some(600)][below(4) as usize],
+                })
+                .collect();
+            let plan = plan(&s, &lbs, &pods, &listeners);
+            messages += plan.messages.len();
+            if let Err(why) = check_plan(&s, &lbs, &pods, &listeners, &plan) {
+                panic!("{why}\n{s:?}\n{lbs:?}\n{pods:?}\n{listeners:?}\n{plan:?}");
+            }
+        }
+        // Exhaustion happens often enough to be tried.
+        assert!(messages > 500, "{messages}");
     }
 }

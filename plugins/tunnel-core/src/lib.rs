@@ -780,8 +780,27 @@ impl PathShape {
     }
 }
 
-/// A route, the index of its source, and its path regex.
-type SourceRoute<'a> = (usize, &'a Route, Option<String>);
+/// A route: the index of its source, its index in the source, the route
+/// and its path regex.
+type SourceRoute<'a> = (usize, usize, &'a Route, Option<&'a str>);
+
+/// A plugin's rule in a refusal: every string it wrote quoted with `{:?}`,
+/// so none can forge a line of a log or an Event.
+struct Quoted<'a>(&'a IngressRule);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rule = self.0;
+        match &rule.hostname {
+            Some(hostname) => write!(f, "{hostname:?}")?,
+            None => f.write_str("(any host)")?,
+        }
+        if let Some(path) = &rule.path {
+            write!(f, " path {path:?}")?;
+        }
+        write!(f, " -> {:?}", rule.service)
+    }
+}
 
 /// What the host checks of any plugin's mapping before acting on it:
 /// - one status per request source, in order, of the same identity; a
@@ -794,8 +813,16 @@ type SourceRoute<'a> = (usize, &'a Route, Option<String>);
 /// - no two rules share a hostname and path, and no rule is hidden by an
 ///   earlier one (same host or a covering wildcard, with no path, or a prefix
 ///   or exact path covering the later one's; other regexes are not judged);
+/// - a source's verdict agrees with its rules: every host and path of an
+///   `Accepted` source has its rule; a `NoReadyEndpoints` one withholds
+///   only routes whose backend is not ready (missing, or without ready
+///   endpoints), and withholds at least one;
 /// - every DNS name is inside the domain, listed once, and a host of a source
-///   not refused.
+///   not refused; every host of a source not refused that is inside the
+///   domain has its DNS name (the records not listed are deleted).
+///
+/// Strings the plugin wrote (rules, DNS names, hosts, statuses' names and
+/// messages) are quoted with `{:?}` in refusals.
 pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String> {
     let tunnel = &request.tunnel;
     let domain = normal_domain(&tunnel.domain);
@@ -814,11 +841,10 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
             && status.name == source.name;
         if !same {
             return Err(format!(
-                "source status {} is for {} {}/{}, expected {}",
+                "source status {} is for {} {:?}, expected {}",
                 i + 1,
                 status.kind,
-                status.namespace,
-                status.name,
+                format!("{}/{}", status.namespace, status.name),
                 source.identity()
             ));
         }
@@ -836,10 +862,10 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
         }
         if refused && !status.hosts.is_empty() {
             return Err(format!(
-                "{} is refused ({}) but holds hosts {}",
+                "{} is refused ({}) but holds hosts {:?}",
                 source.identity(),
                 status.verdict.name(),
-                status.hosts.join(", ")
+                status.hosts
             ));
         }
         if let Some(host) = status
@@ -848,7 +874,7 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
             .find(|host| !source.routes.iter().any(|r| r.host == **host))
         {
             return Err(format!(
-                "{} holds host {host}, which none of its routes has",
+                "{} holds host {host:?}, which none of its routes has",
                 source.identity()
             ));
         }
@@ -861,27 +887,46 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
     };
     let Some((last, rules)) = mapping.rules.split_last() else {
         return Err(format!(
-            "there are no rules: the fallback rule ({fallback}) must come last"
+            "there are no rules: the fallback rule ({}) must come last",
+            Quoted(&fallback)
         ));
     };
     if *last != fallback {
         return Err(format!(
-            "the last rule must be the fallback ({fallback}), found {last}"
+            "the last rule must be the fallback ({}), found {}",
+            Quoted(&fallback),
+            Quoted(last)
         ));
     }
 
     // Every route of the request by host, with its path regex: who could
     // give a rule.
+    let paths: Vec<Vec<Option<String>>> = sources
+        .iter()
+        .map(|source| {
+            source
+                .routes
+                .iter()
+                .map(|route| route.path.as_ref().and_then(path_regex))
+                .collect()
+        })
+        .collect();
     let mut routes: BTreeMap<&str, Vec<SourceRoute>> = BTreeMap::new();
     for (i, source) in sources.iter().enumerate() {
-        for route in &source.routes {
-            let path = route.path.as_ref().and_then(path_regex);
-            routes
-                .entry(route.host.as_str())
-                .or_default()
-                .push((i, route, path));
+        for (j, route) in source.routes.iter().enumerate() {
+            routes.entry(route.host.as_str()).or_default().push((
+                i,
+                j,
+                route,
+                paths[i][j].as_deref(),
+            ));
         }
     }
+    // Which routes have their rule, by source and route index.
+    let mut published: Vec<Vec<bool>> = sources
+        .iter()
+        .map(|source| vec![false; source.routes.len()])
+        .collect();
     let mut seen: BTreeMap<(&str, Option<&str>), usize> = BTreeMap::new();
     // The rules so far, by the hosts they match: names as they are,
     // wildcards by their suffix (`.example.com` for `*.example.com`).
@@ -889,23 +934,24 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
     let mut wildcards: BTreeMap<&str, Vec<(usize, PathShape)>> = BTreeMap::new();
     for (n, rule) in rules.iter().enumerate() {
         let number = n + 1;
+        let quoted = Quoted(rule);
         let Some(hostname) = rule.hostname.as_deref() else {
             return Err(format!(
-                "rule {number} ({rule}) has no hostname: only the last, fallback rule may"
+                "rule {number} ({quoted}) has no hostname: only the last, fallback rule may"
             ));
         };
         if !is_dns_name(hostname) || !in_domain(hostname, &domain) {
             return Err(format!(
-                "rule {number} ({rule}): hostname {hostname} is not inside the tunnel's domain {domain}"
+                "rule {number} ({quoted}): hostname {hostname:?} is not inside the tunnel's domain {domain}"
             ));
         }
-        let givers: Vec<(usize, &BackendState)> = routes
+        let givers: Vec<(usize, usize, &BackendState)> = routes
             .get(hostname)
             .map(Vec::as_slice)
             .unwrap_or_default()
             .iter()
-            .filter(|(i, route, path)| {
-                *path == rule.path
+            .filter(|(i, _, route, path)| {
+                *path == rule.path.as_deref()
                     && is_service_url(
                         &rule.service,
                         &route.backend,
@@ -913,25 +959,25 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
                         &request.cluster_domain,
                     )
             })
-            .map(|&(i, route, _)| (i, &route.backend.state))
+            .map(|&(i, j, route, _)| (i, j, &route.backend.state))
             .collect();
         let refused = |i: usize| mapping.sources[i].verdict.is_refused();
         let served = givers
             .iter()
-            .any(|&(i, state)| !refused(i) && !matches!(state, BackendState::Missing(_)));
+            .any(|&(i, _, state)| !refused(i) && !matches!(state, BackendState::Missing(_)));
         if !served {
-            let not_refused = givers.iter().find(|&&(i, _)| !refused(i));
+            let not_refused = givers.iter().find(|&&(i, _, _)| !refused(i));
             return Err(match (givers.first(), not_refused) {
                 (None, _) => format!(
-                    "rule {number} ({rule}) is not the rule of any route of the tunnel's sources"
+                    "rule {number} ({quoted}) is not the rule of any route of the tunnel's sources"
                 ),
-                (_, Some((_, BackendState::Missing(why)))) => {
-                    format!("rule {number} ({rule}) publishes a missing backend: {why}")
+                (_, Some((_, _, BackendState::Missing(why)))) => {
+                    format!("rule {number} ({quoted}) publishes a missing backend: {why}")
                 }
-                (Some(&(i, _)), _) => {
+                (Some(&(i, _, _)), _) => {
                     let verdict = &mapping.sources[i].verdict;
                     format!(
-                        "rule {number} ({rule}) is for {}, which is refused ({}): {}",
+                        "rule {number} ({quoted}) is for {}, which is refused ({}): {:?}",
                         sources[i].identity(),
                         verdict.name(),
                         verdict.message()
@@ -939,12 +985,15 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
                 }
             });
         }
+        for &(i, j, _) in &givers {
+            published[i][j] = true;
+        }
         if let Some(first) = seen.insert((hostname, rule.path.as_deref()), number) {
             return Err(format!(
-                "rules {first} and {number} both match host {hostname} {}",
+                "rules {first} and {number} both match host {hostname:?} {}",
                 rule.path
                     .as_deref()
-                    .map_or("on every path".to_string(), |p| format!("path {p}"))
+                    .map_or("on every path".to_string(), |p| format!("path {p:?}"))
             ));
         }
         let shape = PathShape::of(rule.path.as_deref());
@@ -962,14 +1011,69 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
         for earlier in same_name.into_iter().chain(covering) {
             if let Some((at, _)) = earlier.iter().find(|(_, e)| e.covers(&shape)) {
                 return Err(format!(
-                    "rule {number} ({rule}) is never reached: rule {at} ({}) matches its requests first",
-                    rules[at - 1]
+                    "rule {number} ({quoted}) is never reached: rule {at} ({}) matches its requests first",
+                    Quoted(&rules[at - 1])
                 ));
             }
         }
         match wildcard {
             Some(suffix) => wildcards.entry(suffix).or_default().push((number, shape)),
             None => names.entry(hostname).or_default().push((number, shape)),
+        }
+    }
+
+    // Each verdict agrees with the rules: a source told it is served is
+    // served, and one told its backends are not ready is withheld only
+    // there. A mapping that drops an accepted source's rules would take its
+    // traffic away while its status says all is well.
+    for (i, source) in sources.iter().enumerate() {
+        let verdict = &mapping.sources[i].verdict;
+        if verdict.is_refused() {
+            continue;
+        }
+        // Each host and path of the source: its first route (which decides,
+        // as in `map`) and whether any of its routes has its rule.
+        let mut keys: BTreeMap<(&str, Option<&str>), (usize, bool)> = BTreeMap::new();
+        for (j, route) in source.routes.iter().enumerate() {
+            let key = keys
+                .entry((route.host.as_str(), paths[i][j].as_deref()))
+                .or_insert((j, false));
+            key.1 |= published[i][j];
+        }
+        let mut unpublished: Vec<usize> = keys
+            .into_values()
+            .filter(|&(_, has_rule)| !has_rule)
+            .map(|(j, _)| j)
+            .collect();
+        unpublished.sort_unstable();
+        for &j in &unpublished {
+            let route = &source.routes[j];
+            let backend = &route.backend;
+            if *verdict == Verdict::Accepted {
+                return Err(format!(
+                    "{} is Accepted, but its host {:?} {} has no rule",
+                    source.identity(),
+                    route.host,
+                    describe_path(&route.path)
+                ));
+            }
+            if backend.state == BackendState::Ready {
+                return Err(format!(
+                    "{} withholds its host {:?} {}, whose backend {}:{} is ready",
+                    source.identity(),
+                    route.host,
+                    describe_path(&route.path),
+                    backend.service,
+                    backend.port
+                ));
+            }
+        }
+        if unpublished.is_empty() && matches!(verdict, Verdict::NoReadyEndpoints(_)) {
+            return Err(format!(
+                "{} is NoReadyEndpoints ({:?}), but every route of it has its rule",
+                source.identity(),
+                verdict.message()
+            ));
         }
     }
 
@@ -989,21 +1093,43 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
     for name in &mapping.dns {
         if !is_dns_name(name) || !in_domain(name, &domain) {
             return Err(format!(
-                "DNS name {name} is not inside the tunnel's domain {domain}"
+                "DNS name {name:?} is not inside the tunnel's domain {domain}"
             ));
         }
         if !listed.insert(name.as_str()) {
-            return Err(format!("DNS name {name} is listed twice"));
+            return Err(format!("DNS name {name:?} is listed twice"));
         }
         if !held.contains(name.as_str()) {
             return Err(match refused.get(name.as_str()) {
                 Some(&i) => format!(
-                    "DNS name {name} belongs only to {}, which is refused ({})",
+                    "DNS name {name:?} belongs only to {}, which is refused ({})",
                     sources[i].identity(),
                     mapping.sources[i].verdict.name()
                 ),
-                None => format!("DNS name {name} is not a host of any of the tunnel's sources"),
+                None => {
+                    format!("DNS name {name:?} is not a host of any of the tunnel's sources")
+                }
             });
+        }
+    }
+    // A source keeps its hosts' DNS names, even while its backends are not
+    // ready: the records of names left out are deleted.
+    for (i, source) in sources.iter().enumerate() {
+        let verdict = &mapping.sources[i].verdict;
+        if verdict.is_refused() {
+            continue;
+        }
+        if let Some(route) = source.routes.iter().find(|route| {
+            is_dns_name(&route.host)
+                && in_domain(&route.host, &domain)
+                && !listed.contains(route.host.as_str())
+        }) {
+            return Err(format!(
+                "{} is {}, but its host {:?} has no DNS name",
+                source.identity(),
+                verdict.name(),
+                route.host
+            ));
         }
     }
     Ok(())

@@ -631,7 +631,7 @@ fn the_host_refuses_lies() {
         refuse(&|m| {
             m.rules.pop();
         }),
-        "the last rule must be the fallback ((any host) -> http_status:404), found www.example.com path ^/api(/.*)?$ -> http://api.shop.svc.cluster.local:80"
+        "the last rule must be the fallback ((any host) -> \"http_status:404\"), found \"www.example.com\" path \"^/api(/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\""
     );
     assert!(
         refuse(&|m| m.rules.clear()).contains("there are no rules"),
@@ -644,7 +644,7 @@ fn the_host_refuses_lies() {
     );
     assert_eq!(
         refuse(&|m| m.rules.insert(0, foreign.clone())),
-        "rule 1 (blog.example.com -> http://blog.blog.svc.cluster.local:80) is for Ingress blog/foreign, which is refused (NamespaceNotAllowed): Tunnel shop/edge only accepts sources in namespace shop"
+        "rule 1 (\"blog.example.com\" -> \"http://blog.blog.svc.cluster.local:80\") is for Ingress blog/foreign, which is refused (NamespaceNotAllowed): \"Tunnel shop/edge only accepts sources in namespace shop\""
     );
     assert_eq!(
         refuse(&|m| {
@@ -655,7 +655,7 @@ fn the_host_refuses_lies() {
     );
     assert_eq!(
         refuse(&|m| m.rules.swap(0, 1)),
-        "rule 2 (www.example.com path ^/api/v1$ -> http://v1.shop.svc.cluster.local:80) is never reached: rule 1 (www.example.com path ^/api(/.*)?$ -> http://api.shop.svc.cluster.local:80) matches its requests first"
+        "rule 2 (\"www.example.com\" path \"^/api/v1$\" -> \"http://v1.shop.svc.cluster.local:80\") is never reached: rule 1 (\"www.example.com\" path \"^/api(/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\") matches its requests first"
     );
     let late = rule(
         "www.example.com",
@@ -664,47 +664,47 @@ fn the_host_refuses_lies() {
     );
     assert_eq!(
         refuse(&|m| m.rules.insert(0, late.clone())),
-        "rule 1 (www.example.com path ^/api(/.*)?$ -> http://late.shop.svc.cluster.local:80) is for Ingress shop/late, which is refused (Conflict): host www.example.com path /api is served by Ingress shop/web"
+        "rule 1 (\"www.example.com\" path \"^/api(/.*)?$\" -> \"http://late.shop.svc.cluster.local:80\") is for Ingress shop/late, which is refused (Conflict): \"host www.example.com path /api is served by Ingress shop/web\""
     );
     assert_eq!(
         refuse(&|m| m.dns.push("www.example.org".into())),
-        "DNS name www.example.org is not inside the tunnel's domain example.com"
+        "DNS name \"www.example.org\" is not inside the tunnel's domain example.com"
     );
     assert_eq!(
         refuse(&|m| m.dns.push("blog.example.com".into())),
-        "DNS name blog.example.com belongs only to Ingress blog/foreign, which is refused (NamespaceNotAllowed)"
+        "DNS name \"blog.example.com\" belongs only to Ingress blog/foreign, which is refused (NamespaceNotAllowed)"
     );
     assert_eq!(
         refuse(&|m| m.dns.push("ghost.example.com".into())),
-        "DNS name ghost.example.com is not a host of any of the tunnel's sources"
+        "DNS name \"ghost.example.com\" is not a host of any of the tunnel's sources"
     );
     assert_eq!(
         refuse(&|m| m.dns.push("www.example.com".into())),
-        "DNS name www.example.com is listed twice"
+        "DNS name \"www.example.com\" is listed twice"
     );
     assert_eq!(
         refuse(&|m| {
             m.rules
                 .insert(0, rule("evil.example.com", None, "http://x"));
         }),
-        "rule 1 (evil.example.com -> http://x) is not the rule of any route of the tunnel's sources"
+        "rule 1 (\"evil.example.com\" -> \"http://x\") is not the rule of any route of the tunnel's sources"
     );
     assert_eq!(
         refuse(&|m| {
             m.rules.insert(0, rule("evil.org", None, "http://x"));
         }),
-        "rule 1 (evil.org -> http://x): hostname evil.org is not inside the tunnel's domain example.com"
+        "rule 1 (\"evil.org\" -> \"http://x\"): hostname \"evil.org\" is not inside the tunnel's domain example.com"
     );
     assert_eq!(
         refuse(&|m| {
             let first = m.rules[0].clone();
             m.rules.insert(0, first);
         }),
-        "rules 1 and 2 both match host www.example.com path ^/api/v1$"
+        "rules 1 and 2 both match host \"www.example.com\" path \"^/api/v1$\""
     );
     assert_eq!(
         refuse(&|m| m.rules.insert(0, fallback())),
-        "rule 1 ((any host) -> http_status:404) has no hostname: only the last, fallback rule may"
+        "rule 1 ((any host) -> \"http_status:404\") has no hostname: only the last, fallback rule may"
     );
     assert_eq!(
         refuse(&|m| {
@@ -714,15 +714,15 @@ fn the_host_refuses_lies() {
     );
     assert_eq!(
         refuse(&|m| m.sources.swap(0, 1)),
-        "source status 1 is for Ingress shop/late, expected Ingress shop/web"
+        "source status 1 is for Ingress \"shop/late\", expected Ingress shop/web"
     );
     assert_eq!(
         refuse(&|m| m.sources[1].hosts = vec!["www.example.com".into()]),
-        "Ingress shop/late is refused (Conflict) but holds hosts www.example.com"
+        "Ingress shop/late is refused (Conflict) but holds hosts [\"www.example.com\"]"
     );
     assert_eq!(
         refuse(&|m| m.sources[0].hosts.push("blog.example.com".into())),
-        "Ingress shop/web holds host blog.example.com, which none of its routes has"
+        "Ingress shop/web holds host \"blog.example.com\", which none of its routes has"
     );
 
     // A missing backend is never published; a wildcard hides what it covers.
@@ -744,7 +744,7 @@ fn the_host_refuses_lies() {
     );
     assert_eq!(
         check_mapping(&missing, &lie).unwrap_err(),
-        "rule 1 (www.example.com path ^/api/v1$ -> http://v1.shop.svc.cluster.local:80) publishes a missing backend: service v1 not found"
+        "rule 1 (\"www.example.com\" path \"^/api/v1$\" -> \"http://v1.shop.svc.cluster.local:80\") publishes a missing backend: service v1 not found"
     );
     let wild = request(
         cluster_tunnel(),
@@ -763,8 +763,163 @@ fn the_host_refuses_lies() {
     assert!(
         check_mapping(&wild, &lie)
             .unwrap_err()
-            .contains("rule 2 (a.b.example.com path ^/x(/.*)?$ -> http://x.a.svc.cluster.local:80) is never reached: rule 1 (*.example.com")
+            .contains("rule 2 (\"a.b.example.com\" path \"^/x(/.*)?$\" -> \"http://x.a.svc.cluster.local:80\") is never reached: rule 1 (\"*.example.com\"")
     );
+}
+
+/// `liar_request` and a source whose root backend is restarting: its
+/// `/static` is published, its root withheld.
+fn restarting_request() -> Request {
+    let mut request = liar_request();
+    request.sources.push(ingress(
+        "shop",
+        "restarting",
+        3,
+        vec![
+            route(
+                "app.example.com",
+                None,
+                backend("app", 8080, BackendState::NoReadyEndpoints),
+            ),
+            route("app.example.com", prefix("/static"), ready("static")),
+        ],
+    ));
+    request
+}
+
+/// A lie told about an honest mapping.
+type Lie = Box<dyn Fn(&mut Mapping)>;
+
+/// Mappings whose verdicts say a source is served while its rules or DNS
+/// names are gone, or withhold what is ready: each refused with its reason.
+#[test]
+fn the_host_refuses_verdicts_that_disagree_with_the_rules() {
+    let request = restarting_request();
+    let honest = mapped(&request);
+    assert_eq!(
+        verdicts(&honest)[3],
+        &Verdict::NoReadyEndpoints("backend app:8080 has no ready endpoints".into())
+    );
+    let cases: Vec<(&str, Lie, &str)> = vec![
+        (
+            "drop_accepted_rules",
+            Box::new(|m| m.rules.retain(|r| r.hostname.is_none())),
+            "Ingress shop/web is Accepted, but its host \"www.example.com\" path /api has no rule",
+        ),
+        (
+            "drop_one_rule_of_an_accepted_source",
+            Box::new(|m| m.rules.retain(|r| r.path.as_deref() != Some("^/api/v1$"))),
+            "Ingress shop/web is Accepted, but its host \"www.example.com\" exact path /api/v1 has no rule",
+        ),
+        (
+            "accepted_without_rules",
+            Box::new(|m| m.sources[3].verdict = Verdict::Accepted),
+            "Ingress shop/restarting is Accepted, but its host \"app.example.com\" path / has no rule",
+        ),
+        (
+            "withhold_a_ready_backend",
+            Box::new(|m| {
+                m.rules
+                    .retain(|r| r.path.as_deref() != Some("^/static(/.*)?$"))
+            }),
+            "Ingress shop/restarting withholds its host \"app.example.com\" path /static, whose backend static:80 is ready",
+        ),
+        (
+            "withhold_ready_backends_called_unready",
+            Box::new(|m| {
+                m.sources[0].verdict =
+                    Verdict::NoReadyEndpoints("backend api:80 has no ready endpoints".into());
+                m.rules
+                    .retain(|r| r.hostname.as_deref() != Some("www.example.com"));
+            }),
+            "Ingress shop/web withholds its host \"www.example.com\" path /api, whose backend api:80 is ready",
+        ),
+        (
+            "unready_without_withholding",
+            Box::new(|m| {
+                m.sources[0].verdict =
+                    Verdict::NoReadyEndpoints("backend api:80 has no ready endpoints".into())
+            }),
+            "Ingress shop/web is NoReadyEndpoints (\"backend api:80 has no ready endpoints\"), but every route of it has its rule",
+        ),
+        (
+            "drop_dns",
+            Box::new(|m| m.dns.clear()),
+            "Ingress shop/web is Accepted, but its host \"www.example.com\" has no DNS name",
+        ),
+        (
+            "drop_dns_of_a_restarting_source",
+            Box::new(|m| m.dns.retain(|name| name != "app.example.com")),
+            "Ingress shop/restarting is NoReadyEndpoints, but its host \"app.example.com\" has no DNS name",
+        ),
+    ];
+    let wrong: Vec<String> = cases
+        .into_iter()
+        .filter_map(|(name, lie, reason)| {
+            let mut mapping = honest.clone();
+            lie(&mut mapping);
+            let got = check_mapping(&request, &mapping);
+            (got != Err(reason.to_string())).then(|| format!("{name}: {got:?}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// What the verdicts allow: an unready backend withheld or, configured so,
+/// published; a refused source without rules or DNS names.
+#[test]
+fn the_host_accepts_verdicts_that_agree_with_the_rules() {
+    let request = restarting_request();
+    let published = map(
+        &request,
+        &Config {
+            withhold_unready: false,
+        },
+    );
+    assert_eq!(verdicts(&published)[3], &Verdict::Accepted);
+    let mut missing = request.clone();
+    missing.sources[3].routes[0].backend.state =
+        BackendState::Missing("service app not found".into());
+    let cases: Vec<(&str, Request, Mapping)> = vec![
+        ("unready_withheld", request.clone(), mapped(&request)),
+        (
+            "unready_published_when_configured",
+            request.clone(),
+            published,
+        ),
+        ("missing_withheld", missing.clone(), mapped(&missing)),
+    ];
+    let wrong: Vec<String> = cases
+        .into_iter()
+        .filter_map(|(name, request, mapping)| {
+            let got = check_mapping(&request, &mapping);
+            got.is_err().then(|| format!("{name}: {got:?}"))
+        })
+        .collect();
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// A plugin's strings reach a refusal escaped: no line breaks or control
+/// characters of its own in a log line or an Event.
+#[test]
+fn plugin_strings_are_quoted_in_refusals() {
+    let request = liar_request();
+    let honest = mapped(&request);
+    let lies: Vec<Lie> = vec![
+        Box::new(|m| m.dns.push("evil\nlevel=info msg=forged".into())),
+        Box::new(|m| {
+            m.rules
+                .insert(0, rule("x.example.com\r", Some("\u{1b}[2J"), "http://x\n"))
+        }),
+        Box::new(|m| m.sources[1].hosts = vec!["a\nb".into()]),
+        Box::new(|m| m.sources[0].name = "web\n".into()),
+    ];
+    for lie in lies {
+        let mut mapping = honest.clone();
+        lie(&mut mapping);
+        let reason = check_mapping(&request, &mapping).unwrap_err();
+        assert!(!reason.contains(|c: char| c.is_control()), "{reason:?}");
+    }
 }
 
 /// The same small generator the other plugins use: a seed replays.
@@ -1012,6 +1167,19 @@ fn generated_lies_are_all_refused() {
                 lie.rules.swap(n - 1, n);
                 assert!(check_mapping(&request, &lie).is_err());
             }
+        }
+        // Any published rule dropped: its source is not refused, and its
+        // backend is ready (the default configuration withholds the others).
+        if published >= 1 {
+            let mut lie = honest.clone();
+            lie.rules.remove(rng.below(published));
+            assert!(check_mapping(&request, &lie).is_err(), "{lie:#?}");
+        }
+        // The DNS names of sources not refused dropped.
+        if !honest.dns.is_empty() {
+            let mut lie = honest.clone();
+            lie.dns.clear();
+            assert!(check_mapping(&request, &lie).is_err(), "{lie:#?}");
         }
         // A DNS name outside the domain.
         let mut lie = honest;
