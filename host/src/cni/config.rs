@@ -197,10 +197,10 @@ impl RangeSet {
                 Some(next) => base_of(&space, next)? - 1,
                 None => space.size() - 1,
             };
-            // Subnets wider than 2^63 addresses are cut to their first 2^63.
+            // Subnets wider than 2^48 addresses are cut to their first 2^48.
             let start = space.offset_of(&range.start).ok_or_else(|| {
                 format!(
-                    "rangeStart {} is beyond the first 2^63 addresses of {}",
+                    "rangeStart {} is beyond the first 2^48 addresses of {}",
                     range.start, range.subnet
                 )
             })?;
@@ -662,7 +662,7 @@ mod tests {
     fn wide_ipv6_subnets_work() {
         let conf = parse_ipam(json!({"type": "k", "ranges": [[{"subnet": "fd00::/48"}]]})).unwrap();
         let space = ranges(&conf)[0].address_space().unwrap();
-        assert_eq!(space.size(), 1 << 63);
+        assert_eq!(space.size(), 1 << 48);
         assert_eq!(space.address_of(2), Some(ip("fd00::2")));
     }
 
