@@ -829,3 +829,124 @@ fn plugins_are_named_and_directories_absolute() {
     }
     assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn long_names_are_echoed_only_in_part() {
+    let network = Network::new("1.0.0", single_range());
+    let long = "c".repeat(20_000);
+    let (code, msg) = network.call(Plugin::Knit, "CHECK", &long).error();
+    assert_eq!(code, 103);
+    assert!(msg.len() < 400, "{} bytes: {}…", msg.len(), &msg[..200]);
+    assert!(msg.contains(&format!("\"{}\"…", "c".repeat(128))), "{msg}");
+}
+
+#[test]
+fn del_succeeds_on_a_damaged_state_and_add_refuses_it() {
+    let network = Network::new("1.0.0", single_range());
+    network.call(Plugin::Knit, "ADD", "a").result();
+    let state_file = network.state_dir().join("state.json");
+    std::fs::write(&state_file, b"{\"allocations\": [").unwrap();
+    // Teardown must not wedge on a file nobody can read: DEL succeeds,
+    // says why on stderr, and leaves the file for an operator.
+    let del = network.call(Plugin::Knit, "DEL", "a");
+    assert!(del.ok && del.stdout.is_none(), "{del:?}");
+    assert!(
+        del.stderr.contains("damaged") && del.stderr.contains("state.json"),
+        "{}",
+        del.stderr
+    );
+    assert_eq!(std::fs::read(&state_file).unwrap(), b"{\"allocations\": [");
+    // ADD does not guess who holds what.
+    let (code, msg) = network.call(Plugin::Knit, "ADD", "b").error();
+    assert_eq!(code, 5);
+    assert!(
+        msg.contains(&*state_file.to_string_lossy()) && msg.contains("damaged"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_slow_strategy_does_not_hold_up_del() {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let network = Network::new("1.0.0", single_range());
+    network.call(Plugin::Knit, "ADD", "other").result();
+
+    // The slow ADD's strategy is the hostile plugin spinning until its
+    // deadline, and its bytes come through a FIFO: loading it blocks until
+    // the test writes them, so the ADD is provably mid-way (state read,
+    // strategy loading) for as long as the test likes.
+    let plugins = tempfile::tempdir().unwrap();
+    let fifo = plugins.path().join("hostile.wasm");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let mut slow = network.config(Plugin::Knit);
+    slow["ipam"]["pluginsDir"] = json!(plugins.path());
+    slow["ipam"]["strategy"] = json!({ "plugin": "hostile", "config": { "mode": "spin" } });
+    let mut add = spawn(
+        Plugin::Knit,
+        "ADD",
+        "slow",
+        "eth0",
+        &serde_json::to_vec(&slow).unwrap(),
+    );
+    // A writer can open the FIFO only once the ADD opened it to read.
+    let writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&fifo)
+        {
+            Ok(writer) => break writer,
+            Err(error) if error.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
+                if let Some(status) = add.try_wait().unwrap() {
+                    panic!("ADD ended ({status}) before loading its strategy");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => panic!("opening {}: {error}", fifo.display()),
+        }
+    };
+
+    let config = serde_json::to_vec(&network.config(Plugin::Knit)).unwrap();
+    let mut del = spawn(Plugin::Knit, "DEL", "other", "eth0", &config);
+    // Only a guard against hanging when DEL waits for the ADD (which waits
+    // for the test): the ADD cannot end before the test feeds it.
+    let guard = Instant::now() + Duration::from_secs(60);
+    let del_status = loop {
+        if let Some(status) = del.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > guard {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let add_was_running = add.try_wait().unwrap().is_none();
+
+    // Feed the ADD its plugin: it spins until its deadline and fails.
+    let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    drop(writer);
+    use std::io::Write;
+    feed.write_all(&std::fs::read(knit_tests::built_plugin_path("fixture_hostile")).unwrap())
+        .unwrap();
+    drop(feed);
+    let added = add.wait_with_output().unwrap();
+
+    assert!(
+        del_status.is_some(),
+        "DEL waited for the slow ADD: the network's lock was held while it loaded its strategy"
+    );
+    assert!(del_status.unwrap().success());
+    assert!(add_was_running, "the ADD ended before the DEL");
+    assert!(!added.status.success());
+    let error: Value = serde_json::from_slice(&added.stdout).unwrap();
+    assert_eq!(error["code"], 101, "{error}");
+    assert!(
+        error["msg"].as_str().unwrap().contains("deadline"),
+        "{error}"
+    );
+    // The DEL took effect; the slow ADD left nothing behind.
+    network.call(Plugin::Knit, "CHECK", "other").error();
+    network.call(Plugin::Knit, "CHECK", "slow").error();
+}
