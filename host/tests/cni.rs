@@ -670,3 +670,283 @@ fn a_warm_invocation_does_not_recompile() {
     reply.result();
     assert!(reply.stderr.is_empty(), "{}", reply.stderr);
 }
+
+/// `fd00:<net>:0:<n>::/64` for n in 1..=count, as range set entries.
+fn slash64s(net: u16, count: u16) -> Vec<Value> {
+    (1..=count)
+        .map(|n| json!({ "subnet": format!("fd00:{net:x}:0:{n:x}::/64") }))
+        .collect()
+}
+
+#[test]
+fn range_sets_of_wide_ipv6_subnets_hand_out_from_every_subnet() {
+    // Two /64s once summed to zero offsets ("no free address"), three
+    // wrapped onto the first. Each subnet but the last is cut to one
+    // address so the ADDs walk through all of them.
+    for count in [2u16, 3, 16] {
+        let mut set = slash64s(count, count);
+        let mut expected = Vec::new();
+        for (n, range) in set.iter_mut().enumerate().take(count as usize - 1) {
+            let only = format!("fd00:{count:x}:0:{:x}::a", n + 1);
+            range["rangeStart"] = json!(only);
+            range["rangeEnd"] = json!(only);
+            expected.push(format!("{only}/64"));
+        }
+        expected.push(format!("fd00:{count:x}:0:{count:x}::2/64"));
+        let network = Network::new("1.0.0", json!({ "ranges": [set] }));
+        for (i, address) in expected.iter().enumerate() {
+            let container = format!("c{i}");
+            let [knit, host_local] =
+                BOTH.map(|plugin| network.call(plugin, "ADD", &container).addresses());
+            assert_eq!(knit, std::slice::from_ref(address), "{count} /64s, ADD {i}");
+            assert_eq!(knit, host_local, "{count} /64s, ADD {i}");
+        }
+    }
+}
+
+#[test]
+fn the_ipv6_subnet_router_anycast_address_is_never_handed_out() {
+    // host-local hands out fd00:7:: when rangeStart names it; knit-ipam,
+    // as for the IPv4 network address, never does.
+    let network = Network::new(
+        "1.0.0",
+        json!({ "ranges": [[{ "subnet": "fd00:7::/120", "rangeStart": "fd00:7::", "gateway": "fd00:7::ff" }]] }),
+    );
+    assert_eq!(
+        network.call(Plugin::HostLocal, "ADD", "a").addresses(),
+        ["fd00:7::/120"]
+    );
+    assert_eq!(
+        network.call(Plugin::Knit, "ADD", "a").addresses(),
+        ["fd00:7::1/120"]
+    );
+    // By default neither does: rangeStart is the address after it.
+    let network = Network::new(
+        "1.0.0",
+        json!({ "ranges": [[{ "subnet": "fd00:8::/64" }]] }),
+    );
+    let [knit, host_local] = BOTH.map(|plugin| network.call(plugin, "ADD", "a").addresses());
+    assert_eq!(knit, ["fd00:8::2/64"]);
+    assert_eq!(knit, host_local);
+}
+
+#[test]
+fn overlapping_range_sets_are_refused_naming_the_field() {
+    let top = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120";
+    let cases = [
+        (
+            "ranges of two sets share .99",
+            json!([
+                [{ "subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.99" }],
+                [{ "subnet": "10.1.0.0/24" }, { "subnet": "10.0.0.0/24", "rangeStart": "10.0.0.99" }],
+            ]),
+            "ipam.ranges[1][1]: 10.0.0.99-10.0.0.254 overlaps 10.0.0.1-10.0.0.99 of ipam.ranges[0][0]",
+        ),
+        (
+            "two sets at the top of IPv6",
+            json!([[{ "subnet": top }], [{ "subnet": top }]]),
+            "ipam.ranges[1][0]:",
+        ),
+        (
+            "two subnets of one set",
+            json!([[{ "subnet": "10.2.0.0/30" }, { "subnet": "10.2.0.0/29" }]]),
+            "ipam.ranges[0][1].subnet: 10.2.0.0/29 overlaps 10.2.0.0/30",
+        ),
+    ];
+    for (what, ranges, expected) in cases {
+        let network = Network::new("1.0.0", json!({ "ranges": ranges }));
+        let (code, msg) = network.call(Plugin::Knit, "ADD", "a").error();
+        assert_eq!(code, 7, "{what}: {msg}");
+        assert!(msg.starts_with(expected), "{what}: {msg}");
+    }
+}
+
+#[test]
+fn plugins_are_named_and_directories_absolute() {
+    let root = tempfile::tempdir().unwrap();
+    let plugins = root.path().join("plugins");
+    let elsewhere = root.path().join("elsewhere");
+    for dir in [&plugins, &elsewhere] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    // A plugin outside the plugins directory that a path would reach.
+    let built = knit_tests::built_plugin_path("ipam_dense_pack");
+    std::fs::copy(&built, elsewhere.join("evil.wasm"))
+        .unwrap_or_else(|e| panic!("{}: {e}; build the plugins first", built.display()));
+    let outside = elsewhere.join("evil");
+    let cases = [
+        ("a relative path", json!({ "plugin": "../elsewhere/evil" })),
+        (
+            "an absolute path",
+            json!({ "plugin": outside.to_str().unwrap() }),
+        ),
+    ];
+    for (what, strategy) in cases {
+        let network = Network::new(
+            "1.0.0",
+            json!({ "ranges": [[{ "subnet": "10.4.0.0/24" }]], "pluginsDir": plugins, "strategy": strategy }),
+        );
+        let (code, msg) = network.call(Plugin::Knit, "ADD", "a").error();
+        assert_eq!(code, 7, "{what}: {msg}");
+        assert!(msg.starts_with("ipam.strategy.plugin: "), "{what}: {msg}");
+    }
+
+    // Relative directories would land under the runtime's working directory.
+    let cwd = tempfile::tempdir().unwrap();
+    for field in ["dataDir", "pluginsDir", "cacheDir"] {
+        let mut config = Network::new("1.0.0", single_range()).config(Plugin::Knit);
+        config["ipam"][field] = json!("relative/dir");
+        let output = Command::new(Plugin::Knit.binary())
+            .current_dir(cwd.path())
+            .env("CNI_COMMAND", "ADD")
+            .env("CNI_CONTAINERID", "a")
+            .env("CNI_NETNS", "/var/run/netns/a")
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", "/usr/lib/cni")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(&serde_json::to_vec(&config).unwrap())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        assert!(!output.status.success(), "{field}");
+        let error: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(error["code"], 7, "{field}: {error}");
+        let msg = error["msg"].as_str().unwrap();
+        assert!(
+            msg.starts_with(&format!(
+                "ipam.{field}: \"relative/dir\" is not an absolute path"
+            )),
+            "{msg}"
+        );
+    }
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn long_names_are_echoed_only_in_part() {
+    let network = Network::new("1.0.0", single_range());
+    let long = "c".repeat(20_000);
+    let (code, msg) = network.call(Plugin::Knit, "CHECK", &long).error();
+    assert_eq!(code, 103);
+    assert!(msg.len() < 400, "{} bytes: {}…", msg.len(), &msg[..200]);
+    assert!(msg.contains(&format!("\"{}\"…", "c".repeat(128))), "{msg}");
+}
+
+#[test]
+fn del_succeeds_on_a_damaged_state_and_add_refuses_it() {
+    let network = Network::new("1.0.0", single_range());
+    network.call(Plugin::Knit, "ADD", "a").result();
+    let state_file = network.state_dir().join("state.json");
+    std::fs::write(&state_file, b"{\"allocations\": [").unwrap();
+    // Teardown must not wedge on a file nobody can read: DEL succeeds,
+    // says why on stderr, and leaves the file for an operator.
+    let del = network.call(Plugin::Knit, "DEL", "a");
+    assert!(del.ok && del.stdout.is_none(), "{del:?}");
+    assert!(
+        del.stderr.contains("damaged") && del.stderr.contains("state.json"),
+        "{}",
+        del.stderr
+    );
+    assert_eq!(std::fs::read(&state_file).unwrap(), b"{\"allocations\": [");
+    // ADD does not guess who holds what.
+    let (code, msg) = network.call(Plugin::Knit, "ADD", "b").error();
+    assert_eq!(code, 5);
+    assert!(
+        msg.contains(&*state_file.to_string_lossy()) && msg.contains("damaged"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_slow_strategy_does_not_hold_up_del() {
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let network = Network::new("1.0.0", single_range());
+    network.call(Plugin::Knit, "ADD", "other").result();
+
+    // The slow ADD's strategy is the hostile plugin spinning until its
+    // deadline, and its bytes come through a FIFO: loading it blocks until
+    // the test writes them, so the ADD is provably mid-way (state read,
+    // strategy loading) for as long as the test likes.
+    let plugins = tempfile::tempdir().unwrap();
+    let fifo = plugins.path().join("hostile.wasm");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let mut slow = network.config(Plugin::Knit);
+    slow["ipam"]["pluginsDir"] = json!(plugins.path());
+    slow["ipam"]["strategy"] = json!({ "plugin": "hostile", "config": { "mode": "spin" } });
+    let mut add = spawn(
+        Plugin::Knit,
+        "ADD",
+        "slow",
+        "eth0",
+        &serde_json::to_vec(&slow).unwrap(),
+    );
+    // A writer can open the FIFO only once the ADD opened it to read.
+    let writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&fifo)
+        {
+            Ok(writer) => break writer,
+            Err(error) if error.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
+                if let Some(status) = add.try_wait().unwrap() {
+                    panic!("ADD ended ({status}) before loading its strategy");
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(error) => panic!("opening {}: {error}", fifo.display()),
+        }
+    };
+
+    let config = serde_json::to_vec(&network.config(Plugin::Knit)).unwrap();
+    let mut del = spawn(Plugin::Knit, "DEL", "other", "eth0", &config);
+    // Only a guard against hanging when DEL waits for the ADD (which waits
+    // for the test): the ADD cannot end before the test feeds it.
+    let guard = Instant::now() + Duration::from_secs(60);
+    let del_status = loop {
+        if let Some(status) = del.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > guard {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let add_was_running = add.try_wait().unwrap().is_none();
+
+    // Feed the ADD its plugin: it spins until its deadline and fails.
+    let mut feed = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    drop(writer);
+    use std::io::Write;
+    feed.write_all(&std::fs::read(knit_tests::built_plugin_path("fixture_hostile")).unwrap())
+        .unwrap();
+    drop(feed);
+    let added = add.wait_with_output().unwrap();
+
+    assert!(
+        del_status.is_some(),
+        "DEL waited for the slow ADD: the network's lock was held while it loaded its strategy"
+    );
+    assert!(del_status.unwrap().success());
+    assert!(add_was_running, "the ADD ended before the DEL");
+    assert!(!added.status.success());
+    let error: Value = serde_json::from_slice(&added.stdout).unwrap();
+    assert_eq!(error["code"], 101, "{error}");
+    assert!(
+        error["msg"].as_str().unwrap().contains("deadline"),
+        "{error}"
+    );
+    // The DEL took effect; the slow ADD left nothing behind.
+    network.call(Plugin::Knit, "CHECK", "other").error();
+    network.call(Plugin::Knit, "CHECK", "slow").error();
+}

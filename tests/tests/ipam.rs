@@ -566,3 +566,54 @@ async fn an_overlapping_pool_hands_out_nothing_until_fixed() {
     wait_for_ready_reason(&client, &younger, "Allocating").await;
     controller.abort();
 }
+
+/// The API server refuses pools whose own CIDRs overlap (each address would
+/// count twice) and strategy plugins that are paths, naming the field.
+#[tokio::test]
+async fn the_api_server_refuses_overlapping_cidrs_and_plugin_paths() {
+    let pool = |spec: &str| {
+        format!(
+            "apiVersion: knit.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: refused}}\nspec: {spec}\n"
+        )
+    };
+    let overlap = "the CIDRs of a pool must not overlap or repeat";
+    let refused = [
+        (pool("{cidrs: [10.2.0.0/30, 10.2.0.0/29]}"), overlap),
+        (
+            pool("{cidrs: [10.2.0.0/24, 10.3.0.0/24, 10.2.0.0/24]}"),
+            overlap,
+        ),
+        (
+            pool("{cidrs: ['ffff::/16', 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120']}"),
+            overlap,
+        ),
+        (
+            pool("{cidrs: [10.2.0.0/24], strategy: {plugin: ../../tmp/evil}}"),
+            "spec.strategy.plugin",
+        ),
+        (
+            pool("{cidrs: [10.2.0.0/24], strategy: {plugin: /opt/evil}}"),
+            "spec.strategy.plugin",
+        ),
+    ];
+    for (manifest, expected) in &refused {
+        let output = knit_tests::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(manifest));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "accepted:\n{manifest}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in: {stderr}"
+        );
+    }
+    // The widest pool allowed: 16 disjoint IPv6 /64s, and adjacent CIDRs.
+    let sixteen: Vec<String> = (1..=16).map(|n| format!("'fd00:0:0:{n:x}::/64'")).collect();
+    for spec in [
+        format!("{{cidrs: [{}]}}", sixteen.join(", ")),
+        "{cidrs: [10.2.0.0/30, 10.2.0.4/30], strategy: {plugin: my_plugin.v2}}".to_string(),
+    ] {
+        let manifest = pool(&spec);
+        let output =
+            knit_tests::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&manifest));
+        assert!(output.status.success(), "refused:\n{manifest}\n{output:?}");
+    }
+}

@@ -3,17 +3,19 @@
 
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use serde_json::Value;
 
-use super::config::{Cidr, NetConf};
-use super::error::{CniError, Code};
+use super::config::{Cidr, NetConf, check_plugin_name};
+use super::error::{CniError, Code, quoted};
 use super::protocol::{Invocation, NetworkCommand};
 use super::result::{self, IpConfig};
 use super::strategy::StrategyLoader;
-use crate::domains::ipam::claim::{self, ClaimError};
+use crate::domains::ipam::claim::{self, ClaimError, StrategySource};
 use crate::domains::ipam::types::{AllocationOwner, IPPool};
+use crate::runtime::Plugin;
 
 pub fn run(
     command: NetworkCommand,
@@ -66,7 +68,10 @@ async fn add(
         pod_name: pod.uid.as_ref().and(pod.name.clone()),
         pod_uid: pod.uid.clone(),
     };
-    let loader = StrategyLoader::new(&conf.ipam.plugins_dir, &conf.ipam.cache_dir);
+    let loader = NamesOnly(StrategyLoader::new(
+        &conf.ipam.plugins_dir,
+        &conf.ipam.cache_dir,
+    ));
     let allocation = claim::claim_from(client, &loader, &pool, owner)
         .await
         .map_err(claim_error)?;
@@ -90,7 +95,8 @@ async fn check(client: &kube::Client, invocation: &Invocation, pool: &str) -> Re
             Code::NoAllocation,
             format!(
                 "container {} interface {} holds no address of IPPool {pool}",
-                invocation.container_id, invocation.ifname
+                quoted(&invocation.container_id),
+                quoted(&invocation.ifname)
             ),
         ))
     }
@@ -117,6 +123,7 @@ async fn status(client: &kube::Client, conf: &NetConf, pool_name: &str) -> Resul
     let pool = claim::get_pool(client, pool_name)
         .await
         .map_err(claim_error)?;
+    check_plugin_name("IPPool spec.strategy.plugin", &pool.spec.strategy.plugin)?;
     StrategyLoader::new(&conf.ipam.plugins_dir, &conf.ipam.cache_dir)
         .load(&pool.spec.strategy.plugin)?;
     let allocations = claim::allocations(client, pool_name)
@@ -134,6 +141,18 @@ async fn status(client: &kube::Client, conf: &NetConf, pool_name: &str) -> Resul
         }));
     }
     Ok(())
+}
+
+/// The loader, for plugin names only: the pool's `spec.strategy.plugin`
+/// becomes `<pluginsDir>/<name>.wasm`, and a pool written before the CRD
+/// checked names could say `../../anywhere`.
+struct NamesOnly(StrategyLoader);
+
+impl StrategySource for NamesOnly {
+    fn strategy(&self, name: &str) -> Result<Arc<Plugin>, String> {
+        check_plugin_name("spec.strategy.plugin", name).map_err(|error| error.msg)?;
+        self.0.strategy(name)
+    }
 }
 
 /// The address with the prefix of the pool CIDR it is in, and the pool's

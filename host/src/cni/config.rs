@@ -12,10 +12,12 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::error::{CniError, Code};
+use super::error::{CniError, Code, quoted};
 use super::protocol::CniVersion;
-use crate::domains::ipam::address_space::{self, AddressSpace, parse_cidr};
-use crate::domains::ipam::types::IPPoolSpec;
+use crate::domains::ipam::address_space::{
+    self, AddressSpace, MAX_OFFSETS_PER_CIDR, MAX_OFFSETS_PER_CIDR_TEXT, parse_cidr,
+};
+use crate::domains::ipam::types::{IPPoolSpec, MAX_PLUGIN_NAME, is_plugin_name};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 pub const DEFAULT_PLUGINS_DIR: &str = "/opt/knit/plugins";
@@ -178,8 +180,9 @@ impl RangeSet {
         self.0.iter().find(|range| range.contains(address))
     }
 
-    /// The set as a pool's offsets: the subnets laid end to end, everything
-    /// outside `rangeStart ..= rangeEnd` and each range's gateway excluded.
+    /// The set as a pool's offsets: the subnets laid end to end (each counts
+    /// at most its first 2^48 addresses), everything outside
+    /// `rangeStart ..= rangeEnd` and each range's gateway excluded.
     pub fn address_space(&self) -> Result<AddressSpace, String> {
         let spec = IPPoolSpec {
             cidrs: self.0.iter().map(|r| r.subnet.to_string()).collect(),
@@ -197,13 +200,11 @@ impl RangeSet {
                 Some(next) => base_of(&space, next)? - 1,
                 None => space.size() - 1,
             };
-            // Subnets wider than 2^63 addresses are cut to their first 2^63.
-            let start = space.offset_of(&range.start).ok_or_else(|| {
-                format!(
-                    "rangeStart {} is beyond the first 2^63 addresses of {}",
-                    range.start, range.subnet
-                )
-            })?;
+            // `range` refused a start past the subnet's offsets; an end
+            // past them ends with them.
+            let start = space
+                .offset_of(&range.start)
+                .ok_or_else(|| beyond_offsets(&range.start, &range.subnet))?;
             let end = space.offset_of(&range.end).unwrap_or(last);
             if start > first {
                 space.excluded.push(first..=start - 1);
@@ -291,10 +292,12 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
         }
         Some(_) => return Err(CniError::config("name: must be a string")),
     };
-    // The name is a directory under dataDir: the spec's rule keeps it one.
-    if !is_safe_name(&name) {
+    // The name is a directory under dataDir: the spec's rule keeps it one,
+    // and a directory name has at most 255 bytes.
+    if !is_safe_name(&name) || name.len() > 255 {
         return Err(CniError::config(format!(
-            "name: {name:?} is not a valid network name (letters, digits, '_', '.', '-')"
+            "name: {} is not a valid network name (at most 255 letters, digits, '_', '.', '-')",
+            quoted(&name)
         )));
     }
     let raw: RawIpam = match object.get("ipam") {
@@ -404,12 +407,10 @@ fn check_ipam(raw: RawIpam) -> Result<Ipam, CniError> {
             };
             check_sets_disjoint(&ranges)?;
             let strategy = raw.strategy.unwrap_or_default();
-            if strategy.plugin.is_empty() {
-                return Err(CniError::config("ipam.strategy.plugin: must not be empty"));
-            }
+            check_plugin_name("ipam.strategy.plugin", &strategy.plugin)?;
             Mode::Local {
                 ranges,
-                data_dir: raw.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+                data_dir: absolute("dataDir", raw.data_dir, DEFAULT_DATA_DIR)?,
                 strategy,
             }
         }
@@ -429,6 +430,12 @@ fn check_ipam(raw: RawIpam) -> Result<Ipam, CniError> {
                 .pool
                 .filter(|pool| !pool.is_empty())
                 .ok_or_else(|| CniError::config("ipam.pool: required in cluster mode"))?;
+            if !is_object_name(&pool) {
+                return Err(CniError::config(format!(
+                    "ipam.pool: {} is not an IPPool name (lowercase letters, digits, '-', '.'; at most 253)",
+                    quoted(&pool)
+                )));
+            }
             let kubeconfig = raw
                 .kubeconfig
                 .ok_or_else(|| CniError::config("ipam.kubeconfig: required in cluster mode"))?;
@@ -437,12 +444,47 @@ fn check_ipam(raw: RawIpam) -> Result<Ipam, CniError> {
     };
     Ok(Ipam {
         routes: raw.routes,
-        plugins_dir: raw
-            .plugins_dir
-            .unwrap_or_else(|| DEFAULT_PLUGINS_DIR.into()),
-        cache_dir: raw.cache_dir.unwrap_or_else(|| DEFAULT_CACHE_DIR.into()),
+        plugins_dir: absolute("pluginsDir", raw.plugins_dir, DEFAULT_PLUGINS_DIR)?,
+        cache_dir: absolute("cacheDir", raw.cache_dir, DEFAULT_CACHE_DIR)?,
         mode,
     })
+}
+
+/// A directory field, or its default. Relative paths are refused: they
+/// would resolve against whatever working directory the runtime has.
+fn absolute(field: &str, path: Option<PathBuf>, default: &str) -> Result<PathBuf, CniError> {
+    let path = path.unwrap_or_else(|| default.into());
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        Err(CniError::config(format!(
+            "ipam.{field}: {} is not an absolute path",
+            quoted(&path.to_string_lossy())
+        )))
+    }
+}
+
+/// A strategy plugin's name, which becomes `<pluginsDir>/<name>.wasm`: a
+/// name, never a path.
+pub fn check_plugin_name(field: &str, name: &str) -> Result<(), CniError> {
+    if is_plugin_name(name) {
+        return Ok(());
+    }
+    Err(CniError::config(format!(
+        "{field}: {} is not a plugin name (1 to {MAX_PLUGIN_NAME} letters, digits, '-', '_', '.', not starting with '.')",
+        quoted(name)
+    )))
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain).
+fn is_object_name(name: &str) -> bool {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    name.len() <= 253
+        && name.starts_with(alphanumeric)
+        && name.ends_with(alphanumeric)
+        && name
+            .chars()
+            .all(|c| alphanumeric(c) || matches!(c, '-' | '.'))
 }
 
 fn range_set(raw: Vec<RawRange>, path: &str) -> Result<RangeSet, CniError> {
@@ -470,7 +512,11 @@ fn range_set(raw: Vec<RawRange>, path: &str) -> Result<RangeSet, CniError> {
         }
         ranges.push(range);
     }
-    Ok(RangeSet(ranges))
+    let set = RangeSet(ranges);
+    // Offsets are u64: refuse here what cannot be laid out, not at ADD.
+    set.address_space()
+        .map_err(|why| CniError::config(format!("{path}: {why}")))?;
+    Ok(set)
 }
 
 /// host-local's canonical range: gateway and rangeStart default to the
@@ -493,6 +539,12 @@ fn range(raw: RawRange, path: &str) -> Result<Range, CniError> {
         }
     };
     let start = inside("rangeStart", raw.range_start, subnet.nth(1))?;
+    if ip_value(&start) - ip_value(&subnet.network) >= u128::from(MAX_OFFSETS_PER_CIDR) {
+        return Err(CniError::config(format!(
+            "{path}.rangeStart: {}",
+            beyond_offsets(&start, &subnet)
+        )));
+    }
     let end = inside("rangeEnd", raw.range_end, subnet.last_usable())?;
     if ip_value(&start) > ip_value(&end) {
         return Err(CniError::config(format!(
@@ -513,24 +565,31 @@ fn range(raw: RawRange, path: &str) -> Result<Range, CniError> {
     })
 }
 
-/// An address may belong to one range set only (host-local's rule).
+/// An address may belong to one range set only (host-local's rule):
+/// `rangeStart ..= rangeEnd` of ranges in different sets are disjoint.
 fn check_sets_disjoint(sets: &[RangeSet]) -> Result<(), CniError> {
     for (index, set) in sets.iter().enumerate() {
-        for (other_index, other) in sets[..index].iter().enumerate() {
-            let overlapping = set.0.iter().any(|a| {
-                other
-                    .0
-                    .iter()
-                    .any(|b| a.contains(&b.start) || a.contains(&b.end) || b.contains(&a.start))
-            });
-            if overlapping {
-                return Err(CniError::config(format!(
-                    "ipam.ranges[{index}]: overlaps range set {other_index}"
-                )));
+        for (range_index, a) in set.0.iter().enumerate() {
+            for (other_index, other) in sets[..index].iter().enumerate() {
+                // Inclusive bounds: no `end + 1` to overflow at the top.
+                if let Some((other_range, b)) = other.0.iter().enumerate().find(|(_, b)| {
+                    a.contains(&b.start) || a.contains(&b.end) || b.contains(&a.start)
+                }) {
+                    return Err(CniError::config(format!(
+                        "ipam.ranges[{index}][{range_index}]: {}-{} overlaps {}-{} of ipam.ranges[{other_index}][{other_range}]; an address may belong to one range set only",
+                        a.start, a.end, b.start, b.end
+                    )));
+                }
             }
         }
     }
     Ok(())
+}
+
+fn beyond_offsets(address: &IpAddr, subnet: &Cidr) -> String {
+    format!(
+        "{address} is beyond the first {MAX_OFFSETS_PER_CIDR_TEXT} addresses of {subnet}, the most one subnet hands out"
+    )
 }
 
 fn is_safe_name(name: &str) -> bool {
@@ -662,8 +721,52 @@ mod tests {
     fn wide_ipv6_subnets_work() {
         let conf = parse_ipam(json!({"type": "k", "ranges": [[{"subnet": "fd00::/48"}]]})).unwrap();
         let space = ranges(&conf)[0].address_space().unwrap();
-        assert_eq!(space.size(), 1 << 63);
+        assert_eq!(space.size(), MAX_OFFSETS_PER_CIDR);
         assert_eq!(space.address_of(2), Some(ip("fd00::2")));
+    }
+
+    #[test]
+    fn range_sets_of_several_wide_ipv6_subnets() {
+        // Before offsets were capped, two /64s summed to 0 (no free
+        // address) and a third wrapped onto the first.
+        for count in [2u16, 3, 16] {
+            let subnets: Vec<Value> = (1..=count)
+                .map(|n| json!({"subnet": format!("fd00:0:0:{n:x}::/64")}))
+                .collect();
+            let conf = parse_ipam(json!({"type": "k", "ranges": [subnets]})).unwrap();
+            let space = ranges(&conf)[0].address_space().unwrap();
+            assert_eq!(
+                space.size(),
+                u64::from(count) * MAX_OFFSETS_PER_CIDR,
+                "{count}"
+            );
+            for n in 1..=count {
+                let address = ip(&format!("fd00:0:0:{n:x}::2"));
+                let offset = space.offset_of(&address).unwrap();
+                assert_eq!(offset, u64::from(n - 1) * MAX_OFFSETS_PER_CIDR + 2);
+                assert_eq!(space.address_of(offset), Some(address));
+                assert!(!space.excluded.iter().any(|r| r.contains(&offset)));
+            }
+            // The anycast address and the gateway of each are excluded.
+            let base = u64::from(count - 1) * MAX_OFFSETS_PER_CIDR;
+            for excluded in [base, base + 1] {
+                assert!(
+                    space.excluded.iter().any(|r| r.contains(&excluded)),
+                    "{count}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_explicit_range_never_hands_out_the_ipv6_anycast_address() {
+        let conf = parse_ipam(json!({"type": "k", "ranges": [[
+            {"subnet": "fd00::/120", "rangeStart": "fd00::", "gateway": "fd00::ff"},
+        ]]}))
+        .unwrap();
+        let space = ranges(&conf)[0].address_space().unwrap();
+        assert!(space.excluded.iter().any(|r| r.contains(&0)));
+        assert!(!space.excluded.iter().any(|r| r.contains(&1)));
     }
 
     #[test]
@@ -693,7 +796,29 @@ mod tests {
             ),
             (
                 json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.0/25"}]]}),
-                "ipam.ranges[1]: overlaps range set 0",
+                "ipam.ranges[1][0]: 10.0.0.1-10.0.0.126 overlaps 10.0.0.1-10.0.0.254 of ipam.ranges[0][0]",
+            ),
+            (
+                json!({"type": "k", "ranges": [
+                    [{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.99"}],
+                    [{"subnet": "10.1.0.0/24"}, {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.99"}],
+                ]}),
+                "ipam.ranges[1][1]: 10.0.0.99-10.0.0.254 overlaps 10.0.0.1-10.0.0.99 of ipam.ranges[0][0]",
+            ),
+            (
+                json!({"type": "k", "ranges": [
+                    [{"subnet": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120"}],
+                    [{"subnet": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120"}],
+                ]}),
+                "ipam.ranges[1][0]: ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff01-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff overlaps",
+            ),
+            (
+                json!({"type": "k", "ranges": [[{"subnet": "fd00::/64"}, {"subnet": "fd00::/120"}]]}),
+                "ipam.ranges[0][1].subnet: fd00::/120 overlaps fd00::/64",
+            ),
+            (
+                json!({"type": "k", "ranges": [[{"subnet": "fd00::/64", "rangeStart": "fd00::1:0:0:0"}]]}),
+                "ipam.ranges[0][0].rangeStart: fd00::1:0:0:0 is beyond the first 2^48 addresses of fd00::/64",
             ),
             (
                 json!({"type": "k", "subnet": "10.0.0.0/24", "rangeStart": "10.0.0.9", "rangeEnd": "10.0.0.8"}),
@@ -727,11 +852,81 @@ mod tests {
                 json!({"subnet": "10.0.0.0/24"}),
                 "ipam: missing field `type`",
             ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": "/opt/evil/x"}}),
+                "ipam.strategy.plugin: \"/opt/evil/x\" is not a plugin name",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": "../../tmp/x"}}),
+                "ipam.strategy.plugin: \"../../tmp/x\" is not a plugin name",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": ".."}}),
+                "ipam.strategy.plugin: \"..\" is not a plugin name",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": ".hidden"}}),
+                "ipam.strategy.plugin",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": "x".repeat(129)}}),
+                "ipam.strategy.plugin",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "dataDir": "state"}),
+                "ipam.dataDir: \"state\" is not an absolute path",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "pluginsDir": "./plugins"}),
+                "ipam.pluginsDir: \"./plugins\" is not an absolute path",
+            ),
+            (
+                json!({"type": "k", "subnet": "10.0.0.0/24", "cacheDir": ""}),
+                "ipam.cacheDir: \"\" is not an absolute path",
+            ),
+            (
+                json!({"type": "k", "mode": "cluster", "pool": "../pods", "kubeconfig": "/k"}),
+                "ipam.pool: \"../pods\" is not an IPPool name",
+            ),
         ];
         for (ipam, expected) in cases {
             let msg = error(ipam.clone());
             assert!(msg.starts_with(expected), "{ipam}: {msg}");
         }
+    }
+
+    #[test]
+    fn plugin_names_that_are_names_are_accepted() {
+        for plugin in ["ipam-sequential", "my_plugin.v2", "A1", &"x".repeat(128)] {
+            let conf = parse_ipam(
+                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": plugin}}),
+            )
+            .unwrap();
+            let Mode::Local { strategy, .. } = conf.ipam.mode else {
+                unreachable!()
+            };
+            assert_eq!(strategy.plugin, plugin);
+        }
+    }
+
+    #[test]
+    fn long_names_are_echoed_only_in_part() {
+        let long = "n".repeat(10_000);
+        let stdin = json!({"cniVersion": "1.0.0", "name": long, "ipam": {"type": "k", "subnet": "10.0.0.0/24"}});
+        let error = parse(&serde_json::to_vec(&stdin).unwrap()).unwrap_err();
+        assert!(error.msg.len() < 300, "{}", error.msg);
+        assert!(
+            error.msg.contains(&format!("\"{}\"…", "n".repeat(128))),
+            "{}",
+            error.msg
+        );
+        let plugin = format!("../{}", "p".repeat(10_000));
+        let error = parse_ipam(
+            json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": plugin}}),
+        )
+        .unwrap_err();
+        assert!(error.msg.len() < 300, "{}", error.msg);
+        assert!(error.msg.ends_with(')'), "{}", error.msg);
     }
 
     #[test]

@@ -3,6 +3,22 @@
 
 use serde_json::{Value, json};
 
+/// The most characters of a name (container ID, network, plugin) a message
+/// echoes: whoever sends a megabyte of it does not get it back.
+pub const ECHO_LIMIT: usize = 128;
+
+/// `text` quoted and escaped for a message, cut after `ECHO_LIMIT`
+/// characters with `…`.
+pub fn quoted(text: &str) -> String {
+    let mut chars = text.chars();
+    let shown: String = chars.by_ref().take(ECHO_LIMIT).collect();
+    if chars.next().is_some() {
+        format!("{shown:?}…")
+    } else {
+        format!("{shown:?}")
+    }
+}
+
 /// The spec's error codes, and knit-ipam's own from 100 up where the spec has
 /// none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,5 +80,36 @@ impl CniError {
             "msg": self.msg,
             "details": self.details,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoted_names_are_bounded() {
+        let cases = [
+            ("short", "c1".to_string(), "\"c1\"".to_string()),
+            ("escaped", "a\nb".to_string(), "\"a\\nb\"".to_string()),
+            (
+                "at the limit",
+                "x".repeat(ECHO_LIMIT),
+                format!("\"{}\"", "x".repeat(ECHO_LIMIT)),
+            ),
+            (
+                "over the limit",
+                "y".repeat(100_000),
+                format!("\"{}\"…", "y".repeat(ECHO_LIMIT)),
+            ),
+            (
+                "multi-byte, cut on a character",
+                "é".repeat(ECHO_LIMIT + 1),
+                format!("\"{}\"…", "é".repeat(ECHO_LIMIT)),
+            ),
+        ];
+        for (name, text, expected) in cases {
+            assert_eq!(quoted(&text), expected, "{name}");
+        }
     }
 }

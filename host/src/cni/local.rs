@@ -1,4 +1,10 @@
 //! Local mode: the allocations of this node, in the network's state file.
+//!
+//! The network's lock is held to read and to write the state, never while a
+//! strategy plugin is loaded or called: a slow or hostile one (up to its
+//! deadline, plus compiling) must not stall DEL and every other ADD on the
+//! node. So ADD reads, chooses unlocked, and commits only if what it chose
+//! is still free, else chooses again.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -7,7 +13,7 @@ use knit_ipam_core::{AllocateError, FreeSpace, Request};
 use serde_json::Value;
 
 use super::config::{NetConf, RangeSet, StrategyConf};
-use super::error::{CniError, Code};
+use super::error::{CniError, Code, quoted};
 use super::protocol::{Invocation, NetworkCommand};
 use super::result::{self, IpConfig};
 use super::store::{State, Store};
@@ -40,15 +46,19 @@ pub fn run(
     }
 }
 
+/// Rounds of choosing and committing before ADD gives up: each lost round
+/// means a concurrent ADD took an address this one chose meanwhile.
+const MAX_ROUNDS: usize = 8;
+
 fn add(invocation: &Invocation, conf: &NetConf, network: &Network<'_>) -> Result<Value, CniError> {
-    let store = Store::lock(network.data_dir, &conf.name)?;
-    let mut state = store.load()?;
-    // Loaded only when an address must be chosen: a repeated ADD needs none.
+    // Loaded once, only when an address must be chosen (a repeated ADD
+    // needs none), and with no lock held.
     let mut plugin: Option<Plugin> = None;
-    let (addresses, changed) = state.assign(
+    let addresses = assign(
+        network.data_dir,
+        &conf.name,
         network.ranges,
-        &invocation.container_id,
-        &invocation.ifname,
+        (&invocation.container_id, &invocation.ifname),
         |index, state| {
             let plugin = match &mut plugin {
                 Some(plugin) => plugin,
@@ -62,9 +72,6 @@ fn add(invocation: &Invocation, conf: &NetConf, network: &Network<'_>) -> Result
             choose(plugin, network, index, state, seed)
         },
     )?;
-    if changed {
-        store.save(&state)?;
-    }
     let ips = network
         .ranges
         .iter()
@@ -78,12 +85,88 @@ fn add(invocation: &Invocation, conf: &NetConf, network: &Network<'_>) -> Result
     ))
 }
 
+/// The addresses of a container interface (`owner`: container ID and
+/// interface), one per range set: those it holds (so ADD is idempotent),
+/// else new ones from `choose(range set index, state)`, which runs with the
+/// lock released. The commit re-reads the state and takes the chosen
+/// addresses only if they are still free; otherwise it chooses again.
+fn assign(
+    data_dir: &Path,
+    network: &str,
+    ranges: &[RangeSet],
+    (container_id, ifname): (&str, &str),
+    mut choose: impl FnMut(usize, &State) -> Result<IpAddr, CniError>,
+) -> Result<Vec<IpAddr>, CniError> {
+    for _ in 0..MAX_ROUNDS {
+        // The lock is dropped with the store at the end of the statement.
+        let mut chosen = Store::lock(data_dir, network)?.load()?;
+        let (addresses, changed) = chosen.assign(ranges, container_id, ifname, &mut choose)?;
+        if !changed {
+            return Ok(addresses);
+        }
+        let store = Store::lock(data_dir, network)?;
+        let mut current = store.load()?;
+        // What the container holds now wins (a concurrent ADD of the same
+        // container committed first); a chosen address taken meanwhile
+        // sends this ADD round again.
+        let committed = current.assign(ranges, container_id, ifname, |index, state| {
+            let address = addresses[index];
+            if state.taken().any(|taken| *taken == address) {
+                Err(())
+            } else {
+                Ok(address)
+            }
+        });
+        if let Ok((held, changed)) = committed {
+            if changed {
+                store.save(&current)?;
+            }
+            return Ok(held);
+        }
+    }
+    Err(CniError::new(
+        Code::TryAgainLater,
+        format!(
+            "concurrent ADDs on network {} took the addresses chosen {MAX_ROUNDS} times; try again",
+            quoted(network)
+        ),
+    ))
+}
+
 fn del(invocation: &Invocation, conf: &NetConf, network: &Network<'_>) -> Result<(), CniError> {
-    let Some(store) = Store::lock_existing(network.data_dir, &conf.name)? else {
+    release(
+        network.data_dir,
+        &conf.name,
+        (&invocation.container_id, &invocation.ifname),
+    )
+}
+
+/// DEL: lets go of what the container interface holds. The runtime needs
+/// DEL to succeed to tear a container down (the spec asks it to wherever it
+/// can), so a damaged state file, from which nothing can be released, is
+/// reported on stderr and left in place, and DEL succeeds; ADD goes on
+/// refusing the file until someone repairs it.
+fn release(
+    data_dir: &Path,
+    network: &str,
+    (container_id, ifname): (&str, &str),
+) -> Result<(), CniError> {
+    let Some(store) = Store::lock_existing(data_dir, network)? else {
         return Ok(());
     };
-    let mut state = store.load()?;
-    if state.release(&invocation.container_id, &invocation.ifname) {
+    let mut state = match store.read()? {
+        Ok(state) => state,
+        Err(damaged) => {
+            tracing::warn!(
+                "DEL of container {} interface {}: nothing released: {}",
+                quoted(container_id),
+                quoted(ifname),
+                damaged.error()
+            );
+            return Ok(());
+        }
+    };
+    if state.release(container_id, ifname) {
         store.save(&state)?;
     }
     Ok(())
@@ -101,7 +184,9 @@ fn check(invocation: &Invocation, conf: &NetConf, network: &Network<'_>) -> Resu
             Code::NoAllocation,
             format!(
                 "container {} interface {} holds {what} in network {}",
-                invocation.container_id, invocation.ifname, conf.name
+                quoted(&invocation.container_id),
+                quoted(&invocation.ifname),
+                quoted(&conf.name)
             ),
         )
     };
@@ -238,4 +323,176 @@ fn ip_config(set: &RangeSet, address: &IpAddr) -> Result<IpConfig, CniError> {
         prefix: range.subnet.prefix,
         gateway: Some(range.gateway),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+    use crate::cni::config::{self, Mode};
+
+    const NETWORK: &str = "net";
+
+    fn ranges() -> Vec<RangeSet> {
+        let stdin = serde_json::json!({
+            "cniVersion": "1.0.0", "name": NETWORK,
+            "ipam": {"type": "knit-ipam", "subnet": "10.0.0.0/24"},
+        });
+        match config::parse(&serde_json::to_vec(&stdin).unwrap())
+            .unwrap()
+            .ipam
+            .mode
+        {
+            Mode::Local { ranges, .. } => ranges,
+            Mode::Cluster { .. } => unreachable!(),
+        }
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    /// The first address nobody holds, from .2 on (sequential, in short).
+    fn first_free(state: &State) -> IpAddr {
+        (2..255u8)
+            .map(|n| ip(&format!("10.0.0.{n}")))
+            .find(|a| !state.taken().any(|t| t == a))
+            .unwrap()
+    }
+
+    fn state(data_dir: &Path) -> State {
+        Store::lock(data_dir, NETWORK).unwrap().load().unwrap()
+    }
+
+    fn held(data_dir: &Path, container: &str) -> Option<Vec<IpAddr>> {
+        state(data_dir)
+            .held_by(container, "eth0")
+            .map(|a| a.addresses.clone())
+    }
+
+    /// A rival ADD that commits `address` for `container` while ours chooses.
+    fn rival(data_dir: &Path, container: &str, address: IpAddr) {
+        assign(data_dir, NETWORK, &ranges(), (container, "eth0"), |_, _| {
+            Ok(address)
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn the_network_is_unlocked_while_the_strategy_chooses() {
+        let dir = tempfile::tempdir().unwrap();
+        rival(dir.path(), "other", ip("10.0.0.5"));
+        let chosen = assign(
+            dir.path(),
+            NETWORK,
+            &ranges(),
+            ("c1", "eth0"),
+            |_, state| {
+                // The lock is free: nothing waits for a slow strategy...
+                let lock = std::fs::File::open(dir.path().join(NETWORK).join("lock")).unwrap();
+                lock.try_lock()
+                    .expect("ADD holds the network's lock while choosing");
+                drop(lock);
+                // ...and a DEL of another container goes through meanwhile.
+                release(dir.path(), NETWORK, ("other", "eth0")).unwrap();
+                Ok(first_free(state))
+            },
+        )
+        .unwrap();
+        assert_eq!(chosen, [ip("10.0.0.2")]);
+        assert_eq!(held(dir.path(), "c1"), Some(vec![ip("10.0.0.2")]));
+        assert_eq!(held(dir.path(), "other"), None);
+    }
+
+    #[test]
+    fn an_address_taken_while_choosing_is_chosen_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let rounds = Cell::new(0);
+        let chosen = assign(
+            dir.path(),
+            NETWORK,
+            &ranges(),
+            ("c1", "eth0"),
+            |_, state| {
+                rounds.set(rounds.get() + 1);
+                let address = first_free(state);
+                if rounds.get() == 1 {
+                    rival(dir.path(), "rival", address);
+                }
+                Ok(address)
+            },
+        )
+        .unwrap();
+        assert_eq!(rounds.get(), 2);
+        assert_eq!(chosen, [ip("10.0.0.3")]);
+        assert_eq!(held(dir.path(), "rival"), Some(vec![ip("10.0.0.2")]));
+        assert_eq!(held(dir.path(), "c1"), Some(vec![ip("10.0.0.3")]));
+    }
+
+    #[test]
+    fn a_repeated_add_returns_what_the_container_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        // The same container's ADD, repeated by the runtime, commits first.
+        let chosen = assign(dir.path(), NETWORK, &ranges(), ("c1", "eth0"), |_, _| {
+            rival(dir.path(), "c1", ip("10.0.0.9"));
+            Ok(ip("10.0.0.7"))
+        })
+        .unwrap();
+        assert_eq!(chosen, [ip("10.0.0.9")]);
+        assert_eq!(
+            state(dir.path()).taken().collect::<Vec<_>>(),
+            [&ip("10.0.0.9")]
+        );
+        // And once held, no strategy is asked at all.
+        let again = assign(dir.path(), NETWORK, &ranges(), ("c1", "eth0"), |_, _| {
+            panic!("a repeated ADD asked the strategy")
+        })
+        .unwrap();
+        assert_eq!(again, [ip("10.0.0.9")]);
+    }
+
+    #[test]
+    fn add_gives_up_after_a_bounded_number_of_rounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let rounds = Cell::new(0);
+        let error = assign(
+            dir.path(),
+            NETWORK,
+            &ranges(),
+            ("c1", "eth0"),
+            |_, state| {
+                rounds.set(rounds.get() + 1);
+                let address = first_free(state);
+                rival(dir.path(), &format!("rival{}", rounds.get()), address);
+                Ok(address)
+            },
+        )
+        .unwrap_err();
+        assert_eq!(rounds.get(), MAX_ROUNDS);
+        assert_eq!(error.code, Code::TryAgainLater);
+        assert!(error.msg.contains("try again"), "{}", error.msg);
+        assert_eq!(held(dir.path(), "c1"), None);
+    }
+
+    #[test]
+    fn del_succeeds_on_a_damaged_state_and_add_still_refuses_it() {
+        let dir = tempfile::tempdir().unwrap();
+        rival(dir.path(), "c1", ip("10.0.0.2"));
+        let state_file = dir.path().join(NETWORK).join("state.json");
+        std::fs::write(&state_file, b"{\"allocations\": [").unwrap();
+        release(dir.path(), NETWORK, ("c1", "eth0")).unwrap();
+        // Left as it was, for an operator: not replaced by a guess.
+        assert_eq!(std::fs::read(&state_file).unwrap(), b"{\"allocations\": [");
+        let error = assign(dir.path(), NETWORK, &ranges(), ("c2", "eth0"), |_, _| {
+            panic!("ADD chose from a damaged state")
+        })
+        .unwrap_err();
+        assert_eq!(error.code, Code::Io);
+        assert!(
+            error.msg.contains(&*state_file.to_string_lossy()) && error.msg.contains("damaged"),
+            "{}",
+            error.msg
+        );
+    }
 }

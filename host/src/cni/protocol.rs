@@ -1,7 +1,7 @@
 //! The invocation as the container runtime makes it: `CNI_*` variables, and
 //! the spec versions this plugin speaks.
 
-use super::error::{CniError, Code};
+use super::error::{CniError, Code, quoted};
 
 /// Spec versions whose results this plugin can write, oldest first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -122,7 +122,7 @@ pub fn parse_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Invocation, Cni
     let command_text = var("CNI_COMMAND")
         .ok_or_else(|| invalid("required env variables [CNI_COMMAND] missing".into()))?;
     let command = Command::parse(&command_text)
-        .ok_or_else(|| invalid(format!("unknown CNI_COMMAND: {command_text}")))?;
+        .ok_or_else(|| invalid(format!("unknown CNI_COMMAND: {}", quoted(&command_text))))?;
     let missing: Vec<&str> = command
         .required()
         .iter()
@@ -160,21 +160,30 @@ fn validate_container_id(id: &str) -> Result<(), String> {
     if first_ok && rest_ok {
         Ok(())
     } else {
-        Err(format!("invalid characters in CNI_CONTAINERID {id:?}"))
+        Err(format!(
+            "invalid characters in CNI_CONTAINERID {}",
+            quoted(id)
+        ))
     }
 }
 
 /// The same rule as libcni: a Linux interface name.
 fn validate_ifname(name: &str) -> Result<(), String> {
     if name.len() > 15 {
-        return Err(format!("CNI_IFNAME {name:?} is longer than 15 characters"));
+        return Err(format!(
+            "CNI_IFNAME {} is longer than 15 characters",
+            quoted(name)
+        ));
     }
     if name == "."
         || name == ".."
         || name.contains(['/', ':'])
         || name.contains(char::is_whitespace)
     {
-        return Err(format!("CNI_IFNAME {name:?} is not a valid interface name"));
+        return Err(format!(
+            "CNI_IFNAME {} is not a valid interface name",
+            quoted(name)
+        ));
     }
     Ok(())
 }
@@ -183,9 +192,12 @@ fn validate_ifname(name: &str) -> Result<(), String> {
 fn parse_args(text: &str) -> Result<PodArgs, String> {
     let mut pod = PodArgs::default();
     for pair in text.split(';').filter(|p| !p.is_empty()) {
-        let (key, value) = pair
-            .split_once('=')
-            .ok_or_else(|| format!("CNI_ARGS: invalid pair {pair:?}, expected KEY=VALUE"))?;
+        let (key, value) = pair.split_once('=').ok_or_else(|| {
+            format!(
+                "CNI_ARGS: invalid pair {}, expected KEY=VALUE",
+                quoted(pair)
+            )
+        })?;
         let slot = match key {
             "K8S_POD_NAMESPACE" => &mut pod.namespace,
             "K8S_POD_NAME" => &mut pod.name,
@@ -221,7 +233,7 @@ mod tests {
         assert_eq!(gc.command, Command::Network(NetworkCommand::Gc));
         assert!(parse_env(&env(&[("CNI_COMMAND", "VERSION")])).is_ok());
         let unknown = parse_env(&env(&[("CNI_COMMAND", "FROB")])).unwrap_err();
-        assert_eq!(unknown.msg, "unknown CNI_COMMAND: FROB");
+        assert_eq!(unknown.msg, "unknown CNI_COMMAND: \"FROB\"");
     }
 
     #[test]
@@ -260,5 +272,10 @@ mod tests {
             let error = full(id, ifname, args).unwrap_err();
             assert_eq!(error.code, Code::InvalidEnvironment, "{id} {ifname} {args}");
         }
+        // A huge bad container ID is echoed only in part.
+        let huge = format!("/{}", "x".repeat(1 << 20));
+        let error = full(&huge, "eth0", "").unwrap_err();
+        assert!(error.msg.len() < 200, "{} bytes", error.msg.len());
+        assert!(error.msg.ends_with('…'), "{}", error.msg);
     }
 }

@@ -4,6 +4,10 @@
 //! old state or the new one, never a mix. A leftover temp file is never
 //! read; the next save overwrites it.
 //!
+//! A state file damaged from outside is never guessed at: ADD, CHECK and
+//! GC refuse it, naming the file; DEL, which the runtime needs to succeed,
+//! releases nothing from it and leaves it for an operator to repair.
+//!
 //! The directory is not fsynced after the rename: that would only make the
 //! latest change survive a power cut, which costs a disk flush per call and
 //! buys nothing, since no container outlives the reboot (host-local syncs
@@ -115,6 +119,26 @@ impl State {
     }
 }
 
+/// A state file that does not parse.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damaged {
+    pub path: PathBuf,
+    pub why: String,
+}
+
+impl Damaged {
+    pub fn error(&self) -> CniError {
+        CniError::new(
+            Code::Io,
+            format!(
+                "state file {} is damaged ({}); repair or remove it",
+                self.path.display(),
+                self.why
+            ),
+        )
+    }
+}
+
 /// A network's state directory, locked while this value lives.
 pub struct Store {
     dir: PathBuf,
@@ -155,12 +179,19 @@ impl Store {
         Ok(Store { dir, _lock: lock })
     }
 
+    /// The state; a damaged file is an error naming it.
     pub fn load(&self) -> Result<State, CniError> {
+        self.read()?.map_err(|damaged| damaged.error())
+    }
+
+    /// The state, or why the file is damaged; errors only when it cannot
+    /// be read at all.
+    pub fn read(&self) -> Result<Result<State, Damaged>, CniError> {
         let path = self.dir.join(STATE_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(State::default());
+                return Ok(Ok(State::default()));
             }
             Err(error) => {
                 return Err(CniError::io(
@@ -171,15 +202,10 @@ impl Store {
         };
         // Only a whole file is ever renamed into place, so a bad one was
         // damaged from outside: refuse rather than forget who holds what.
-        serde_json::from_slice(&bytes).map_err(|error| {
-            CniError::new(
-                Code::Io,
-                format!(
-                    "state file {} is damaged ({error}); repair or remove it",
-                    path.display()
-                ),
-            )
-        })
+        Ok(serde_json::from_slice(&bytes).map_err(|error| Damaged {
+            path,
+            why: error.to_string(),
+        }))
     }
 
     pub fn save(&self, state: &State) -> Result<(), CniError> {
@@ -292,9 +318,16 @@ mod tests {
         store.save(&state).unwrap();
         std::fs::write(data_dir.path().join("net").join(TEMP_FILE), b"{\"allocat").unwrap();
         assert_eq!(store.load().unwrap(), state);
-        std::fs::write(data_dir.path().join("net").join(STATE_FILE), b"{").unwrap();
+        let state_file = data_dir.path().join("net").join(STATE_FILE);
+        std::fs::write(&state_file, b"{").unwrap();
         let error = store.load().unwrap_err();
         assert_eq!(error.code, Code::Io);
         assert!(error.msg.contains("damaged"), "{}", error.msg);
+        assert!(
+            error.msg.contains(&*state_file.to_string_lossy()),
+            "{}",
+            error.msg
+        );
+        assert_eq!(store.read().unwrap().unwrap_err().path, state_file);
     }
 }

@@ -95,9 +95,9 @@ pub async fn claim_from(
     if pool.metadata.deletion_timestamp.is_some() {
         return Err(ClaimError::PoolDeleting(pool_name));
     }
-    let space = AddressSpace::from_spec(&pool.spec).map_err(|reason| ClaimError::InvalidPool {
+    let space = AddressSpace::from_spec(&pool.spec).map_err(|error| ClaimError::InvalidPool {
         pool: pool_name.clone(),
-        reason,
+        reason: error.to_string(),
     })?;
     let existing = allocations(client, &pool_name).await?;
     if let Some(held) = existing

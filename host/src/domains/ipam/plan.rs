@@ -83,8 +83,8 @@ pub fn plan_pool(
     let space = match AddressSpace::from_spec(&pool.spec) {
         Ok(space) => space,
         Err(error) => {
-            plan.status.conditions =
-                vec![condition("Ready", false, "InvalidSpec", &error, pool, &now)];
+            let (reason, message) = (error.reason(), error.to_string());
+            plan.status.conditions = vec![condition("Ready", false, reason, &message, pool, &now)];
             return plan;
         }
     };
@@ -555,6 +555,185 @@ mod tests {
         let plan = plan_pool(&deleting, &[], &pods, None, &registry(), 1, time(10));
         assert!(plan.allocations.is_empty());
         assert_eq!(plan.status.conditions[0].reason, "Deleting");
+    }
+
+    fn pool_of(name: &str, spec: serde_json::Value, created: i64) -> IPPool {
+        let mut pool: IPPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "knit.dev/v1alpha1",
+            "kind": "IPPool",
+            "metadata": { "name": name },
+            "spec": spec,
+        }))
+        .unwrap();
+        pool.metadata.creation_timestamp = Some(time(created));
+        pool
+    }
+
+    fn asking(pool: &str, count: usize) -> Vec<Pod> {
+        (0..count)
+            .map(|i| {
+                pod(
+                    &format!("{pool}-{i}"),
+                    &format!("{pool}-{i}"),
+                    &[(POOL_ANNOTATION, pool)],
+                )
+            })
+            .collect()
+    }
+
+    fn addresses(plan: &PoolPlan) -> Vec<String> {
+        plan.allocations
+            .iter()
+            .map(|a| a.address.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn pools_of_several_wide_ipv6_cidrs_plan_from_every_cidr() {
+        use crate::domains::ipam::address_space::MAX_OFFSETS_PER_CIDR;
+        // (name, /64s, how many leading /64s are excluded, first address).
+        // Before offsets were capped, two /64s had capacity 0 ("pool
+        // exhausted") and three wrapped onto the first.
+        let cases = [
+            ("two /64s", 2, 0, "fd00:0:0:1::1"),
+            ("two /64s, the first excluded", 2, 1, "fd00:0:0:2::1"),
+            ("three /64s, two excluded", 3, 2, "fd00:0:0:3::1"),
+            ("sixteen /64s, fifteen excluded", 16, 15, "fd00:0:0:10::1"),
+        ];
+        let registry = registry();
+        for (name, count, excluded, first) in cases {
+            let cidrs: Vec<String> = (1..=count)
+                .map(|n| format!("fd00:0:0:{n:x}::/64"))
+                .collect();
+            let exclude = cidrs[..excluded].to_vec();
+            let pool = pool_of(
+                "wide",
+                serde_json::json!({ "cidrs": cidrs, "exclude": exclude }),
+                0,
+            );
+            let plan = plan_pool(&pool, &[], &asking("wide", 2), None, &registry, 1, time(0));
+            assert!(plan.refused.is_empty(), "{name}: {:?}", plan.refused);
+            let next = first.replace("::1", "::2");
+            assert_eq!(addresses(&plan), [first, next.as_str()], "{name}");
+            // Each usable /64 counts 2^48 addresses, less its anycast one.
+            let usable = (count - excluded) as u64;
+            assert_eq!(
+                plan.status.capacity,
+                usable * (MAX_OFFSETS_PER_CIDR - 1),
+                "{name}"
+            );
+            assert_eq!(plan.status.free, plan.status.capacity - 2, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_pool_with_overlapping_cidrs_hands_out_nothing() {
+        // Counted twice, 10.2.0.1 was planned for two pods.
+        let pool = pool_of(
+            "twice",
+            serde_json::json!({ "cidrs": ["10.2.0.0/30", "10.2.0.0/29"] }),
+            0,
+        );
+        let plan = plan_pool(
+            &pool,
+            &[],
+            &asking("twice", 3),
+            None,
+            &registry(),
+            1,
+            time(0),
+        );
+        assert!(plan.allocations.is_empty(), "{:?}", addresses(&plan));
+        let ready = &plan.status.conditions[0];
+        assert_eq!(
+            (
+                ready.type_.as_str(),
+                ready.status.as_str(),
+                ready.reason.as_str()
+            ),
+            ("Ready", "False", "OverlappingCIDRs")
+        );
+        assert!(
+            ready
+                .message
+                .contains("cidrs[1] 10.2.0.0/29 overlaps cidrs[0] 10.2.0.0/30"),
+            "{}",
+            ready.message
+        );
+    }
+
+    #[test]
+    fn pools_at_the_top_of_ipv6_are_seen_to_overlap() {
+        let top = serde_json::json!({ "cidrs": ["ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120"] });
+        let older = pool_of("older", top.clone(), 0);
+        let younger = pool_of("younger", top, 5);
+        let pools = [older.clone(), younger.clone()];
+        assert_eq!(overlapping_pool(&older, &pools), None);
+        assert_eq!(overlapping_pool(&younger, &pools).as_deref(), Some("older"));
+    }
+
+    #[test]
+    fn ipv6_pools_never_hand_out_the_subnet_router_anycast_address() {
+        let pool = pool_of(
+            "v6",
+            serde_json::json!({ "cidrs": ["fd00::/64", "fd01::/120"] }),
+            0,
+        );
+        let registry = registry();
+        let plan = plan_pool(&pool, &[], &asking("v6", 1), None, &registry, 1, time(0));
+        assert_eq!(addresses(&plan), ["fd00::1"]);
+        // Not even when a pod asks for it by annotation.
+        let pods = [pod(
+            "a",
+            "a",
+            &[(POOL_ANNOTATION, "v6"), (ADDRESS_ANNOTATION, "fd01::")],
+        )];
+        let plan = plan_pool(&pool, &[], &pods, None, &registry, 1, time(0));
+        assert_eq!(addresses(&plan), ["fd00::1"]);
+    }
+
+    /// `knit simulate` over pools that once gave two pods one address.
+    #[test]
+    fn simulate_never_plans_one_address_twice() {
+        let pod = |name: &str, pool: &str| {
+            format!(
+                "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: default, uid: {name}, annotations: {{knit.dev/ippool: {pool}}}}}\nspec: {{containers: [{{name: c, image: i}}]}}\n"
+            )
+        };
+        let pool = |name: &str, cidrs: &str| {
+            format!(
+                "---\napiVersion: knit.dev/v1alpha1\nkind: IPPool\nmetadata: {{name: {name}}}\nspec: {{cidrs: {cidrs}}}\n"
+            )
+        };
+        let top = "['ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120']";
+        let cases = [
+            (
+                "overlapping CIDRs in one pool",
+                [
+                    pool("p", "[10.2.0.0/30, 10.2.0.0/29]"),
+                    pod("a", "p"),
+                    pod("b", "p"),
+                    pod("c", "p"),
+                ]
+                .concat(),
+            ),
+            (
+                "two pools at the top of IPv6",
+                [pool("p", top), pool("q", top), pod("a", "p"), pod("b", "q")].concat(),
+            ),
+        ];
+        let registry = registry();
+        for (name, stream) in cases {
+            let mut manifests = crate::simulate::Manifests::default();
+            manifests.add_stream(&stream).unwrap();
+            let planned: Vec<String> = crate::simulate::simulate(&manifests, &registry, 1)
+                .into_iter()
+                .filter(|(what, _)| what.starts_with("apply: address"))
+                .map(|(_, allocation)| allocation["spec"]["address"].as_str().unwrap().to_string())
+                .collect();
+            let distinct: std::collections::BTreeSet<&String> = planned.iter().collect();
+            assert_eq!(distinct.len(), planned.len(), "{name}: {planned:?}");
+        }
     }
 
     #[test]

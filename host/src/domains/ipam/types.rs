@@ -47,6 +47,11 @@ pub struct IPPoolSpec {
     #[x_kube(validation = Rule::new(
         "self.all(c, !isCIDR(c) || !isCIDR(self[0]) || cidr(c).ip().family() == cidr(self[0]).ip().family())"
     ).message("all CIDRs of a pool must be of one address family"))]
+    // Each CIDR overlaps exactly one entry, itself: no overlap, no repeat.
+    // Pairwise, which `max = 16` keeps within the API server's cost limit.
+    #[x_kube(validation = Rule::new(
+        "self.all(a, !isCIDR(a) || self.exists_one(b, isCIDR(b) && (cidr(a).containsCIDR(cidr(b)) || cidr(b).containsCIDR(cidr(a)))))"
+    ).message("the CIDRs of a pool must not overlap or repeat: an address would count twice"))]
     pub cidrs: Vec<String>,
     /// Never handed out; must lie inside the pool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -72,10 +77,31 @@ pub struct IPPoolSpec {
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Strategy {
+    /// A plugin name, never a path: knit-ipam looks for `<plugin>.wasm` in
+    /// its plugins directory.
     #[serde(default = "default_strategy_plugin")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
+    )]
     pub plugin: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, String>,
+}
+
+/// The longest plugin name accepted.
+pub const MAX_PLUGIN_NAME: usize = 128;
+
+/// A plugin name, as `Strategy.plugin`'s schema has it: letters, digits,
+/// `-`, `_` and `.`, not leading, at most `MAX_PLUGIN_NAME`. Never a path,
+/// so `<plugins dir>/<name>.wasm` stays in the plugins directory.
+pub fn is_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PLUGIN_NAME
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn default_strategy_plugin() -> String {
