@@ -227,27 +227,13 @@ fn bad_config_is_the_plugins_answer_not_a_failure() {
     }
 }
 
-/// Asks the liar in each mode of `modes` for an answer to `request`;
-/// every answer must be refused as a bad output with the mode's reason.
-/// All modes are tried before failing, so one run shows every check that
-/// does not hold.
+/// Asks the liar in each mode of `modes` for an answer to `request`; see
+/// `common::assert_refused`.
 fn assert_refused(registry: &Registry, liar: &[u8], request: &Request, modes: &[(&str, &str)]) {
-    let wrong: Vec<String> = modes
-        .iter()
-        .filter_map(|&(mode, reason)| {
-            let plugin = load(registry, &format!("liar-{mode}"), liar, &[("mode", mode)]);
-            match plugin.allocate_listeners(request, &[]) {
-                Err(error @ CallError::BadOutput { .. }) => {
-                    let said = error.to_string();
-                    let refused = matches!(&error, CallError::BadOutput { reason: r, .. } if r == reason)
-                        && said.contains("returned an answer the host refuses");
-                    (!refused).then(|| format!("{mode}: {said}"))
-                }
-                other => Some(format!("{mode}: {other:?}")),
-            }
-        })
-        .collect();
-    assert!(wrong.is_empty(), "{wrong:#?}");
+    common::assert_refused(modes, |mode| {
+        load(registry, &format!("liar-{mode}"), liar, &[("mode", mode)])
+            .allocate_listeners(request, &[])
+    });
 }
 
 #[test]
@@ -273,6 +259,16 @@ fn the_host_refuses_a_lying_plan_and_the_wrong_world() {
             (
                 "unknown-listener",
                 "\"no-such-listener\" is not a listener of the service",
+            ),
+            // A plugin's names are refused, never quoted whole or raw: the
+            // refusal reaches a condition, an Event and the logs.
+            (
+                "huge-name",
+                "a listener name is 4194304 bytes long; the limit is 253",
+            ),
+            (
+                "escape-name",
+                "a listener name \"l-0 \u{fffd}[2J\u{fffd}[31mforged\" contains control characters",
             ),
         ],
     );

@@ -308,27 +308,18 @@ fn bad_config_and_bad_requests_are_the_plugins_answer_not_a_failure() {
     );
 }
 
-/// Asks the liar in each mode of `modes` for an answer to `request`;
-/// every answer must be refused as a bad output with the mode's reason.
-/// All modes are tried before failing, so one run shows every check that
-/// does not hold.
+/// Asks the liar in each mode of `modes` for an answer to `request`; see
+/// `common::assert_refused`.
 fn assert_refused(registry: &Registry, liar: &[u8], request: &Request, modes: &[(&str, &str)]) {
-    let wrong: Vec<String> = modes
-        .iter()
-        .filter_map(|&(mode, reason)| {
-            let plugin = load(registry, &format!("tunnel-liar-{mode}"), liar, &[("mode", mode)]);
-            match plugin.map_tunnel(request, &[]) {
-                Err(error @ CallError::BadOutput { .. }) => {
-                    let said = error.to_string();
-                    let refused = matches!(&error, CallError::BadOutput { reason: r, .. } if r == reason)
-                        && said.contains("returned an answer the host refuses");
-                    (!refused).then(|| format!("{mode}: {said}"))
-                }
-                other => Some(format!("{mode}: {other:?}")),
-            }
-        })
-        .collect();
-    assert!(wrong.is_empty(), "{wrong:#?}");
+    common::assert_refused(modes, |mode| {
+        load(
+            registry,
+            &format!("tunnel-liar-{mode}"),
+            liar,
+            &[("mode", mode)],
+        )
+        .map_tunnel(request, &[])
+    });
 }
 
 #[test]
