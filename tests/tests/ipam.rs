@@ -461,9 +461,16 @@ async fn strategy_changes_take_effect_without_a_restart() {
     std::fs::write(&temp, &dense_pack).unwrap();
     std::fs::rename(&temp, plugins_dir.path().join("ipam-sequential.wasm")).unwrap();
     let digest = knit::runtime::digest_of(&dense_pack);
+    let source = format!(
+        "file {}",
+        plugins_dir.path().join("ipam-sequential.wasm").display()
+    );
     knit_tests::eventually("the pool served by the new file", WAIT, || async {
         let status = pool_status(&client, &pool_name).await?;
-        (status.plugin_digest.as_deref() == Some(digest.as_str())).then_some(())
+        // The status says which file overrides the built-in.
+        (status.plugin_digest.as_deref() == Some(digest.as_str())
+            && status.plugin_source.as_deref() == Some(source.as_str()))
+        .then_some(())
     })
     .await;
     create_pod(&client, &namespace, "f", &pool_name).await;

@@ -211,6 +211,7 @@ pub fn plan_pool(
     if let Ok(plugin) = &plugin {
         status.plugin = Some(plugin.name_version());
         status.plugin_digest = Some(plugin.digest.clone());
+        status.plugin_source = plugin.source.as_ref().map(ToString::to_string);
     }
     let in_use = status.allocated;
     let exhausted = status.free == 0;

@@ -136,6 +136,11 @@ pub struct IPPoolStatus {
     pub plugin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_digest: Option<String>,
+    /// Where that version came from: `built-in`, `file <path>` (the plugins
+    /// directory, which overrides a built-in of the same name) or `Plugin
+    /// <name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_source: Option<String>,
     /// The address handed out last: where a sequential strategy goes on
     /// from (host-local's `last_reserved_ip`). Written by every allocator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
