@@ -38,7 +38,15 @@ pub fn scan(dir: &Path) -> std::io::Result<BTreeMap<String, PathBuf>> {
         if let Some(name) = file_name.strip_suffix(".wasm")
             && path.is_file()
         {
-            found.insert(name.to_string(), path);
+            // The file's name becomes the plugin's, in logs, metrics and status.
+            match super::plugin::plugin_name(name.to_string()) {
+                Ok(name) => {
+                    found.insert(name, path);
+                }
+                Err(why) => {
+                    tracing::warn!("skipping {file_name:?} in the plugins directory: {why}")
+                }
+            }
         }
     }
     Ok(found)

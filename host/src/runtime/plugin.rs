@@ -329,7 +329,7 @@ const PLUGIN_NAME_LIMIT: usize = 63;
 /// The name a plugin describes itself by, if it is one: policies, status
 /// and file names use it, so letters, digits, `-`, `_` and `.`, starting
 /// with a letter or digit.
-fn plugin_name(name: String) -> Result<String, String> {
+pub(super) fn plugin_name(name: String) -> Result<String, String> {
     let name = text::identifier("the name", name, PLUGIN_NAME_LIMIT)?;
     let valid = name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name
@@ -393,6 +393,26 @@ mod tests {
         assert!(!compatible("0.2.0", "0.1.0"));
         assert!(!compatible("1.0.0", "0.1.0"));
         assert!(!compatible("garbage", "0.1.0"));
+    }
+
+    #[test]
+    fn plugin_names() {
+        let cases = [
+            ("built-in", "ipam-sequential", true),
+            ("cargo's file name", "ipam_sequential", true),
+            ("dotted", "acme.ipam.v2", true),
+            ("empty", "", false),
+            ("leading dash", "-x", false),
+            ("leading dot", ".hidden", false),
+            ("space", "my plugin", false),
+            ("newline", "evil\nname", false),
+            ("path", "../x", false),
+            ("64 bytes", &"n".repeat(64), false),
+            ("63 bytes", &"n".repeat(63), true),
+        ];
+        for (case, name, valid) in cases {
+            assert_eq!(plugin_name(name.to_string()).is_ok(), valid, "case {case}");
+        }
     }
 
     #[test]
