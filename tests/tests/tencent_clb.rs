@@ -20,7 +20,7 @@ fn options(endpoint: &str) -> ClientOptions {
         endpoint: endpoint.to_owned(),
         timeout: Duration::from_secs(5),
         retry: RetryPolicy {
-            max_attempts: 8,
+            attempts: 8,
             base_delay: Duration::from_millis(20),
             max_delay: Duration::from_millis(400),
         },
@@ -341,7 +341,7 @@ async fn retries_are_bounded() {
     assert_eq!(
         fake.calls("DescribeListeners"),
         8,
-        "max_attempts calls, no more"
+        "attempts calls, no more"
     );
 }
 

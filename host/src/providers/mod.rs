@@ -2,4 +2,6 @@
 //! apart from the HTTP exchange, so it is tested against published vectors.
 
 pub mod cloudflare;
+pub mod retry;
+pub mod secret;
 pub mod tencent;

@@ -11,6 +11,7 @@ use super::{
     ApiMessage, ApiToken, DnsFilter, DnsRecord, Error, NewDnsRecord, NewRoute, NewVirtualNetwork,
     Route, RouteFilter, Tunnel, TunnelConfig, TunnelConfiguration, TunnelToken, VirtualNetwork,
 };
+pub use crate::providers::retry::RetryPolicy;
 
 /// The public API; tests point the client at a fake over plain HTTP.
 pub const API_BASE: &str = "https://api.cloudflare.com/client/v4";
@@ -25,54 +26,16 @@ const ZONES_PER_PAGE: u32 = 50;
 /// says it is done.
 const MAX_PAGES: u32 = 10_000;
 
-/// Bounded retries: server errors (5xx) and requests that never reached the
+/// Retries here: server errors (5xx) and requests that never reached the
 /// server wait with exponential backoff and jitter; 429 waits what
-/// `Retry-After` says, at most `max_delay`. Other 4xx are not retried.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Calls in all, the first included; 1 disables retries.
-    pub attempts: u32,
-    /// The pause after the first failure; it doubles after each one.
-    pub base_delay: Duration,
-    /// The longest pause, `Retry-After` included.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// At most about 15 s of waiting before the error goes back to the
-    /// controller, whose own requeue takes over from there.
-    fn default() -> Self {
-        RetryPolicy {
-            attempts: 5,
-            base_delay: Duration::from_millis(200),
-            max_delay: Duration::from_secs(10),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The pause before retry number `retry` (0 for the first): between half
-    /// and all of the exponential step, so clients that failed together do
-    /// not come back together.
-    pub fn delay(&self, retry: u32) -> Duration {
-        let step = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(retry))
-            .min(self.max_delay);
-        let half = step / 2;
-        let spread = u64::try_from((step - half).as_micros()).unwrap_or(u64::MAX);
-        half + Duration::from_micros(rand::random_range(0..=spread))
-    }
-
-    /// The pause a 429 asks for, capped at `max_delay`; without a
-    /// `Retry-After`, the ordinary backoff.
-    fn rate_limit_delay(&self, retry_after: Option<Duration>, retry: u32) -> Duration {
-        match retry_after {
-            Some(after) => after.min(self.max_delay),
-            None => self.delay(retry),
-        }
-    }
-}
+/// `Retry-After` says, at most `max_delay`. Other 4xx are not retried. At
+/// most about 15 s of waiting before the error goes back to the controller,
+/// whose own requeue takes over from there.
+pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 5,
+    base_delay: Duration::from_millis(200),
+    max_delay: Duration::from_secs(10),
+};
 
 /// A client of the Cloudflare API v4 for the calls knit makes. Cheap to
 /// clone (one connection pool).
@@ -274,7 +237,7 @@ impl CloudflareClient {
             http,
             base,
             authorization,
-            retry: RetryPolicy::default(),
+            retry: DEFAULT_RETRY,
         })
     }
 
@@ -751,7 +714,7 @@ impl CloudflareClient {
             }
             let delay = match &error {
                 Error::RateLimited { retry_after, .. } => {
-                    self.retry.rate_limit_delay(*retry_after, attempt - 1)
+                    self.retry.delay_after(*retry_after, attempt - 1)
                 }
                 error if error.is_retryable(idempotent) => self.retry.delay(attempt - 1),
                 _ => return Err(error),
@@ -1011,30 +974,6 @@ mod tests {
         assert!(ResultInfo::default().more_after(1, 100, 100));
         assert!(!ResultInfo::default().more_after(1, 99, 100));
         assert!(!info(Some(1), Some(5), None, Some(9)).more_after(1, 0, 100));
-    }
-
-    #[test]
-    fn retry_delays_grow_stay_bounded_and_jitter() {
-        let policy = RetryPolicy {
-            attempts: 10,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
-        for retry in 0..12 {
-            let step = Duration::from_millis(100 * 2u64.pow(retry)).min(Duration::from_secs(1));
-            let delay = policy.delay(retry);
-            assert!(delay >= step / 2 && delay <= step, "{delay:?} for {step:?}");
-        }
-        assert!(policy.delay(500) <= policy.max_delay);
-        assert_eq!(
-            policy.rate_limit_delay(Some(Duration::from_secs(60)), 0),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            policy.rate_limit_delay(Some(Duration::from_millis(300)), 0),
-            Duration::from_millis(300)
-        );
-        assert_eq!(RetryPolicy::default().attempts, 5);
     }
 
     #[test]

@@ -1,7 +1,6 @@
 use std::fmt;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
 
 /// The data key of the credentials Secret that holds the API token (the
 /// seeds create it with `--from-literal=CLOUDFLARE_API_TOKEN=...`).
@@ -13,26 +12,15 @@ pub const TOKEN_KEY: &str = "CLOUDFLARE_API_TOKEN";
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiToken(String);
 
-/// Why a Secret does not hold a usable token. Names the Secret and the key,
-/// never the value.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum TokenError {
-    #[error("Secret {secret} has no data key {key:?}")]
-    MissingKey { secret: String, key: String },
-    #[error("Secret {secret}: data key {key:?} is empty")]
-    Empty { secret: String, key: String },
-    #[error("Secret {secret}: data key {key:?} is not UTF-8")]
-    NotUtf8 { secret: String, key: String },
-}
+/// Why a Secret does not hold a usable token.
+pub type TokenError = crate::providers::secret::SecretKeyError;
 
 impl ApiToken {
     pub fn new(token: impl Into<String>) -> Self {
         ApiToken(token.into())
     }
 
-    /// Reads `CLOUDFLARE_API_TOKEN` from a Secret's `data` (or `stringData`,
-    /// for a Secret read from a manifest rather than the API). Surrounding
-    /// whitespace is dropped: a token pasted with `echo` ends in a newline.
+    /// Reads `CLOUDFLARE_API_TOKEN` from a Secret (see `secret::read_key`).
     pub fn from_secret(secret: &Secret) -> Result<Self, TokenError> {
         Self::from_secret_key(secret, TOKEN_KEY)
     }
@@ -40,38 +28,7 @@ impl ApiToken {
     /// Like `from_secret`, for a Secret that keeps the token under another
     /// key.
     pub fn from_secret_key(secret: &Secret, key: &str) -> Result<Self, TokenError> {
-        let name = match secret.namespace() {
-            Some(namespace) => format!("{namespace}/{}", secret.name_any()),
-            None => secret.name_any(),
-        };
-        let bytes = secret
-            .data
-            .as_ref()
-            .and_then(|data| data.get(key))
-            .map(|value| value.0.as_slice())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|data| data.get(key))
-                    .map(String::as_bytes)
-            })
-            .ok_or_else(|| TokenError::MissingKey {
-                secret: name.clone(),
-                key: key.to_owned(),
-            })?;
-        let text = std::str::from_utf8(bytes).map_err(|_| TokenError::NotUtf8 {
-            secret: name.clone(),
-            key: key.to_owned(),
-        })?;
-        let text = text.trim();
-        if text.is_empty() {
-            return Err(TokenError::Empty {
-                secret: name,
-                key: key.to_owned(),
-            });
-        }
-        Ok(ApiToken(text.to_owned()))
+        crate::providers::secret::read_key(secret, key).map(ApiToken)
     }
 
     pub(super) fn expose(&self) -> &str {

@@ -5,6 +5,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{Credentials, Error, TaskId, TaskStatus, sign};
+pub use crate::providers::retry::RetryPolicy;
+use crate::providers::retry::{exponential, jitter};
 
 /// The CLB API version every action here is documented under.
 pub const CLB_VERSION: &str = "2018-03-17";
@@ -33,45 +35,20 @@ impl ClientOptions {
             region: region.into(),
             endpoint: CLB_ENDPOINT.to_owned(),
             timeout: Duration::from_secs(10),
-            retry: RetryPolicy::default(),
+            retry: DEFAULT_RETRY,
             task_polling: TaskPolling::default(),
         }
     }
 }
 
-/// Bounded retries with exponential backoff and jitter, for errors
-/// `Error::is_retryable` accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Calls in all, the first included; 1 disables retries.
-    pub max_attempts: u32,
-    /// The pause after the first failure; it doubles after each one.
-    pub base_delay: Duration,
-    /// The longest pause.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// About 20 s of retries in all: long enough for a CLB task (seconds)
-    /// to free its LB, short enough to hand the error back to the
-    /// controller's own requeue.
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 8,
-            base_delay: Duration::from_millis(250),
-            max_delay: Duration::from_secs(5),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// The pause before retry number `retry` (0 for the first): between half
-    /// and all of the exponential step, so clients throttled together do not
-    /// come back together.
-    pub fn delay(&self, retry: u32) -> Duration {
-        jitter(exponential(self.base_delay, self.max_delay, retry))
-    }
-}
+/// Retries of errors `Error::is_retryable` accepts: about 20 s in all, long
+/// enough for a CLB task (seconds) to free its LB, short enough to hand the
+/// error back to the controller's own requeue.
+pub const DEFAULT_RETRY: RetryPolicy = RetryPolicy {
+    attempts: 8,
+    base_delay: Duration::from_millis(250),
+    max_delay: Duration::from_secs(5),
+};
 
 /// How `wait_task` polls `DescribeTaskStatus`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,18 +68,6 @@ impl Default for TaskPolling {
             timeout: Duration::from_secs(120),
         }
     }
-}
-
-/// `base * 2^step`, at most `max`.
-fn exponential(base: Duration, max: Duration, step: u32) -> Duration {
-    base.saturating_mul(2u32.saturating_pow(step)).min(max)
-}
-
-/// A random duration in `[delay / 2, delay]`.
-fn jitter(delay: Duration) -> Duration {
-    let half = delay / 2;
-    let spread = u64::try_from((delay - half).as_micros()).unwrap_or(u64::MAX);
-    half + Duration::from_micros(rand::random_range(0..=spread))
 }
 
 /// A client of the CLB API (version 2018-03-17) for one region.
@@ -187,9 +152,7 @@ impl ClbClient {
         let mut retry = 0;
         loop {
             match self.send(action, &payload).await {
-                Err(error)
-                    if error.is_retryable() && retry + 1 < self.options.retry.max_attempts =>
-                {
+                Err(error) if error.is_retryable() && retry + 1 < self.options.retry.attempts => {
                     let delay = self.options.retry.delay(retry);
                     tracing::debug!(action, %error, ?delay, retry, "retrying Tencent Cloud call");
                     tokio::time::sleep(delay).await;
@@ -366,29 +329,6 @@ mod tests {
         )
         .unwrap_err();
         assert!(error.to_string().contains("TotalCount"), "{error}");
-    }
-
-    #[test]
-    fn retry_delays_grow_stay_bounded_and_jitter() {
-        let policy = RetryPolicy {
-            max_attempts: 10,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
-        for retry in 0..10 {
-            let step = exponential(policy.base_delay, policy.max_delay, retry);
-            assert_eq!(
-                step,
-                Duration::from_millis(100 * 2u64.pow(retry)).min(Duration::from_secs(1))
-            );
-            let delay = policy.delay(retry);
-            assert!(delay >= step / 2 && delay <= step, "{delay:?} for {step:?}");
-        }
-        // Far past the cap nothing overflows.
-        assert_eq!(
-            exponential(policy.base_delay, policy.max_delay, 200),
-            policy.max_delay
-        );
     }
 
     #[test]

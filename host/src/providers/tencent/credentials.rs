@@ -1,7 +1,6 @@
 use std::fmt;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::ResourceExt;
 
 /// A Tencent Cloud API key pair. The secret key never leaves this type
 /// except to derive a signing key: `Debug` redacts it and no error carries it.
@@ -15,17 +14,8 @@ pub struct Credentials {
 pub const SECRET_ID_KEY: &str = "secretId";
 pub const SECRET_KEY_KEY: &str = "secretKey";
 
-/// Why a Secret does not hold usable credentials. Names the Secret and the
-/// key, never a value.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CredentialsError {
-    #[error("Secret {secret} has no data key {key:?}")]
-    MissingKey { secret: String, key: &'static str },
-    #[error("Secret {secret}: data key {key:?} is empty")]
-    Empty { secret: String, key: &'static str },
-    #[error("Secret {secret}: data key {key:?} is not UTF-8")]
-    NotUtf8 { secret: String, key: &'static str },
-}
+/// Why a Secret does not hold usable credentials.
+pub type CredentialsError = crate::providers::secret::SecretKeyError;
 
 impl Credentials {
     pub fn new(secret_id: impl Into<String>, secret_key: impl Into<String>) -> Self {
@@ -35,45 +25,10 @@ impl Credentials {
         }
     }
 
-    /// Reads `secretId` and `secretKey` from a Secret's `data` (or
-    /// `stringData`, for a Secret read from a manifest rather than the API).
-    /// Surrounding whitespace is dropped: a key written with `echo` into a
-    /// file ends in a newline, and the API refuses keys with spaces around.
+    /// Reads `secretId` and `secretKey` from a Secret (see
+    /// `secret::read_key`).
     pub fn from_secret(secret: &Secret) -> Result<Self, CredentialsError> {
-        let name = match secret.namespace() {
-            Some(namespace) => format!("{namespace}/{}", secret.name_any()),
-            None => secret.name_any(),
-        };
-        let read = |key: &'static str| -> Result<String, CredentialsError> {
-            let bytes = secret
-                .data
-                .as_ref()
-                .and_then(|data| data.get(key))
-                .map(|value| value.0.as_slice())
-                .or_else(|| {
-                    secret
-                        .string_data
-                        .as_ref()
-                        .and_then(|data| data.get(key))
-                        .map(String::as_bytes)
-                })
-                .ok_or_else(|| CredentialsError::MissingKey {
-                    secret: name.clone(),
-                    key,
-                })?;
-            let text = std::str::from_utf8(bytes).map_err(|_| CredentialsError::NotUtf8 {
-                secret: name.clone(),
-                key,
-            })?;
-            let text = text.trim();
-            if text.is_empty() {
-                return Err(CredentialsError::Empty {
-                    secret: name.clone(),
-                    key,
-                });
-            }
-            Ok(text.to_owned())
-        };
+        let read = |key| crate::providers::secret::read_key(secret, key);
         Ok(Credentials::new(
             read(SECRET_ID_KEY)?,
             read(SECRET_KEY_KEY)?,
@@ -156,7 +111,7 @@ mod tests {
             error,
             CredentialsError::MissingKey {
                 secret: "knit-system/tencent".into(),
-                key: "secretId"
+                key: "secretId".into()
             }
         );
     }
@@ -170,10 +125,7 @@ mod tests {
         .unwrap_err();
         assert!(matches!(
             error,
-            CredentialsError::Empty {
-                key: "secretKey",
-                ..
-            }
+            CredentialsError::Empty { key, .. } if key == "secretKey"
         ));
         let error = Credentials::from_secret(&secret(serde_json::json!({
             "secretId": "QUtJRGV4YW1wbGU=",
@@ -182,10 +134,7 @@ mod tests {
         .unwrap_err();
         assert!(matches!(
             error,
-            CredentialsError::NotUtf8 {
-                key: "secretKey",
-                ..
-            }
+            CredentialsError::NotUtf8 { key, .. } if key == "secretKey"
         ));
     }
 
