@@ -19,7 +19,6 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
-use super::claim::replay_seed;
 use super::expectations::Expectations;
 use super::metrics::IpamMetrics;
 use super::plan::{cooled_down, overlapping_pool, plan_pool, pod_addresses};
@@ -27,6 +26,7 @@ use super::types::{
     ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, POOL_ANNOTATION, POOL_FINALIZER,
     allocation_name,
 };
+use crate::domains::replay_seed;
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 

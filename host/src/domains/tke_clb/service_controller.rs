@@ -431,9 +431,7 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
         free: plan::free_ports(service, &lbs, &own),
         observed_generation: service.metadata.generation,
         conditions: vec![condition(service, ready, reason, &message)],
-        plugin: Some(plugin.name_version()),
-        plugin_digest: Some(plugin.digest.clone()),
-        plugin_source: plugin.source.as_ref().map(ToString::to_string),
+        decided_by: crate::domains::PluginStatus::of(&plugin),
     };
     write_status(service, ctx, status).await?;
 
@@ -455,12 +453,7 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
 /// The seed for a random spread: stable for a service in a given state, so
 /// a replay with `knit simulate` gives the same answer.
 fn seed_for(service: &DedicatedCLBService, listeners: usize) -> u64 {
-    let uid = service.uid().unwrap_or_default();
-    let mut seed = 0xcbf2_9ce4_8422_2325u64;
-    for byte in uid.bytes() {
-        seed = (seed ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
-    }
-    seed ^ listeners as u64
+    crate::domains::replay_seed(&[&service.uid().unwrap_or_default(), &listeners.to_string()])
 }
 
 async fn cleanup(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, Error> {
