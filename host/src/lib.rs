@@ -1,5 +1,5 @@
 //! knit: a Kubernetes controller for edge networking whose decisions are
-//! WebAssembly components. See DESIGN.md in the repository for the map.
+//! WebAssembly components. The README's Layout section is the map.
 
 pub mod cli;
 pub mod cni;

@@ -442,8 +442,7 @@ fn simulate_clb(
     let status = DedicatedCLBServiceStatus {
         allocated: listeners.len() as u64,
         free: clb_plan::free_ports(service, &lbs, &listener_refs),
-        plugin: Some(plugin.name_version()),
-        plugin_digest: Some(plugin.digest.clone()),
+        decided_by: crate::domains::PluginStatus::of(&plugin),
         ..Default::default()
     };
     out.push((

@@ -128,7 +128,7 @@ async fn pool_status(client: &Client, pool: &str) -> Option<IPPoolStatus> {
 /// Waits until the pool reports decisions by a plugin `name@...`.
 async fn wait_for_plugin(client: &Client, pool: &str, prefix: &str) {
     knit_tests::eventually(&format!("{pool} served by {prefix}"), WAIT, || async {
-        let plugin = pool_status(client, pool).await?.plugin?;
+        let plugin = pool_status(client, pool).await?.decided_by.plugin?;
         plugin.starts_with(prefix).then_some(())
     })
     .await
@@ -468,8 +468,8 @@ async fn strategy_changes_take_effect_without_a_restart() {
     knit_tests::eventually("the pool served by the new file", WAIT, || async {
         let status = pool_status(&client, &pool_name).await?;
         // The status says which file overrides the built-in.
-        (status.plugin_digest.as_deref() == Some(digest.as_str())
-            && status.plugin_source.as_deref() == Some(source.as_str()))
+        (status.decided_by.plugin_digest.as_deref() == Some(digest.as_str())
+            && status.decided_by.plugin_source.as_deref() == Some(source.as_str()))
         .then_some(())
     })
     .await;

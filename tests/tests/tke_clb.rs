@@ -393,7 +393,13 @@ async fn the_seed_example_reconciles_unchanged() {
     let status = service.status.unwrap();
     assert_eq!(status.allocated, 6);
     assert_eq!(status.load_balancers.len(), 3);
-    assert!(status.plugin.unwrap().starts_with("clb-allocator@"));
+    assert!(
+        status
+            .decided_by
+            .plugin
+            .unwrap()
+            .starts_with("clb-allocator@")
+    );
 
     // Clean up the fixed namespace for a rerun against the same server.
     Api::<DedicatedCLBService>::namespaced(world.client.clone(), "demo")

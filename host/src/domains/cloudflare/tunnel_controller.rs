@@ -348,9 +348,7 @@ async fn serve<K: TunnelObject>(
         let plugin = plugin.clone();
         crate::runtime::spawn_call(move || plugin.map_tunnel(&request, &config)).await?
     };
-    status.plugin = Some(plugin.reference().to_string());
-    status.plugin_digest = Some(plugin.digest.clone());
-    status.plugin_source = plugin.source.as_ref().map(ToString::to_string);
+    status.decided_by = crate::domains::PluginStatus::of(&plugin);
     let mapping = match mapped {
         Ok(Ok(mapping)) => mapping,
         Ok(Err(why)) => return Ok(Outcome::failed("InvalidConfig", why)),

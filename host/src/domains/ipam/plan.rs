@@ -209,9 +209,7 @@ pub fn plan_pool(
         format!("{:.1}", status.allocated as f64 * 100.0 / capacity as f64)
     };
     if let Ok(plugin) = &plugin {
-        status.plugin = Some(plugin.name_version());
-        status.plugin_digest = Some(plugin.digest.clone());
-        status.plugin_source = plugin.source.as_ref().map(ToString::to_string);
+        status.decided_by = crate::domains::PluginStatus::of(plugin);
     }
     let in_use = status.allocated;
     let exhausted = status.free == 0;

@@ -131,16 +131,10 @@ pub struct IPPoolStatus {
     /// Allocated share of capacity, in percent, e.g. "42.5".
     #[serde(default)]
     pub utilization: String,
-    /// The plugin that made the last decision: `name@version`, and its digest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin_digest: Option<String>,
-    /// Where that version came from: `built-in`, `file <path>` (the plugins
-    /// directory, which overrides a built-in of the same name) or `Plugin
-    /// <name>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin_source: Option<String>,
+    /// The strategy that made the last decision (`plugin`, `pluginDigest`,
+    /// `pluginSource`).
+    #[serde(flatten)]
+    pub decided_by: crate::domains::PluginStatus,
     /// The address handed out last: where a sequential strategy goes on
     /// from (host-local's `last_reserved_ip`). Written by every allocator.
     #[serde(default, skip_serializing_if = "Option::is_none")]

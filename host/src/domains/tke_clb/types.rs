@@ -99,17 +99,10 @@ pub struct DedicatedCLBServiceStatus {
     /// Listener ports still free, over all CLBs.
     #[serde(default)]
     pub free: u64,
-    /// The allocator that made the last decision: `name@version`, and its
-    /// digest.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin_digest: Option<String>,
-    /// Where that version came from: `built-in`, `file <path>` (the plugins
-    /// directory, which overrides a built-in of the same name) or `Plugin
-    /// <name>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub plugin_source: Option<String>,
+    /// The allocator that made the last decision (`plugin`, `pluginDigest`,
+    /// `pluginSource`).
+    #[serde(flatten)]
+    pub decided_by: crate::domains::PluginStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
