@@ -10,7 +10,8 @@
 //! against a fresh read of the LB at the start of each round, so a listener
 //! or target changed outside knit is put back, a listener created just
 //! before a restart is adopted by its name instead of created twice, and a
-//! port held by something else is reported, not fought over.
+//! port held by something else is reported, not fought over. What a round
+//! changes is decided purely in `clb_diff`; this file does the calls.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -18,29 +19,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::clb_diff::{self, Existing, Placement, Snapshot, TargetChanges};
+pub use super::clb_diff::{Desired, ListenerKey};
 use super::cloud::{CloudError, TencentCloud};
 use crate::providers::tencent::{
-    self, BatchTarget, ClbClient, ListenerFilter, ListenerTargets, Protocol, Target,
+    self, ClbClient, ListenerFilter, ListenerTargets, Protocol, Target,
 };
-
-/// What one `DedicatedCLBListener` wants on its CLB.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Desired {
-    pub listener: ListenerKey,
-    /// The pod IP and port to forward to; `None` leaves the listener
-    /// without targets.
-    pub backend: Option<(String, u16)>,
-}
-
-/// Which CLB listener an object stands for: its name on the CLB (knit's
-/// mark of ownership), protocol and port, and its ID once known.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListenerKey {
-    pub name: String,
-    pub listener_id: Option<String>,
-    pub protocol: Protocol,
-    pub port: u16,
-}
 
 /// A listener in place, with its backend registered.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,14 +205,6 @@ async fn ask<T>(queue: &Queue, op: impl FnOnce(Reply<T>) -> Op) -> Result<T, Que
     })
 }
 
-/// The port space a protocol's listeners share on an LB.
-fn transport(protocol: Protocol) -> u8 {
-    match protocol {
-        Protocol::Udp | Protocol::Quic => 1,
-        _ => 0,
-    }
-}
-
 /// The API's limits per call.
 const PORTS_PER_CREATE: usize = 20;
 const LISTENERS_PER_DELETE: usize = 20;
@@ -242,50 +218,6 @@ struct Worker {
     vips: Option<Vec<String>>,
     quota_reached_at: Option<u32>,
     view: SharedView,
-}
-
-/// One listener as a round sees it.
-#[derive(Clone, Debug)]
-struct Existing {
-    protocol: Protocol,
-    port: u16,
-    name: String,
-    targets: Vec<Target>,
-}
-
-/// The LB at the start of a round, updated by the round's own writes.
-struct Snapshot {
-    found: bool,
-    listeners: BTreeMap<String, Existing>,
-}
-
-impl Snapshot {
-    /// The listener standing for `key`: its ID if it still exists, else the
-    /// one on its port, which must carry its name.
-    fn find(&self, key: &ListenerKey) -> Result<Option<String>, String> {
-        if let Some(id) = &key.listener_id
-            && let Some(existing) = self.listeners.get(id)
-            && existing.port == key.port
-            && transport(existing.protocol) == transport(key.protocol)
-        {
-            return Ok(Some(id.clone()));
-        }
-        match self
-            .listeners
-            .iter()
-            .find(|(_, l)| l.port == key.port && transport(l.protocol) == transport(key.protocol))
-        {
-            Some((id, l)) if l.name == key.name && l.protocol == key.protocol => {
-                Ok(Some(id.clone()))
-            }
-            Some((id, l)) => Err(if l.name.is_empty() {
-                id.clone()
-            } else {
-                format!("{id} ({})", l.name)
-            }),
-            None => Ok(None),
-        }
-    }
 }
 
 impl Worker {
@@ -445,16 +377,9 @@ impl Worker {
         snapshot: &mut Snapshot,
         deletes: Vec<(ListenerKey, Reply<()>)>,
     ) {
-        let mut doomed: Vec<(String, Reply<()>)> = Vec::new();
-        for (key, reply) in deletes {
-            match snapshot.find(&key) {
-                Ok(Some(id)) => doomed.push((id, reply)),
-                // Gone already, or the port is someone else's: nothing of
-                // ours to delete.
-                Ok(None) | Err(_) => {
-                    let _ = reply.send(Ok(()));
-                }
-            }
+        let (mut doomed, nothing) = clb_diff::doomed(snapshot, deletes);
+        for reply in nothing {
+            let _ = reply.send(Ok(()));
         }
         while !doomed.is_empty() {
             let chunk: Vec<_> = doomed
@@ -489,29 +414,13 @@ impl Worker {
         snapshot: &mut Snapshot,
         ensures: Vec<(Desired, Reply<Ensured>)>,
     ) -> Vec<(Desired, String, Reply<Ensured>)> {
-        let mut placed = Vec::new();
-        // By protocol: one CreateListener names a single protocol.
-        let mut to_create: BTreeMap<Protocol, Vec<(Desired, Reply<Ensured>)>> = BTreeMap::new();
-        for (desired, reply) in ensures {
-            // Two objects wanting one port in one round: the first gets it.
-            let queued = to_create
-                .values()
-                .flatten()
-                .find(|(d, _)| {
-                    transport(d.listener.protocol) == transport(desired.listener.protocol)
-                        && d.listener.port == desired.listener.port
-                })
-                .map(|(d, _)| d.listener.name.clone());
-            match (snapshot.find(&desired.listener), queued) {
-                (Ok(Some(id)), _) => placed.push((desired, id, reply)),
-                (Ok(None), None) => to_create
-                    .entry(desired.listener.protocol)
-                    .or_default()
-                    .push((desired, reply)),
-                (Ok(None), Some(by)) | (Err(by), _) => {
-                    let _ = reply.send(Err(self.port_taken(&desired, by)));
-                }
-            }
+        let Placement {
+            mut placed,
+            to_create,
+            taken,
+        } = clb_diff::place(snapshot, ensures);
+        for (desired, by, reply) in taken {
+            let _ = reply.send(Err(self.port_taken(&desired, by)));
         }
         for (protocol, mut waiting) in to_create {
             while !waiting.is_empty() {
@@ -634,35 +543,10 @@ impl Worker {
         snapshot: &mut Snapshot,
         placed: Vec<(Desired, String, Reply<Ensured>)>,
     ) {
-        let mut deregister: Vec<BatchTarget> = Vec::new();
-        let mut register: Vec<BatchTarget> = Vec::new();
-        for (desired, id, _) in &placed {
-            let wanted = desired
-                .backend
-                .as_ref()
-                .map(|(ip, port)| Target::ip(ip.clone(), *port));
-            let current = snapshot
-                .listeners
-                .get(id)
-                .map(|l| l.targets.clone())
-                .unwrap_or_default();
-            for target in &current {
-                if Some(target) != wanted.as_ref() {
-                    deregister.push(BatchTarget {
-                        listener_id: id.clone(),
-                        target: target.clone(),
-                    });
-                }
-            }
-            if let Some(wanted) = wanted
-                && !current.contains(&wanted)
-            {
-                register.push(BatchTarget {
-                    listener_id: id.clone(),
-                    target: wanted,
-                });
-            }
-        }
+        let TargetChanges {
+            deregister,
+            register,
+        } = clb_diff::target_changes(snapshot, placed.iter().map(|(d, id, _)| (d, id.as_str())));
         let mut failed: HashMap<String, QueueError> = HashMap::new();
         for (targets, registering) in [(deregister, false), (register, true)] {
             for chunk in targets.chunks(TARGETS_PER_BATCH) {

@@ -7,8 +7,11 @@
 //! - `listener_controller`: `DedicatedCLBListener` → the CLB listener and
 //!   its target;
 //! - `lb_queue`: per-CLB serialized, batched CLB writes;
+//! - `clb_diff`: the pure part of a queue round (what to create, delete,
+//!   adopt and (de)register, and which ports are someone else's);
 //! - `cloud`: settings, credentials and clients.
 
+mod clb_diff;
 pub mod cloud;
 pub mod lb_queue;
 pub mod listener_controller;
