@@ -272,7 +272,21 @@ pub fn service_url(backend: &Backend, namespace: &str, cluster_domain: &str) -> 
     // Built by hand: this runs for every route, and `format!` is several
     // times slower.
     let port = backend.port.to_string();
-    let parts = [
+    let parts = url_parts(backend, namespace, cluster_domain, &port);
+    let mut url = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|part| url.push_str(part));
+    url
+}
+
+/// A service URL's pieces, in order: built by `service_url`, matched by
+/// `is_service_url`.
+fn url_parts<'a>(
+    backend: &'a Backend,
+    namespace: &'a str,
+    cluster_domain: &'a str,
+    port: &'a str,
+) -> [&'a str; 9] {
+    [
         backend.scheme.name(),
         "://",
         &backend.service,
@@ -281,11 +295,8 @@ pub fn service_url(backend: &Backend, namespace: &str, cluster_domain: &str) -> 
         ".svc.",
         cluster_domain,
         ":",
-        &port,
-    ];
-    let mut url = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-    parts.iter().for_each(|part| url.push_str(part));
-    url
+        port,
+    ]
 }
 
 /// Whether `url` is `service_url(backend, namespace, cluster_domain)`,
@@ -297,19 +308,8 @@ pub(crate) fn is_service_url(
     cluster_domain: &str,
 ) -> bool {
     let port = backend.port.to_string();
-    let parts = [
-        backend.scheme.name(),
-        "://",
-        &backend.service,
-        ".",
-        namespace,
-        ".svc.",
-        cluster_domain,
-        ":",
-        &port,
-    ];
     let mut rest = url;
-    for part in parts {
+    for part in url_parts(backend, namespace, cluster_domain, &port) {
         match rest.strip_prefix(part) {
             Some(after) => rest = after,
             None => return false,
