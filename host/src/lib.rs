@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod cni;
 pub mod conditions;
+pub mod controller;
 pub mod crds;
 pub mod domains;
 pub mod leader;

@@ -442,7 +442,7 @@ fn simulate_clb(
     let status = DedicatedCLBServiceStatus {
         allocated: listeners.len() as u64,
         free: clb_plan::free_ports(service, &lbs, &listener_refs),
-        decided_by: crate::domains::PluginStatus::of(&plugin),
+        decided_by: crate::controller::PluginStatus::of(&plugin),
         ..Default::default()
     };
     out.push((

@@ -19,7 +19,7 @@ use super::result::{self, IpConfig};
 use super::store::{State, Store};
 use super::strategy::StrategyLoader;
 use crate::domains::ipam::address_space::AddressSpace;
-use crate::domains::replay_seed;
+use crate::controller::replay_seed;
 use crate::runtime::Plugin;
 
 /// The local-mode part of the configuration.

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -51,13 +51,7 @@ pub async fn run(client: Client, namespace: String, registry: Arc<Registry>) -> 
         }
     }));
 
-    let recorder = Recorder::new(
-        client,
-        Reporter {
-            controller: "knit".into(),
-            instance: None,
-        },
-    );
+    let recorder = crate::controller::recorder(client);
     let sync = PluginSync {
         api: plugins_api,
         plugins,
@@ -182,20 +176,20 @@ impl PluginSync {
             || previous.digest != status.digest
             || previous.message != status.message
         {
-            let event = Event {
-                type_: if state == PluginState::Active {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                },
-                reason: reason.into(),
-                note: Some(message),
-                action: "Load".into(),
-                secondary: None,
+            let type_ = if state == PluginState::Active {
+                EventType::Normal
+            } else {
+                EventType::Warning
             };
-            if let Err(error) = self.recorder.publish(&event, &plugin.object_ref(&())).await {
-                tracing::warn!(plugin = %name, %error, "cannot publish event");
-            }
+            crate::controller::publish_event(
+                &self.recorder,
+                &plugin.object_ref(&()),
+                type_,
+                reason,
+                &message,
+                "Load",
+            )
+            .await;
         }
         let patch = serde_json::json!({
             "apiVersion": Plugin::api_version(&()),

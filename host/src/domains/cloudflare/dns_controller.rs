@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use crate::controller::{Failed, reconcile_finalized};
 use kube::{Client, ResourceExt};
 
 use super::dns_record;
@@ -23,17 +23,18 @@ use crate::providers::cloudflare as api;
 
 pub const FINALIZER: &str = "knit.dev/dns-record";
 
-pub async fn reconcile(record: Arc<DNSRecord>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(record: Arc<DNSRecord>, ctx: Arc<Context>) -> Result<Action, Failed<Error>> {
     let api: Api<DNSRecord> =
         Api::namespaced(ctx.client.clone(), &record.namespace().unwrap_or_default());
-    finalizer(&api, FINALIZER, record, |event| async {
-        match event {
-            Finalizer::Apply(r) => apply(&r, &ctx).await,
-            Finalizer::Cleanup(r) => cleanup(&r, &ctx).await,
-        }
-    })
+    let ctx = &*ctx;
+    reconcile_finalized(
+        &api,
+        FINALIZER,
+        record,
+        |r| async move { apply(&r, ctx).await },
+        |r| async move { cleanup(&r, ctx).await },
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 fn owner(record: &DNSRecord) -> String {
@@ -58,7 +59,7 @@ async fn apply(record: &DNSRecord, ctx: &Context) -> Result<Action, Error> {
     status.conditions = ready.conditions.clone();
     let api: Api<DNSRecord> =
         Api::namespaced(ctx.client.clone(), &record.namespace().unwrap_or_default());
-    crate::domains::write_status(&api, record, record.status.as_ref(), &status).await?;
+    crate::controller::write_status(&api, record, record.status.as_ref(), &status).await?;
     Ok(ready.requeue(ctx))
 }
 

@@ -35,12 +35,11 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use super::{CachesReady, mark_listed};
+use crate::controller::{CachesReady, mark_listed};
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use account::{Accounts, CloudflareSettings};
@@ -61,13 +60,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "knit".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
+    let recorder = crate::controller::recorder(client.clone());
     let mut caches = CachesReady::default();
 
     let (ingresses, ingress_events, ingress_watch) =
@@ -128,7 +121,7 @@ pub async fn run(
         .graceful_shutdown_on(shutdown.clone())
         .run(
             reconciles.measured("WARPConnector", warp_controller::reconcile_connector),
-            objects::error_policy,
+            crate::controller::error_policy,
             warp_context.clone(),
         )
         .for_each(|_| async {});
@@ -139,7 +132,7 @@ pub async fn run(
     .graceful_shutdown_on(shutdown.clone())
     .run(
         reconciles.measured("VirtualNetwork", warp_controller::reconcile_network),
-        objects::error_policy,
+        crate::controller::error_policy,
         warp_context.clone(),
     )
     .for_each(|_| async {});
@@ -327,7 +320,7 @@ fn run_network_routes(
         .graceful_shutdown_on(shutdown)
         .run(
             reconciles.measured("NetworkRoute", route_controller::reconcile),
-            objects::error_policy,
+            crate::controller::error_policy,
             context,
         )
         .for_each(|_| async {})
@@ -386,7 +379,7 @@ fn run_dns_records(
         .graceful_shutdown_on(shutdown)
         .run(
             reconciles.measured("DNSRecord", dns_controller::reconcile),
-            objects::error_policy,
+            crate::controller::error_policy,
             context,
         )
         .for_each(|_| async {})
@@ -417,7 +410,8 @@ where
     let watch = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect_shared(writer)
-        .for_each(move |event| mark_listed(&listed, event));
+        .inspect(mark_listed(listed))
+        .for_each(|_| async {});
     (store, events, Box::pin(watch))
 }
 
@@ -514,11 +508,11 @@ async fn run_controller<K: TunnelObject>(
     K::DynamicType: Default,
 {
     controller
-        .reconcile_all_on(super::plugin_changes(registry.subscribe()))
+        .reconcile_all_on(crate::controller::plugin_changes(registry.subscribe()))
         .graceful_shutdown_on(shutdown)
         .run(
             reconciles.measured(kind, tunnel_controller::reconcile),
-            tunnel_controller::error_policy,
+            crate::controller::error_policy,
             context,
         )
         .for_each(|_| async {})

@@ -9,7 +9,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::{Client, Resource};
+use kube::Client;
 
 use super::account::Accounts;
 use super::plan::OwnerMarker;
@@ -27,22 +27,6 @@ impl Context {
     /// Cloudflare: unique to this cluster and owner.
     pub fn marker(&self, owner: &str) -> OwnerMarker {
         OwnerMarker::new(&self.accounts.settings().cluster_id, owner)
-    }
-}
-
-pub fn error_policy<K: Resource<DynamicType = ()>>(
-    object: Arc<K>,
-    error: &Error,
-    _: Arc<Context>,
-) -> Action {
-    match error {
-        Error::Finalizer(inner) if crate::domains::lost_finalizer_race(inner) => {
-            Action::requeue(Duration::from_secs(1))
-        }
-        _ => {
-            tracing::warn!(object = %object.meta().name.clone().unwrap_or_default(), %error, "reconcile failed");
-            Action::requeue(Duration::from_secs(10))
-        }
     }
 }
 
@@ -101,7 +85,7 @@ pub fn readiness(
     Ok(Readiness {
         ready,
         reason,
-        conditions: vec![crate::domains::ready_condition(
+        conditions: vec![crate::controller::ready_condition(
             previous, generation, ready, reason, &message,
         )],
     })

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use crate::controller::{Failed, reconcile_finalized};
 
 use super::objects::{
     Context, Refusal, delete_owned_routes, marked_comment, readiness, sync_routes,
@@ -23,16 +23,17 @@ use crate::providers::cloudflare as api;
 
 pub const FINALIZER: &str = "knit.dev/network-route";
 
-pub async fn reconcile(route: Arc<NetworkRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(route: Arc<NetworkRoute>, ctx: Arc<Context>) -> Result<Action, Failed<Error>> {
     let api: Api<NetworkRoute> = Api::all(ctx.client.clone());
-    finalizer(&api, FINALIZER, route, |event| async {
-        match event {
-            Finalizer::Apply(r) => apply(&r, &ctx).await,
-            Finalizer::Cleanup(r) => cleanup(&r, &ctx).await,
-        }
-    })
+    let ctx = &*ctx;
+    reconcile_finalized(
+        &api,
+        FINALIZER,
+        route,
+        |r| async move { apply(&r, ctx).await },
+        |r| async move { cleanup(&r, ctx).await },
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 fn owner(route: &NetworkRoute) -> String {
@@ -83,7 +84,7 @@ async fn apply(route: &NetworkRoute, ctx: &Context) -> Result<Action, Error> {
     status.observed_generation = route.metadata.generation;
     status.conditions = ready.conditions.clone();
     let api: Api<NetworkRoute> = Api::all(ctx.client.clone());
-    crate::domains::write_status(&api, route, route.status.as_ref(), &status).await?;
+    crate::controller::write_status(&api, route, route.status.as_ref(), &status).await?;
     Ok(ready.requeue(ctx))
 }
 

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use crate::controller::{Failed, reconcile_finalized};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -107,7 +107,7 @@ pub struct Context {
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
     pub recorder: Recorder,
-    pub caches: crate::domains::CachesReady,
+    pub caches: crate::controller::CachesReady,
     /// Which tunnel each source and each backend Service was bound to at
     /// the last pass: a source that moves or goes wakes its old tunnel.
     pub bindings: Mutex<Bindings>,
@@ -169,38 +169,27 @@ pub enum Error {
     Credentials(#[from] CredentialsError),
     #[error("planning task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
-    #[error("{0}")]
-    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 pub async fn reconcile<K: TunnelObject>(
     object: Arc<K>,
     ctx: Arc<Context>,
-) -> Result<Action, Error> {
+) -> Result<Action, Failed<Error>> {
     let key = object.key();
     let api = K::api(ctx.client.clone(), &key);
-    finalizer(&api, FINALIZER, object, |event| async {
-        match event {
-            Finalizer::Apply(object) => apply(&*object, &ctx).await,
-            Finalizer::Cleanup(object) => cleanup(&*object, &ctx).await,
-        }
-    })
+    let ctx = &*ctx;
+    reconcile_finalized(
+        &api,
+        FINALIZER,
+        object,
+        |object| async move { apply(&*object, ctx).await },
+        |object| async move { cleanup(&*object, ctx).await },
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-pub fn error_policy<K: TunnelObject>(object: Arc<K>, error: &Error, _: Arc<Context>) -> Action {
-    let key = object.key();
-    match error {
-        Error::Finalizer(inner) if crate::domains::lost_finalizer_race(inner) => {
-            tracing::debug!(tunnel = %key, %error, "finalizer race");
-            Action::requeue(Duration::from_secs(1))
-        }
-        _ => {
-            tracing::warn!(tunnel = %key, %error, "tunnel reconcile failed");
-            Action::requeue(Duration::from_secs(10))
-        }
-    }
+impl crate::controller::Retry for Error {
+    const FAILURE_RETRY: Duration = Duration::from_secs(10);
 }
 
 /// The outcome of one pass, for the status.
@@ -348,7 +337,7 @@ async fn serve<K: TunnelObject>(
         let plugin = plugin.clone();
         crate::runtime::spawn_call(move || plugin.map_tunnel(&request, &config)).await?
     };
-    status.decided_by = crate::domains::PluginStatus::of(&plugin);
+    status.decided_by = crate::controller::PluginStatus::of(&plugin);
     let mapping = match mapped {
         Ok(Ok(mapping)) => mapping,
         Ok(Err(why)) => return Ok(Outcome::failed("InvalidConfig", why)),
@@ -721,12 +710,13 @@ async fn tell_sources(
             } else {
                 EventType::Warning
             };
-            crate::domains::publish_event(
+            crate::controller::publish_event(
                 &ctx.recorder,
                 &reference,
                 type_,
                 reason,
                 &format!("{key}: {message}"),
+                "Reconcile",
             )
             .await;
         }
@@ -892,7 +882,7 @@ async fn finish_status<K: TunnelObject>(
         &outcome.message,
     );
     let key = object.key();
-    crate::domains::write_status(
+    crate::controller::write_status(
         &K::api(ctx.client.clone(), &key),
         object,
         object.tunnel_status(),
@@ -918,7 +908,7 @@ async fn cleanup<K: TunnelObject>(object: &K, ctx: &Context) -> Result<Action, E
     let mut status = object.tunnel_status().cloned().unwrap_or_default();
     if status.state != Some(TunnelState::Deleting) {
         status.state = Some(TunnelState::Deleting);
-        crate::domains::write_status(
+        crate::controller::write_status(
             &K::api(ctx.client.clone(), &key),
             object,
             object.tunnel_status(),

@@ -233,7 +233,7 @@ pub struct TunnelStatus {
     /// The mapper that made the last decision (`plugin`, `pluginDigest`,
     /// `pluginSource`).
     #[serde(flatten)]
-    pub decided_by: crate::domains::PluginStatus,
+    pub decided_by: crate::controller::PluginStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

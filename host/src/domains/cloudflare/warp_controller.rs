@@ -8,7 +8,7 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use crate::controller::{Failed, reconcile_finalized};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -47,19 +47,20 @@ fn state(ready: &super::objects::Readiness) -> TunnelState {
 pub async fn reconcile_connector(
     connector: Arc<WARPConnector>,
     ctx: Arc<Context>,
-) -> Result<Action, Error> {
+) -> Result<Action, Failed<Error>> {
     let api: Api<WARPConnector> = Api::namespaced(
         ctx.client.clone(),
         &connector.namespace().unwrap_or_default(),
     );
-    finalizer(&api, WARP_FINALIZER, connector, |event| async {
-        match event {
-            Finalizer::Apply(c) => apply_connector(&c, &ctx).await,
-            Finalizer::Cleanup(c) => cleanup_connector(&c, &ctx).await,
-        }
-    })
+    let ctx = &*ctx;
+    reconcile_finalized(
+        &api,
+        WARP_FINALIZER,
+        connector,
+        |c| async move { apply_connector(&c, ctx).await },
+        |c| async move { cleanup_connector(&c, ctx).await },
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 async fn apply_connector(connector: &WARPConnector, ctx: &Context) -> Result<Action, Error> {
@@ -73,7 +74,7 @@ async fn apply_connector(connector: &WARPConnector, ctx: &Context) -> Result<Act
         ctx.client.clone(),
         &connector.namespace().unwrap_or_default(),
     );
-    crate::domains::write_status(&api, connector, connector.status.as_ref(), &status).await?;
+    crate::controller::write_status(&api, connector, connector.status.as_ref(), &status).await?;
     Ok(ready.requeue(ctx))
 }
 
@@ -241,16 +242,17 @@ async fn cleanup_connector(connector: &WARPConnector, ctx: &Context) -> Result<A
 pub async fn reconcile_network(
     vnet: Arc<VirtualNetwork>,
     ctx: Arc<Context>,
-) -> Result<Action, Error> {
+) -> Result<Action, Failed<Error>> {
     let api: Api<VirtualNetwork> = Api::all(ctx.client.clone());
-    finalizer(&api, VNET_FINALIZER, vnet, |event| async {
-        match event {
-            Finalizer::Apply(v) => apply_network(&v, &ctx).await,
-            Finalizer::Cleanup(v) => cleanup_network(&v, &ctx).await,
-        }
-    })
+    let ctx = &*ctx;
+    reconcile_finalized(
+        &api,
+        VNET_FINALIZER,
+        vnet,
+        |v| async move { apply_network(&v, ctx).await },
+        |v| async move { cleanup_network(&v, ctx).await },
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
 fn network_name(vnet: &VirtualNetwork) -> String {
@@ -298,7 +300,7 @@ async fn apply_network(vnet: &VirtualNetwork, ctx: &Context) -> Result<Action, E
     status.observed_generation = vnet.metadata.generation;
     status.conditions = ready.conditions.clone();
     let api: Api<VirtualNetwork> = Api::all(ctx.client.clone());
-    crate::domains::write_status(&api, vnet, vnet.status.as_ref(), &status).await?;
+    crate::controller::write_status(&api, vnet, vnet.status.as_ref(), &status).await?;
     Ok(ready.requeue(ctx))
 }
 

@@ -17,7 +17,7 @@ use kube::{Client, ResourceExt};
 use super::address_space::AddressSpace;
 use super::plan::pool_request;
 use super::types::{AllocationOwner, IPAllocation, IPPool};
-use crate::domains::replay_seed;
+use crate::controller::replay_seed;
 use crate::runtime::{Plugin, Registry, World};
 
 /// Creates tried before giving up; each failed one means another claim won

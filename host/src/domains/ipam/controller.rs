@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -26,7 +26,7 @@ use super::types::{
     ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, POOL_ANNOTATION, POOL_FINALIZER,
     allocation_name,
 };
-use crate::domains::replay_seed;
+use crate::controller::replay_seed;
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 
@@ -83,15 +83,9 @@ pub async fn run(
     .default_backoff()
     .touched_objects();
     // Any plugin change may change a pool's decisions: replan them all.
-    let plugin_changes = crate::domains::plugin_changes(registry.subscribe());
+    let plugin_changes = crate::controller::plugin_changes(registry.subscribe());
     let controller = Controller::new(pools, watcher::Config::default());
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "knit".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
+    let recorder = crate::controller::recorder(client.clone());
     let context = Arc::new(Context {
         client,
         registry,

@@ -209,7 +209,7 @@ pub fn plan_pool(
         format!("{:.1}", status.allocated as f64 * 100.0 / capacity as f64)
     };
     if let Ok(plugin) = &plugin {
-        status.decided_by = crate::domains::PluginStatus::of(plugin);
+        status.decided_by = crate::controller::PluginStatus::of(plugin);
     }
     let in_use = status.allocated;
     let exhausted = status.free == 0;

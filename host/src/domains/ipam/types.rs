@@ -134,7 +134,7 @@ pub struct IPPoolStatus {
     /// The strategy that made the last decision (`plugin`, `pluginDigest`,
     /// `pluginSource`).
     #[serde(flatten)]
-    pub decided_by: crate::domains::PluginStatus,
+    pub decided_by: crate::controller::PluginStatus,
     /// The address handed out last: where a sequential strategy goes on
     /// from (host-local's `last_reserved_ip`). Written by every allocator.
     #[serde(default, skip_serializing_if = "Option::is_none")]

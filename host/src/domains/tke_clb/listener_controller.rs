@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use crate::controller::{Failed, reconcile_finalized};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 
@@ -26,7 +26,7 @@ pub struct Context {
     pub queues: Arc<LbQueues>,
     pub pods: Store<Pod>,
     pub recorder: Recorder,
-    pub caches: crate::domains::CachesReady,
+    pub caches: crate::controller::CachesReady,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,38 +34,28 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("{0}")]
-    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
-    #[error("{0}")]
     Queue(#[from] QueueError),
+}
+
+impl crate::controller::Retry for Error {
+    const FAILURE_RETRY: Duration = Duration::from_secs(5);
 }
 
 pub async fn reconcile(
     listener: Arc<DedicatedCLBListener>,
     ctx: Arc<Context>,
-) -> Result<Action, Error> {
+) -> Result<Action, Failed<Error>> {
     let namespace = listener.namespace().unwrap_or_default();
     let api: Api<DedicatedCLBListener> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, LISTENER_FINALIZER, listener, |event| async {
-        match event {
-            Finalizer::Apply(listener) => apply(&listener, &ctx).await,
-            Finalizer::Cleanup(listener) => cleanup(&listener, &ctx).await,
-        }
-    })
+    let ctx = &*ctx;
+    reconcile_finalized(
+        &api,
+        LISTENER_FINALIZER,
+        listener,
+        |listener| async move { apply(&listener, ctx).await },
+        |listener| async move { cleanup(&listener, ctx).await },
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
-}
-
-pub fn error_policy(listener: Arc<DedicatedCLBListener>, error: &Error, _: Arc<Context>) -> Action {
-    match error {
-        Error::Finalizer(inner) if crate::domains::lost_finalizer_race(inner) => {
-            tracing::debug!(listener = %ObjectRef::from_obj(&*listener), %error, "finalizer race");
-            Action::requeue(Duration::from_secs(1))
-        }
-        _ => {
-            tracing::warn!(listener = %ObjectRef::from_obj(&*listener), %error, "DedicatedCLBListener reconcile failed");
-            Action::requeue(Duration::from_secs(5))
-        }
-    }
 }
 
 fn key(listener: &DedicatedCLBListener) -> ListenerKey {
@@ -234,7 +224,7 @@ async fn write_status(
     ctx: &Context,
     status: DedicatedCLBListenerStatus,
 ) -> Result<(), Error> {
-    crate::domains::write_status(
+    crate::controller::write_status(
         &Api::namespaced(
             ctx.client.clone(),
             &listener.namespace().unwrap_or_default(),
@@ -254,12 +244,13 @@ async fn publish(
     reason: &str,
     note: &str,
 ) {
-    crate::domains::publish_event(
+    crate::controller::publish_event(
         &ctx.recorder,
         &listener.object_ref(&()),
         type_,
         reason,
         note,
+        "Reconcile",
     )
     .await;
 }
@@ -271,7 +262,7 @@ fn condition(
     reason: &str,
     message: &str,
 ) -> Condition {
-    crate::domains::ready_condition(
+    crate::controller::ready_condition(
         &current.conditions,
         listener.metadata.generation,
         ready,

@@ -24,12 +24,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Controller;
-use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use super::{CachesReady, mark_listed};
+use crate::controller::{CachesReady, mark_listed};
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use cloud::{TencentCloud, TkeSettings};
@@ -50,13 +49,7 @@ pub async fn run(
         client.clone(),
         settings,
     ))));
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "knit".into(),
-            instance: std::env::var("POD_NAME").ok(),
-        },
-    );
+    let recorder = crate::controller::recorder(client.clone());
 
     let (pods, pods_writer) = reflector::store_shared(1024);
     let pod_events = pods_writer.subscribe().expect("a shared store");
@@ -65,7 +58,8 @@ pub async fn run(
     let pod_watch = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect_shared(pods_writer)
-        .for_each(move |event| mark_listed(&pods_listed, event));
+        .inspect(mark_listed(pods_listed))
+        .for_each(|_| async {});
     let (listeners, listeners_writer) = reflector::store_shared(1024);
     let listeners_listed = caches.track();
     let listener_events = listeners_writer.subscribe().expect("a shared store");
@@ -75,7 +69,8 @@ pub async fn run(
     )
     .default_backoff()
     .reflect_shared(listeners_writer)
-    .for_each(move |event| mark_listed(&listeners_listed, event));
+    .inspect(mark_listed(listeners_listed))
+        .for_each(|_| async {});
 
     // Listeners: a pod change reaches the listeners naming it.
     let listener_context = Arc::new(listener_controller::Context {
@@ -107,7 +102,7 @@ pub async fn run(
             .graceful_shutdown_on(shutdown.clone())
             .run(
                 reconciles.measured("DedicatedCLBListener", listener_controller::reconcile),
-                listener_controller::error_policy,
+                crate::controller::error_policy,
                 listener_context,
             )
             .for_each(|_| async {});
@@ -139,11 +134,11 @@ pub async fn run(
                 .map(|s| ObjectRef::from_obj(&**s))
                 .collect::<Vec<_>>()
         })
-        .reconcile_all_on(super::plugin_changes(registry.subscribe()))
+        .reconcile_all_on(crate::controller::plugin_changes(registry.subscribe()))
         .graceful_shutdown_on(shutdown)
         .run(
             reconciles.measured("DedicatedCLBService", service_controller::reconcile),
-            service_controller::error_policy,
+            crate::controller::error_policy,
             service_context,
         )
         .for_each(|_| async {});

@@ -15,7 +15,7 @@ use knit_clb_core as clb;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use crate::controller::{Failed, reconcile_finalized};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -37,7 +37,7 @@ pub struct Context {
     pub pods: Store<Pod>,
     pub listeners: Store<DedicatedCLBListener>,
     pub recorder: Recorder,
-    pub caches: crate::domains::CachesReady,
+    pub caches: crate::controller::CachesReady,
     /// Per service, the listener objects it last wrote and the pod each
     /// should name; see `cache_caught_up`.
     pub expected: std::sync::Mutex<HashMap<ObjectRef<DedicatedCLBService>, Expected>>,
@@ -59,8 +59,6 @@ const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("{0}")]
-    Finalizer(Box<kube::runtime::finalizer::Error<Error>>),
     #[error("waiting for {0} listener(s) to be deleted from their CLBs")]
     ListenersRemain(usize),
     #[error("planning task failed: {0}")]
@@ -70,38 +68,25 @@ pub enum Error {
 pub async fn reconcile(
     service: Arc<DedicatedCLBService>,
     ctx: Arc<Context>,
-) -> Result<Action, Error> {
+) -> Result<Action, Failed<Error>> {
     let namespace = service.namespace().unwrap_or_default();
     let api: Api<DedicatedCLBService> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, SERVICE_FINALIZER, service, |event| async {
-        match event {
-            Finalizer::Apply(service) => apply(&service, &ctx).await,
-            Finalizer::Cleanup(service) => cleanup(&service, &ctx).await,
-        }
-    })
+    let ctx = &*ctx;
+    reconcile_finalized(
+        &api,
+        SERVICE_FINALIZER,
+        service,
+        |service| async move { apply(&service, ctx).await },
+        |service| async move { cleanup(&service, ctx).await },
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-pub fn error_policy(service: Arc<DedicatedCLBService>, error: &Error, _: Arc<Context>) -> Action {
-    match error {
-        Error::Finalizer(inner)
-            if matches!(
-                **inner,
-                kube::runtime::finalizer::Error::CleanupFailed(Error::ListenersRemain(_))
-            ) =>
-        {
-            tracing::debug!(service = %ObjectRef::from_obj(&*service), %error, "DedicatedCLBService deletion");
-            Action::requeue(Duration::from_secs(2))
-        }
-        Error::Finalizer(inner) if crate::domains::lost_finalizer_race(inner) => {
-            tracing::debug!(service = %ObjectRef::from_obj(&*service), %error, "finalizer race");
-            Action::requeue(Duration::from_secs(1))
-        }
-        _ => {
-            tracing::warn!(service = %ObjectRef::from_obj(&*service), %error, "DedicatedCLBService reconcile failed");
-            Action::requeue(Duration::from_secs(5))
-        }
+impl crate::controller::Retry for Error {
+    const FAILURE_RETRY: Duration = Duration::from_secs(5);
+
+    fn waiting(&self) -> Option<Duration> {
+        matches!(self, Error::ListenersRemain(_)).then_some(Duration::from_secs(2))
     }
 }
 
@@ -431,7 +416,7 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
         free: plan::free_ports(service, &lbs, &own),
         observed_generation: service.metadata.generation,
         conditions: vec![condition(service, ready, reason, &message)],
-        decided_by: crate::domains::PluginStatus::of(&plugin),
+        decided_by: crate::controller::PluginStatus::of(&plugin),
     };
     write_status(service, ctx, status).await?;
 
@@ -453,7 +438,7 @@ async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, E
 /// The seed for a random spread: stable for a service in a given state, so
 /// a replay with `knit simulate` gives the same answer.
 fn seed_for(service: &DedicatedCLBService, listeners: usize) -> u64 {
-    crate::domains::replay_seed(&[&service.uid().unwrap_or_default(), &listeners.to_string()])
+    crate::controller::replay_seed(&[&service.uid().unwrap_or_default(), &listeners.to_string()])
 }
 
 async fn cleanup(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, Error> {
@@ -527,7 +512,7 @@ fn condition(service: &DedicatedCLBService, ready: bool, reason: &str, message: 
         .status
         .as_ref()
         .map_or(&[][..], |s| s.conditions.as_slice());
-    crate::domains::ready_condition(
+    crate::controller::ready_condition(
         previous,
         service.metadata.generation,
         ready,
@@ -541,7 +526,7 @@ async fn write_status(
     ctx: &Context,
     status: DedicatedCLBServiceStatus,
 ) -> Result<(), Error> {
-    crate::domains::write_status(
+    crate::controller::write_status(
         &Api::namespaced(ctx.client.clone(), &service.namespace().unwrap_or_default()),
         service,
         service.status.as_ref(),
@@ -558,5 +543,6 @@ async fn publish(
     reason: &str,
     note: &str,
 ) {
-    crate::domains::publish_event(&ctx.recorder, reference, type_, reason, note).await;
+    crate::controller::publish_event(&ctx.recorder, reference, type_, reason, note, "Reconcile")
+        .await;
 }

@@ -102,7 +102,7 @@ pub struct DedicatedCLBServiceStatus {
     /// The allocator that made the last decision (`plugin`, `pluginDigest`,
     /// `pluginSource`).
     #[serde(flatten)]
-    pub decided_by: crate::domains::PluginStatus,
+    pub decided_by: crate::controller::PluginStatus,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
