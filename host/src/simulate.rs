@@ -3,6 +3,7 @@
 //! each parent with the status it would write, and cloud operations.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -16,10 +17,11 @@ use crate::domains::cloudflare::types::{
 };
 use crate::domains::ipam::plan::{overlapping_pool, plan_pool};
 use crate::domains::ipam::types::{ADDRESS_ANNOTATION, IPAllocation, IPPool};
+use crate::domains::tke_clb::cloud::TkeSettings;
 use crate::domains::tke_clb::lb_queue::LbView;
 use crate::domains::tke_clb::plan as clb_plan;
 use crate::domains::tke_clb::types::{
-    DedicatedCLBListener, DedicatedCLBService, DedicatedCLBServiceStatus, ListenerState,
+    DedicatedCLBListener, DedicatedCLBListenerStatus, DedicatedCLBService, ListenerState,
     MISSPELLED_VERSION,
 };
 use crate::runtime::{Registry, World};
@@ -321,10 +323,12 @@ fn simulate_tunnel(
     out
 }
 
-/// A `DedicatedCLBService` planned as if its CLBs were empty and every pod
-/// it selects were running: the listeners it would get, the addresses
-/// written on the pods (`<VIP of lb-…>:port`, as VIPs are only known to
-/// the cloud), and the service's status.
+/// A `DedicatedCLBService` planned by the controller's own `plan_service`,
+/// as if its CLBs were empty and every pod it selects were running, and
+/// the listener controller bound each listener as planned
+/// (`<VIP of lb-…>:port`, as VIPs are only known to the cloud): passes run
+/// until nothing changes. Prints the listeners applied and deleted, the
+/// addresses written on the pods, and the status of the last pass.
 fn simulate_clb(
     service: &DedicatedCLBService,
     manifests: &Manifests,
@@ -332,10 +336,9 @@ fn simulate_clb(
     seed: u64,
     now: &Time,
 ) -> Vec<(String, Value)> {
-    let mut out = Vec::new();
     let name = service.name_any();
     let namespace = service.namespace();
-    let pods: Vec<Pod> = manifests
+    let pods: Vec<Arc<Pod>> = manifests
         .pods
         .iter()
         .filter(|p| clb_plan::selects(service, p))
@@ -345,110 +348,110 @@ fn simulate_clb(
             if status.pod_ip.is_none() {
                 status.pod_ip = Some("<pod IP>".into());
             }
-            pod
+            Arc::new(pod)
         })
         .collect();
-    let pods: Vec<&Pod> = pods.iter().collect();
-    let (own, others): (Vec<&DedicatedCLBListener>, Vec<&DedicatedCLBListener>) =
-        manifests.clb_listeners.iter().partition(|l| {
-            l.namespace() == namespace && l.labels().get(clb_plan::SERVICE_LABEL) == Some(&name)
-        });
-    let empty = LbView {
+    let empty = Arc::new(LbView {
         found: true,
         ..LbView::default()
+    });
+    let mut observed = clb_plan::Observed {
+        service: Arc::new(service.clone()),
+        pods,
+        listeners: manifests
+            .clb_listeners
+            .iter()
+            .cloned()
+            .map(Arc::new)
+            .collect(),
+        lbs: clb_plan::lb_ids(service)
+            .into_iter()
+            .map(|id| (id.clone(), Some(empty.clone())))
+            .collect(),
+        region: service.spec.lb_region.clone().unwrap_or_default(),
+        listener_quota: TkeSettings::DEFAULT_LISTENER_QUOTA,
+        resync: TkeSettings::DEFAULT_RESYNC,
+        view_max_age: TkeSettings::DEFAULT_RESYNC,
+        now: now.clone(),
+        seed,
     };
-    let lbs: Vec<_> = service
-        .spec
-        .existed_lb_ids
+    let mut applied: Vec<DedicatedCLBListener> = Vec::new();
+    let mut deleted: Vec<String> = Vec::new();
+    // Each pass binds what the last one planned; a handful settle any
+    // service (the second pass of a fresh one changes nothing).
+    let mut plan = clb_plan::plan_service(&observed, registry);
+    for _ in 0..4 {
+        if plan.apply.is_empty() && plan.delete.is_empty() {
+            break;
+        }
+        for mut listener in std::mem::take(&mut plan.apply) {
+            listener.status = Some(DedicatedCLBListenerStatus {
+                state: Some(if listener.spec.backend_pod.is_some() {
+                    ListenerState::Bound
+                } else {
+                    ListenerState::Available
+                }),
+                address: Some(format!(
+                    "<VIP of {}>:{}",
+                    listener.spec.lb_id, listener.spec.lb_port
+                )),
+                ..Default::default()
+            });
+            let same = |l: &DedicatedCLBListener| l.name_any() == listener.name_any();
+            observed.listeners.retain(|l| !same(l));
+            applied.retain(|l| !same(l));
+            observed.listeners.push(Arc::new(listener.clone()));
+            applied.push(listener);
+        }
+        for gone in std::mem::take(&mut plan.delete) {
+            observed.listeners.retain(|l| l.name_any() != gone);
+            applied.retain(|l| l.name_any() != gone);
+            deleted.push(gone);
+        }
+        plan = clb_plan::plan_service(&observed, registry);
+    }
+    if let Some(refusal) = &plan.refusal {
+        tracing::warn!(service = %name, reason = refusal.reason, "{}", refusal.message);
+    }
+    for (pod, message) in &plan.waiting {
+        tracing::warn!(service = %name, %pod, "{message}");
+    }
+
+    let mut out: Vec<(String, Value)> = applied
         .iter()
-        .map(|id| {
-            clb_plan::load_balancer(
-                id,
-                &empty,
-                &own,
-                &others,
-                crate::domains::tke_clb::cloud::TkeSettings::DEFAULT_LISTENER_QUOTA,
+        .map(|listener| {
+            let pod = listener.spec.backend_pod.as_ref();
+            let comment = format!(
+                "apply: listener {}:{}/{:?} for {}",
+                listener.spec.lb_id,
+                listener.spec.lb_port,
+                listener.spec.protocol,
+                pod.map_or("no pod (Available)", |b| b.pod_name.as_str())
+            );
+            (
+                comment,
+                serde_json::to_value(listener).expect("listeners serialize"),
             )
         })
         .collect();
-    let plugin_name = service
-        .annotations()
-        .get(clb_plan::ALLOCATOR_ANNOTATION)
-        .map_or(clb_plan::DEFAULT_ALLOCATOR, String::as_str);
-    let plugin = match registry.get_world(plugin_name, World::ClbAllocator) {
-        Ok(plugin) => plugin,
-        Err(error) => {
-            tracing::warn!(service = %name, "{error}");
-            return out;
-        }
-    };
-    let request = clb_plan::request(service, lbs.clone(), &pods, &own, now, seed);
-    let plan = match plugin.allocate_listeners(&request, &clb_plan::allocator_config(service)) {
-        Ok(Ok(plan)) => plan,
-        Ok(Err(why)) => {
-            tracing::warn!(service = %name, "invalid allocator configuration: {why}");
-            return out;
-        }
-        Err(error) => {
-            tracing::warn!(service = %name, "{error}");
-            return out;
-        }
-    };
-    let mut listeners: Vec<DedicatedCLBListener> = own.iter().map(|l| (*l).clone()).collect();
-    for intent in clb_plan::intents(service, &own, &plan, now) {
-        let mut listener = clb_plan::listener_object(service, &intent);
-        let address = format!("<VIP of {}>:{}", intent.lb_id, intent.port);
-        let state = if intent.pod.is_some() {
-            ListenerState::Bound
-        } else {
-            ListenerState::Available
-        };
-        listener.status = Some(crate::domains::tke_clb::types::DedicatedCLBListenerStatus {
-            state: Some(state),
-            address: Some(address),
-            ..Default::default()
-        });
+    for gone in &deleted {
         out.push((
-            format!(
-                "apply: listener {}:{}/{:?} for {}",
-                intent.lb_id,
-                intent.port,
-                intent.protocol,
-                intent.pod.as_deref().unwrap_or("no pod (Available)")
-            ),
-            serde_json::to_value(&listener).expect("listeners serialize"),
-        ));
-        listeners.retain(|l| l.name_any() != intent.name);
-        listeners.push(listener);
-    }
-    for deleted in &plan.delete {
-        out.push((
-            format!("delete: listener {deleted}"),
+            format!("delete: listener {gone}"),
             json!({"apiVersion": "networking.cloud.tencent.com/v1alpha1", "kind": "DedicatedCLBListener",
-                   "metadata": {"name": deleted, "namespace": namespace}}),
+                   "metadata": {"name": gone, "namespace": namespace}}),
         ));
     }
-    let listener_refs: Vec<&DedicatedCLBListener> = listeners.iter().collect();
-    for (pod, annotation, address) in clb_plan::pod_addresses(service, &pods, &listener_refs) {
+    for (pod, annotation, address) in &plan.pod_addresses {
         out.push((
             format!("patch: pod {pod} address"),
             json!({"apiVersion": "v1", "kind": "Pod",
                    "metadata": {"name": pod, "namespace": namespace, "annotations": {annotation: address}}}),
         ));
     }
-    for (pod, message) in &plan.messages {
-        tracing::warn!(service = %name, %pod, "{message}");
-    }
-    let status = DedicatedCLBServiceStatus {
-        allocated: listeners.len() as u64,
-        free: clb_plan::free_ports(service, &lbs, &listener_refs),
-        decided_by: crate::controller::PluginStatus::of(&plugin),
-        ..Default::default()
-    };
     out.push((
         format!("status: DedicatedCLBService {name}"),
         json!({"apiVersion": "networking.cloud.tencent.com/v1alpha1", "kind": "DedicatedCLBService",
-               "metadata": {"name": name, "namespace": namespace}, "status": status}),
+               "metadata": {"name": name, "namespace": namespace}, "status": plan.status}),
     ));
     out
 }

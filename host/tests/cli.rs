@@ -114,6 +114,58 @@ fn simulate_plans_the_seed_clb_service_over_three_pods() {
     assert_eq!(service["status"]["free"], 43 + 50 + 50);
 }
 
+/// The status `simulate` prints is the controller's, conditions included:
+/// a service with more pods than ports says `NoPortAvailable`.
+#[test]
+fn simulate_prints_the_clb_status_the_controller_would_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut manifest = String::from(
+        "apiVersion: networking.cloud.tencent.com/v1alpha1
+kind: DedicatedCLBService
+metadata: {name: small, namespace: demo}
+spec:
+  minPort: 501
+  maxPort: 502
+  selector: {app: gs}
+  ports: [{protocol: TCP, targetPort: 9000}]
+  existedLbIds: [lb-a]
+",
+    );
+    for i in 0..4 {
+        manifest.push_str(&format!(
+            "---\napiVersion: v1\nkind: Pod\nmetadata: {{name: gs-{i}, namespace: demo, labels: {{app: gs}}}}\n"
+        ));
+    }
+    let path = dir.path().join("small.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let output = stdout(&knit(&["simulate", "-f", path.to_str().unwrap()]));
+    let documents: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&output)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    let service = documents
+        .iter()
+        .find(|d| d["kind"] == "DedicatedCLBService")
+        .unwrap();
+    let status = &service["status"];
+    assert_eq!(
+        (&status["allocated"], &status["free"]),
+        (&2.into(), &0.into())
+    );
+    let ready = &status["conditions"][0];
+    assert_eq!(
+        (&ready["type"], &ready["status"], &ready["reason"]),
+        (&"Ready".into(), &"False".into(), &"NoPortAvailable".into()),
+        "{output}"
+    );
+    // With room for every pod, the same service is Ready once bound.
+    let roomy = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("maxPort: 502", "maxPort: 510");
+    std::fs::write(&path, roomy).unwrap();
+    let output = stdout(&knit(&["simulate", "-f", path.to_str().unwrap()]));
+    assert!(output.contains("reason: AllBound"), "{output}");
+}
+
 #[test]
 fn simulate_maps_the_seed_ingresses_and_http_route_to_tunnel_rules() {
     let output = stdout(&knit(&["simulate", "-f", "examples/cloudflare"]));

@@ -18,8 +18,8 @@ use super::protocol::{Invocation, NetworkCommand};
 use super::result::{self, IpConfig};
 use super::store::{State, Store};
 use super::strategy::StrategyLoader;
-use crate::domains::ipam::address_space::AddressSpace;
 use crate::controller::replay_seed;
+use crate::domains::ipam::address_space::AddressSpace;
 use crate::runtime::Plugin;
 
 /// The local-mode part of the configuration.

@@ -181,12 +181,18 @@ mod tests {
         let expectations = expectations();
         let created = object("a", "u1", "5");
         expectations.written("p", &created, None);
-        assert_eq!(names(&expectations.overlay(&"p", vec![])), [("a".into(), "5".into())]);
+        assert_eq!(
+            names(&expectations.overlay(&"p", vec![])),
+            [("a".into(), "5".into())]
+        );
         assert!(expectations.pending(&"p", &[]));
         // Shown: forgotten, and the cache (even a later version) is trusted.
         let later = object("a", "u1", "7");
         assert!(!expectations.pending(&"p", &[Arc::new(later.clone())]));
-        assert_eq!(names(&expectations.overlay(&"p", vec![later])), [("a".into(), "7".into())]);
+        assert_eq!(
+            names(&expectations.overlay(&"p", vec![later])),
+            [("a".into(), "7".into())]
+        );
         assert_eq!(names(&expectations.overlay(&"p", vec![])), []);
     }
 
@@ -217,7 +223,10 @@ mod tests {
         expectations.written("p", &object("a", "u2", "8"), None);
         let old = object("a", "u1", "5");
         assert!(expectations.pending(&"p", &[Arc::new(old.clone())]));
-        assert_eq!(names(&expectations.overlay(&"p", vec![old])), [("a".into(), "8".into())]);
+        assert_eq!(
+            names(&expectations.overlay(&"p", vec![old])),
+            [("a".into(), "8".into())]
+        );
     }
 
     #[test]
@@ -229,7 +238,10 @@ mod tests {
         assert_eq!(names(&expectations.overlay(&"p", vec![gone])), []);
         // A new object of that name is not hidden.
         let new = object("a", "u2", "9");
-        assert_eq!(names(&expectations.overlay(&"p", vec![new])), [("a".into(), "9".into())]);
+        assert_eq!(
+            names(&expectations.overlay(&"p", vec![new])),
+            [("a".into(), "9".into())]
+        );
         assert!(!expectations.pending(&"p", &[]));
     }
 

@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
+use crate::controller::{Failed, reconcile_finalized};
 use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use crate::controller::{Failed, reconcile_finalized};
 use kube::{Client, ResourceExt};
 
 use super::dns_record;

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Client;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::Client;
 
 use super::account::Accounts;
 use super::plan::OwnerMarker;

@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use crate::controller::{Failed, reconcile_finalized};
 use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use crate::controller::{Failed, reconcile_finalized};
 
 use super::objects::{
     Context, Refusal, delete_owned_routes, marked_comment, readiness, sync_routes,
@@ -23,7 +23,10 @@ use crate::providers::cloudflare as api;
 
 pub const FINALIZER: &str = "knit.dev/network-route";
 
-pub async fn reconcile(route: Arc<NetworkRoute>, ctx: Arc<Context>) -> Result<Action, Failed<Error>> {
+pub async fn reconcile(
+    route: Arc<NetworkRoute>,
+    ctx: Arc<Context>,
+) -> Result<Action, Failed<Error>> {
     let api: Api<NetworkRoute> = Api::all(ctx.client.clone());
     let ctx = &*ctx;
     reconcile_finalized(

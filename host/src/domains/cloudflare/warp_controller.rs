@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use crate::controller::{Failed, reconcile_finalized};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use crate::controller::{Failed, reconcile_finalized};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 

@@ -70,7 +70,7 @@ pub async fn run(
     .default_backoff()
     .reflect_shared(listeners_writer)
     .inspect(mark_listed(listeners_listed))
-        .for_each(|_| async {});
+    .for_each(|_| async {});
 
     // Listeners: a pod change reaches the listeners naming it.
     let listener_context = Arc::new(listener_controller::Context {
@@ -121,7 +121,7 @@ pub async fn run(
         listeners,
         recorder,
         caches,
-        expected: Default::default(),
+        expected: crate::controller::Expectations::new(service_controller::EXPECTATION_TIMEOUT),
         told: Default::default(),
     });
     let service_controller = services

@@ -1,10 +1,13 @@
 //! The pure half of the service controller: from a `DedicatedCLBService`,
-//! its pods, its `DedicatedCLBListener`s and what the CLBs hold, the
-//! allocator's request; from its plan, the listener objects to write; and
-//! the service's status. No I/O here, so `knit simulate` and the tests use
-//! the same code as the controller.
+//! its pods, the listener objects and what its CLBs hold, `plan_service`
+//! asks the allocator and says what to write: listener objects, pod
+//! addresses, the status, when to look again. No I/O here (but the plugin
+//! call), so `knit simulate` and the tests use the same code as the
+//! controller.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
@@ -13,9 +16,11 @@ use kube::{Resource, ResourceExt};
 
 use super::lb_queue::LbView;
 use super::types::{
-    BackendPod, DedicatedCLBListener, DedicatedCLBListenerSpec, DedicatedCLBService, ListenerState,
-    Protocol,
+    BackendPod, DedicatedCLBListener, DedicatedCLBListenerSpec, DedicatedCLBService,
+    DedicatedCLBServiceStatus, ListenerState, LoadBalancerStatus, Protocol,
 };
+use crate::controller::decision::{self, INVALID_CONFIG, Refusal};
+use crate::runtime::Registry;
 
 /// On every listener object: the service it belongs to.
 pub const SERVICE_LABEL: &str = "networking.cloud.tencent.com/dedicated-clb-service";
@@ -26,14 +31,314 @@ pub const TARGET_PORT_ANNOTATION: &str = "knit.dev/clb-target-port";
 /// for the cooldown and for a replaced pod to get its address back.
 pub const LAST_POD_ANNOTATION: &str = "knit.dev/clb-last-pod";
 pub const UNBOUND_AT_ANNOTATION: &str = "knit.dev/clb-unbound-at";
-/// On a service: the `clb-allocator` plugin that decides for it.
-pub const ALLOCATOR_ANNOTATION: &str = "knit.dev/clb-allocator";
-/// On a service: `clb.knit.dev/<key>: <value>` is passed to the allocator
-/// as configuration, e.g. `clb.knit.dev/spread: uniform`.
-pub const CONFIG_ANNOTATION_PREFIX: &str = "clb.knit.dev/";
-pub const DEFAULT_ALLOCATOR: &str = "clb-allocator";
 pub const SERVICE_FINALIZER: &str = "knit.dev/dedicated-clb-service";
 pub const LISTENER_FINALIZER: &str = "knit.dev/clb-listener";
+
+/// What the service controller observed for one service, or what `knit
+/// simulate` read from manifests.
+pub struct Observed {
+    pub service: Arc<DedicatedCLBService>,
+    /// The pods the service selects.
+    pub pods: Vec<Arc<Pod>>,
+    /// Every listener object: the service's, and others' (whose ports on
+    /// its CLBs count as taken).
+    pub listeners: Vec<Arc<DedicatedCLBListener>>,
+    /// Each of the service's CLBs once, as read; `None`: it does not exist.
+    pub lbs: Vec<(String, Option<Arc<LbView>>)>,
+    pub region: String,
+    pub listener_quota: u32,
+    /// How often to look again when nothing changes, and how old a CLB
+    /// read may be.
+    pub resync: Duration,
+    pub view_max_age: Duration,
+    pub now: Time,
+    /// For a random spread; see `seed_for`.
+    pub seed: u64,
+}
+
+/// What to write for one service.
+#[derive(Debug, Default)]
+pub struct ServicePlan {
+    /// Listener objects to apply (server-side, so fields left out go),
+    /// before the deletions.
+    pub apply: Vec<DedicatedCLBListener>,
+    /// Listener objects to delete, by name.
+    pub delete: Vec<String>,
+    /// `(pod, annotation, address)` to write on the pods.
+    pub pod_addresses: Vec<(String, String, String)>,
+    /// Pods left without a listener, and why (told once, by an Event).
+    pub waiting: Vec<(String, String)>,
+    /// Why the allocator made no decision, when it did not (the status
+    /// says so too; nothing else is written).
+    pub refusal: Option<Refusal>,
+    pub status: DedicatedCLBServiceStatus,
+    pub requeue: Duration,
+}
+
+/// The service's CLBs, each once, in the order it names them (the
+/// allocator fills the first first).
+pub fn lb_ids(service: &DedicatedCLBService) -> Vec<&String> {
+    let mut seen = BTreeSet::new();
+    let ids = service.spec.existed_lb_ids.iter();
+    ids.filter(|id| seen.insert(*id)).collect()
+}
+
+/// The seed for a random spread: stable for a service in a given state, so
+/// a replay with `knit simulate` gives the same answer.
+pub fn seed_for(service: &DedicatedCLBService, listeners: &[Arc<DedicatedCLBListener>]) -> u64 {
+    let own = own_listeners(service, listeners).0.len();
+    crate::controller::replay_seed(&[&service.uid().unwrap_or_default(), &own.to_string()])
+}
+
+/// Plans one pass over a service.
+pub fn plan_service(observed: &Observed, registry: &Registry) -> ServicePlan {
+    let service = &*observed.service;
+    let now = &observed.now;
+    let pods: Vec<&Pod> = observed.pods.iter().map(|p| &**p).collect();
+    let (own, refused) = own_listeners(service, &observed.listeners);
+    let (lbs, lb_statuses, missing) = load_balancers(observed, &own);
+
+    let chosen = match decision::choose(registry, service) {
+        Ok(chosen) => chosen,
+        Err(refusal) => return refused_plan(observed, refusal),
+    };
+    let request = request(service, lbs.clone(), &pods, &own, now, observed.seed);
+    let decision = match chosen.answer(chosen.plugin.allocate_listeners(&request, &chosen.config)) {
+        Ok(decision) => decision,
+        Err(refusal) => return refused_plan(observed, refusal),
+    };
+    tracing::debug!(
+        service = %kube::runtime::reflector::ObjectRef::from_obj(service),
+        plugin = %chosen.plugin.name_version(),
+        create = decision.create.len(),
+        bind = decision.bind.len(),
+        unbind = decision.unbind.len(),
+        delete = decision.delete.len(),
+        no_port = decision.messages.len(),
+        "planned"
+    );
+
+    let changed = !decision.create.is_empty()
+        || !decision.bind.is_empty()
+        || !decision.unbind.is_empty()
+        || !decision.delete.is_empty();
+    let (ready, reason, message) = readiness(
+        service,
+        &pods,
+        &own,
+        &missing,
+        &observed.region,
+        &decision,
+        changed,
+    );
+    let status = DedicatedCLBServiceStatus {
+        load_balancers: lb_statuses,
+        allocated: own.len() as u64,
+        free: free_ports(service, &lbs, &own),
+        observed_generation: service.metadata.generation,
+        conditions: vec![ready_condition(service, ready, reason, &message, now)],
+        decided_by: chosen.status(),
+    };
+
+    // Come back when a resting listener may serve a waiting pod, soon while
+    // listeners are being bound, and now and then to notice CLB changes.
+    let cooldown =
+        clb::parse_config(&chosen.config).map_or(clb::DEFAULT_COOLDOWN_SECONDS, |(_, c)| c);
+    let mut requeue = observed.resync;
+    if !decision.messages.is_empty()
+        && let Some(seconds) = next_rest_end(&own, cooldown, now)
+    {
+        requeue = requeue.min(Duration::from_secs(seconds.max(1)));
+    }
+    if !missing.is_empty() || !decision.messages.is_empty() {
+        requeue = requeue.min(observed.view_max_age);
+    }
+
+    ServicePlan {
+        apply: intents(service, &own, &decision, now)
+            .iter()
+            .map(|intent| listener_object(service, intent))
+            .collect(),
+        delete: decision
+            .delete
+            .iter()
+            .cloned()
+            .chain(refused.iter().map(|l| l.name_any()))
+            .collect(),
+        pod_addresses: pod_addresses(service, &pods, &own),
+        waiting: decision.messages,
+        refusal: None,
+        status,
+        requeue,
+    }
+}
+
+/// The service's listener objects, not being deleted: those to plan with,
+/// and those the CLB refused (quota, a port taken outside knit), to be
+/// deleted so the allocator, seeing the CLB full or the port taken, places
+/// them again. Listeners on their way out count as others' ports until
+/// they are gone.
+pub fn own_listeners<'a>(
+    service: &'a DedicatedCLBService,
+    listeners: &'a [Arc<DedicatedCLBListener>],
+) -> (Vec<&'a DedicatedCLBListener>, Vec<&'a DedicatedCLBListener>) {
+    owned_by(service, listeners)
+        .map(|l| &**l)
+        .filter(|l| l.metadata.deletion_timestamp.is_none())
+        .partition(|l| !refused_by_clb(l))
+}
+
+/// The service's listener objects: owned by this very object (a new
+/// service of the same name does not inherit). Offline (`knit simulate`)
+/// the service has no UID: its label says whose a listener is.
+pub fn owned_by<'a>(
+    service: &'a DedicatedCLBService,
+    listeners: &'a [Arc<DedicatedCLBListener>],
+) -> impl Iterator<Item = &'a Arc<DedicatedCLBListener>> + 'a {
+    let uid = service.uid();
+    listeners.iter().filter(move |l| {
+        l.namespace() == service.namespace()
+            && match &uid {
+                Some(uid) => l
+                    .owner_references()
+                    .iter()
+                    .any(|o| &o.uid == uid && o.controller == Some(true)),
+                None => l.labels().get(SERVICE_LABEL) == Some(&service.name_any()),
+            }
+    })
+}
+
+/// The CLBs that exist as the allocator sees them, their status, and the
+/// IDs of those that do not exist.
+fn load_balancers(
+    observed: &Observed,
+    own: &[&DedicatedCLBListener],
+) -> (Vec<clb::LoadBalancer>, Vec<LoadBalancerStatus>, Vec<String>) {
+    let (mut lbs, mut statuses, mut missing) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, view) in &observed.lbs {
+        let Some(view) = view else {
+            missing.push(id.clone());
+            continue;
+        };
+        // Ports other objects hold on this CLB: other services', and this
+        // one's on their way out.
+        let others: Vec<&DedicatedCLBListener> = observed
+            .listeners
+            .iter()
+            .map(|l| &**l)
+            .filter(|l| l.spec.lb_id == *id && !own.iter().any(|o| std::ptr::eq(*o, *l)))
+            .collect();
+        lbs.push(load_balancer(
+            id,
+            view,
+            own,
+            &others,
+            observed.listener_quota,
+        ));
+        statuses.push(LoadBalancerStatus {
+            lb_id: id.clone(),
+            vips: view.vips.clone(),
+            allocated: own.iter().filter(|l| l.spec.lb_id == *id).count() as u64,
+        });
+    }
+    (lbs, statuses, missing)
+}
+
+/// `Ready`: every serving pod's ports bound, with nothing left to change.
+fn readiness(
+    service: &DedicatedCLBService,
+    pods: &[&Pod],
+    own: &[&DedicatedCLBListener],
+    missing: &[String],
+    region: &str,
+    decision: &clb::Plan,
+    changed: bool,
+) -> (bool, &'static str, String) {
+    let serving: Vec<&&Pod> = pods.iter().filter(|p| pod_ip(p).is_some()).collect();
+    let wanted = serving.len() * service.spec.ports.len();
+    let bound = own
+        .iter()
+        .filter(|l| {
+            l.status.as_ref().and_then(|s| s.state) == Some(ListenerState::Bound)
+                && l.spec
+                    .backend_pod
+                    .as_ref()
+                    .is_some_and(|b| serving.iter().any(|p| p.name_any() == b.pod_name))
+        })
+        .count();
+    if !missing.is_empty() {
+        (
+            false,
+            "LoadBalancerNotFound",
+            format!("CLB(s) {} do not exist in {region}", missing.join(", ")),
+        )
+    } else if let Some((_, first)) = decision.messages.first() {
+        (
+            false,
+            "NoPortAvailable",
+            format!(
+                "{} pod port(s) without a listener: {first}",
+                decision.messages.len()
+            ),
+        )
+    } else if bound < wanted || changed {
+        (
+            false,
+            "Binding",
+            format!("{bound} of {wanted} pod port(s) bound"),
+        )
+    } else {
+        (
+            true,
+            "AllBound",
+            format!("{bound} of {wanted} pod port(s) bound"),
+        )
+    }
+}
+
+/// A pass with no decision: the status says why, nothing else changes; a
+/// configuration the allocator refused waits longer than a failed call.
+fn refused_plan(observed: &Observed, refusal: Refusal) -> ServicePlan {
+    let service = &*observed.service;
+    let status = DedicatedCLBServiceStatus {
+        observed_generation: service.metadata.generation,
+        conditions: vec![ready_condition(
+            service,
+            false,
+            refusal.reason,
+            &refusal.message,
+            &observed.now,
+        )],
+        ..service.status.clone().unwrap_or_default()
+    };
+    let requeue = if refusal.reason == INVALID_CONFIG {
+        60
+    } else {
+        30
+    };
+    ServicePlan {
+        refusal: Some(refusal),
+        status,
+        requeue: Duration::from_secs(requeue),
+        ..ServicePlan::default()
+    }
+}
+
+/// The service's `Ready` condition.
+pub fn ready_condition(
+    service: &DedicatedCLBService,
+    ready: bool,
+    reason: &str,
+    message: &str,
+    now: &Time,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    let previous = service
+        .status
+        .as_ref()
+        .map_or(&[][..], |s| s.conditions.as_slice());
+    let generation = service.metadata.generation;
+    crate::conditions::condition(previous, "Ready", ready, reason, message, generation, now)
+}
 
 /// The listener object for one (LB, protocol, port): a fixed name, so a
 /// restart half-way through creating it finds it instead of adding another.
@@ -97,18 +402,6 @@ pub fn pod_ip(pod: &Pod) -> Option<&str> {
         .pod_ip
         .as_deref()
         .filter(|ip| !ip.is_empty())
-}
-
-/// The allocator's configuration from the service's annotations.
-pub fn allocator_config(service: &DedicatedCLBService) -> Vec<(String, String)> {
-    service
-        .annotations()
-        .iter()
-        .filter_map(|(key, value)| {
-            key.strip_prefix(CONFIG_ANNOTATION_PREFIX)
-                .map(|key| (key.to_owned(), value.clone()))
-        })
-        .collect()
 }
 
 /// One CLB as the allocator sees it. Foreign ports are the CLB's listeners
