@@ -19,11 +19,11 @@ fn micros(d: Duration) -> f64 {
 }
 
 fn main() {
-    let plugin = knit::cli::builtin_registry(None, Arc::default())
+    let plugin = knit::registry_setup::builtin_registry(None, Arc::default())
         .unwrap()
         .get("clb-allocator")
         .expect("clb-allocator is built in");
-    let request = knit::cli::clb_bench_request();
+    let request = knit::bench_fixtures::clb_bench_request();
     let native_plan = || {
         knit_clb_core::plan(
             &request.service,
@@ -67,7 +67,7 @@ fn main() {
     let (native, fresh) = (median(native), median(fresh));
     println!(
         "clb-allocator, {}, median of {ITERATIONS} calls:",
-        knit::cli::CLB_BENCH_SHAPE
+        knit::bench_fixtures::CLB_BENCH_SHAPE
     );
     println!("  native                {:>9.2} µs", micros(native));
     println!(

@@ -45,7 +45,7 @@ fn main() {
             None,
         )
         .unwrap();
-    let request = knit::cli::bench_request();
+    let request = knit::bench_fixtures::bench_request();
 
     let native: Vec<Duration> = (0..ITERATIONS)
         .map(|_| {

@@ -35,11 +35,11 @@ fn time(mut f: impl FnMut()) -> Duration {
 }
 
 fn main() {
-    let plugin = knit::cli::builtin_registry(None, Arc::default())
+    let plugin = knit::registry_setup::builtin_registry(None, Arc::default())
         .unwrap()
         .get("tunnel-mapper")
         .expect("tunnel-mapper is built in");
-    let request = knit::cli::tunnel_bench_request();
+    let request = knit::bench_fixtures::tunnel_bench_request();
     let config = Config::default();
 
     // Once, outside the timings: the sandboxed answer is the native one, and
@@ -73,7 +73,7 @@ fn main() {
     });
     println!(
         "tunnel-mapper, {}: {} rules, {} DNS names; median of {ITERATIONS} calls:",
-        knit::cli::TUNNEL_BENCH_SHAPE,
+        knit::bench_fixtures::TUNNEL_BENCH_SHAPE,
         expected.rules.len(),
         expected.dns.len()
     );

@@ -1,6 +1,7 @@
 //! knit: a Kubernetes controller for edge networking whose decisions are
 //! WebAssembly components. The README's Layout section is the map.
 
+pub mod bench_fixtures;
 pub mod cli;
 pub mod cni;
 pub mod conditions;
@@ -10,6 +11,7 @@ pub mod domains;
 pub mod leader;
 pub mod plugin_test;
 pub mod providers;
+pub mod registry_setup;
 pub mod runtime;
 pub mod simulate;
 pub mod telemetry;

@@ -4,6 +4,7 @@ use anyhow::Context;
 use clap::Parser;
 use knit::cli::{self, Cli, Command, PluginCommand, RunArgs};
 use knit::leader::{self, LeaseConfig};
+use knit::registry_setup;
 use knit::runtime::{RuntimeMetrics, dir_source, kube_source};
 
 fn main() -> anyhow::Result<()> {
@@ -31,7 +32,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plugin(command) => {
-            let registry = cli::empty_registry(None, metrics)?;
+            let registry = registry_setup::empty_registry(None, metrics)?;
             match command {
                 PluginCommand::Check { files } => cli::plugin_check(&registry, &files),
                 PluginCommand::Bench { file, iterations } => {
@@ -42,7 +43,7 @@ fn main() -> anyhow::Result<()> {
                         Some(file) => file,
                         None => single_wasm_in(&dir)?,
                     };
-                    let plugin = cli::load_file(&registry, &file)?;
+                    let plugin = registry_setup::load_file(&registry, &file)?;
                     let (_, failed) = knit::plugin_test::run(&dir, &plugin)?;
                     anyhow::ensure!(failed == 0, "{failed} case(s) failed");
                     Ok(())

@@ -362,7 +362,7 @@ fn the_host_refuses_a_plan_that_destroys_what_serves() {
 fn the_built_in_plans_pass_the_check_at_scale() {
     let registry = common::registry();
     let plugin = builtin(&registry);
-    let bench = knit::cli::clb_bench_request();
+    let bench = knit::bench_fixtures::clb_bench_request();
     let plan = same_as_native(&plugin, &bench, &[]);
     assert!(
         plan.delete.is_empty() && plan.messages.is_empty(),

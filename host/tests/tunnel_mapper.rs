@@ -226,7 +226,7 @@ fn the_built_in_mapper_maps_as_the_native_code_does() {
     assert_eq!(published.sources[0].verdict, Verdict::Accepted);
 
     // The benchmark's thousand Ingresses.
-    let big = same_as_native(&plugin, &knit::cli::tunnel_bench_request(), &[]);
+    let big = same_as_native(&plugin, &knit::bench_fixtures::tunnel_bench_request(), &[]);
     assert!(big.rules.len() > 1500, "{}", big.rules.len());
 
     // Generated requests: whatever the mix, the sandbox agrees.
@@ -469,7 +469,7 @@ fn the_host_refuses_a_mapping_that_drops_what_serves() {
 fn the_built_in_mappings_pass_the_check_at_scale() {
     let registry = common::registry();
     let plugin = builtin(&registry);
-    let bench = knit::cli::tunnel_bench_request();
+    let bench = knit::bench_fixtures::tunnel_bench_request();
     same_as_native(&plugin, &bench, &[]);
     same_as_native(&plugin, &bench, &[("withhold-unready", "false")]);
 }

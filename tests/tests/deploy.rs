@@ -240,7 +240,7 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
 
     // knit, as the chart's ServiceAccount.
     let client = knit_tests::knit_client().await;
-    let registry = knit::cli::builtin_registry(None, Arc::default()).unwrap();
+    let registry = knit::registry_setup::builtin_registry(None, Arc::default()).unwrap();
     let (mut leading, _election) = knit::leader::spawn(
         client.clone(),
         knit::leader::LeaseConfig::new(NAMESPACE, "knit", "deploy-test"),

@@ -33,7 +33,7 @@ async fn take_turn(prefix: &str) -> (tokio::sync::MutexGuard<'static, ()>, Clien
 }
 
 fn builtin_registry() -> Arc<Registry> {
-    knit::cli::builtin_registry(None, Arc::default()).unwrap()
+    knit::registry_setup::builtin_registry(None, Arc::default()).unwrap()
 }
 
 /// A controller on its own client, as a separate replica would be.

@@ -153,7 +153,7 @@ async fn concurrent_allocators_never_share_an_address() {
     let status = call("STATUS", "", &config, "").await;
     assert!(status.ok, "{status:?}");
 
-    let registry = knit::cli::builtin_registry(None, Arc::default()).unwrap();
+    let registry = knit::registry_setup::builtin_registry(None, Arc::default()).unwrap();
     let processes: Vec<_> = (0..8)
         .map(|i| {
             let config = config.clone();
@@ -363,7 +363,7 @@ async fn add_is_idempotent_and_del_check_gc_work() {
 async fn pools_that_cannot_serve_are_clear_errors() {
     let _ = tracing_subscriber::fmt().with_test_writer().try_init();
     let client = knit_tests::admin_client().await;
-    let registry = knit::cli::builtin_registry(None, Arc::default()).unwrap();
+    let registry = knit::registry_setup::builtin_registry(None, Arc::default()).unwrap();
 
     // Missing.
     let missing = unique_name(&client, "cni-missing").await;

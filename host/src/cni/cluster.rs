@@ -8,7 +8,8 @@ use std::sync::Arc;
 use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use serde_json::Value;
 
-use super::config::{Cidr, NetConf, check_plugin_name};
+use super::cidr::Cidr;
+use super::config::{NetConf, check_plugin_name};
 use super::error::{CniError, Code, quoted};
 use super::protocol::{Invocation, NetworkCommand};
 use super::result::{self, IpConfig};

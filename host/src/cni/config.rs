@@ -3,21 +3,22 @@
 //! `dataDir`) plus knit's (`strategy`, `pluginsDir`, `cacheDir`, `mode`,
 //! `pool`, `kubeconfig`). The `ipam` section is parsed strictly: an unknown
 //! field or a bad value is an error that names the field.
+//!
+//! Only parsing and checking live here; the address shapes it produces
+//! (`Cidr`, `Range`, `RangeSet`) and their arithmetic are in `cidr`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
+use super::cidr::{Cidr, Range, RangeSet, beyond_offsets, bits_of, ip_value};
 use super::error::{CniError, Code, quoted};
 use super::protocol::CniVersion;
-use crate::domains::ipam::address_space::{
-    self, AddressSpace, MAX_OFFSETS_PER_CIDR, MAX_OFFSETS_PER_CIDR_TEXT, parse_cidr,
-};
-use crate::domains::ipam::types::{IPPoolSpec, MAX_PLUGIN_NAME, is_plugin_name};
+use crate::domains::ipam::address_space::MAX_OFFSETS_PER_CIDR;
+use crate::domains::ipam::types::{MAX_PLUGIN_NAME, is_plugin_name};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
 pub const DEFAULT_PLUGINS_DIR: &str = "/opt/knit/plugins";
@@ -90,145 +91,6 @@ pub struct Route {
     pub dst: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gw: Option<IpAddr>,
-}
-
-/// A subnet: network address and prefix length.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Cidr {
-    pub network: IpAddr,
-    pub prefix: u8,
-}
-
-impl Cidr {
-    pub fn parse(text: &str) -> Result<Cidr, String> {
-        let (network, prefix, ipv6) = parse_cidr(text)?;
-        Ok(Cidr {
-            network: address_space::to_ip(network, ipv6),
-            prefix: prefix as u8,
-        })
-    }
-
-    fn host_bits(&self) -> u32 {
-        bits_of(&self.network) - u32::from(self.prefix)
-    }
-
-    pub fn contains(&self, address: &IpAddr) -> bool {
-        let network_bits = |value: u128| value.checked_shr(self.host_bits()).unwrap_or(0);
-        address.is_ipv6() == self.network.is_ipv6()
-            && network_bits(ip_value(address)) == network_bits(ip_value(&self.network))
-    }
-
-    /// The address `n` after the network address.
-    fn nth(&self, n: u128) -> IpAddr {
-        address_space::to_ip(ip_value(&self.network) + n, self.network.is_ipv6())
-    }
-
-    /// host-local's default range end: the broadcast address is not usable
-    /// in IPv4, IPv6 has none.
-    fn last_usable(&self) -> IpAddr {
-        let size_minus_one = u128::MAX.checked_shr(128 - self.host_bits()).unwrap_or(0);
-        let last = self.nth(size_minus_one);
-        if last.is_ipv4() {
-            address_space::to_ip(ip_value(&last) - 1, false)
-        } else {
-            last
-        }
-    }
-
-    fn overlaps(&self, other: &Cidr) -> bool {
-        self.contains(&other.network) || other.contains(&self.network)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-impl<'de> Deserialize<'de> for Cidr {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        Cidr::parse(&text).map_err(serde::de::Error::custom)
-    }
-}
-
-/// One range of a range set, with host-local's defaults filled in.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Range {
-    pub subnet: Cidr,
-    pub start: IpAddr,
-    pub end: IpAddr,
-    pub gateway: IpAddr,
-}
-
-impl Range {
-    pub fn contains(&self, address: &IpAddr) -> bool {
-        address.is_ipv6() == self.start.is_ipv6()
-            && ip_value(address) >= ip_value(&self.start)
-            && ip_value(address) <= ip_value(&self.end)
-    }
-}
-
-/// The ranges one address per ADD comes from (one family), in order.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RangeSet(pub Vec<Range>);
-
-impl RangeSet {
-    /// The range an address belongs to, if any.
-    pub fn range_of(&self, address: &IpAddr) -> Option<&Range> {
-        self.0.iter().find(|range| range.contains(address))
-    }
-
-    /// The set as a pool's offsets: the subnets laid end to end (each counts
-    /// at most its first 2^48 addresses), everything outside
-    /// `rangeStart ..= rangeEnd` and each range's gateway excluded.
-    pub fn address_space(&self) -> Result<AddressSpace, String> {
-        let spec = IPPoolSpec {
-            cidrs: self.0.iter().map(|r| r.subnet.to_string()).collect(),
-            ..IPPoolSpec::default()
-        };
-        let mut space = AddressSpace::from_spec(&spec)?;
-        let base_of = |space: &AddressSpace, range: &Range| {
-            space
-                .offset_of(&range.subnet.network)
-                .ok_or_else(|| format!("{} has no offset", range.subnet))
-        };
-        for (index, range) in self.0.iter().enumerate() {
-            let first = base_of(&space, range)?;
-            let last = match self.0.get(index + 1) {
-                Some(next) => base_of(&space, next)? - 1,
-                None => space.size() - 1,
-            };
-            // `range` refused a start past the subnet's offsets; an end
-            // past them ends with them.
-            let start = space
-                .offset_of(&range.start)
-                .ok_or_else(|| beyond_offsets(&range.start, &range.subnet))?;
-            let end = space.offset_of(&range.end).unwrap_or(last);
-            if start > first {
-                space.excluded.push(first..=start - 1);
-            }
-            if end < last {
-                space.excluded.push(end + 1..=last);
-            }
-            if range.subnet.contains(&range.gateway)
-                && let Some(gateway) = space.offset_of(&range.gateway)
-            {
-                space.excluded.push(gateway..=gateway);
-            }
-        }
-        Ok(space)
-    }
-
-    /// `first-last` of each range, for messages.
-    pub fn describe(&self) -> String {
-        self.0
-            .iter()
-            .map(|r| format!("{}-{}", r.start, r.end))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
 }
 
 #[derive(Deserialize)]
@@ -586,12 +448,6 @@ fn check_sets_disjoint(sets: &[RangeSet]) -> Result<(), CniError> {
     Ok(())
 }
 
-fn beyond_offsets(address: &IpAddr, subnet: &Cidr) -> String {
-    format!(
-        "{address} is beyond the first {MAX_OFFSETS_PER_CIDR_TEXT} addresses of {subnet}, the most one subnet hands out"
-    )
-}
-
 fn is_safe_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
@@ -634,17 +490,10 @@ fn suffix(path: &serde_path_to_error::Path) -> String {
         .collect()
 }
 
-fn bits_of(address: &IpAddr) -> u32 {
-    if address.is_ipv6() { 128 } else { 32 }
-}
-
-fn ip_value(address: &IpAddr) -> u128 {
-    address_space::from_ip(address).0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rstest::rstest;
     use serde_json::json;
 
     fn parse_ipam(ipam: Value) -> Result<NetConf, CniError> {
@@ -695,218 +544,141 @@ mod tests {
         assert_eq!(ranges(&v6)[0].0[0].end, ip("fd00::ff"));
     }
 
-    #[test]
-    fn a_range_set_as_offsets() {
-        let conf = parse_ipam(json!({"type": "k", "ranges": [[
-            {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.10", "rangeEnd": "10.0.0.20", "gateway": "10.0.0.15"},
-            {"subnet": "10.0.5.0/30"},
-        ]]}))
+    #[rstest]
+    #[case::no_ranges(json!({"type": "k"}), "ipam.ranges: required")]
+    #[case::no_range_sets(
+        json!({"type": "k", "ranges": []}),
+        "ipam.ranges: needs at least one range set",
+    )]
+    #[case::an_empty_range_set(
+        json!({"type": "k", "ranges": [[]]}),
+        "ipam.ranges[0]: needs at least one range",
+    )]
+    #[case::ranges_and_a_legacy_field(
+        json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}]], "gateway": "10.0.0.1"}),
+        "ipam.gateway: give either ranges or the legacy",
+    )]
+    #[case::mixed_families_in_a_set(
+        json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "fd00::/64"}]]}),
+        "ipam.ranges[0]: mixed address families",
+    )]
+    #[case::overlapping_subnets_in_a_set(
+        json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.0.0/25"}]]}),
+        "ipam.ranges[0][1].subnet: 10.0.0.0/25 overlaps 10.0.0.0/24",
+    )]
+    #[case::overlapping_sets(
+        json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.0/25"}]]}),
+        "ipam.ranges[1][0]: 10.0.0.1-10.0.0.126 overlaps 10.0.0.1-10.0.0.254 of ipam.ranges[0][0]",
+    )]
+    #[case::sets_sharing_one_address(
+        json!({"type": "k", "ranges": [
+            [{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.99"}],
+            [{"subnet": "10.1.0.0/24"}, {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.99"}],
+        ]}),
+        "ipam.ranges[1][1]: 10.0.0.99-10.0.0.254 overlaps 10.0.0.1-10.0.0.99 of ipam.ranges[0][0]",
+    )]
+    #[case::overlapping_sets_at_the_top_of_ipv6(
+        json!({"type": "k", "ranges": [
+            [{"subnet": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120"}],
+            [{"subnet": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120"}],
+        ]}),
+        "ipam.ranges[1][0]: ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff01-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff overlaps",
+    )]
+    #[case::overlapping_ipv6_subnets_in_a_set(
+        json!({"type": "k", "ranges": [[{"subnet": "fd00::/64"}, {"subnet": "fd00::/120"}]]}),
+        "ipam.ranges[0][1].subnet: fd00::/120 overlaps fd00::/64",
+    )]
+    #[case::range_start_beyond_the_offsets(
+        json!({"type": "k", "ranges": [[{"subnet": "fd00::/64", "rangeStart": "fd00::1:0:0:0"}]]}),
+        "ipam.ranges[0][0].rangeStart: fd00::1:0:0:0 is beyond the first 2^48 addresses of fd00::/64",
+    )]
+    #[case::range_start_after_range_end(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "rangeStart": "10.0.0.9", "rangeEnd": "10.0.0.8"}),
+        "ipam.rangeStart: 10.0.0.9 is after rangeEnd 10.0.0.8",
+    )]
+    #[case::subnet_with_host_bits(
+        json!({"type": "k", "subnet": "10.0.0.5/24"}),
+        "ipam.subnet: \"10.0.0.5/24\" has host bits set",
+    )]
+    #[case::pool_in_local_mode(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "pool": "p"}),
+        "ipam.pool: only used with",
+    )]
+    #[case::subnet_in_cluster_mode(
+        json!({"type": "k", "mode": "cluster", "pool": "p", "kubeconfig": "/k", "subnet": "10.0.0.0/24"}),
+        "ipam.subnet: not used in cluster mode",
+    )]
+    #[case::cluster_mode_without_pool(
+        json!({"type": "k", "mode": "cluster", "kubeconfig": "/k"}),
+        "ipam.pool: required",
+    )]
+    #[case::empty_plugin_name(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": ""}}),
+        "ipam.strategy.plugin",
+    )]
+    #[case::unknown_strategy_field(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"name": "x"}}),
+        "ipam.strategy.name: unknown field",
+    )]
+    #[case::no_type(
+        json!({"subnet": "10.0.0.0/24"}),
+        "ipam: missing field `type`",
+    )]
+    #[case::plugin_name_that_is_an_absolute_path(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": "/opt/evil/x"}}),
+        "ipam.strategy.plugin: \"/opt/evil/x\" is not a plugin name",
+    )]
+    #[case::plugin_name_that_climbs_out(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": "../../tmp/x"}}),
+        "ipam.strategy.plugin: \"../../tmp/x\" is not a plugin name",
+    )]
+    #[case::plugin_name_dot_dot(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": ".."}}),
+        "ipam.strategy.plugin: \"..\" is not a plugin name",
+    )]
+    #[case::plugin_name_starting_with_a_dot(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": ".hidden"}}),
+        "ipam.strategy.plugin",
+    )]
+    #[case::plugin_name_too_long(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": "x".repeat(129)}}),
+        "ipam.strategy.plugin",
+    )]
+    #[case::relative_data_dir(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "dataDir": "state"}),
+        "ipam.dataDir: \"state\" is not an absolute path",
+    )]
+    #[case::relative_plugins_dir(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "pluginsDir": "./plugins"}),
+        "ipam.pluginsDir: \"./plugins\" is not an absolute path",
+    )]
+    #[case::empty_cache_dir(
+        json!({"type": "k", "subnet": "10.0.0.0/24", "cacheDir": ""}),
+        "ipam.cacheDir: \"\" is not an absolute path",
+    )]
+    #[case::pool_that_is_not_an_object_name(
+        json!({"type": "k", "mode": "cluster", "pool": "../pods", "kubeconfig": "/k"}),
+        "ipam.pool: \"../pods\" is not an IPPool name",
+    )]
+    fn cross_field_rules_name_the_field(#[case] ipam: Value, #[case] expected: &str) {
+        let msg = parse_ipam(ipam.clone()).unwrap_err().msg;
+        assert!(msg.starts_with(expected), "{ipam}: {msg}");
+    }
+
+    #[rstest]
+    #[case::built_in("ipam-sequential")]
+    #[case::underscore_and_dot("my_plugin.v2")]
+    #[case::short_mixed_case("A1")]
+    #[case::at_the_length_limit(&"x".repeat(128))]
+    fn plugin_names_that_are_names_are_accepted(#[case] plugin: &str) {
+        let conf = parse_ipam(
+            json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": plugin}}),
+        )
         .unwrap();
-        let set = &ranges(&conf)[0];
-        let space = set.address_space().unwrap();
-        assert_eq!(space.size(), 260);
-        let free: Vec<u64> = (0..space.size())
-            .filter(|o| !space.excluded.iter().any(|r| r.contains(o)))
-            .collect();
-        // .10-.20 less the gateway; .2 of the /30 (.1 is its gateway).
-        let mut expected: Vec<u64> = (10..=20).filter(|o| *o != 15).collect();
-        expected.push(258);
-        assert_eq!(free, expected);
-        assert_eq!(set.range_of(&ip("10.0.5.2")).unwrap().subnet.prefix, 30);
-        assert!(set.range_of(&ip("10.0.0.21")).is_none());
-        assert_eq!(set.describe(), "10.0.0.10-10.0.0.20,10.0.5.1-10.0.5.2");
-    }
-
-    #[test]
-    fn wide_ipv6_subnets_work() {
-        let conf = parse_ipam(json!({"type": "k", "ranges": [[{"subnet": "fd00::/48"}]]})).unwrap();
-        let space = ranges(&conf)[0].address_space().unwrap();
-        assert_eq!(space.size(), MAX_OFFSETS_PER_CIDR);
-        assert_eq!(space.address_of(2), Some(ip("fd00::2")));
-    }
-
-    #[test]
-    fn range_sets_of_several_wide_ipv6_subnets() {
-        // Before offsets were capped, two /64s summed to 0 (no free
-        // address) and a third wrapped onto the first.
-        for count in [2u16, 3, 16] {
-            let subnets: Vec<Value> = (1..=count)
-                .map(|n| json!({"subnet": format!("fd00:0:0:{n:x}::/64")}))
-                .collect();
-            let conf = parse_ipam(json!({"type": "k", "ranges": [subnets]})).unwrap();
-            let space = ranges(&conf)[0].address_space().unwrap();
-            assert_eq!(
-                space.size(),
-                u64::from(count) * MAX_OFFSETS_PER_CIDR,
-                "{count}"
-            );
-            for n in 1..=count {
-                let address = ip(&format!("fd00:0:0:{n:x}::2"));
-                let offset = space.offset_of(&address).unwrap();
-                assert_eq!(offset, u64::from(n - 1) * MAX_OFFSETS_PER_CIDR + 2);
-                assert_eq!(space.address_of(offset), Some(address));
-                assert!(!space.excluded.iter().any(|r| r.contains(&offset)));
-            }
-            // The anycast address and the gateway of each are excluded.
-            let base = u64::from(count - 1) * MAX_OFFSETS_PER_CIDR;
-            for excluded in [base, base + 1] {
-                assert!(
-                    space.excluded.iter().any(|r| r.contains(&excluded)),
-                    "{count}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn an_explicit_range_never_hands_out_the_ipv6_anycast_address() {
-        let conf = parse_ipam(json!({"type": "k", "ranges": [[
-            {"subnet": "fd00::/120", "rangeStart": "fd00::", "gateway": "fd00::ff"},
-        ]]}))
-        .unwrap();
-        let space = ranges(&conf)[0].address_space().unwrap();
-        assert!(space.excluded.iter().any(|r| r.contains(&0)));
-        assert!(!space.excluded.iter().any(|r| r.contains(&1)));
-    }
-
-    #[test]
-    fn cross_field_rules_name_the_field() {
-        let error = |ipam: Value| parse_ipam(ipam).unwrap_err().msg;
-        let cases = [
-            (json!({"type": "k"}), "ipam.ranges: required"),
-            (
-                json!({"type": "k", "ranges": []}),
-                "ipam.ranges: needs at least one range set",
-            ),
-            (
-                json!({"type": "k", "ranges": [[]]}),
-                "ipam.ranges[0]: needs at least one range",
-            ),
-            (
-                json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}]], "gateway": "10.0.0.1"}),
-                "ipam.gateway: give either ranges or the legacy",
-            ),
-            (
-                json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "fd00::/64"}]]}),
-                "ipam.ranges[0]: mixed address families",
-            ),
-            (
-                json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}, {"subnet": "10.0.0.0/25"}]]}),
-                "ipam.ranges[0][1].subnet: 10.0.0.0/25 overlaps 10.0.0.0/24",
-            ),
-            (
-                json!({"type": "k", "ranges": [[{"subnet": "10.0.0.0/24"}], [{"subnet": "10.0.0.0/25"}]]}),
-                "ipam.ranges[1][0]: 10.0.0.1-10.0.0.126 overlaps 10.0.0.1-10.0.0.254 of ipam.ranges[0][0]",
-            ),
-            (
-                json!({"type": "k", "ranges": [
-                    [{"subnet": "10.0.0.0/24", "rangeEnd": "10.0.0.99"}],
-                    [{"subnet": "10.1.0.0/24"}, {"subnet": "10.0.0.0/24", "rangeStart": "10.0.0.99"}],
-                ]}),
-                "ipam.ranges[1][1]: 10.0.0.99-10.0.0.254 overlaps 10.0.0.1-10.0.0.99 of ipam.ranges[0][0]",
-            ),
-            (
-                json!({"type": "k", "ranges": [
-                    [{"subnet": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120"}],
-                    [{"subnet": "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff00/120"}],
-                ]}),
-                "ipam.ranges[1][0]: ffff:ffff:ffff:ffff:ffff:ffff:ffff:ff01-ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff overlaps",
-            ),
-            (
-                json!({"type": "k", "ranges": [[{"subnet": "fd00::/64"}, {"subnet": "fd00::/120"}]]}),
-                "ipam.ranges[0][1].subnet: fd00::/120 overlaps fd00::/64",
-            ),
-            (
-                json!({"type": "k", "ranges": [[{"subnet": "fd00::/64", "rangeStart": "fd00::1:0:0:0"}]]}),
-                "ipam.ranges[0][0].rangeStart: fd00::1:0:0:0 is beyond the first 2^48 addresses of fd00::/64",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "rangeStart": "10.0.0.9", "rangeEnd": "10.0.0.8"}),
-                "ipam.rangeStart: 10.0.0.9 is after rangeEnd 10.0.0.8",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.5/24"}),
-                "ipam.subnet: \"10.0.0.5/24\" has host bits set",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "pool": "p"}),
-                "ipam.pool: only used with",
-            ),
-            (
-                json!({"type": "k", "mode": "cluster", "pool": "p", "kubeconfig": "/k", "subnet": "10.0.0.0/24"}),
-                "ipam.subnet: not used in cluster mode",
-            ),
-            (
-                json!({"type": "k", "mode": "cluster", "kubeconfig": "/k"}),
-                "ipam.pool: required",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": ""}}),
-                "ipam.strategy.plugin",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"name": "x"}}),
-                "ipam.strategy.name: unknown field",
-            ),
-            (
-                json!({"subnet": "10.0.0.0/24"}),
-                "ipam: missing field `type`",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": "/opt/evil/x"}}),
-                "ipam.strategy.plugin: \"/opt/evil/x\" is not a plugin name",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": "../../tmp/x"}}),
-                "ipam.strategy.plugin: \"../../tmp/x\" is not a plugin name",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": ".."}}),
-                "ipam.strategy.plugin: \"..\" is not a plugin name",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": ".hidden"}}),
-                "ipam.strategy.plugin",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": "x".repeat(129)}}),
-                "ipam.strategy.plugin",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "dataDir": "state"}),
-                "ipam.dataDir: \"state\" is not an absolute path",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "pluginsDir": "./plugins"}),
-                "ipam.pluginsDir: \"./plugins\" is not an absolute path",
-            ),
-            (
-                json!({"type": "k", "subnet": "10.0.0.0/24", "cacheDir": ""}),
-                "ipam.cacheDir: \"\" is not an absolute path",
-            ),
-            (
-                json!({"type": "k", "mode": "cluster", "pool": "../pods", "kubeconfig": "/k"}),
-                "ipam.pool: \"../pods\" is not an IPPool name",
-            ),
-        ];
-        for (ipam, expected) in cases {
-            let msg = error(ipam.clone());
-            assert!(msg.starts_with(expected), "{ipam}: {msg}");
-        }
-    }
-
-    #[test]
-    fn plugin_names_that_are_names_are_accepted() {
-        for plugin in ["ipam-sequential", "my_plugin.v2", "A1", &"x".repeat(128)] {
-            let conf = parse_ipam(
-                json!({"type": "k", "subnet": "10.0.0.0/24", "strategy": {"plugin": plugin}}),
-            )
-            .unwrap();
-            let Mode::Local { strategy, .. } = conf.ipam.mode else {
-                unreachable!()
-            };
-            assert_eq!(strategy.plugin, plugin);
-        }
+        let Mode::Local { strategy, .. } = conf.ipam.mode else {
+            unreachable!()
+        };
+        assert_eq!(strategy.plugin, plugin);
     }
 
     #[test]
@@ -971,16 +743,5 @@ mod tests {
             Some(CniVersion::V0_4_0)
         );
         assert_eq!(parse(b"[1]").unwrap_err().code, Code::Decode);
-    }
-
-    #[test]
-    fn cidr_containment_at_the_edges() {
-        let cidr = |text: &str| Cidr::parse(text).unwrap();
-        assert!(cidr("0.0.0.0/0").contains(&ip("255.255.255.255")));
-        assert!(!cidr("0.0.0.0/0").contains(&ip("::1")));
-        assert!(cidr("10.0.0.4/32").contains(&ip("10.0.0.4")));
-        assert!(!cidr("10.0.0.4/32").contains(&ip("10.0.0.5")));
-        assert!(cidr("fd00::/127").contains(&ip("fd00::1")));
-        assert!(!cidr("fd00::/127").contains(&ip("fd00::2")));
     }
 }

@@ -86,30 +86,21 @@ impl CniError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rstest::rstest;
 
-    #[test]
-    fn quoted_names_are_bounded() {
-        let cases = [
-            ("short", "c1".to_string(), "\"c1\"".to_string()),
-            ("escaped", "a\nb".to_string(), "\"a\\nb\"".to_string()),
-            (
-                "at the limit",
-                "x".repeat(ECHO_LIMIT),
-                format!("\"{}\"", "x".repeat(ECHO_LIMIT)),
-            ),
-            (
-                "over the limit",
-                "y".repeat(100_000),
-                format!("\"{}\"…", "y".repeat(ECHO_LIMIT)),
-            ),
-            (
-                "multi-byte, cut on a character",
-                "é".repeat(ECHO_LIMIT + 1),
-                format!("\"{}\"…", "é".repeat(ECHO_LIMIT)),
-            ),
-        ];
-        for (name, text, expected) in cases {
-            assert_eq!(quoted(&text), expected, "{name}");
-        }
+    #[rstest]
+    #[case::short("c1".to_string(), "\"c1\"".to_string())]
+    #[case::escaped("a\nb".to_string(), "\"a\\nb\"".to_string())]
+    #[case::at_the_limit("x".repeat(ECHO_LIMIT), format!("\"{}\"", "x".repeat(ECHO_LIMIT)))]
+    #[case::over_the_limit(
+        "y".repeat(100_000),
+        format!("\"{}\"…", "y".repeat(ECHO_LIMIT)),
+    )]
+    #[case::multi_byte_cut_on_a_character(
+        "é".repeat(ECHO_LIMIT + 1),
+        format!("\"{}\"…", "é".repeat(ECHO_LIMIT)),
+    )]
+    fn quoted_names_are_bounded(#[case] text: String, #[case] expected: String) {
+        assert_eq!(quoted(&text), expected);
     }
 }

@@ -12,7 +12,8 @@ use std::path::Path;
 use knit_ipam_core::{AllocateError, FreeSpace, Request};
 use serde_json::Value;
 
-use super::config::{NetConf, RangeSet, StrategyConf};
+use super::cidr::RangeSet;
+use super::config::{NetConf, StrategyConf};
 use super::error::{CniError, Code, quoted};
 use super::protocol::{Invocation, NetworkCommand};
 use super::result::{self, IpConfig};

@@ -3,10 +3,12 @@
 //! chosen by the same strategy plugins as the controller's. Local mode keeps
 //! a node's allocations on disk; cluster mode claims them from an `IPPool`.
 //!
-//! Pure: `protocol` (the environment), `config`, `result`, and the state
-//! transitions in `store`. I/O: the store's files, `strategy` (loading the
-//! plugin), `cluster` (the Kubernetes API).
+//! Pure: `protocol` (the environment), `config` and the `cidr` shapes it
+//! parses into, `result`, and the state transitions in `store`. I/O: the
+//! store's files, `strategy` (loading the plugin), `cluster` (the
+//! Kubernetes API).
 
+pub mod cidr;
 mod cluster;
 pub mod config;
 pub mod error;

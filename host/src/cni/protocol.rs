@@ -212,6 +212,7 @@ fn parse_args(text: &str) -> Result<PodArgs, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rstest::rstest;
 
     fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
         let pairs: Vec<(String, String)> = pairs
@@ -236,19 +237,21 @@ mod tests {
         assert_eq!(unknown.msg, "unknown CNI_COMMAND: \"FROB\"");
     }
 
+    /// An ADD with every variable set, these three as given.
+    fn add(id: &str, ifname: &str, args: &str) -> Result<Invocation, CniError> {
+        parse_env(&env(&[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", "/proc/1/ns/net"),
+            ("CNI_IFNAME", ifname),
+            ("CNI_PATH", "/opt/cni/bin"),
+            ("CNI_ARGS", args),
+        ]))
+    }
+
     #[test]
-    fn pod_args_and_names_are_checked() {
-        let full = |id: &str, ifname: &str, args: &str| {
-            parse_env(&env(&[
-                ("CNI_COMMAND", "ADD"),
-                ("CNI_CONTAINERID", id),
-                ("CNI_NETNS", "/proc/1/ns/net"),
-                ("CNI_IFNAME", ifname),
-                ("CNI_PATH", "/opt/cni/bin"),
-                ("CNI_ARGS", args),
-            ]))
-        };
-        let invocation = full(
+    fn pod_args_are_read() {
+        let invocation = add(
             "abc-1.2_3",
             "eth0",
             "IgnoreUnknown=1;K8S_POD_NAMESPACE=web;K8S_POD_NAME=web-0;K8S_POD_UID=u-1",
@@ -262,19 +265,23 @@ mod tests {
                 uid: Some("u-1".into()),
             }
         );
-        for (id, ifname, args) in [
-            ("../x", "eth0", ""),
-            ("-x", "eth0", ""),
-            ("x", "eth/0", ""),
-            ("x", "a-very-long-interface", ""),
-            ("x", "eth0", "K8S_POD_NAME"),
-        ] {
-            let error = full(id, ifname, args).unwrap_err();
-            assert_eq!(error.code, Code::InvalidEnvironment, "{id} {ifname} {args}");
-        }
-        // A huge bad container ID is echoed only in part.
+    }
+
+    #[rstest]
+    #[case::container_id_that_is_a_path("../x", "eth0", "")]
+    #[case::container_id_starting_with_a_dash("-x", "eth0", "")]
+    #[case::ifname_with_a_slash("x", "eth/0", "")]
+    #[case::ifname_too_long("x", "a-very-long-interface", "")]
+    #[case::pod_arg_without_a_value("x", "eth0", "K8S_POD_NAME")]
+    fn bad_names_and_args_are_refused(#[case] id: &str, #[case] ifname: &str, #[case] args: &str) {
+        let error = add(id, ifname, args).unwrap_err();
+        assert_eq!(error.code, Code::InvalidEnvironment);
+    }
+
+    #[test]
+    fn a_huge_bad_container_id_is_echoed_only_in_part() {
         let huge = format!("/{}", "x".repeat(1 << 20));
-        let error = full(&huge, "eth0", "").unwrap_err();
+        let error = add(&huge, "eth0", "").unwrap_err();
         assert!(error.msg.len() < 200, "{} bytes", error.msg.len());
         assert!(error.msg.ends_with('…'), "{}", error.msg);
     }

@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::config::{Attachment, RangeSet};
+use super::cidr::RangeSet;
+use super::config::Attachment;
 use super::error::{CniError, Code};
 
 const STATE_FILE: &str = "state.json";
@@ -226,7 +227,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cni::config::{Cidr, Range};
+    use crate::cni::cidr::{Cidr, Range};
 
     fn set(subnet: &str, start: &str, end: &str) -> RangeSet {
         let (network, prefix) = subnet.split_once('/').unwrap();

@@ -47,6 +47,7 @@ pub fn jitter(delay: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rstest::rstest;
 
     #[test]
     fn delays_grow_stay_bounded_and_jitter() {
@@ -72,29 +73,23 @@ mod tests {
         assert!(policy.delay(500) <= policy.max_delay);
     }
 
+    /// Waits at most 1 s, whatever the server asks.
+    const CAPPED_AT_ONE_SECOND: RetryPolicy = RetryPolicy {
+        attempts: 3,
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(1),
+    };
+
+    #[rstest]
+    #[case::capped(Duration::from_secs(60), Duration::from_secs(1))]
+    #[case::as_asked(Duration::from_millis(300), Duration::from_millis(300))]
+    fn retry_after_is_honoured_up_to_the_cap(#[case] after: Duration, #[case] expected: Duration) {
+        assert_eq!(CAPPED_AT_ONE_SECOND.delay_after(Some(after), 0), expected);
+    }
+
     #[test]
-    fn retry_after_is_honoured_up_to_the_cap() {
-        let policy = RetryPolicy {
-            attempts: 3,
-            base_delay: Duration::from_millis(100),
-            max_delay: Duration::from_secs(1),
-        };
-        let cases = [
-            (
-                "capped",
-                Some(Duration::from_secs(60)),
-                Duration::from_secs(1),
-            ),
-            (
-                "as asked",
-                Some(Duration::from_millis(300)),
-                Duration::from_millis(300),
-            ),
-        ];
-        for (case, after, expected) in cases {
-            assert_eq!(policy.delay_after(after, 0), expected, "case {case}");
-        }
-        let backoff = policy.delay_after(None, 0);
+    fn without_retry_after_the_backoff_applies() {
+        let backoff = CAPPED_AT_ONE_SECOND.delay_after(None, 0);
         assert!(backoff >= Duration::from_millis(50) && backoff <= Duration::from_millis(100));
     }
 }

@@ -618,6 +618,7 @@ impl SplitMix64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rstest::rstest;
 
     fn service(spread: Spread) -> Service {
         Service {
@@ -876,37 +877,38 @@ mod tests {
         );
     }
 
-    #[test]
-    fn plans_pass_their_own_check_at_scale() {
-        // Brute force over spreads and shapes: whatever the allocator
-        // decides, the host's check accepts.
-        for spread in [Spread::InOrder, Spread::Uniform, Spread::Random] {
-            let mut s = service(spread);
-            s.max_port = 520;
-            s.ports.push(PortSpec {
-                protocol: Protocol::Udp,
-                target_port: 9001,
-            });
-            let lbs = [lb("lb-a", 12), lb("lb-b", 30)];
-            let pods: Vec<Pod> = (0..25).map(|i| pod(&format!("gs-{i}"))).collect();
-            let mut listeners = Vec::new();
-            for i in 0..10u16 {
-                let mut l = listener(
-                    &format!("old-{i}"),
-                    "lb-b",
-                    501 + i,
-                    Some(&format!("gone-{i}")),
-                );
-                l.unbound_for_seconds = None;
-                listeners.push(l);
-            }
-            let plan = plan(&s, &lbs, &pods, &listeners);
-            assert_eq!(plan.unbind.len(), 10);
-            check_plan(&s, &lbs, &pods, &listeners, &plan).unwrap();
-            // Quotas 12 + 30 = 42 listeners; 10 exist: 32 new at most.
-            assert_eq!(plan.create.len(), 32);
-            assert_eq!(plan.messages.len(), 50 - 32);
+    /// Whatever the allocator decides, at a scale where quotas run out,
+    /// the host's check accepts.
+    #[rstest]
+    #[case::in_order(Spread::InOrder)]
+    #[case::uniform(Spread::Uniform)]
+    #[case::random(Spread::Random)]
+    fn plans_pass_their_own_check_at_scale(#[case] spread: Spread) {
+        let mut s = service(spread);
+        s.max_port = 520;
+        s.ports.push(PortSpec {
+            protocol: Protocol::Udp,
+            target_port: 9001,
+        });
+        let lbs = [lb("lb-a", 12), lb("lb-b", 30)];
+        let pods: Vec<Pod> = (0..25).map(|i| pod(&format!("gs-{i}"))).collect();
+        let mut listeners = Vec::new();
+        for i in 0..10u16 {
+            let mut l = listener(
+                &format!("old-{i}"),
+                "lb-b",
+                501 + i,
+                Some(&format!("gone-{i}")),
+            );
+            l.unbound_for_seconds = None;
+            listeners.push(l);
         }
+        let plan = plan(&s, &lbs, &pods, &listeners);
+        assert_eq!(plan.unbind.len(), 10);
+        check_plan(&s, &lbs, &pods, &listeners, &plan).unwrap();
+        // Quotas 12 + 30 = 42 listeners; 10 exist: 32 new at most.
+        assert_eq!(plan.create.len(), 32);
+        assert_eq!(plan.messages.len(), 50 - 32);
     }
 
     /// One decision for the table tests below: the service is

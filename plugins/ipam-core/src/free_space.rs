@@ -158,6 +158,7 @@ impl<'a> FreeSpace<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rstest::rstest;
 
     fn request(size: u64, allocated: &[u64], excluded: &[(u64, u64)]) -> Request {
         Request {
@@ -176,34 +177,33 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn agrees_with_brute_force() {
-        let cases = [
-            request(256, &[], &[(0, 0), (255, 255)]),
-            request(256, &[1, 2, 3, 64, 65, 200], &[(0, 0), (10, 70), (60, 80)]),
-            request(130, &(0..128).collect::<Vec<_>>(), &[]),
-            request(10, &[], &[(0, 100)]),
-            request(0, &[], &[]),
-            request(300, &[5, 299], &[(299, 400), (0, 3)]),
-            // Mostly full words cut by exclusions mid-word.
-            request(
-                1000,
-                &(0..1000).filter(|o| o * 7919 % 13 < 9).collect::<Vec<_>>(),
-                &[(0, 0), (130, 190), (999, 999)],
-            ),
-        ];
-        for case in &cases {
-            let space = FreeSpace::new(case).unwrap();
-            let expected = free_by_brute_force(case);
-            assert_eq!(space.free_count(), expected.len() as u64, "{case:?}");
-            for (rank, offset) in expected.iter().enumerate() {
-                assert_eq!(space.nth_free(rank as u64), Some(*offset), "{case:?}");
-            }
-            assert_eq!(space.nth_free(expected.len() as u64), None);
-            for from in 0..case.size + 2 {
-                let want = expected.iter().copied().find(|o| *o >= from);
-                assert_eq!(space.next_free(from), want, "from {from} in {case:?}");
-            }
+    #[rstest]
+    #[case::ends_excluded(request(256, &[], &[(0, 0), (255, 255)]))]
+    #[case::overlapping_exclusions_across_words(request(
+        256,
+        &[1, 2, 3, 64, 65, 200],
+        &[(0, 0), (10, 70), (60, 80)]
+    ))]
+    #[case::two_full_words_and_a_short_one(request(130, &(0..128).collect::<Vec<_>>(), &[]))]
+    #[case::exclusion_past_the_end(request(10, &[], &[(0, 100)]))]
+    #[case::empty_pool(request(0, &[], &[]))]
+    #[case::unsorted_exclusions(request(300, &[5, 299], &[(299, 400), (0, 3)]))]
+    #[case::mostly_full_words_cut_mid_word(request(
+        1000,
+        &(0..1000).filter(|o| o * 7919 % 13 < 9).collect::<Vec<_>>(),
+        &[(0, 0), (130, 190), (999, 999)],
+    ))]
+    fn agrees_with_brute_force(#[case] case: Request) {
+        let space = FreeSpace::new(&case).unwrap();
+        let expected = free_by_brute_force(&case);
+        assert_eq!(space.free_count(), expected.len() as u64, "{case:?}");
+        for (rank, offset) in expected.iter().enumerate() {
+            assert_eq!(space.nth_free(rank as u64), Some(*offset), "{case:?}");
+        }
+        assert_eq!(space.nth_free(expected.len() as u64), None);
+        for from in 0..case.size + 2 {
+            let want = expected.iter().copied().find(|o| *o >= from);
+            assert_eq!(space.next_free(from), want, "from {from} in {case:?}");
         }
     }
 

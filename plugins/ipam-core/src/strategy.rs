@@ -135,6 +135,7 @@ impl SplitMix64 {
 mod tests {
     use super::*;
     use crate::{OffsetSet, check_answer};
+    use rstest::rstest;
 
     /// A /24 as the host lays it out: network (0) and broadcast (255) and the
     /// gateway (1) excluded.
@@ -148,8 +149,6 @@ mod tests {
             seed: 7,
         }
     }
-
-    const ALL: [Strategy; 3] = [Strategy::Sequential, Strategy::Random, Strategy::DensePack];
 
     #[test]
     fn sequential_continues_after_cursor_and_wraps() {
@@ -226,53 +225,58 @@ mod tests {
         assert!(hits.iter().all(|&h| (350..650).contains(&h)), "{hits:?}");
     }
 
-    #[test]
-    fn every_strategy_hands_out_only_valid_distinct_offsets_until_exhausted() {
-        for strategy in ALL {
-            let mut request = slash24(&[], None, 1);
-            request.excluded.push(100..=149);
-            for round in 0..(253 - 50) {
-                request.seed = round;
-                let picked = allocate(strategy, &request, &[]).unwrap();
-                check_answer(&request, &picked).unwrap();
-                request.allocated.insert(picked[0]);
-                request.cursor = Some(picked[0]);
-            }
-            assert_eq!(
-                allocate(strategy, &request, &[]),
-                Err(AllocateError::Exhausted(0)),
-                "{strategy:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn exhaustion_reports_how_many_are_free() {
-        for strategy in ALL {
-            let request = slash24(&(2..250).collect::<Vec<_>>(), None, 10);
-            assert_eq!(
-                allocate(strategy, &request, &[]),
-                Err(AllocateError::Exhausted(5))
-            );
-        }
-    }
-
-    #[test]
-    fn ipv6_sized_pools_work() {
-        // A /64 seen as offsets: huge, sparse, with allocations far apart.
-        let allocated: OffsetSet = [0, 1, 1 << 63].into_iter().collect();
-        for strategy in ALL {
-            let request = Request {
-                size: u64::MAX,
-                allocated: allocated.clone(),
-                excluded: vec![0..=0],
-                cursor: Some(1 << 63),
-                count: 4,
-                seed: 42,
-            };
+    #[rstest]
+    #[case::sequential(Strategy::Sequential)]
+    #[case::random(Strategy::Random)]
+    #[case::dense_pack(Strategy::DensePack)]
+    fn every_strategy_hands_out_only_valid_distinct_offsets_until_exhausted(
+        #[case] strategy: Strategy,
+    ) {
+        let mut request = slash24(&[], None, 1);
+        request.excluded.push(100..=149);
+        for round in 0..(253 - 50) {
+            request.seed = round;
             let picked = allocate(strategy, &request, &[]).unwrap();
             check_answer(&request, &picked).unwrap();
+            request.allocated.insert(picked[0]);
+            request.cursor = Some(picked[0]);
         }
+        assert_eq!(
+            allocate(strategy, &request, &[]),
+            Err(AllocateError::Exhausted(0)),
+            "{strategy:?}"
+        );
+    }
+
+    #[rstest]
+    #[case::sequential(Strategy::Sequential)]
+    #[case::random(Strategy::Random)]
+    #[case::dense_pack(Strategy::DensePack)]
+    fn exhaustion_reports_how_many_are_free(#[case] strategy: Strategy) {
+        let request = slash24(&(2..250).collect::<Vec<_>>(), None, 10);
+        assert_eq!(
+            allocate(strategy, &request, &[]),
+            Err(AllocateError::Exhausted(5))
+        );
+    }
+
+    #[rstest]
+    #[case::sequential(Strategy::Sequential)]
+    #[case::random(Strategy::Random)]
+    #[case::dense_pack(Strategy::DensePack)]
+    fn ipv6_sized_pools_work(#[case] strategy: Strategy) {
+        // A /64 seen as offsets: huge, sparse, with allocations far apart.
+        let allocated: OffsetSet = [0, 1, 1 << 63].into_iter().collect();
+        let request = Request {
+            size: u64::MAX,
+            allocated,
+            excluded: vec![0..=0],
+            cursor: Some(1 << 63),
+            count: 4,
+            seed: 42,
+        };
+        let picked = allocate(strategy, &request, &[]).unwrap();
+        check_answer(&request, &picked).unwrap();
     }
 
     #[test]

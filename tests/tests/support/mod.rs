@@ -20,7 +20,7 @@ impl Knit {
         F: FnOnce(kube::Client, Arc<Registry>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let registry = knit::cli::builtin_registry(None, Arc::default()).unwrap();
+        let registry = knit::registry_setup::builtin_registry(None, Arc::default()).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -292,7 +292,7 @@ pub fn parse_cidr(cidr: &str) -> Result<(u128, u32, bool), String> {
 
 /// The low `host_bits` bits set (all 128 for `::/0`, where a shift would
 /// overflow).
-fn host_mask(host_bits: u32) -> u128 {
+pub fn host_mask(host_bits: u32) -> u128 {
     u128::MAX.checked_shr(128 - host_bits).unwrap_or(0)
 }
 

@@ -1,3 +1,10 @@
+//! The transport every endpoint group goes through: construction and
+//! authentication, one `Call` (method, path, query, JSON body), the v4
+//! envelope decoded into a result or an `Error`, retries within the
+//! `RetryPolicy`, and pagination by `result_info`. The endpoints themselves
+//! are `impl CloudflareClient` blocks in `tunnels`, `dns` and `networks`;
+//! they build a `Call` and never see HTTP.
+
 use std::fmt;
 use std::time::Duration;
 
@@ -6,11 +13,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
-use super::types::Zone;
-use super::{
-    ApiMessage, ApiToken, DnsFilter, DnsRecord, Error, NewDnsRecord, NewRoute, NewVirtualNetwork,
-    Route, RouteFilter, Tunnel, TunnelConfig, TunnelConfiguration, TunnelToken, VirtualNetwork,
-};
+use super::{ApiMessage, ApiToken, Error};
 pub use crate::providers::retry::RetryPolicy;
 
 /// The public API; tests point the client at a fake over plain HTTP.
@@ -20,8 +23,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The page size asked for on paginated lists; the API may answer with
 /// smaller pages, which the client follows all the same.
 pub const PER_PAGE: u32 = 100;
-/// `GET /zones` takes at most 50 a page.
-const ZONES_PER_PAGE: u32 = 50;
 /// A list longer than this many pages is taken for a server that never
 /// says it is done.
 const MAX_PAGES: u32 = 10_000;
@@ -105,13 +106,13 @@ impl ResultInfo {
 
 /// A successful answer: the result and, for lists, its pagination.
 #[derive(Debug)]
-struct Answer<T> {
-    result: T,
+pub(super) struct Answer<T> {
+    pub(super) result: T,
     info: Option<ResultInfo>,
 }
 
 /// What one request is: method, path below the base, query, JSON body.
-struct Call<'a> {
+pub(super) struct Call<'a> {
     method: Method,
     segments: &'a [&'a str],
     query: Vec<(&'static str, String)>,
@@ -120,7 +121,7 @@ struct Call<'a> {
 
 impl Call<'_> {
     /// The path as errors and logs show it, e.g. `/accounts/a/cfd_tunnel`.
-    fn path(&self) -> String {
+    pub(super) fn path(&self) -> String {
         let mut path = String::new();
         for segment in self.segments {
             path.push('/');
@@ -131,7 +132,7 @@ impl Call<'_> {
 }
 
 impl<'a> Call<'a> {
-    fn new(method: Method, segments: &'a [&'a str]) -> Self {
+    pub(super) fn new(method: Method, segments: &'a [&'a str]) -> Self {
         Call {
             method,
             segments,
@@ -140,19 +141,19 @@ impl<'a> Call<'a> {
         }
     }
 
-    fn query(mut self, key: &'static str, value: impl Into<String>) -> Self {
+    pub(super) fn query(mut self, key: &'static str, value: impl Into<String>) -> Self {
         self.query.push((key, value.into()));
         self
     }
 
-    fn query_opt(self, key: &'static str, value: Option<&String>) -> Self {
+    pub(super) fn query_opt(self, key: &'static str, value: Option<&String>) -> Self {
         match value {
             Some(value) => self.query(key, value.clone()),
             None => self,
         }
     }
 
-    fn json<B: Serialize>(mut self, body: &B) -> Result<Self, Error> {
+    pub(super) fn json<B: Serialize>(mut self, body: &B) -> Result<Self, Error> {
         let bytes = serde_json::to_vec(body).map_err(|e| {
             Error::Config(format!(
                 "{} {}: encoding the request body: {e}",
@@ -162,49 +163,6 @@ impl<'a> Call<'a> {
         })?;
         self.body = Some(bytes);
         Ok(self)
-    }
-}
-
-/// `PUT .../configurations` takes the configuration under `config`.
-#[derive(Serialize)]
-struct ConfigurationBody<'a> {
-    config: &'a TunnelConfig,
-}
-
-#[derive(Serialize)]
-struct NewTunnelBody<'a> {
-    name: &'a str,
-    config_src: &'a str,
-}
-
-#[derive(Serialize)]
-struct NewWarpConnectorBody<'a> {
-    name: &'a str,
-}
-
-/// A configuration as stored: `config` is `null` for a tunnel that was
-/// never configured.
-#[derive(Deserialize)]
-struct StoredConfiguration {
-    #[serde(default)]
-    version: u64,
-    #[serde(default)]
-    config: Option<TunnelConfig>,
-}
-
-/// The two kinds of tunnel, which share one shape under different paths.
-#[derive(Clone, Copy)]
-enum TunnelKind {
-    Cloudflared,
-    WarpConnector,
-}
-
-impl TunnelKind {
-    fn segment(self) -> &'static str {
-        match self {
-            TunnelKind::Cloudflared => "cfd_tunnel",
-            TunnelKind::WarpConnector => "warp_connector",
-        }
     }
 }
 
@@ -250,411 +208,24 @@ impl CloudflareClient {
         self.retry
     }
 
-    // ---- Zones ----
-
-    /// The ID of the zone `zone_name` in `account_id`
-    /// (`GET /zones?name=..&account.id=..`); `Error::ZoneNotFound` if the
-    /// token sees no such zone.
-    pub async fn zone_id(&self, account_id: &str, zone_name: &str) -> Result<String, Error> {
-        let zones: Vec<Zone> = self
-            .list_all(
-                Call::new(Method::GET, &["zones"])
-                    .query("name", zone_name)
-                    .query("account.id", account_id),
-                ZONES_PER_PAGE,
-            )
-            .await?;
-        zones
-            .into_iter()
-            .find(|zone| zone.name.eq_ignore_ascii_case(zone_name))
-            .map(|zone| zone.id)
-            .ok_or_else(|| Error::ZoneNotFound {
-                account_id: account_id.to_owned(),
-                zone: zone_name.to_owned(),
-            })
-    }
-
-    // ---- Tunnels (cfd_tunnel), remotely managed ----
-
-    /// Creates a tunnel whose configuration lives in Cloudflare
-    /// (`config_src: cloudflare`). A name already used by a tunnel that is
-    /// not deleted is refused with code 1013.
-    pub async fn create_tunnel(&self, account_id: &str, name: &str) -> Result<Tunnel, Error> {
-        let segments = ["accounts", account_id, "cfd_tunnel"];
-        let call = Call::new(Method::POST, &segments).json(&NewTunnelBody {
-            name,
-            config_src: "cloudflare",
-        })?;
+    /// A create or update: `method` with `body` as JSON, answered by the
+    /// object as stored.
+    pub(super) async fn write<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        body: &impl Serialize,
+    ) -> Result<T, Error> {
+        let call = Call::new(method, segments).json(body)?;
         Ok(self.call(call).await?.result)
     }
-
-    /// The tunnel, or `None` if there is none or it is deleted.
-    pub async fn get_tunnel(
-        &self,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<Option<Tunnel>, Error> {
-        self.get_any_tunnel(TunnelKind::Cloudflared, account_id, tunnel_id)
-            .await
-    }
-
-    /// The tunnel named `name` that is not deleted, if any.
-    pub async fn find_tunnel(&self, account_id: &str, name: &str) -> Result<Option<Tunnel>, Error> {
-        self.find_any_tunnel(TunnelKind::Cloudflared, account_id, name)
-            .await
-    }
-
-    /// The token `cloudflared tunnel run --token` takes.
-    pub async fn tunnel_token(
-        &self,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<TunnelToken, Error> {
-        self.any_tunnel_token(TunnelKind::Cloudflared, account_id, tunnel_id)
-            .await
-    }
-
-    /// The tunnel's stored configuration; `None` if it was never configured
-    /// or the tunnel does not exist.
-    pub async fn tunnel_configuration(
-        &self,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<Option<TunnelConfiguration>, Error> {
-        let segments = [
-            "accounts",
-            account_id,
-            "cfd_tunnel",
-            tunnel_id,
-            "configurations",
-        ];
-        let stored: StoredConfiguration = match self.call(Call::new(Method::GET, &segments)).await {
-            Ok(answer) => answer.result,
-            Err(error) if error.is_not_found() => return Ok(None),
-            Err(error) => return Err(error),
-        };
-        Ok(stored.config.map(|config| TunnelConfiguration {
-            version: stored.version,
-            config,
-        }))
-    }
-
-    /// Replaces the whole configuration (there is no partial update) and
-    /// returns it with its new version.
-    pub async fn put_tunnel_configuration(
-        &self,
-        account_id: &str,
-        tunnel_id: &str,
-        config: &TunnelConfig,
-    ) -> Result<TunnelConfiguration, Error> {
-        let segments = [
-            "accounts",
-            account_id,
-            "cfd_tunnel",
-            tunnel_id,
-            "configurations",
-        ];
-        let call = Call::new(Method::PUT, &segments).json(&ConfigurationBody { config })?;
-        let path = call.path();
-        let stored: StoredConfiguration = self.call(call).await?.result;
-        let config = stored.config.ok_or_else(|| Error::Decode {
-            method: "PUT".into(),
-            path,
-            status: 200,
-            message: "the answer holds no config".into(),
-        })?;
-        Ok(TunnelConfiguration {
-            version: stored.version,
-            config,
-        })
-    }
-
-    /// Deletes the tunnel. The API refuses to delete a tunnel with
-    /// connections, and a cloudflared that was just stopped stays connected
-    /// for a while, so the connections are cleaned up first
-    /// (`DELETE .../connections`). A tunnel already gone is `Ok`. Delete the
-    /// private network routes through the tunnel first: the API is reported
-    /// to refuse while some remain (and the fake does).
-    pub async fn delete_tunnel(&self, account_id: &str, tunnel_id: &str) -> Result<(), Error> {
-        let connections = [
-            "accounts",
-            account_id,
-            "cfd_tunnel",
-            tunnel_id,
-            "connections",
-        ];
-        match self
-            .call::<IgnoredAny>(Call::new(Method::DELETE, &connections))
-            .await
-        {
-            Ok(_) => {}
-            Err(error) if error.is_not_found() => return Ok(()),
-            Err(error) => return Err(error),
-        }
-        self.delete_any_tunnel(TunnelKind::Cloudflared, account_id, tunnel_id)
-            .await
-    }
-
-    // ---- WARP connector tunnels ----
-
-    pub async fn create_warp_connector(
-        &self,
-        account_id: &str,
-        name: &str,
-    ) -> Result<Tunnel, Error> {
-        let segments = ["accounts", account_id, "warp_connector"];
-        let call = Call::new(Method::POST, &segments).json(&NewWarpConnectorBody { name })?;
-        Ok(self.call(call).await?.result)
-    }
-
-    /// The connector, or `None` if there is none or it is deleted.
-    pub async fn get_warp_connector(
-        &self,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<Option<Tunnel>, Error> {
-        self.get_any_tunnel(TunnelKind::WarpConnector, account_id, tunnel_id)
-            .await
-    }
-
-    pub async fn find_warp_connector(
-        &self,
-        account_id: &str,
-        name: &str,
-    ) -> Result<Option<Tunnel>, Error> {
-        self.find_any_tunnel(TunnelKind::WarpConnector, account_id, name)
-            .await
-    }
-
-    /// The token a WARP connector host joins with.
-    pub async fn warp_connector_token(
-        &self,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<TunnelToken, Error> {
-        self.any_tunnel_token(TunnelKind::WarpConnector, account_id, tunnel_id)
-            .await
-    }
-
-    /// Deletes the connector; already gone is `Ok`. The API documents no
-    /// way to clean up a WARP connector's connections, so while a connector
-    /// host is still connected the API's refusal comes back as
-    /// `Error::Api`: stop the connector first.
-    pub async fn delete_warp_connector(
-        &self,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<(), Error> {
-        self.delete_any_tunnel(TunnelKind::WarpConnector, account_id, tunnel_id)
-            .await
-    }
-
-    async fn get_any_tunnel(
-        &self,
-        kind: TunnelKind,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<Option<Tunnel>, Error> {
-        let segments = ["accounts", account_id, kind.segment(), tunnel_id];
-        match self.call::<Tunnel>(Call::new(Method::GET, &segments)).await {
-            Ok(answer) => Ok(Some(answer.result).filter(|tunnel| tunnel.deleted_at.is_none())),
-            Err(error) if error.is_not_found() => Ok(None),
-            Err(error) => Err(error),
-        }
-    }
-
-    async fn find_any_tunnel(
-        &self,
-        kind: TunnelKind,
-        account_id: &str,
-        name: &str,
-    ) -> Result<Option<Tunnel>, Error> {
-        let segments = ["accounts", account_id, kind.segment()];
-        let tunnels: Vec<Tunnel> = self
-            .list_all(
-                Call::new(Method::GET, &segments)
-                    .query("name", name)
-                    .query("is_deleted", "false"),
-                PER_PAGE,
-            )
-            .await?;
-        Ok(tunnels
-            .into_iter()
-            .find(|tunnel| tunnel.name == name && tunnel.deleted_at.is_none()))
-    }
-
-    async fn any_tunnel_token(
-        &self,
-        kind: TunnelKind,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<TunnelToken, Error> {
-        let segments = ["accounts", account_id, kind.segment(), tunnel_id, "token"];
-        let token: String = self.call(Call::new(Method::GET, &segments)).await?.result;
-        Ok(TunnelToken::new(token))
-    }
-
-    async fn delete_any_tunnel(
-        &self,
-        kind: TunnelKind,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<(), Error> {
-        let segments = ["accounts", account_id, kind.segment(), tunnel_id];
-        self.delete(Call::new(Method::DELETE, &segments)).await
-    }
-
-    // ---- DNS ----
-
-    /// Every record of the zone that passes `filter`, all pages.
-    pub async fn list_dns_records(
-        &self,
-        zone_id: &str,
-        filter: &DnsFilter,
-    ) -> Result<Vec<DnsRecord>, Error> {
-        let segments = ["zones", zone_id, "dns_records"];
-        self.list_all(
-            Call::new(Method::GET, &segments)
-                .query_opt("name", filter.name.as_ref())
-                .query_opt("type", filter.r#type.as_ref())
-                .query_opt("comment.startswith", filter.comment_startswith.as_ref()),
-            PER_PAGE,
-        )
-        .await
-    }
-
-    pub async fn create_dns_record(
-        &self,
-        zone_id: &str,
-        record: &NewDnsRecord,
-    ) -> Result<DnsRecord, Error> {
-        let segments = ["zones", zone_id, "dns_records"];
-        let call = Call::new(Method::POST, &segments).json(record)?;
-        Ok(self.call(call).await?.result)
-    }
-
-    /// Overwrites the record (PUT): fields left out, such as a `None`
-    /// comment, are cleared.
-    pub async fn update_dns_record(
-        &self,
-        zone_id: &str,
-        record_id: &str,
-        record: &NewDnsRecord,
-    ) -> Result<DnsRecord, Error> {
-        let segments = ["zones", zone_id, "dns_records", record_id];
-        let call = Call::new(Method::PUT, &segments).json(record)?;
-        Ok(self.call(call).await?.result)
-    }
-
-    /// Already gone is `Ok`.
-    pub async fn delete_dns_record(&self, zone_id: &str, record_id: &str) -> Result<(), Error> {
-        let segments = ["zones", zone_id, "dns_records", record_id];
-        self.delete(Call::new(Method::DELETE, &segments)).await
-    }
-
-    // ---- Zero Trust networks ----
-
-    /// The account's virtual networks that are not deleted (the API answers
-    /// them in one page).
-    pub async fn list_virtual_networks(
-        &self,
-        account_id: &str,
-    ) -> Result<Vec<VirtualNetwork>, Error> {
-        let segments = ["accounts", account_id, "teamnet", "virtual_networks"];
-        let networks: Vec<VirtualNetwork> = self
-            .call(Call::new(Method::GET, &segments).query("is_deleted", "false"))
-            .await?
-            .result;
-        Ok(networks
-            .into_iter()
-            .filter(|network| network.deleted_at.is_none())
-            .collect())
-    }
-
-    pub async fn create_virtual_network(
-        &self,
-        account_id: &str,
-        vnet: &NewVirtualNetwork,
-    ) -> Result<VirtualNetwork, Error> {
-        let segments = ["accounts", account_id, "teamnet", "virtual_networks"];
-        let call = Call::new(Method::POST, &segments).json(vnet)?;
-        Ok(self.call(call).await?.result)
-    }
-
-    /// Sets name, comment and default flag (PATCH).
-    pub async fn update_virtual_network(
-        &self,
-        account_id: &str,
-        vnet_id: &str,
-        vnet: &NewVirtualNetwork,
-    ) -> Result<VirtualNetwork, Error> {
-        let segments = [
-            "accounts",
-            account_id,
-            "teamnet",
-            "virtual_networks",
-            vnet_id,
-        ];
-        let call = Call::new(Method::PATCH, &segments).json(vnet)?;
-        Ok(self.call(call).await?.result)
-    }
-
-    /// Already gone is `Ok`. The API refuses while routes use the network.
-    pub async fn delete_virtual_network(
-        &self,
-        account_id: &str,
-        vnet_id: &str,
-    ) -> Result<(), Error> {
-        let segments = [
-            "accounts",
-            account_id,
-            "teamnet",
-            "virtual_networks",
-            vnet_id,
-        ];
-        self.delete(Call::new(Method::DELETE, &segments)).await
-    }
-
-    /// Every route that passes `filter` and is not deleted, all pages.
-    pub async fn list_routes(
-        &self,
-        account_id: &str,
-        filter: &RouteFilter,
-    ) -> Result<Vec<Route>, Error> {
-        let segments = ["accounts", account_id, "teamnet", "routes"];
-        let routes: Vec<Route> = self
-            .list_all(
-                Call::new(Method::GET, &segments)
-                    .query_opt("tunnel_id", filter.tunnel_id.as_ref())
-                    .query_opt("comment", filter.comment.as_ref())
-                    .query_opt("virtual_network_id", filter.virtual_network_id.as_ref())
-                    .query("is_deleted", "false"),
-                PER_PAGE,
-            )
-            .await?;
-        Ok(routes
-            .into_iter()
-            .filter(|route| route.deleted_at.is_none())
-            .collect())
-    }
-
-    pub async fn create_route(&self, account_id: &str, route: &NewRoute) -> Result<Route, Error> {
-        let segments = ["accounts", account_id, "teamnet", "routes"];
-        let call = Call::new(Method::POST, &segments).json(route)?;
-        Ok(self.call(call).await?.result)
-    }
-
-    /// Already gone is `Ok`.
-    pub async fn delete_route(&self, account_id: &str, route_id: &str) -> Result<(), Error> {
-        let segments = ["accounts", account_id, "teamnet", "routes", route_id];
-        self.delete(Call::new(Method::DELETE, &segments)).await
-    }
-
-    // ---- The exchange ----
 
     /// A DELETE whose 404 means done.
-    async fn delete(&self, call: Call<'_>) -> Result<(), Error> {
-        match self.call::<IgnoredAny>(call).await {
+    pub(super) async fn delete(&self, segments: &[&str]) -> Result<(), Error> {
+        match self
+            .call::<IgnoredAny>(Call::new(Method::DELETE, segments))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(error) if error.is_not_found() => Ok(()),
             Err(error) => Err(error),
@@ -663,7 +234,7 @@ impl CloudflareClient {
 
     /// Every page of a list, asking `per_page` at a time and following
     /// `result_info` to the end.
-    async fn list_all<T: DeserializeOwned>(
+    pub(super) async fn list_all<T: DeserializeOwned>(
         &self,
         call: Call<'_>,
         per_page: u32,
@@ -699,7 +270,10 @@ impl CloudflareClient {
     }
 
     /// One call, retried as the policy allows.
-    async fn call<T: DeserializeOwned>(&self, call: Call<'_>) -> Result<Answer<T>, Error> {
+    pub(super) async fn call<T: DeserializeOwned>(
+        &self,
+        call: Call<'_>,
+    ) -> Result<Answer<T>, Error> {
         let path = call.path();
         let idempotent = call.method != Method::POST && call.method != Method::PATCH;
         let attempts = self.retry.attempts.max(1);
@@ -852,7 +426,9 @@ fn snippet(body: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Tunnel;
     use super::*;
+    use rstest::rstest;
     use serde_json::json;
 
     fn answer<T: DeserializeOwned>(
@@ -911,14 +487,18 @@ mod tests {
         assert!(matches!(error, Error::Api { status: 200, .. }), "{error:?}");
     }
 
-    #[test]
-    fn auth_not_found_and_rate_limit_statuses_have_their_own_errors() {
+    #[rstest]
+    #[case::unauthorized(401)]
+    #[case::forbidden(403)]
+    fn auth_statuses_are_unauthorized_with_the_api_codes(#[case] status: u16) {
         let body = json!({"success": false, "errors": [{"code": 10000, "message": "Authentication error"}]});
-        for status in [401, 403] {
-            let error = answer::<IgnoredAny>(status, body.clone()).unwrap_err();
-            assert!(matches!(error, Error::Unauthorized { .. }), "{error:?}");
-            assert!(error.has_code(10000));
-        }
+        let error = answer::<IgnoredAny>(status, body).unwrap_err();
+        assert!(matches!(error, Error::Unauthorized { .. }), "{error:?}");
+        assert!(error.has_code(10000));
+    }
+
+    #[test]
+    fn not_found_and_rate_limit_statuses_have_their_own_errors() {
         let error = answer::<IgnoredAny>(404, json!({"success": false, "errors": []})).unwrap_err();
         assert!(error.is_not_found());
         let error = decode::<IgnoredAny>(

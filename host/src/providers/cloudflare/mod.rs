@@ -19,10 +19,17 @@
 //! The `ApiToken` (from the credentials Secret's `CLOUDFLARE_API_TOKEN`)
 //! becomes a sensitive `Authorization: Bearer` header and nothing else: no
 //! `Debug`, error or log line shows it. Tunnel tokens are kept the same way.
+//!
+//! Files: `client` is the transport (envelope, retries, pagination); the
+//! endpoints are grouped as the list above, one `impl CloudflareClient`
+//! each: `tunnels`, `dns` (zones too), `networks`.
 
 mod client;
+mod dns;
 mod error;
+mod networks;
 mod token;
+mod tunnels;
 mod types;
 
 pub use client::{API_BASE, CloudflareClient, PER_PAGE, REQUEST_TIMEOUT, RetryPolicy};

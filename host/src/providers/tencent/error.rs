@@ -91,6 +91,7 @@ fn has_prefix(code: &str, family: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rstest::rstest;
 
     fn api(code: &str, message: &str) -> Error {
         Error::Api {
@@ -101,26 +102,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn retryable_codes() {
-        for code in [
-            "FailedOperation.ResourceInOperating",
-            "RequestLimitExceeded",
-            "RequestLimitExceeded.UinLimitExceeded",
-            "InternalError",
-            "InternalError.SomeDetail",
-        ] {
-            assert!(api(code, "").is_retryable(), "{code}");
-        }
-        for code in [
-            "FailedOperation",
-            "InvalidParameter.PortCheckFailed",
-            "LimitExceeded",
-            "AuthFailure.SignatureFailure",
-            "RequestLimitExceededish",
-        ] {
-            assert!(!api(code, "").is_retryable(), "{code}");
-        }
+    #[rstest]
+    #[case::resource_in_operating("FailedOperation.ResourceInOperating", true)]
+    #[case::request_limit("RequestLimitExceeded", true)]
+    #[case::request_limit_detail("RequestLimitExceeded.UinLimitExceeded", true)]
+    #[case::internal_error("InternalError", true)]
+    #[case::internal_error_detail("InternalError.SomeDetail", true)]
+    #[case::failed_operation("FailedOperation", false)]
+    #[case::port_check_failed("InvalidParameter.PortCheckFailed", false)]
+    #[case::limit_exceeded("LimitExceeded", false)]
+    #[case::signature_failure("AuthFailure.SignatureFailure", false)]
+    #[case::request_limit_lookalike("RequestLimitExceededish", false)]
+    fn retryable_codes(#[case] code: &str, #[case] retryable: bool) {
+        assert_eq!(api(code, "").is_retryable(), retryable);
     }
 
     #[test]

@@ -1,3 +1,5 @@
+use rstest::rstest;
+
 use super::*;
 use crate::test_support::*;
 use crate::{SourceKind, check_mapping, parse_config};
@@ -55,8 +57,10 @@ fn rules_are_ordered_so_none_hides_another() {
     assert_eq!(mapping.sources[0].hosts, mapping.dns);
 }
 
-#[test]
-fn the_older_source_wins_whatever_the_input_order() {
+#[rstest]
+#[case::older_first(false)]
+#[case::younger_first(true)]
+fn the_older_source_wins_whatever_the_input_order(#[case] younger_first: bool) {
     let old = ingress(
         "a",
         "old",
@@ -72,33 +76,35 @@ fn the_older_source_wins_whatever_the_input_order() {
             route("app.example.com", prefix("/x/"), ready("two")),
         ],
     );
-    for sources in [
-        vec![old.clone(), young.clone()],
-        vec![young.clone(), old.clone()],
-    ] {
-        let mapping = mapped(&request(cluster_tunnel(), sources.clone()));
-        let status = |name: &str| {
-            mapping
-                .sources
-                .iter()
-                .find(|s| s.name == name)
-                .unwrap()
-                .clone()
-        };
-        assert_eq!(status("old").verdict, Verdict::Accepted);
-        assert_eq!(
-            status("young").verdict,
-            Verdict::Conflict("host app.example.com path /x/ is served by Ingress a/old".into())
-        );
-        assert!(status("young").hosts.is_empty());
-        // Refused whole: not even its uncontested host is published.
-        assert_eq!(mapping.dns, ["app.example.com"]);
-        assert_eq!(mapping.rules.len(), 2);
-        // Statuses follow the request's order.
-        assert_eq!(mapping.sources[0].name, sources[0].name);
-    }
+    let sources = if younger_first {
+        vec![young, old]
+    } else {
+        vec![old, young]
+    };
+    let mapping = mapped(&request(cluster_tunnel(), sources.clone()));
+    let status = |name: &str| {
+        mapping
+            .sources
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(status("old").verdict, Verdict::Accepted);
+    assert_eq!(
+        status("young").verdict,
+        Verdict::Conflict("host app.example.com path /x/ is served by Ingress a/old".into())
+    );
+    assert!(status("young").hosts.is_empty());
+    // Refused whole: not even its uncontested host is published.
+    assert_eq!(mapping.dns, ["app.example.com"]);
+    assert_eq!(mapping.rules.len(), 2);
+    // Statuses follow the request's order.
+    assert_eq!(mapping.sources[0].name, sources[0].name);
+}
 
-    // Same age: kind, namespace, then name break the tie.
+#[test]
+fn same_age_sources_are_ordered_by_kind_namespace_and_name() {
     let twin = |namespace: &str, name: &str| {
         ingress(
             namespace,

@@ -1,0 +1,290 @@
+//! Tunnels: `cfd_tunnel` created remotely managed, their token and their
+//! configuration (a full PUT that bumps a version), and WARP connector
+//! tunnels (`warp_connector`), which share the shape under another path and
+//! so share the code here through `TunnelKind`.
+
+use reqwest::Method;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+
+use super::client::Call;
+use super::{
+    CloudflareClient, Error, PER_PAGE, Tunnel, TunnelConfig, TunnelConfiguration, TunnelToken,
+};
+
+/// `PUT .../configurations` takes the configuration under `config`.
+#[derive(Serialize)]
+struct ConfigurationBody<'a> {
+    config: &'a TunnelConfig,
+}
+
+#[derive(Serialize)]
+struct NewTunnelBody<'a> {
+    name: &'a str,
+    config_src: &'a str,
+}
+
+#[derive(Serialize)]
+struct NewWarpConnectorBody<'a> {
+    name: &'a str,
+}
+
+/// A configuration as stored: `config` is `null` for a tunnel that was
+/// never configured.
+#[derive(Deserialize)]
+struct StoredConfiguration {
+    #[serde(default)]
+    version: u64,
+    #[serde(default)]
+    config: Option<TunnelConfig>,
+}
+
+/// The two kinds of tunnel, which share one shape under different paths.
+#[derive(Clone, Copy)]
+enum TunnelKind {
+    Cloudflared,
+    WarpConnector,
+}
+
+impl TunnelKind {
+    fn segment(self) -> &'static str {
+        match self {
+            TunnelKind::Cloudflared => "cfd_tunnel",
+            TunnelKind::WarpConnector => "warp_connector",
+        }
+    }
+}
+
+impl CloudflareClient {
+    /// Creates a tunnel whose configuration lives in Cloudflare
+    /// (`config_src: cloudflare`). A name already used by a tunnel that is
+    /// not deleted is refused with code 1013.
+    pub async fn create_tunnel(&self, account_id: &str, name: &str) -> Result<Tunnel, Error> {
+        let segments = ["accounts", account_id, "cfd_tunnel"];
+        self.write(
+            Method::POST,
+            &segments,
+            &NewTunnelBody {
+                name,
+                config_src: "cloudflare",
+            },
+        )
+        .await
+    }
+
+    /// The tunnel, or `None` if there is none or it is deleted.
+    pub async fn get_tunnel(
+        &self,
+        account_id: &str,
+        tunnel_id: &str,
+    ) -> Result<Option<Tunnel>, Error> {
+        self.get_any_tunnel(TunnelKind::Cloudflared, account_id, tunnel_id)
+            .await
+    }
+
+    /// The tunnel named `name` that is not deleted, if any.
+    pub async fn find_tunnel(&self, account_id: &str, name: &str) -> Result<Option<Tunnel>, Error> {
+        self.find_any_tunnel(TunnelKind::Cloudflared, account_id, name)
+            .await
+    }
+
+    /// The token `cloudflared tunnel run --token` takes.
+    pub async fn tunnel_token(
+        &self,
+        account_id: &str,
+        tunnel_id: &str,
+    ) -> Result<TunnelToken, Error> {
+        self.any_tunnel_token(TunnelKind::Cloudflared, account_id, tunnel_id)
+            .await
+    }
+
+    /// The tunnel's stored configuration; `None` if it was never configured
+    /// or the tunnel does not exist.
+    pub async fn tunnel_configuration(
+        &self,
+        account_id: &str,
+        tunnel_id: &str,
+    ) -> Result<Option<TunnelConfiguration>, Error> {
+        let segments = [
+            "accounts",
+            account_id,
+            "cfd_tunnel",
+            tunnel_id,
+            "configurations",
+        ];
+        let stored: StoredConfiguration = match self.call(Call::new(Method::GET, &segments)).await {
+            Ok(answer) => answer.result,
+            Err(error) if error.is_not_found() => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        Ok(stored.config.map(|config| TunnelConfiguration {
+            version: stored.version,
+            config,
+        }))
+    }
+
+    /// Replaces the whole configuration (there is no partial update) and
+    /// returns it with its new version.
+    pub async fn put_tunnel_configuration(
+        &self,
+        account_id: &str,
+        tunnel_id: &str,
+        config: &TunnelConfig,
+    ) -> Result<TunnelConfiguration, Error> {
+        let segments = [
+            "accounts",
+            account_id,
+            "cfd_tunnel",
+            tunnel_id,
+            "configurations",
+        ];
+        let call = Call::new(Method::PUT, &segments).json(&ConfigurationBody { config })?;
+        let path = call.path();
+        let stored: StoredConfiguration = self.call(call).await?.result;
+        let config = stored.config.ok_or_else(|| Error::Decode {
+            method: "PUT".into(),
+            path,
+            status: 200,
+            message: "the answer holds no config".into(),
+        })?;
+        Ok(TunnelConfiguration {
+            version: stored.version,
+            config,
+        })
+    }
+
+    /// Deletes the tunnel. The API refuses to delete a tunnel with
+    /// connections, and a cloudflared that was just stopped stays connected
+    /// for a while, so the connections are cleaned up first
+    /// (`DELETE .../connections`). A tunnel already gone is `Ok`. Delete the
+    /// private network routes through the tunnel first: the API is reported
+    /// to refuse while some remain (and the fake does).
+    pub async fn delete_tunnel(&self, account_id: &str, tunnel_id: &str) -> Result<(), Error> {
+        let connections = [
+            "accounts",
+            account_id,
+            "cfd_tunnel",
+            tunnel_id,
+            "connections",
+        ];
+        match self
+            .call::<IgnoredAny>(Call::new(Method::DELETE, &connections))
+            .await
+        {
+            Ok(_) => {}
+            Err(error) if error.is_not_found() => return Ok(()),
+            Err(error) => return Err(error),
+        }
+        self.delete_any_tunnel(TunnelKind::Cloudflared, account_id, tunnel_id)
+            .await
+    }
+
+    // WARP connector tunnels: the same shape under `warp_connector`.
+
+    pub async fn create_warp_connector(
+        &self,
+        account_id: &str,
+        name: &str,
+    ) -> Result<Tunnel, Error> {
+        let segments = ["accounts", account_id, "warp_connector"];
+        self.write(Method::POST, &segments, &NewWarpConnectorBody { name })
+            .await
+    }
+
+    /// The connector, or `None` if there is none or it is deleted.
+    pub async fn get_warp_connector(
+        &self,
+        account_id: &str,
+        tunnel_id: &str,
+    ) -> Result<Option<Tunnel>, Error> {
+        self.get_any_tunnel(TunnelKind::WarpConnector, account_id, tunnel_id)
+            .await
+    }
+
+    pub async fn find_warp_connector(
+        &self,
+        account_id: &str,
+        name: &str,
+    ) -> Result<Option<Tunnel>, Error> {
+        self.find_any_tunnel(TunnelKind::WarpConnector, account_id, name)
+            .await
+    }
+
+    /// The token a WARP connector host joins with.
+    pub async fn warp_connector_token(
+        &self,
+        account_id: &str,
+        tunnel_id: &str,
+    ) -> Result<TunnelToken, Error> {
+        self.any_tunnel_token(TunnelKind::WarpConnector, account_id, tunnel_id)
+            .await
+    }
+
+    /// Deletes the connector; already gone is `Ok`. The API documents no
+    /// way to clean up a WARP connector's connections, so while a connector
+    /// host is still connected the API's refusal comes back as
+    /// `Error::Api`: stop the connector first.
+    pub async fn delete_warp_connector(
+        &self,
+        account_id: &str,
+        tunnel_id: &str,
+    ) -> Result<(), Error> {
+        self.delete_any_tunnel(TunnelKind::WarpConnector, account_id, tunnel_id)
+            .await
+    }
+
+    async fn get_any_tunnel(
+        &self,
+        kind: TunnelKind,
+        account_id: &str,
+        tunnel_id: &str,
+    ) -> Result<Option<Tunnel>, Error> {
+        let segments = ["accounts", account_id, kind.segment(), tunnel_id];
+        match self.call::<Tunnel>(Call::new(Method::GET, &segments)).await {
+            Ok(answer) => Ok(Some(answer.result).filter(|tunnel| tunnel.deleted_at.is_none())),
+            Err(error) if error.is_not_found() => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn find_any_tunnel(
+        &self,
+        kind: TunnelKind,
+        account_id: &str,
+        name: &str,
+    ) -> Result<Option<Tunnel>, Error> {
+        let segments = ["accounts", account_id, kind.segment()];
+        let tunnels: Vec<Tunnel> = self
+            .list_all(
+                Call::new(Method::GET, &segments)
+                    .query("name", name)
+                    .query("is_deleted", "false"),
+                PER_PAGE,
+            )
+            .await?;
+        Ok(tunnels
+            .into_iter()
+            .find(|tunnel| tunnel.name == name && tunnel.deleted_at.is_none()))
+    }
+
+    async fn any_tunnel_token(
+        &self,
+        kind: TunnelKind,
+        account_id: &str,
+        tunnel_id: &str,
+    ) -> Result<TunnelToken, Error> {
+        let segments = ["accounts", account_id, kind.segment(), tunnel_id, "token"];
+        let token: String = self.call(Call::new(Method::GET, &segments)).await?.result;
+        Ok(TunnelToken::new(token))
+    }
+
+    async fn delete_any_tunnel(
+        &self,
+        kind: TunnelKind,
+        account_id: &str,
+        tunnel_id: &str,
+    ) -> Result<(), Error> {
+        let segments = ["accounts", account_id, kind.segment(), tunnel_id];
+        self.delete(&segments).await
+    }
+}
