@@ -171,7 +171,7 @@ pub fn simulate(manifests: &Manifests, registry: &Registry, seed: u64) -> Vec<(S
             ));
         }
         for refusal in &plan.refused {
-            tracing::warn!(pool = %pool.name_any(), pod = %refusal.pod, "no address: {}", refusal.message);
+            tracing::warn!(pool = %pool.name_any(), pod = %refusal.pod, "no address: {}", refusal.refusal.message);
         }
         out.push((
             format!("status: IPPool {}", pool.name_any()),

@@ -115,6 +115,27 @@ impl Refusal {
     }
 }
 
+/// A plugin's refusal of a request, as its world types it.
+pub trait Refused: std::fmt::Display {
+    /// The condition reason: the configuration, unless the world says more.
+    fn reason(&self) -> &'static str {
+        INVALID_CONFIG
+    }
+}
+
+/// The CLB and tunnel worlds refuse with a message: their configuration.
+impl Refused for String {}
+
+impl Refused for knit_ipam_core::AllocateError {
+    fn reason(&self) -> &'static str {
+        match self {
+            knit_ipam_core::AllocateError::Exhausted(_) => "Exhausted",
+            knit_ipam_core::AllocateError::InvalidConfig(_) => INVALID_CONFIG,
+            knit_ipam_core::AllocateError::InvalidRequest(_) => "InvalidRequest",
+        }
+    }
+}
+
 /// The plugin chosen for an object, with its configuration.
 #[derive(Clone)]
 pub struct Chosen {
@@ -138,14 +159,14 @@ impl Chosen {
     /// refused its configuration (`InvalidConfig`) or failed (trapped, ran
     /// past its deadline, answered something the check refused:
     /// `PluginError`).
-    pub fn answer<T, Why: std::fmt::Display>(
+    pub fn answer<T, Why: Refused>(
         &self,
         answer: Result<Result<T, Why>, CallError>,
     ) -> Result<T, Refusal> {
         match answer {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(why)) => Err(Refusal::new(
-                INVALID_CONFIG,
+                why.reason(),
                 format!("{}: {why}", self.plugin.name_version()),
             )),
             Err(error) => Err(Refusal::new(PLUGIN_ERROR, error.to_string())),

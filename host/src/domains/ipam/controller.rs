@@ -14,19 +14,21 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 
-use super::expectations::Expectations;
+use super::expectations::{Allocations, Cursors, FORGET_AFTER};
 use super::metrics::IpamMetrics;
-use super::plan::{cooled_down, overlapping_pool, plan_pool, pod_addresses};
+use super::plan::{PodRefusal, PoolPlan, cooled_down, overlapping_pool, plan_pool, pod_addresses};
 use super::types::{
-    ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, POOL_ANNOTATION, POOL_FINALIZER,
-    allocation_name,
+    ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, IPPoolStatus, POOL_ANNOTATION,
+    POOL_FINALIZER, allocation_name,
 };
-use crate::controller::replay_seed;
+use crate::controller::{
+    CachesReady, Failed, mark_listed, publish_event, reconcile_finalized, replay_seed,
+};
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 
@@ -36,19 +38,29 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("planning task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("waiting for {0} address(es) in use to be released")]
+    InUse(usize),
+}
+
+impl crate::controller::Retry for Error {
+    const FAILURE_RETRY: Duration = Duration::from_secs(5);
+
+    fn waiting(&self) -> Option<Duration> {
+        matches!(self, Error::InUse(_)).then_some(Duration::from_secs(10))
+    }
 }
 
 struct Context {
     client: Client,
     registry: Arc<Registry>,
     metrics: Arc<IpamMetrics>,
-    reconciles: Arc<ReconcileMetrics>,
     recorder: Recorder,
     pools: Store<IPPool>,
     pods: Store<PartialObjectMeta<Pod>>,
     allocations: Store<IPAllocation>,
-    synced: tokio::sync::OnceCell<()>,
-    expectations: Expectations,
+    caches: CachesReady,
+    expectations: Allocations,
+    cursors: Cursors,
 }
 
 /// Runs until `shutdown` resolves (then finishes the passes in flight) or
@@ -61,6 +73,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let pools: Api<IPPool> = Api::all(client.clone());
+    let mut caches = CachesReady::default();
     let (pods, pods_writer) = reflector::store();
     let pod_changes = reflector::reflector(
         pods_writer,
@@ -70,6 +83,7 @@ pub async fn run(
             watcher::Config::default(),
         ),
     )
+    .inspect(mark_listed(caches.track()))
     .default_backoff()
     .touched_objects();
     let (allocations, allocations_writer) = reflector::store();
@@ -80,23 +94,23 @@ pub async fn run(
             watcher::Config::default(),
         ),
     )
+    .inspect(mark_listed(caches.track()))
     .default_backoff()
     .touched_objects();
     // Any plugin change may change a pool's decisions: replan them all.
     let plugin_changes = crate::controller::plugin_changes(registry.subscribe());
     let controller = Controller::new(pools, watcher::Config::default());
-    let recorder = crate::controller::recorder(client.clone());
     let context = Arc::new(Context {
+        recorder: crate::controller::recorder(client.clone()),
         client,
         registry,
         metrics,
-        reconciles,
-        recorder,
         pools: controller.store(),
         pods,
         allocations,
-        synced: tokio::sync::OnceCell::new(),
-        expectations: Expectations::default(),
+        caches,
+        expectations: Allocations::new(FORGET_AFTER),
+        cursors: Cursors::default(),
     });
     controller
         .watches_stream(pod_changes, |pod: PartialObjectMeta<Pod>| {
@@ -110,58 +124,86 @@ pub async fn run(
         .reconcile_all_on(plugin_changes)
         .graceful_shutdown_on(shutdown)
         .run(
-            context.reconciles.measured("IPPool", reconcile),
-            error_policy,
+            reconciles.measured("IPPool", reconcile),
+            crate::controller::error_policy,
             context,
         )
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "IPPool reconcile");
-            }
-        })
+        .for_each(|_| async {})
         .await;
 }
 
-/// One pass over a pool: free what is no longer held, hand out addresses to
-/// the pods waiting, write them on the pods, report.
-async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    ctx.caches_ready().await;
-    let pool_name = pool.name_any();
-    let pools: Api<IPPool> = Api::all(ctx.client.clone());
-    let deleting = pool.metadata.deletion_timestamp.is_some();
-    if !deleting && !pool.finalizers().iter().any(|f| f == POOL_FINALIZER) {
-        add_finalizer(&pools, &pool).await?;
+/// A pool holds its finalizer while any of its addresses is in use.
+async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Failed<Error>> {
+    let api: Api<IPPool> = Api::all(ctx.client.clone());
+    let ctx = &*ctx;
+    reconcile_finalized(
+        &api,
+        POOL_FINALIZER,
+        pool,
+        |pool| async move { apply(&pool, ctx).await },
+        |pool| async move { cleanup(&pool, ctx).await },
+    )
+    .await
+}
+
+async fn apply(pool: &IPPool, ctx: &Context) -> Result<Action, Error> {
+    let pass = pass(pool, ctx).await?;
+    let mut wait = if pass.requeue_soon {
+        Duration::from_secs(2)
+    } else if pass.overlapping {
+        // The older pool changing is not an event of this one: look again.
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(300)
+    };
+    if let Some(rest) = pass.next_rest_ends {
+        wait = wait.min(rest + Duration::from_millis(100));
     }
+    Ok(Action::requeue(wait))
+}
+
+/// A pool being deleted hands out nothing; it goes once every address it
+/// holds rests (its pod is gone), taking those with it.
+async fn cleanup(pool: &IPPool, ctx: &Context) -> Result<Action, Error> {
+    let pass = pass(pool, ctx).await?;
+    let in_use = pass.held.iter().filter(|a| !a.is_resting()).count();
+    if in_use > 0 {
+        return Err(Error::InUse(in_use));
+    }
+    for allocation in &pass.held {
+        ctx.delete(allocation, "pool-deleted").await?;
+    }
+    let pool_name = pool.name_any();
+    ctx.metrics.pool_gone(&pool_name);
+    ctx.expectations.forget(&pool_name);
+    ctx.cursors.forget(&pool_name);
+    Ok(Action::await_change())
+}
+
+/// What one pass leaves: the allocations held, and when to look again.
+struct Pass {
+    held: Vec<IPAllocation>,
+    requeue_soon: bool,
+    overlapping: bool,
+    next_rest_ends: Option<Duration>,
+}
+
+/// One pass over a pool: observe; free what is no longer held; plan
+/// addresses for the pods waiting (`plan_pool`); act: create them, write
+/// them on the pods, report.
+async fn pass(pool: &IPPool, ctx: &Context) -> Result<Pass, Error> {
+    ctx.caches.wait().await;
+    let pool_name = pool.name_any();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
-    let cached: Vec<IPAllocation> = ctx
-        .allocations
-        .state()
-        .iter()
-        .filter(|a| a.spec.pool == pool_name)
-        .map(|a| (**a).clone())
-        .collect();
-    let mine = ctx.expectations.allocations(&pool_name, cached);
-    let pods: Vec<Pod> = ctx
-        .pods
-        .state()
-        .iter()
-        .filter(|p| p.annotations().get(POOL_ANNOTATION) == Some(&pool_name))
-        .map(|p| Pod {
-            metadata: p.metadata.clone(),
-            ..Pod::default()
-        })
-        .collect();
+    let (mine, pods) = ctx.observe(&pool_name);
+    let (mine, next_rest_ends) = ctx.free(pool, mine, &pods, &now).await?;
 
-    let (mut mine, next_rest_ends) = ctx.free(&pool, mine, &pods, &now).await?;
-
-    // Hand out addresses to the pods that have none.
-    let overlapping = overlapping_pool(&pool, ctx.pools.state().iter().map(|p| &**p));
-    let seed = seed_for(&pool, mine.len());
+    let overlapping = overlapping_pool(pool, ctx.pools.state().iter().map(|p| &**p));
+    let seed = seed_for(pool, mine.len());
     let started = Instant::now();
     let plan = {
-        let mut pool = (*pool).clone();
-        let cursor = ctx.expectations.cursor(&pool);
-        pool.status.get_or_insert_default().last_allocated = cursor;
+        let mut pool = pool.clone();
+        pool.status.get_or_insert_default().last_allocated = ctx.cursors.cursor(&pool);
         let (mine, pods, overlapping, registry) = (
             mine.clone(),
             pods.clone(),
@@ -170,122 +212,127 @@ async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Error
         );
         let now = now.clone();
         crate::runtime::spawn_call(move || {
-            plan_pool(
-                &pool,
-                &mine,
-                &pods,
-                overlapping.as_deref(),
-                &registry,
-                seed,
-                now,
-            )
+            let overlapping = overlapping.as_deref();
+            plan_pool(&pool, &mine, &pods, overlapping, &registry, seed, now)
         })
         .await?
     };
-    let mut requeue_soon = !plan.refused.is_empty();
-    for planned in &plan.allocations {
-        let allocation = planned.record(&pool);
-        match Api::<IPAllocation>::all(ctx.client.clone())
-            .create(&Default::default(), &allocation)
-            .await
-        {
-            Ok(created) => {
-                ctx.expectations.written(&created);
-                ctx.metrics.allocated(&pool_name, started.elapsed());
-                tracing::info!(pool = %pool_name, address = %planned.address, pod = %planned.pod_name, "allocated");
-                ctx.pod_event(
-                    &created.spec.owner,
-                    EventType::Normal,
-                    "AddressAllocated",
-                    format!("{} from IPPool {pool_name}", planned.address),
-                )
-                .await;
-                mine.push(created);
-            }
-            // Someone else holds this address: our view was stale; replan.
-            Err(kube::Error::Api(status)) if status.code == 409 => requeue_soon = true,
-            Err(error) => return Err(error.into()),
-        }
-    }
-    for refusal in &plan.refused {
-        ctx.metrics.refused(&pool_name, refusal.reason);
-        if let Some((namespace, name)) = refusal.pod.split_once('/') {
-            let owner = AllocationOwner {
-                pod_namespace: Some(namespace.into()),
-                pod_name: Some(name.into()),
-                ..AllocationOwner::default()
-            };
-            ctx.pod_event(
-                &owner,
-                EventType::Warning,
-                "NoAddress",
-                format!("IPPool {pool_name}: {}", refusal.message),
-            )
-            .await;
-        }
-    }
-
+    let (held, lost_race) = ctx.hand_out(pool, &plan, mine, started).await?;
+    ctx.tell_refusals(&pool_name, &plan.refused).await;
     // Every pod holding an address gets it written (also repairs a lost
     // write); the write is conditional, so racing replicas agree on one.
-    let unwritten: Vec<IPAllocation> = pod_addresses(&mine.iter().collect::<Vec<_>>(), &pods)
-        .unwritten
-        .into_iter()
-        .cloned()
-        .collect();
-    for allocation in &unwritten {
-        if !ctx.annotate_pod(allocation).await? {
-            requeue_soon = true;
-        }
+    let mut unwritten_left = false;
+    for allocation in pod_addresses(&held.iter().collect::<Vec<_>>(), &pods).unwritten {
+        unwritten_left |= !ctx.annotate_pod(allocation).await?;
     }
-
-    ctx.metrics.pool_status(&pool_name, &plan.status);
-    let status = serde_json::json!({
-        "apiVersion": IPPool::api_version(&()),
-        "kind": IPPool::kind(&()),
-        "status": plan.status,
-    });
-    let written = pools
-        .patch_status(
-            &pool_name,
-            &PatchParams::apply("knit").force(),
-            &Patch::Apply(&status),
-        )
-        .await?;
-    ctx.expectations
-        .cursor_written(&written, plan.status.last_allocated.clone());
-
-    if deleting {
-        if mine.iter().all(|a| a.is_resting()) {
-            for allocation in &mine {
-                ctx.delete(allocation, "pool-deleted").await?;
-            }
-            remove_finalizer(&pools, &pool).await?;
-            ctx.metrics.pool_gone(&pool_name);
-            ctx.expectations.forget_pool(&pool_name);
-            return Ok(Action::await_change());
-        }
-        return Ok(Action::requeue(Duration::from_secs(10)));
-    }
-    let mut wait = if requeue_soon {
-        Duration::from_secs(2)
-    } else if overlapping.is_some() {
-        // The older pool changing is not an event of this one: look again.
-        Duration::from_secs(30)
-    } else {
-        Duration::from_secs(300)
-    };
-    if let Some(rest) = next_rest_ends {
-        wait = wait.min(rest + Duration::from_millis(100));
-    }
-    Ok(Action::requeue(wait))
-}
-
-fn error_policy(pool: Arc<IPPool>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(pool = %pool.name_any(), %error, "IPPool reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    ctx.write_status(pool, &plan.status).await?;
+    Ok(Pass {
+        held,
+        requeue_soon: !plan.refused.is_empty() || lost_race || unwritten_left,
+        overlapping: overlapping.is_some(),
+        next_rest_ends,
+    })
 }
 
 impl Context {
+    /// The pool's allocations (the cache's, corrected by this controller's
+    /// writes it does not show yet) and the pods that ask for it.
+    fn observe(&self, pool_name: &str) -> (Vec<IPAllocation>, Vec<Pod>) {
+        let cached: Vec<IPAllocation> = self
+            .allocations
+            .state()
+            .iter()
+            .filter(|a| a.spec.pool == pool_name)
+            .map(|a| (**a).clone())
+            .collect();
+        let mine = self.expectations.overlay(&pool_name.to_owned(), cached);
+        let pods = self
+            .pods
+            .state()
+            .iter()
+            .filter(|p| p.annotations().get(POOL_ANNOTATION).map(String::as_str) == Some(pool_name))
+            .map(|p| Pod {
+                metadata: p.metadata.clone(),
+                ..Pod::default()
+            })
+            .collect();
+        (mine, pods)
+    }
+
+    /// Creates the planned allocations; returns what the pool holds now,
+    /// and whether one lost a race (someone else holds its address: our
+    /// view was stale, so replan soon).
+    async fn hand_out(
+        &self,
+        pool: &IPPool,
+        plan: &PoolPlan,
+        mut held: Vec<IPAllocation>,
+        started: Instant,
+    ) -> Result<(Vec<IPAllocation>, bool), Error> {
+        let pool_name = pool.name_any();
+        let mut lost_race = false;
+        for planned in &plan.allocations {
+            let allocation = planned.record(pool);
+            match Api::<IPAllocation>::all(self.client.clone())
+                .create(&Default::default(), &allocation)
+                .await
+            {
+                Ok(created) => {
+                    self.expectations.written(pool_name.clone(), &created, None);
+                    self.metrics.allocated(&pool_name, started.elapsed());
+                    tracing::info!(pool = %pool_name, address = %planned.address, pod = %planned.pod_name, "allocated");
+                    let note = format!("{} from IPPool {pool_name}", planned.address);
+                    let owner = &created.spec.owner;
+                    self.pod_event(owner, EventType::Normal, "AddressAllocated", note)
+                        .await;
+                    held.push(created);
+                }
+                Err(kube::Error::Api(status)) if status.code == 409 => lost_race = true,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok((held, lost_race))
+    }
+
+    /// Counts each refused pod, and tells it why.
+    async fn tell_refusals(&self, pool_name: &str, refused: &[PodRefusal]) {
+        for refused in refused {
+            self.metrics.refused(pool_name, refused.refusal.reason);
+            if let Some((namespace, name)) = refused.pod.split_once('/') {
+                let owner = AllocationOwner {
+                    pod_namespace: Some(namespace.into()),
+                    pod_name: Some(name.into()),
+                    ..AllocationOwner::default()
+                };
+                let note = format!("IPPool {pool_name}: {}", refused.refusal.message);
+                self.pod_event(&owner, EventType::Warning, "NoAddress", note)
+                    .await;
+            }
+        }
+    }
+
+    /// The pool's status, by server-side apply; remembers the cursor
+    /// written until the cache shows it.
+    async fn write_status(&self, pool: &IPPool, status: &IPPoolStatus) -> Result<(), Error> {
+        let pool_name = pool.name_any();
+        self.metrics.pool_status(&pool_name, status);
+        let cursor = status.last_allocated.clone();
+        let status = serde_json::json!({
+            "apiVersion": IPPool::api_version(&()),
+            "kind": IPPool::kind(&()),
+            "status": status,
+        });
+        let written = Api::<IPPool>::all(self.client.clone())
+            .patch_status(
+                &pool_name,
+                &PatchParams::apply("knit").force(),
+                &Patch::Apply(&status),
+            )
+            .await?;
+        self.cursors.written(&written, cursor);
+        Ok(())
+    }
+
     /// Frees, in order: second addresses from racing allocators, addresses
     /// of owners that are gone (or starts their rest), and rests that are
     /// over. Returns what is still held, and when the next rest ends.
@@ -332,19 +379,6 @@ impl Context {
         Ok((held, next_rest_ends))
     }
 
-    /// Freeing decisions need complete caches. One waiter at a time: a
-    /// store's `wait_until_ready` wakes only the last of several concurrent
-    /// waiters (kube-runtime 5's DelayedInit keeps one waker), which left
-    /// reconciles of other pools hanging.
-    async fn caches_ready(&self) {
-        self.synced
-            .get_or_init(|| async {
-                let _ = self.pods.wait_until_ready().await;
-                let _ = self.allocations.wait_until_ready().await;
-            })
-            .await;
-    }
-
     /// True only when the owner pod's UID no longer exists. The cache says
     /// who might be gone; a live read confirms, so a stale cache never frees
     /// an address a running pod holds (the whereabouts #176 failure mode).
@@ -380,7 +414,8 @@ impl Context {
             .await
         {
             Ok(resting) => {
-                self.expectations.written(&resting);
+                let pool = resting.spec.pool.clone();
+                self.expectations.written(pool, &resting, Some(allocation));
                 *allocation = resting;
                 self.released(allocation, "owner-gone").await;
                 Ok(())
@@ -405,7 +440,8 @@ impl Context {
             .await
         {
             Ok(_) => {
-                self.expectations.deleted(allocation);
+                self.expectations
+                    .deleted(allocation.spec.pool.clone(), allocation);
                 // A rest that ends was counted as a release when it began.
                 if !allocation.is_resting() {
                     self.released(allocation, reason).await;
@@ -413,7 +449,8 @@ impl Context {
                 Ok(())
             }
             Err(kube::Error::Api(status)) if status.code == 404 => {
-                self.expectations.deleted(allocation);
+                self.expectations
+                    .deleted(allocation.spec.pool.clone(), allocation);
                 Ok(())
             }
             // The UID precondition failed: the address has a new holder.
@@ -435,25 +472,26 @@ impl Context {
             ),
         };
         tracing::info!(%pool, address = %allocation.spec.address, %holder, %reason, "released");
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "AddressReleased".into(),
-            note: Some(format!(
-                "{} released from {holder}: {reason}",
-                allocation.spec.address
-            )),
-            action: "Release".into(),
-            secondary: None,
-        };
+        let note = format!(
+            "{} released from {holder}: {reason}",
+            allocation.spec.address
+        );
         let reference = k8s_openapi::api::core::v1::ObjectReference {
             api_version: Some(IPPool::api_version(&()).into()),
             kind: Some(IPPool::kind(&()).into()),
             name: Some(pool.clone()),
             ..Default::default()
         };
-        if let Err(error) = self.recorder.publish(&event, &reference).await {
-            tracing::debug!(%error, "cannot publish event");
-        }
+        let normal = EventType::Normal;
+        publish_event(
+            &self.recorder,
+            &reference,
+            normal,
+            "AddressReleased",
+            &note,
+            "Release",
+        )
+        .await;
     }
 
     async fn pod_event(
@@ -474,16 +512,7 @@ impl Context {
             uid: owner.pod_uid.clone(),
             ..Default::default()
         };
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: "Allocate".into(),
-            secondary: None,
-        };
-        if let Err(error) = self.recorder.publish(&event, &reference).await {
-            tracing::debug!(%error, "cannot publish event");
-        }
+        publish_event(&self.recorder, &reference, type_, reason, &note, "Allocate").await;
     }
 
     /// Writes the address on its pod. False when the pod changed since the
@@ -535,44 +564,6 @@ impl Context {
             Err(kube::Error::Api(status)) if status.code == 404 || status.code == 422 => Ok(true),
             Err(error) => Err(error.into()),
         }
-    }
-}
-
-async fn add_finalizer(pools: &Api<IPPool>, pool: &IPPool) -> Result<(), Error> {
-    let patch = serde_json::json!({
-        "metadata": {
-            "resourceVersion": pool.resource_version(),
-            "finalizers": pool.finalizers().iter().cloned().chain([POOL_FINALIZER.to_string()]).collect::<Vec<_>>(),
-        }
-    });
-    pools
-        .patch(
-            &pool.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(())
-}
-
-async fn remove_finalizer(pools: &Api<IPPool>, pool: &IPPool) -> Result<(), Error> {
-    let patch = serde_json::json!({
-        "metadata": {
-            "resourceVersion": pool.resource_version(),
-            "finalizers": pool.finalizers().iter().filter(|f| *f != POOL_FINALIZER).collect::<Vec<_>>(),
-        }
-    });
-    match pools
-        .patch(
-            &pool.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-        Err(error) => Err(error.into()),
     }
 }
 

@@ -106,11 +106,13 @@ impl IpamMetrics {
             .inc();
     }
 
-    pub fn refused(&self, pool: &str, reason: &str) {
+    /// A pod refused an address, counted by the refusal's label
+    /// (`exhausted`, `invalid-config`, …; see `refusal_label`).
+    pub fn refused(&self, pool: &str, condition_reason: &str) {
         self.errors
             .get_or_create(&ReasonLabels {
                 pool: pool.into(),
-                reason: reason.into(),
+                reason: refusal_label(condition_reason).into(),
             })
             .inc();
     }
@@ -144,5 +146,18 @@ impl IpamMetrics {
         self.allocations
             .get_or_create(&PoolLabels { pool: pool.into() })
             .get()
+    }
+}
+
+/// The metric label of a refusal's condition reason: the labels the
+/// dashboards know, a plugin that is missing or failed being `plugin-error`.
+pub fn refusal_label(condition_reason: &str) -> &'static str {
+    match condition_reason {
+        "Exhausted" => "exhausted",
+        "InvalidConfig" => "invalid-config",
+        "InvalidRequest" => "invalid-request",
+        "Deleting" => "deleting",
+        "Overlapping" => "overlapping",
+        _ => "plugin-error",
     }
 }

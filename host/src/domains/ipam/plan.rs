@@ -6,14 +6,15 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use knit_ipam_core::{AllocateError, FreeSpace, OffsetSet, Request};
+use knit_ipam_core::{FreeSpace, OffsetSet, Request};
 use kube::ResourceExt;
 
 use super::address_space::AddressSpace;
 use super::types::{
     ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, IPPoolStatus, POOL_ANNOTATION,
 };
-use crate::runtime::{Registry, World};
+use crate::controller::decision::{self, Chosen, Refusal};
+use crate::runtime::Registry;
 
 /// A pod that gets an address.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,6 +23,9 @@ pub struct PlannedAllocation {
     pub pod_name: String,
     pub pod_uid: String,
     pub address: IpAddr,
+    /// Chosen by the strategy (not a lost record's address taken back):
+    /// it moves the pool's cursor.
+    pub from_strategy: bool,
 }
 
 impl PlannedAllocation {
@@ -44,17 +48,16 @@ impl PlannedAllocation {
 pub struct PoolPlan {
     pub allocations: Vec<PlannedAllocation>,
     /// Pods that asked and got nothing, with why.
-    pub refused: Vec<Refusal>,
+    pub refused: Vec<PodRefusal>,
     pub status: IPPoolStatus,
 }
 
+/// A pod that asked and got nothing, with why.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Refusal {
+pub struct PodRefusal {
     /// `namespace/name`.
     pub pod: String,
-    /// A short machine-readable reason, e.g. `exhausted` (a metric label).
-    pub reason: &'static str,
-    pub message: String,
+    pub refusal: Refusal,
 }
 
 /// Plans addresses for the pods that ask `pool` for one and have none yet.
@@ -103,9 +106,50 @@ pub fn plan_pool(
     .map(|s| s.free_count())
     .unwrap_or(0);
 
+    let chosen = decision::choose(registry, pool);
+    let stopped = if pool.metadata.deletion_timestamp.is_some() {
+        Some(Refusal::new("Deleting", "the pool is being deleted"))
+    } else {
+        overlapping.map(|other| {
+            let message = format!("the pool overlaps the older pool {other}");
+            Refusal::new("Overlapping", message)
+        })
+    };
+    for pod in waiting_pods(&pool_name, pods, &mine) {
+        let answer = match &stopped {
+            Some(refusal) => Err(refusal.clone()),
+            None => allocate(pod, &space, &mut request, &chosen),
+        };
+        match answer {
+            Ok(addresses) => plan.allocations.extend(addresses),
+            Err(refusal) => plan.refused.push(PodRefusal {
+                pod: format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()),
+                refusal,
+            }),
+        }
+    }
+    if let Some(last) = plan.allocations.iter().rev().find(|a| a.from_strategy) {
+        plan.status.last_allocated = Some(last.address.to_string());
+    }
+    let cooling = mine
+        .iter()
+        .filter(|a| a.is_resting() && space.offset_of_text(&a.spec.address).is_some())
+        .count() as u64;
+    let counts = Counts {
+        capacity,
+        held: request.allocated.len(),
+        cooling,
+    };
+    fill_status(&mut plan, pool, overlapping, &chosen, counts, &now);
+    plan
+}
+
+/// The pods that ask the pool for an address and hold none of it, oldest
+/// first.
+fn waiting_pods<'a>(pool_name: &str, pods: &'a [Pod], mine: &[&IPAllocation]) -> Vec<&'a Pod> {
     let mut waiting: Vec<&Pod> = pods
         .iter()
-        .filter(|p| p.annotations().get(POOL_ANNOTATION) == Some(&pool_name))
+        .filter(|p| p.annotations().get(POOL_ANNOTATION).map(String::as_str) == Some(pool_name))
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter(|p| {
             !mine.iter().any(|a| {
@@ -120,84 +164,69 @@ pub fn plan_pool(
             p.name_any(),
         )
     });
+    waiting
+}
 
-    let plugin = registry.get_world(&pool.spec.strategy.plugin, World::IpamStrategy);
-    let stopped = if pool.metadata.deletion_timestamp.is_some() {
-        Some(("deleting", "the pool is being deleted".to_string()))
-    } else {
-        overlapping.map(|other| {
-            (
-                "overlapping",
-                format!("the pool overlaps the older pool {other}"),
-            )
-        })
+/// One pod's address: the free one of this pool it already carries, else
+/// the strategy's. Takes what it hands out from `request`, and moves its
+/// seed on.
+fn allocate(
+    pod: &Pod,
+    space: &AddressSpace,
+    request: &mut Request,
+    chosen: &Result<Chosen, Refusal>,
+) -> Result<Vec<PlannedAllocation>, Refusal> {
+    let planned = |address, from_strategy| PlannedAllocation {
+        pod_namespace: pod.namespace().unwrap_or_default(),
+        pod_name: pod.name_any(),
+        pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
+        address,
+        from_strategy,
     };
-    let config: Vec<(String, String)> = pool.spec.strategy.config.clone().into_iter().collect();
-    for pod in waiting {
-        let pod_ref = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-        if let Some((reason, message)) = &stopped {
-            plan.refused.push(Refusal {
-                pod: pod_ref,
-                reason,
-                message: message.clone(),
-            });
-            continue;
-        }
-        let planned = |address| PlannedAllocation {
-            pod_namespace: pod.namespace().unwrap_or_default(),
-            pod_name: pod.name_any(),
-            pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
-            address,
-        };
-        // A pod that already carries a free address of this pool (its
-        // allocation record was lost) keeps it: it may be using it. Not a
-        // strategy decision, so the cursor stays.
-        if let Some(offset) = reclaimable(pod, &space, &request) {
-            request.allocated.insert(offset);
-            plan.allocations
-                .extend(space.address_of(offset).map(planned));
-            continue;
-        }
-        let answer = match &plugin {
-            Ok(plugin) => plugin
-                .allocate(&request, &config)
-                .map_err(|e| e.to_string()),
-            Err(error) => Err(error.to_string()),
-        };
-        match answer {
-            Ok(Ok(offsets)) => {
-                for offset in offsets {
-                    request.allocated.insert(offset);
-                    request.cursor = Some(offset);
-                    if let Some(address) = space.address_of(offset) {
-                        plan.status.last_allocated = Some(address.to_string());
-                        plan.allocations.push(planned(address));
-                    }
-                }
-            }
-            Ok(Err(refusal)) => plan.refused.push(Refusal {
-                pod: pod_ref,
-                reason: match refusal {
-                    AllocateError::Exhausted(_) => "exhausted",
-                    AllocateError::InvalidConfig(_) => "invalid-config",
-                    AllocateError::InvalidRequest(_) => "invalid-request",
-                },
-                message: refusal.to_string(),
-            }),
-            Err(error) => plan.refused.push(Refusal {
-                pod: pod_ref,
-                reason: "plugin-error",
-                message: error,
-            }),
-        }
-        request.seed = request.seed.wrapping_add(1);
+    // A pod that already carries a free address of this pool (its
+    // allocation record was lost) keeps it: it may be using it. Not a
+    // strategy decision, so the cursor stays.
+    if let Some(offset) = reclaimable(pod, space, request) {
+        request.allocated.insert(offset);
+        return Ok(space
+            .address_of(offset)
+            .map(|a| planned(a, false))
+            .into_iter()
+            .collect());
     }
+    let chosen = chosen.as_ref().map_err(Clone::clone)?;
+    let answer = chosen.answer(chosen.plugin.allocate(request, &chosen.config));
+    request.seed = request.seed.wrapping_add(1);
+    let mut addresses = Vec::new();
+    for offset in answer? {
+        request.allocated.insert(offset);
+        request.cursor = Some(offset);
+        addresses.extend(space.address_of(offset).map(|a| planned(a, true)));
+    }
+    Ok(addresses)
+}
 
-    let held = request.allocated.len();
-    let cooling = mine
-        .iter()
-        .filter(|a| a.is_resting() && space.offset_of_text(&a.spec.address).is_some())
-        .count() as u64;
+/// A pool's numbers, for its status.
+struct Counts {
+    capacity: u64,
+    held: u64,
+    cooling: u64,
+}
+
+/// The pool's counts, plugin and conditions (`Ready`, `Exhausted`).
+fn fill_status(
+    plan: &mut PoolPlan,
+    pool: &IPPool,
+    overlapping: Option<&str>,
+    chosen: &Result<Chosen, Refusal>,
+    counts: Counts,
+    now: &Time,
+) {
+    let Counts {
+        capacity,
+        held,
+        cooling,
+    } = counts;
     let status = &mut plan.status;
     status.capacity = capacity;
     status.allocated = held - cooling;
@@ -208,8 +237,8 @@ pub fn plan_pool(
     } else {
         format!("{:.1}", status.allocated as f64 * 100.0 / capacity as f64)
     };
-    if let Ok(plugin) = &plugin {
-        status.decided_by = crate::controller::PluginStatus::of(plugin);
+    if let Ok(chosen) = chosen {
+        status.decided_by = chosen.status();
     }
     let in_use = status.allocated;
     let exhausted = status.free == 0;
@@ -228,8 +257,8 @@ pub fn plan_pool(
             ),
         )
     } else {
-        match (&plugin, plan.refused.first()) {
-            (Err(error), _) => (false, "PluginUnavailable", error.to_string()),
+        match (chosen, plan.refused.first()) {
+            (Err(refusal), _) => (false, refusal.reason, refusal.message.clone()),
             (Ok(_), Some(first)) => (
                 false,
                 "AllocationFailed",
@@ -237,7 +266,7 @@ pub fn plan_pool(
                     "{} pod(s) without an address; {}: {}",
                     plan.refused.len(),
                     first.pod,
-                    first.message
+                    first.refusal.message
                 ),
             ),
             (Ok(_), None) => (
@@ -247,23 +276,23 @@ pub fn plan_pool(
             ),
         }
     };
-    let free_message = format!("{} free, {cooling} cooling down", status.free);
+    let free_message = format!("{} free, {cooling} cooling down", plan.status.free);
+    let exhausted_reason = if exhausted {
+        "NoFreeAddresses"
+    } else {
+        "FreeAddresses"
+    };
     plan.status.conditions = vec![
-        condition("Ready", ready, reason, &message, pool, &now),
+        condition("Ready", ready, reason, &message, pool, now),
         condition(
             "Exhausted",
             exhausted,
-            if exhausted {
-                "NoFreeAddresses"
-            } else {
-                "FreeAddresses"
-            },
+            exhausted_reason,
             &free_message,
             pool,
-            &now,
+            now,
         ),
     ];
-    plan
 }
 
 /// The strategy request for a pool as its allocations stand: every address
@@ -541,7 +570,7 @@ mod tests {
         let pods = [pod("a", "a", &[(POOL_ANNOTATION, "younger")])];
         let plan = plan_pool(&younger, &[], &pods, Some("older"), &registry(), 1, time(0));
         assert!(plan.allocations.is_empty());
-        assert_eq!(plan.refused[0].reason, "overlapping");
+        assert_eq!(plan.refused[0].refusal.reason, "Overlapping");
         let ready = &plan.status.conditions[0];
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
