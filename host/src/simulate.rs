@@ -355,7 +355,7 @@ fn simulate_clb(
         found: true,
         ..LbView::default()
     });
-    let mut observed = clb_plan::Observed {
+    let observed = clb_plan::Observed {
         service: Arc::new(service.clone()),
         pods,
         listeners: manifests
@@ -375,41 +375,7 @@ fn simulate_clb(
         now: now.clone(),
         seed,
     };
-    let mut applied: Vec<DedicatedCLBListener> = Vec::new();
-    let mut deleted: Vec<String> = Vec::new();
-    // Each pass binds what the last one planned; a handful settle any
-    // service (the second pass of a fresh one changes nothing).
-    let mut plan = clb_plan::plan_service(&observed, registry);
-    for _ in 0..4 {
-        if plan.apply.is_empty() && plan.delete.is_empty() {
-            break;
-        }
-        for mut listener in std::mem::take(&mut plan.apply) {
-            listener.status = Some(DedicatedCLBListenerStatus {
-                state: Some(if listener.spec.backend_pod.is_some() {
-                    ListenerState::Bound
-                } else {
-                    ListenerState::Available
-                }),
-                address: Some(format!(
-                    "<VIP of {}>:{}",
-                    listener.spec.lb_id, listener.spec.lb_port
-                )),
-                ..Default::default()
-            });
-            let same = |l: &DedicatedCLBListener| l.name_any() == listener.name_any();
-            observed.listeners.retain(|l| !same(l));
-            applied.retain(|l| !same(l));
-            observed.listeners.push(Arc::new(listener.clone()));
-            applied.push(listener);
-        }
-        for gone in std::mem::take(&mut plan.delete) {
-            observed.listeners.retain(|l| l.name_any() != gone);
-            applied.retain(|l| l.name_any() != gone);
-            deleted.push(gone);
-        }
-        plan = clb_plan::plan_service(&observed, registry);
-    }
+    let (plan, applied, deleted) = settle_clb(observed, registry);
     if let Some(refusal) = &plan.refusal {
         tracing::warn!(service = %name, reason = refusal.reason, "{}", refusal.message);
     }
@@ -454,6 +420,55 @@ fn simulate_clb(
                "metadata": {"name": name, "namespace": namespace}, "status": plan.status}),
     ));
     out
+}
+
+/// Plans passes over a service until nothing changes, binding each pass's
+/// listeners as the listener controller would; returns the last plan, the
+/// listener objects applied (each as last applied) and those deleted.
+fn settle_clb(
+    mut observed: clb_plan::Observed,
+    registry: &Registry,
+) -> (
+    clb_plan::ServicePlan,
+    Vec<DedicatedCLBListener>,
+    Vec<String>,
+) {
+    let mut applied: Vec<DedicatedCLBListener> = Vec::new();
+    let mut deleted: Vec<String> = Vec::new();
+    // A handful of passes settle any service (the second pass of a fresh
+    // one changes nothing).
+    let mut plan = clb_plan::plan_service(&observed, registry);
+    for _ in 0..4 {
+        if plan.apply.is_empty() && plan.delete.is_empty() {
+            break;
+        }
+        for mut listener in std::mem::take(&mut plan.apply) {
+            listener.status = Some(DedicatedCLBListenerStatus {
+                state: Some(if listener.spec.backend_pod.is_some() {
+                    ListenerState::Bound
+                } else {
+                    ListenerState::Available
+                }),
+                address: Some(format!(
+                    "<VIP of {}>:{}",
+                    listener.spec.lb_id, listener.spec.lb_port
+                )),
+                ..Default::default()
+            });
+            let same = |l: &DedicatedCLBListener| l.name_any() == listener.name_any();
+            observed.listeners.retain(|l| !same(l));
+            applied.retain(|l| !same(l));
+            observed.listeners.push(Arc::new(listener.clone()));
+            applied.push(listener);
+        }
+        for gone in std::mem::take(&mut plan.delete) {
+            observed.listeners.retain(|l| l.name_any() != gone);
+            applied.retain(|l| l.name_any() != gone);
+            deleted.push(gone);
+        }
+        plan = clb_plan::plan_service(&observed, registry);
+    }
+    (plan, applied, deleted)
 }
 
 /// The YAML stream `simulate` prints.

@@ -25,8 +25,11 @@ pub type Allocations = crate::controller::Expectations<String, IPAllocation>;
 /// resourceVersion after that write.
 #[derive(Default)]
 pub struct Cursors {
-    pools: Mutex<HashMap<String, (Option<String>, Option<String>, Instant)>>,
+    pools: Mutex<HashMap<String, CursorWritten>>,
 }
+
+/// The cursor written, the pool's resourceVersion after the write, when.
+type CursorWritten = (Option<String>, Option<String>, Instant);
 
 impl Cursors {
     /// A pass wrote `last_allocated`; `written` is the pool the write
