@@ -64,12 +64,13 @@ impl<E: std::error::Error + 'static> Failed<E> {
 /// One pass over an object that holds `finalizer_name` while it lives:
 /// `apply` while it does, `cleanup` once it is being deleted (the
 /// finalizer goes when `cleanup` succeeds).
-pub async fn reconcile_finalized<K, E, A, AF, C, CF>(
+pub async fn reconcile_finalized<K, C, E>(
     api: &Api<K>,
     finalizer_name: &str,
     object: Arc<K>,
-    apply: A,
-    cleanup: C,
+    ctx: &C,
+    apply: impl AsyncFn(&K, &C) -> Result<Action, E>,
+    cleanup: impl AsyncFn(&K, &C) -> Result<Action, E>,
 ) -> Result<Action, Failed<E>>
 where
     K: Resource<DynamicType = ()>
@@ -81,15 +82,11 @@ where
         + Sync
         + 'static,
     E: std::error::Error + Send + 'static,
-    A: FnOnce(Arc<K>) -> AF,
-    AF: Future<Output = Result<Action, E>>,
-    C: FnOnce(Arc<K>) -> CF,
-    CF: Future<Output = Result<Action, E>>,
 {
-    finalizer(api, finalizer_name, object, |event| async {
+    finalizer(api, finalizer_name, object, |event| async move {
         match event {
-            Event::Apply(object) => apply(object).await,
-            Event::Cleanup(object) => cleanup(object).await,
+            Event::Apply(object) => apply(&object, ctx).await,
+            Event::Cleanup(object) => cleanup(&object, ctx).await,
         }
     })
     .await

@@ -26,15 +26,7 @@ pub const FINALIZER: &str = "knit.dev/dns-record";
 pub async fn reconcile(record: Arc<DNSRecord>, ctx: Arc<Context>) -> Result<Action, Failed<Error>> {
     let api: Api<DNSRecord> =
         Api::namespaced(ctx.client.clone(), &record.namespace().unwrap_or_default());
-    let ctx = &*ctx;
-    reconcile_finalized(
-        &api,
-        FINALIZER,
-        record,
-        |r| async move { apply(&r, ctx).await },
-        |r| async move { cleanup(&r, ctx).await },
-    )
-    .await
+    reconcile_finalized(&api, FINALIZER, record, &*ctx, apply, cleanup).await
 }
 
 fn owner(record: &DNSRecord) -> String {

@@ -28,15 +28,7 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Failed<Error>> {
     let api: Api<NetworkRoute> = Api::all(ctx.client.clone());
-    let ctx = &*ctx;
-    reconcile_finalized(
-        &api,
-        FINALIZER,
-        route,
-        |r| async move { apply(&r, ctx).await },
-        |r| async move { cleanup(&r, ctx).await },
-    )
-    .await
+    reconcile_finalized(&api, FINALIZER, route, &*ctx, apply, cleanup).await
 }
 
 fn owner(route: &NetworkRoute) -> String {

@@ -177,15 +177,7 @@ pub async fn reconcile<K: TunnelObject>(
 ) -> Result<Action, Failed<Error>> {
     let key = object.key();
     let api = K::api(ctx.client.clone(), &key);
-    let ctx = &*ctx;
-    reconcile_finalized(
-        &api,
-        FINALIZER,
-        object,
-        |object| async move { apply(&*object, ctx).await },
-        |object| async move { cleanup(&*object, ctx).await },
-    )
-    .await
+    reconcile_finalized(&api, FINALIZER, object, &*ctx, apply, cleanup).await
 }
 
 impl crate::controller::Retry for Error {

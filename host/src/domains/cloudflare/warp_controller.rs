@@ -52,13 +52,13 @@ pub async fn reconcile_connector(
         ctx.client.clone(),
         &connector.namespace().unwrap_or_default(),
     );
-    let ctx = &*ctx;
     reconcile_finalized(
         &api,
         WARP_FINALIZER,
         connector,
-        |c| async move { apply_connector(&c, ctx).await },
-        |c| async move { cleanup_connector(&c, ctx).await },
+        &*ctx,
+        apply_connector,
+        cleanup_connector,
     )
     .await
 }
@@ -244,13 +244,13 @@ pub async fn reconcile_network(
     ctx: Arc<Context>,
 ) -> Result<Action, Failed<Error>> {
     let api: Api<VirtualNetwork> = Api::all(ctx.client.clone());
-    let ctx = &*ctx;
     reconcile_finalized(
         &api,
         VNET_FINALIZER,
         vnet,
-        |v| async move { apply_network(&v, ctx).await },
-        |v| async move { cleanup_network(&v, ctx).await },
+        &*ctx,
+        apply_network,
+        cleanup_network,
     )
     .await
 }

@@ -135,15 +135,7 @@ pub async fn run(
 /// A pool holds its finalizer while any of its addresses is in use.
 async fn reconcile(pool: Arc<IPPool>, ctx: Arc<Context>) -> Result<Action, Failed<Error>> {
     let api: Api<IPPool> = Api::all(ctx.client.clone());
-    let ctx = &*ctx;
-    reconcile_finalized(
-        &api,
-        POOL_FINALIZER,
-        pool,
-        |pool| async move { apply(&pool, ctx).await },
-        |pool| async move { cleanup(&pool, ctx).await },
-    )
-    .await
+    reconcile_finalized(&api, POOL_FINALIZER, pool, &*ctx, apply, cleanup).await
 }
 
 async fn apply(pool: &IPPool, ctx: &Context) -> Result<Action, Error> {

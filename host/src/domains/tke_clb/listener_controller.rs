@@ -47,15 +47,7 @@ pub async fn reconcile(
 ) -> Result<Action, Failed<Error>> {
     let namespace = listener.namespace().unwrap_or_default();
     let api: Api<DedicatedCLBListener> = Api::namespaced(ctx.client.clone(), &namespace);
-    let ctx = &*ctx;
-    reconcile_finalized(
-        &api,
-        LISTENER_FINALIZER,
-        listener,
-        |listener| async move { apply(&listener, ctx).await },
-        |listener| async move { cleanup(&listener, ctx).await },
-    )
-    .await
+    reconcile_finalized(&api, LISTENER_FINALIZER, listener, &*ctx, apply, cleanup).await
 }
 
 fn key(listener: &DedicatedCLBListener) -> ListenerKey {

@@ -68,19 +68,12 @@ pub async fn reconcile(
 ) -> Result<Action, Failed<Error>> {
     let namespace = service.namespace().unwrap_or_default();
     let api: Api<DedicatedCLBService> = Api::namespaced(ctx.client.clone(), &namespace);
-    let ctx = &*ctx;
-    reconcile_finalized(
-        &api,
-        SERVICE_FINALIZER,
-        service,
-        |service| async move { apply(service, ctx).await },
-        |service| async move { cleanup(&service, ctx).await },
-    )
-    .await
+    reconcile_finalized(&api, SERVICE_FINALIZER, service, &*ctx, apply, cleanup).await
 }
 
 /// Observe, plan, act.
-async fn apply(service: Arc<DedicatedCLBService>, ctx: &Context) -> Result<Action, Error> {
+async fn apply(service: &DedicatedCLBService, ctx: &Context) -> Result<Action, Error> {
+    let service = Arc::new(service.clone());
     ctx.caches.wait().await;
     let key = ObjectRef::from_obj(&*service);
     let listeners = ctx.listeners.state();
