@@ -265,62 +265,59 @@ pub fn plugin_bench(
     iterations: usize,
 ) -> anyhow::Result<()> {
     let plugin = load_file(registry, file)?;
-    match plugin.world {
+    let heading = |shape: &str| {
+        println!(
+            "{} ({}) on {shape}, {iterations} calls each:",
+            plugin.name_version(),
+            plugin.world
+        )
+    };
+    let fresh = match plugin.world {
         World::IpamStrategy => {
             let request = bench_request();
             let warm = plugin.time_warm_allocate(&request, iterations)?;
-            let mut fresh = Vec::with_capacity(iterations);
-            for _ in 0..iterations {
-                let started = Instant::now();
-                plugin.allocate(&request, &[])??;
-                fresh.push(started.elapsed());
-            }
-            println!(
-                "{} ({}) on a /24 with 100 allocated, {iterations} calls each:",
-                plugin.name_version(),
-                plugin.world
-            );
+            let fresh = time_calls(iterations, || Ok(plugin.allocate(&request, &[])??))?;
+            heading("a /24 with 100 allocated");
             println!("  warm call (one instance):     {}", summary(warm));
-            println!("  fresh-instance call:          {}", summary(fresh));
+            fresh
         }
         World::ClbAllocator => {
             let request = clb_bench_request();
-            let mut fresh = Vec::with_capacity(iterations);
-            for _ in 0..iterations {
-                let started = Instant::now();
+            let fresh = time_calls(iterations, || {
                 plugin
                     .allocate_listeners(&request, &[])?
-                    .map_err(anyhow::Error::msg)?;
-                fresh.push(started.elapsed());
-            }
-            println!(
-                "{} ({}) on {}, {iterations} calls:",
-                plugin.name_version(),
-                plugin.world,
-                CLB_BENCH_SHAPE
-            );
-            println!("  fresh-instance call:          {}", summary(fresh));
+                    .map_err(anyhow::Error::msg)
+            })?;
+            heading(CLB_BENCH_SHAPE);
+            fresh
         }
         World::TunnelMapper => {
             let request = tunnel_bench_request();
-            let mut fresh = Vec::with_capacity(iterations);
-            for _ in 0..iterations {
-                let started = Instant::now();
+            let fresh = time_calls(iterations, || {
                 plugin
                     .map_tunnel(&request, &[])?
-                    .map_err(anyhow::Error::msg)?;
-                fresh.push(started.elapsed());
-            }
-            println!(
-                "{} ({}) on {}, {iterations} calls:",
-                plugin.name_version(),
-                plugin.world,
-                TUNNEL_BENCH_SHAPE
-            );
-            println!("  fresh-instance call:          {}", summary(fresh));
+                    .map_err(anyhow::Error::msg)
+            })?;
+            heading(TUNNEL_BENCH_SHAPE);
+            fresh
         }
-    }
+    };
+    println!("  fresh-instance call:          {}", summary(fresh));
     Ok(())
+}
+
+/// How long each of `iterations` calls of `call` took.
+fn time_calls<T>(
+    iterations: usize,
+    mut call: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut timings = Vec::with_capacity(iterations);
+    for _ in 0..iterations {
+        let started = Instant::now();
+        call()?;
+        timings.push(started.elapsed());
+    }
+    Ok(timings)
 }
 
 fn summary(mut timings: Vec<Duration>) -> String {

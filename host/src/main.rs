@@ -262,42 +262,37 @@ async fn run_controllers(
             cloudflare,
         } = domains;
         tracing::info!(domains = ?enabled, "leading: starting controllers");
-        let ipam = async {
-            if enabled.contains(&cli::Domain::Ipam) {
-                knit::domains::ipam::controller::run(
-                    client.clone(),
-                    registry.clone(),
-                    ipam_metrics,
-                    reconciles.clone(),
-                    stop.clone(),
-                )
-                .await;
-            }
-        };
-        let tke = async {
-            if enabled.contains(&cli::Domain::TkeClb) {
-                knit::domains::tke_clb::run(
-                    client.clone(),
-                    registry.clone(),
-                    tke,
-                    reconciles.clone(),
-                    stop.clone(),
-                )
-                .await;
-            }
-        };
-        let cloudflare = async {
-            if enabled.contains(&cli::Domain::Cloudflare) {
-                knit::domains::cloudflare::run(
-                    client.clone(),
-                    registry.clone(),
-                    cloudflare,
-                    reconciles.clone(),
-                    stop.clone(),
-                )
-                .await;
-            }
-        };
+        // Futures do nothing until awaited: a domain not enabled never starts.
+        let ipam = run_if(
+            enabled.contains(&cli::Domain::Ipam),
+            knit::domains::ipam::controller::run(
+                client.clone(),
+                registry.clone(),
+                ipam_metrics,
+                reconciles.clone(),
+                stop.clone(),
+            ),
+        );
+        let tke = run_if(
+            enabled.contains(&cli::Domain::TkeClb),
+            knit::domains::tke_clb::run(
+                client.clone(),
+                registry.clone(),
+                tke,
+                reconciles.clone(),
+                stop.clone(),
+            ),
+        );
+        let cloudflare = run_if(
+            enabled.contains(&cli::Domain::Cloudflare),
+            knit::domains::cloudflare::run(
+                client.clone(),
+                registry.clone(),
+                cloudflare,
+                reconciles.clone(),
+                stop.clone(),
+            ),
+        );
         let lease_lost = async {
             let lost = leading.wait_for(|leading| !*leading).await.is_ok();
             // No election (`--leader-elect=false`), or it ended: only `stop`
@@ -316,4 +311,10 @@ async fn run_controllers(
     };
     let _ = done.send(());
     result
+}
+
+async fn run_if(enabled: bool, domain: impl std::future::Future<Output = ()>) {
+    if enabled {
+        domain.await;
+    }
 }

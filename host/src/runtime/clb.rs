@@ -3,7 +3,6 @@
 use knit_clb_core::{NewListener, Plan, Protocol, Request, check_plan};
 
 use super::bindings::clb_allocator::exports::knit::plugin::clb;
-use super::bindings::types::ConfigEntry;
 use super::plugin::Pre;
 use super::{CallError, Plugin, World, text};
 
@@ -35,10 +34,7 @@ impl Plugin {
         })?;
         match answer {
             Ok(plan) => {
-                let plan = native_plan(plan).map_err(|reason| CallError::BadOutput {
-                    plugin: self.reference(),
-                    reason,
-                })?;
+                let plan = native_plan(plan).map_err(|reason| self.bad_output(reason))?;
                 check_plan(
                     &request.service,
                     &request.lbs,
@@ -46,20 +42,15 @@ impl Plugin {
                     &request.listeners,
                     &plan,
                 )
-                .map_err(|reason| CallError::BadOutput {
-                    plugin: self.reference(),
-                    reason,
-                })?;
+                .map_err(|reason| self.bad_output(reason))?;
                 Ok(Ok(plan))
             }
-            Err(clb::AllocateError::InvalidConfig(why)) => Ok(Err(format!(
-                "invalid config: {}",
-                text::clean(&why, text::MESSAGE_LIMIT)
-            ))),
-            Err(clb::AllocateError::InvalidRequest(why)) => Ok(Err(format!(
-                "invalid request: {}",
-                text::clean(&why, text::MESSAGE_LIMIT)
-            ))),
+            Err(clb::AllocateError::InvalidConfig(why)) => {
+                Ok(Err(text::refusal("invalid config", &why)))
+            }
+            Err(clb::AllocateError::InvalidRequest(why)) => {
+                Ok(Err(text::refusal("invalid request", &why)))
+            }
         }
     }
 
@@ -117,16 +108,7 @@ impl Plugin {
                     unbound_for_seconds: l.unbound_for_seconds,
                 })
                 .collect(),
-            config: self
-                .settings
-                .config
-                .iter()
-                .chain(config)
-                .map(|(key, value)| ConfigEntry {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            config: self.config_entries(config),
         }
     }
 }

@@ -3,7 +3,6 @@
 use knit_ipam_core::{AllocateError, FreeSpace, Request, check_answer};
 
 use super::bindings::ipam_strategy::exports::knit::plugin::ipam;
-use super::bindings::types::ConfigEntry;
 use super::plugin::Pre;
 use super::{CallError, Plugin, World, text};
 
@@ -26,10 +25,7 @@ impl Plugin {
                 .knit_plugin_ipam()
                 .call_allocate(&mut *store, &wit_request)
         })?;
-        let bad_output = |reason| CallError::BadOutput {
-            plugin: self.reference(),
-            reason,
-        };
+        let bad_output = |reason| self.bad_output(reason);
         match answer {
             Ok(offsets) => match check_answer(request, &offsets) {
                 Ok(()) => Ok(Ok(offsets)),
@@ -73,16 +69,7 @@ impl Plugin {
             cursor: request.cursor,
             count: request.count,
             seed: request.seed,
-            config: self
-                .settings
-                .config
-                .iter()
-                .chain(config)
-                .map(|(key, value)| ConfigEntry {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            config: self.config_entries(config),
         }
     }
 }

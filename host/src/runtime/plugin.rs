@@ -5,6 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::Component;
 use wasmtime::{Store, Trap};
 
+use super::bindings::types::ConfigEntry;
 use super::bindings::{PACKAGE, PACKAGE_VERSION, clb_allocator, ipam_strategy, tunnel_mapper};
 use super::sandbox::{Sandbox, TRANSFER_LIMIT, WaitedPastDeadline};
 use super::text;
@@ -201,13 +202,10 @@ impl Plugin {
                 instance.knit_plugin_describe().call_describe(&mut *store)
             }
         })?;
-        let bad = |reason: String| CallError::BadOutput {
-            plugin: self.reference(),
-            reason,
-        };
         Ok(PluginInfo {
-            name: plugin_name(info.name).map_err(bad)?,
-            version: text::identifier("the version", info.version, VERSION_LIMIT).map_err(bad)?,
+            name: plugin_name(info.name).map_err(|reason| self.bad_output(reason))?,
+            version: text::identifier("the version", info.version, VERSION_LIMIT)
+                .map_err(|reason| self.bad_output(reason))?,
             description: text::clean(&info.description, text::MESSAGE_LIMIT),
         })
     }
@@ -308,6 +306,29 @@ impl Plugin {
         } else {
             Err(self.wrong_world(world))
         }
+    }
+
+    /// An answer the host refuses to pass on: out of bounds, or failing the
+    /// world's check.
+    pub(super) fn bad_output(&self, reason: String) -> CallError {
+        CallError::BadOutput {
+            plugin: self.reference(),
+            reason,
+        }
+    }
+
+    /// What every call passes as `config`: this plugin's settings, then the
+    /// configuration of the object decided for.
+    pub(super) fn config_entries(&self, config: &[(String, String)]) -> Vec<ConfigEntry> {
+        self.settings
+            .config
+            .iter()
+            .chain(config)
+            .map(|(key, value)| ConfigEntry {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect()
     }
 
     pub(super) fn wrong_world(&self, wanted: World) -> CallError {

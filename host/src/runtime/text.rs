@@ -59,6 +59,11 @@ pub fn identifier(what: &str, value: String, limit: usize) -> Result<String, Str
     Ok(value)
 }
 
+/// A plugin's refusal of its configuration or request, as `what: why`.
+pub fn refusal(what: &str, why: &str) -> String {
+    format!("{what}: {}", clean(why, MESSAGE_LIMIT))
+}
+
 fn unsafe_to_show(ch: char) -> bool {
     ch.is_control()
         // Bidirectional overrides and isolates reorder what a terminal shows.
@@ -67,21 +72,23 @@ fn unsafe_to_show(ch: char) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use rstest::rstest;
+
     use super::*;
 
-    #[test]
-    fn clean_replaces_control_characters_and_bounds_length() {
-        let cases = [
-            ("plain", "ipam-sequential", 64, "ipam-sequential"),
-            ("newline", "a\nb", 64, "a b"),
-            ("ansi escape", "\u{1b}[2Jboom", 64, "\u{fffd}[2Jboom"),
-            ("bidi override", "abc\u{202e}fed", 64, "abc\u{fffd}fed"),
-            ("cut", "abcdefghij", 4, "abcd… (10 bytes)"),
-            ("cut on a char boundary", "ééé", 3, "é… (6 bytes)"),
-        ];
-        for (name, input, limit, expected) in cases {
-            assert_eq!(clean(input, limit), expected, "case {name}");
-        }
+    #[rstest]
+    #[case::plain("ipam-sequential", 64, "ipam-sequential")]
+    #[case::newline("a\nb", 64, "a b")]
+    #[case::ansi_escape("\u{1b}[2Jboom", 64, "\u{fffd}[2Jboom")]
+    #[case::bidi_override("abc\u{202e}fed", 64, "abc\u{fffd}fed")]
+    #[case::cut("abcdefghij", 4, "abcd… (10 bytes)")]
+    #[case::cut_on_a_char_boundary("ééé", 3, "é… (6 bytes)")]
+    fn clean_replaces_control_characters_and_bounds_length(
+        #[case] input: &str,
+        #[case] limit: usize,
+        #[case] expected: &str,
+    ) {
+        assert_eq!(clean(input, limit), expected);
     }
 
     #[test]

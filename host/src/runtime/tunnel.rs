@@ -6,7 +6,6 @@ use knit_tunnel_core::{
 };
 
 use super::bindings::tunnel_mapper::exports::knit::plugin::tunnel;
-use super::bindings::types::ConfigEntry;
 use super::plugin::Pre;
 use super::{CallError, Plugin, World, text};
 
@@ -36,24 +35,16 @@ impl Plugin {
         })?;
         match answer {
             Ok(mapping) => {
-                let mapping = native_mapping(mapping).map_err(|reason| CallError::BadOutput {
-                    plugin: self.reference(),
-                    reason,
-                })?;
-                check_mapping(request, &mapping).map_err(|reason| CallError::BadOutput {
-                    plugin: self.reference(),
-                    reason,
-                })?;
+                let mapping = native_mapping(mapping).map_err(|reason| self.bad_output(reason))?;
+                check_mapping(request, &mapping).map_err(|reason| self.bad_output(reason))?;
                 Ok(Ok(mapping))
             }
-            Err(tunnel::MapError::InvalidConfig(why)) => Ok(Err(format!(
-                "invalid config: {}",
-                text::clean(&why, text::MESSAGE_LIMIT)
-            ))),
-            Err(tunnel::MapError::InvalidRequest(why)) => Ok(Err(format!(
-                "invalid request: {}",
-                text::clean(&why, text::MESSAGE_LIMIT)
-            ))),
+            Err(tunnel::MapError::InvalidConfig(why)) => {
+                Ok(Err(text::refusal("invalid config", &why)))
+            }
+            Err(tunnel::MapError::InvalidRequest(why)) => {
+                Ok(Err(text::refusal("invalid request", &why)))
+            }
         }
     }
 
@@ -111,16 +102,7 @@ impl Plugin {
                 })
                 .collect(),
             cluster_domain: request.cluster_domain.clone(),
-            config: self
-                .settings
-                .config
-                .iter()
-                .chain(config)
-                .map(|(key, value)| ConfigEntry {
-                    key: key.clone(),
-                    value: value.clone(),
-                })
-                .collect(),
+            config: self.config_entries(config),
         }
     }
 }

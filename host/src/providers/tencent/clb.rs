@@ -7,6 +7,7 @@
 //! pass to `ClbClient::wait_task`, and the LB refuses other writes
 //! (`FailedOperation.ResourceInOperating`) until the task ends.
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{ClbClient, Error, TaskId};
@@ -292,6 +293,17 @@ impl ClbClient {
         }
     }
 
+    /// A `Describe*` action on the listeners of an LB that match `filter`.
+    async fn describe<R: DeserializeOwned>(
+        &self,
+        action: &'static str,
+        load_balancer_id: &str,
+        filter: &ListenerFilter,
+    ) -> Result<R, Error> {
+        self.call(action, &FilteredRequest::new(load_balancer_id, filter))
+            .await
+    }
+
     /// The listeners of an LB that match `filter`.
     pub async fn describe_listeners(
         &self,
@@ -299,10 +311,7 @@ impl ClbClient {
         filter: &ListenerFilter,
     ) -> Result<Vec<Listener>, Error> {
         let answer: DescribeListenersResponse = self
-            .call(
-                "DescribeListeners",
-                &FilteredRequest::new(load_balancer_id, filter),
-            )
+            .describe("DescribeListeners", load_balancer_id, filter)
             .await?;
         Ok(answer.listeners)
     }
@@ -376,10 +385,7 @@ impl ClbClient {
         filter: &ListenerFilter,
     ) -> Result<Vec<ListenerTargets>, Error> {
         let answer: DescribeTargetsResponse = self
-            .call(
-                "DescribeTargets",
-                &FilteredRequest::new(load_balancer_id, filter),
-            )
+            .describe("DescribeTargets", load_balancer_id, filter)
             .await?;
         Ok(answer.listeners)
     }
