@@ -341,7 +341,7 @@ fn the_host_refuses_a_lying_mapping_and_the_wrong_world() {
         &[
             (
                 "drop-fallback",
-                "the last rule must be the fallback ((any host) -> \"http_status:404\"), found \"www.example.com\" path \"^/api(/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\"",
+                "the last rule must be the fallback ((any host) -> \"http_status:404\"), found \"www.example.com\" path \"^/api(?s:/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\"",
             ),
             (
                 "foreign-namespace",
@@ -349,11 +349,11 @@ fn the_host_refuses_a_lying_mapping_and_the_wrong_world() {
             ),
             (
                 "shadowing",
-                "rule 2 (\"www.example.com\" path \"^/api/v1$\" -> \"http://v1.shop.svc.cluster.local:80\") is never reached: rule 1 (\"www.example.com\" path \"^/api(/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\") matches its requests first",
+                "rule 2 (\"www.example.com\" path \"^/api/v1$\" -> \"http://v1.shop.svc.cluster.local:80\") is never reached: rule 1 (\"www.example.com\" path \"^/api(?s:/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\") matches its requests first",
             ),
             (
                 "refused-source",
-                "rule 1 (\"www.example.com\" path \"^/api(/.*)?$\" -> \"http://late.shop.svc.cluster.local:80\") is for Ingress shop/late, which is refused (Conflict): \"host www.example.com path /api is served by Ingress shop/web\"",
+                "rule 1 (\"www.example.com\" path \"^/api(?s:/.*)?$\" -> \"http://late.shop.svc.cluster.local:80\") is for Ingress shop/late, which is refused (Conflict): \"host www.example.com path /api is served by Ingress shop/web\"",
             ),
             (
                 "dns-outside-domain",

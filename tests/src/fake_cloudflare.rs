@@ -1984,12 +1984,47 @@ fn check_ingress(rules: &[RuleBody]) -> Result<(), Refusal> {
                 ));
             }
         }
+        if let Some(path) = &rule.path
+            && let Err(why) = go_compiles(path)
+        {
+            return invalid(format!(
+                "Rule #{number}: path {path:?} is not a valid regular expression: {why}"
+            ));
+        }
+        if let Some((_, rest)) = rule.service.split_once("://")
+            && rest.contains('/')
+        {
+            return invalid(format!(
+                "{} is an invalid address, ingress rules don't support proxying to a \
+                 different path on the origin service. The path will be the same as the \
+                 eyeball request's path",
+                rule.service
+            ));
+        }
         if !valid_service(&rule.service) {
             return invalid(format!(
                 "Rule #{number}: {:?} is not a valid service (http://, https://, tcp://, \
                  ssh://, rdp://, smb://, unix:, http_status:NNN, hello_world, bastion)",
                 rule.service
             ));
+        }
+    }
+    Ok(())
+}
+
+/// What cloudflared's `regexp.Compile` refuses, approximated without knit's
+/// own checker: what the `regex` crate cannot compile (look-around,
+/// back-references, unbalanced groups…) and Go's limit of 1000 on a
+/// repetition count.
+fn go_compiles(pattern: &str) -> Result<(), String> {
+    regex::Regex::new(pattern).map_err(|error| error.to_string())?;
+    let mut rest = pattern;
+    while let Some(open) = rest.find('{') {
+        rest = &rest[open + 1..];
+        let Some(close) = rest.find('}') else { break };
+        let counts = rest[..close].split(',').map(str::parse::<u32>);
+        if counts.flatten().any(|count| count > 1000) {
+            return Err("invalid repeat count".into());
         }
     }
     Ok(())
@@ -2297,6 +2332,24 @@ mod tests {
                            {"service": "http_status:404"}]))
             .contains("port")
         );
+        // cloudflared compiles every path with Go's regexp and refuses the
+        // whole configuration for one that fails.
+        for path in ["/api/(?!internal)", "/(a|b", "/x{1001}", r"/\1"] {
+            assert!(
+                refused(
+                    json!([{"hostname": "a.example.com", "path": path, "service": "http://a"},
+                               {"service": "http_status:404"}])
+                )
+                .contains("not a valid regular expression"),
+                "{path}"
+            );
+        }
+        for service in ["http://a:80/", "https://b/error"] {
+            assert!(
+                refused(json!([{"service": service}])).contains("different path"),
+                "{service}"
+            );
+        }
         for service in ["localhost:80", "http://", "http_status:99", "ftp://x", ""] {
             assert!(
                 refused(json!([{"service": service}])).contains("not a valid service"),

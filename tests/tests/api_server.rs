@@ -145,11 +145,25 @@ async fn bad_manifests_are_rejected_with_a_clear_message() {
             "spec.existedLbIds[0]",
         ),
     ];
+    // cloudflared refuses a whole configuration whose fallback has a path.
+    let tunnel = |fallback: &str| {
+        format!(
+            "apiVersion: networking.cloudflare-operator.io/v1alpha2\nkind: ClusterTunnel\nmetadata: {{name: bad}}\nspec: {{newTunnel: {{name: t}}, cloudflare: {{accountId: a, domain: example.com, secret: s}}, fallbackTarget: '{fallback}'}}\n"
+        )
+    };
+    let tunnels = [
+        (tunnel("http://web.default.svc:80/"), "spec.fallbackTarget"),
+        (
+            tunnel("https://origin.example.net/oops"),
+            "spec.fallbackTarget",
+        ),
+    ];
     let cases = cases
         .iter()
         .map(|(manifest, expected)| (manifest.to_string(), *expected))
         .chain(pools)
-        .chain(clb_services);
+        .chain(clb_services)
+        .chain(tunnels);
     for (manifest, expected) in cases {
         let manifest = manifest.as_str();
         let output = knit_tests::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(manifest));
@@ -160,6 +174,14 @@ async fn bad_manifests_are_rejected_with_a_clear_message() {
             "expected {expected:?} in: {stderr}"
         );
     }
+    // An origin without a path is still a fallback.
+    let fine = tunnel("http://web.default.svc:80");
+    let output = knit_tests::kubectl(&["apply", "--dry-run=server", "-f", "-"], Some(&fine));
+    assert!(
+        output.status.success(),
+        "refused:\n{fine}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A listener's identity (CLB, port, protocol, region) cannot change.

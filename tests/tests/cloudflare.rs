@@ -503,6 +503,49 @@ async fn seed_ingresses_and_http_route_share_cluster_tunnels() {
     })
     .await;
 
+    // A path regex Go cannot compile is refused on its own HTTPRoute:
+    // cloudflared would refuse the whole configuration, every route with it.
+    let bad = r#"{"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+  "metadata": {"name": "bad-regex", "namespace": "api-namespace",
+    "annotations": {"cf-operator.io/tunnel": "gateway-tunnel"}},
+  "spec": {"parentRefs": [{"name": "cloudflare-gateway", "kind": "Gateway"}],
+    "hostnames": ["bad.example.com"], "rules": [{
+    "matches": [{"path": {"type": "RegularExpression", "value": "/api/(?!internal)"}}],
+    "backendRefs": [{"name": "api-service", "port": 8080}]}]}}"#;
+    let output = knit_tests::kubectl(&["apply", "-f", "-"], Some(bad));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    knit_tests::eventually("the bad HTTPRoute refused as Invalid", WAIT, || async {
+        let route = routes.get("bad-regex").await.ok()?;
+        let parent = route.status?["parents"].as_array()?.first()?.clone();
+        let conditions = parent["conditions"].as_array()?.clone();
+        let accepted = conditions.iter().find(|c| c["type"] == "Accepted")?;
+        (accepted["status"] == "False"
+            && accepted["reason"] == "Invalid"
+            && accepted["message"].as_str()?.contains("does not compile"))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        world.rules(&gateway_id),
+        [
+            (
+                Some("api.example.com".into()),
+                None,
+                "http://api-service.api-namespace.svc.cluster.local:8080".into()
+            ),
+            (None, None, "http_status:404".into()),
+        ],
+        "the good route is still served and the bad one never reached cloudflared"
+    );
+    routes
+        .delete("bad-regex", &DeleteParams::default())
+        .await
+        .unwrap();
+
     // A third namespace joins: one more PUT, and cloudflared is not touched.
     let generation = deployment.metadata.generation;
     let version = world

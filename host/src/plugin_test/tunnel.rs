@@ -21,7 +21,7 @@
 //!           state: ready             # the default; no-ready-endpoints, {missing: why}
 //! expect:
 //!   rules:
-//!     - {hostname: www.example.com, path: "^/api(/.*)?$", service: "http://api.shop.svc.cluster.local:80"}
+//!     - {hostname: www.example.com, path: "^/api(?s:/.*)?$", service: "http://api.shop.svc.cluster.local:80"}
 //!     - {service: "http_status:404"}
 //!   dns: [www.example.com]
 //!   sources:

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::go_regex::check_go_regex;
 use crate::paths::{PathShape, describe_path, in_domain, is_dns_name, normal_domain, path_regex};
 use crate::types::{
     BackendState, IngressRule, Mapping, Request, Route, Verdict, is_service_url, tunnel_identity,
@@ -174,6 +175,12 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
             return Err(format!(
                 "rule {number} ({quoted}): hostname {hostname:?} is not inside the tunnel's domain {domain}"
             ));
+        }
+        if let Some(path) = &rule.path
+            && let Err(why) = check_go_regex(path)
+        {
+            // cloudflared would refuse the whole configuration for it.
+            return Err(format!("rule {number} ({quoted}): path {why}"));
         }
         let givers: Vec<(usize, usize, &BackendState)> = routes
             .get(hostname)

@@ -4,6 +4,7 @@
 //! host can check any plugin's answer.
 //!
 //! - `types`: the request, the configuration, the mapping and its verdicts;
+//! - `go_regex`: whether cloudflared (Go's RE2) compiles a path regex;
 //! - `paths`: host names, path regexes and what they cover, the conflict key;
 //! - `map`: the mapper ([`map()`]) and the rules it applies, in order;
 //! - `check`: the host's check of any plugin's answer ([`check_mapping`]).
@@ -11,6 +12,7 @@
 mod check;
 #[cfg(target_arch = "wasm32")]
 pub mod component;
+mod go_regex;
 mod map;
 mod paths;
 #[cfg(test)]
@@ -18,6 +20,7 @@ mod test_support;
 mod types;
 
 pub use check::check_mapping;
+pub use go_regex::check_go_regex;
 pub use map::{map, route_rule, validate_request};
 pub use paths::path_regex;
 pub use types::{

@@ -4,7 +4,8 @@
 //! 2. a source is `Invalid` when it has no routes, or when a route's host is
 //!    empty, not a valid DNS name, or not inside the tunnel's domain (the
 //!    domain itself, a name under it, or `*.` and such a name), or when a
-//!    `Prefix`/`Exact` path does not start with `/`;
+//!    `Prefix`/`Exact` path does not start with `/`, or a path regex is one
+//!    cloudflared (Go's RE2) would not compile ([`crate::go_regex`]);
 //! 3. sources are considered oldest first (`created`, then kind, namespace,
 //!    name). A source any of whose (host, path) keys an older, not refused
 //!    source already holds is refused whole, as a `Conflict` naming the
@@ -30,6 +31,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::go_regex::check_go_regex;
 use crate::paths::{
     PathShape, RouteKey, describe_path, in_domain, is_dns_name, normal_domain, path_regex,
     route_key,
@@ -40,7 +42,8 @@ use crate::types::{
 };
 
 /// Refuses a request no mapping can answer sensibly: a tunnel domain that is
-/// not a DNS name, an empty fallback target, or two sources of one identity.
+/// not a DNS name, an empty fallback target or one with a path, or two
+/// sources of one identity.
 /// The plugin answers these with `invalid-request`; [`map`] itself is total.
 pub fn validate_request(request: &Request) -> Result<(), String> {
     let tunnel = &request.tunnel;
@@ -55,6 +58,17 @@ pub fn validate_request(request: &Request) -> Result<(), String> {
     if tunnel.fallback_target.is_empty() {
         return Err(format!(
             "{} has an empty fallback target",
+            tunnel_identity(tunnel)
+        ));
+    }
+    // cloudflared proxies to the eyeball's own path and refuses the whole
+    // configuration for an origin URL with one, even `/`.
+    if let Some((_, rest)) = tunnel.fallback_target.split_once("://")
+        && rest.contains('/')
+    {
+        return Err(format!(
+            "the fallback target {:?} of {} has a path; cloudflared proxies to the request's own path and refuses one",
+            tunnel.fallback_target,
             tunnel_identity(tunnel)
         ));
     }
@@ -273,6 +287,17 @@ fn refusal(tunnel: &Tunnel, domain: &str, source: &Source) -> Option<Verdict> {
                     "an empty path regex for host {}",
                     route.host
                 )));
+            }
+            Some(path @ (PathMatch::RegularExpression, pattern)) => {
+                // cloudflared refuses the whole configuration for one
+                // pattern Go cannot compile: refuse this source alone.
+                let regex = path_regex(path).unwrap_or_default();
+                if let Err(why) = check_go_regex(&regex) {
+                    return Some(Verdict::Invalid(format!(
+                        "path regex {pattern:?} of host {} {why}",
+                        route.host
+                    )));
+                }
             }
             _ => {}
         }

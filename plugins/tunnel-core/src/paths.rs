@@ -10,7 +10,7 @@ use crate::types::{PathMatch, Route};
 /// The cloudflared `path` regex of a route's path; `None` matches every path.
 ///
 /// - `Prefix` is Kubernetes' element-wise prefix, trailing slashes ignored:
-///   `/` (or empty) is `None`, `/api` is `^/api(/.*)?$`;
+///   `/` (or empty) is `None`, `/api` is `^/api(?s:/.*)?$`;
 /// - `Exact /x` is `^/x$`;
 /// - a regular expression is anchored at the start with `^` unless it is
 ///   already (cloudflared searches anywhere in the path otherwise).
@@ -36,8 +36,10 @@ pub fn path_regex(path: &(PathMatch, String)) -> Option<String> {
     }
 }
 
-/// What follows the literal in a prefix regex: the end, or a `/` and more.
-const PREFIX_TAIL: &str = "(/.*)?$";
+/// What follows the literal in a prefix regex: the end, or a `/` and any
+/// bytes. `(?s:)` lets `.` match a newline too: cloudflared matches the
+/// decoded path, where `%0A` is one, and Go's `.` skips it by default.
+const PREFIX_TAIL: &str = "(?s:/.*)?$";
 
 /// The characters with a meaning in a Go regular expression.
 fn is_meta(c: char) -> bool {
@@ -132,7 +134,7 @@ pub(crate) enum PathShape {
     All,
     /// `^literal$`.
     Exact(String),
-    /// `^literal(/.*)?$`: the literal and everything under it.
+    /// `^literal(?s:/.*)?$`: the literal and everything under it.
     Prefix(String),
     /// Any other regex: not reasoned about.
     Unknown,

@@ -102,11 +102,13 @@ tunnel_specs! {
     /// cloudflared's transport to the edge.
     #[serde(default)]
     pub protocol: TunnelProtocol,
-    /// What cloudflared answers when no rule matches.
+    /// What cloudflared answers when no rule matches: `http_status:NNN`,
+    /// `hello_world` or an origin URL without a path (cloudflared refuses
+    /// one, even `/`: it proxies to the request's own path).
     #[serde(default = "default_fallback_target")]
     #[schemars(
         length(min = 1, max = 512),
-        regex(pattern = r"^(http_status:[1-5][0-9][0-9]|hello_world|[a-z][a-z0-9+.-]*://\S+)$")
+        regex(pattern = r"^(http_status:[1-5][0-9][0-9]|hello_world|[a-z][a-z0-9+.-]*://[^/\s]+)$")
     )]
     pub fallback_target: String,
     /// A JSON merge patch (RFC 7386) applied to the generated cloudflared

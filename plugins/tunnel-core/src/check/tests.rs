@@ -50,7 +50,7 @@ fn the_host_refuses_lies() {
         refuse(&|m| {
             m.rules.pop();
         }),
-        "the last rule must be the fallback ((any host) -> \"http_status:404\"), found \"www.example.com\" path \"^/api(/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\""
+        "the last rule must be the fallback ((any host) -> \"http_status:404\"), found \"www.example.com\" path \"^/api(?s:/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\""
     );
     assert!(
         refuse(&|m| m.rules.clear()).contains("there are no rules"),
@@ -74,16 +74,16 @@ fn the_host_refuses_lies() {
     );
     assert_eq!(
         refuse(&|m| m.rules.swap(0, 1)),
-        "rule 2 (\"www.example.com\" path \"^/api/v1$\" -> \"http://v1.shop.svc.cluster.local:80\") is never reached: rule 1 (\"www.example.com\" path \"^/api(/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\") matches its requests first"
+        "rule 2 (\"www.example.com\" path \"^/api/v1$\" -> \"http://v1.shop.svc.cluster.local:80\") is never reached: rule 1 (\"www.example.com\" path \"^/api(?s:/.*)?$\" -> \"http://api.shop.svc.cluster.local:80\") matches its requests first"
     );
     let late = rule(
         "www.example.com",
-        Some("^/api(/.*)?$"),
+        Some("^/api(?s:/.*)?$"),
         "http://late.shop.svc.cluster.local:80",
     );
     assert_eq!(
         refuse(&|m| m.rules.insert(0, late.clone())),
-        "rule 1 (\"www.example.com\" path \"^/api(/.*)?$\" -> \"http://late.shop.svc.cluster.local:80\") is for Ingress shop/late, which is refused (Conflict): \"host www.example.com path /api is served by Ingress shop/web\""
+        "rule 1 (\"www.example.com\" path \"^/api(?s:/.*)?$\" -> \"http://late.shop.svc.cluster.local:80\") is for Ingress shop/late, which is refused (Conflict): \"host www.example.com path /api is served by Ingress shop/web\""
     );
     assert_eq!(
         refuse(&|m| m.dns.push("www.example.org".into())),
@@ -182,7 +182,7 @@ fn the_host_refuses_lies() {
     assert!(
         check_mapping(&wild, &lie)
             .unwrap_err()
-            .contains("rule 2 (\"a.b.example.com\" path \"^/x(/.*)?$\" -> \"http://x.a.svc.cluster.local:80\") is never reached: rule 1 (\"*.example.com\"")
+            .contains("rule 2 (\"a.b.example.com\" path \"^/x(?s:/.*)?$\" -> \"http://x.a.svc.cluster.local:80\") is never reached: rule 1 (\"*.example.com\"")
     );
 }
 
@@ -239,7 +239,7 @@ fn the_host_refuses_verdicts_that_disagree_with_the_rules() {
             "withhold_a_ready_backend",
             Box::new(|m| {
                 m.rules
-                    .retain(|r| r.path.as_deref() != Some("^/static(/.*)?$"))
+                    .retain(|r| r.path.as_deref() != Some("^/static(?s:/.*)?$"))
             }),
             "Ingress shop/restarting withholds its host \"app.example.com\" path /static, whose backend static:80 is ready",
         ),
@@ -395,8 +395,8 @@ fn random_request(rng: &mut SplitMix64) -> Request {
         Some((PathMatch::RegularExpression, "/static/.*")),
         Some((PathMatch::RegularExpression, "^/api/v1$")),
         Some((PathMatch::RegularExpression, "^/img")),
-        Some((PathMatch::RegularExpression, "^/api(/.*)?$")),
-        Some((PathMatch::RegularExpression, "/v1\\.0(/.*)?$")),
+        Some((PathMatch::RegularExpression, "^/api(?s:/.*)?$")),
+        Some((PathMatch::RegularExpression, "/v1\\.0(?s:/.*)?$")),
         prefix("api"),
     ];
     let states = [
@@ -606,4 +606,41 @@ fn generated_lies_are_all_refused() {
         assert!(check_mapping(&request, &lie).is_err());
     }
     assert!(refused > 100, "{refused}");
+}
+
+/// A mapper that passes on a pattern Go cannot compile would have
+/// cloudflared refuse the whole configuration: the host refuses the answer.
+#[test]
+fn the_host_refuses_a_rule_go_cannot_compile() {
+    let request = request(
+        cluster_tunnel(),
+        vec![ingress(
+            "tenant-a",
+            "bad",
+            1,
+            vec![route(
+                "a.example.com",
+                Some((PathMatch::RegularExpression, "/(a|b")),
+                ready("a"),
+            )],
+        )],
+    );
+    let mut lie = map(&request, &Config::default());
+    lie.sources[0].verdict = Verdict::Accepted;
+    lie.sources[0].hosts = vec!["a.example.com".into()];
+    lie.dns = vec!["a.example.com".into()];
+    lie.rules.insert(
+        0,
+        rule(
+            "a.example.com",
+            Some("^/(a|b"),
+            "http://a.tenant-a.svc.cluster.local:80",
+        ),
+    );
+    let error = check_mapping(&request, &lie).unwrap_err();
+    assert!(
+        error.starts_with("rule 1 (\"a.example.com\" path \"^/(a|b\"")
+            && error.contains("does not compile"),
+        "{error}"
+    );
 }

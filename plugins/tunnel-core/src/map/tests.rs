@@ -35,9 +35,9 @@ fn rules_are_ordered_so_none_hides_another() {
         [
             rule("app.example.com", None, &svc("app")),
             rule("www.example.com", Some("^/static/.*"), &svc("static")),
-            rule("www.example.com", Some("^/api/v1(/.*)?$"), &svc("v1")),
+            rule("www.example.com", Some("^/api/v1(?s:/.*)?$"), &svc("v1")),
             rule("www.example.com", Some("^/api$"), &svc("api-root")),
-            rule("www.example.com", Some("^/api(/.*)?$"), &svc("api")),
+            rule("www.example.com", Some("^/api(?s:/.*)?$"), &svc("api")),
             rule("www.example.com", None, &svc("www")),
             rule("*.dev.example.com", None, &svc("dev")),
             rule("*.example.com", None, &svc("catch")),
@@ -358,7 +358,7 @@ fn a_backend_without_endpoints_is_withheld_but_keeps_its_host() {
         [
             rule(
                 "app.example.com",
-                Some("^/static(/.*)?$"),
+                Some("^/static(?s:/.*)?$"),
                 "http://static.a.svc.cluster.local:80"
             ),
             fallback()
@@ -402,11 +402,72 @@ fn requests_without_a_sensible_answer_are_invalid() {
             .unwrap_err()
             .contains("empty fallback")
     );
+    for with_path in [
+        "http://web.default.svc:80/",
+        "https://origin.example.net/error",
+    ] {
+        let mut bad = good.clone();
+        bad.tunnel.fallback_target = with_path.into();
+        assert!(
+            validate_request(&bad).unwrap_err().contains("has a path"),
+            "{with_path}"
+        );
+    }
+    let mut fine = good.clone();
+    fine.tunnel.fallback_target = "http://web.default.svc:80".into();
+    assert_eq!(validate_request(&fine), Ok(()));
     let mut bad = good;
     let source = ingress("a", "x", 1, vec![route("a.example.com", None, ready("x"))]);
     bad.sources = vec![source.clone(), source];
     assert_eq!(
         validate_request(&bad),
         Err("Ingress a/x is listed twice".into())
+    );
+}
+
+/// One tenant's pattern that Go cannot compile must not reach cloudflared,
+/// which would refuse the whole configuration and so every other tenant's
+/// update: that source alone is `Invalid`, the others are served.
+#[rstest]
+#[case::lookahead("/api/(?!internal)")]
+#[case::unbalanced("/(a|b")]
+#[case::over_go_repeat_limit("/x{1001}")]
+#[case::backreference(r"/\1")]
+fn a_path_regex_go_refuses_invalidates_only_its_source(#[case] pattern: &str) {
+    let bad = ingress(
+        "tenant-a",
+        "bad",
+        1,
+        vec![route(
+            "a.example.com",
+            Some((PathMatch::RegularExpression, pattern)),
+            ready("a"),
+        )],
+    );
+    let good = ingress(
+        "tenant-b",
+        "good",
+        2,
+        vec![route("b.example.com", prefix("/"), ready("b"))],
+    );
+    let mapping = mapped(&request(cluster_tunnel(), vec![bad, good]));
+    let Verdict::Invalid(why) = &mapping.sources[0].verdict else {
+        panic!("{:?}", mapping.sources[0].verdict);
+    };
+    assert!(
+        why.starts_with(&format!("path regex {pattern:?} of host a.example.com ")),
+        "{why}"
+    );
+    assert_eq!(mapping.sources[1].verdict, Verdict::Accepted);
+    assert_eq!(
+        mapping.rules,
+        [
+            rule(
+                "b.example.com",
+                None,
+                "http://b.tenant-b.svc.cluster.local:80"
+            ),
+            fallback()
+        ]
     );
 }
