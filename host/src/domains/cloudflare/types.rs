@@ -96,7 +96,9 @@ tunnel_specs! {
     pub existing_tunnel: Option<ExistingTunnel>,
     /// The account, the DNS zone and the API credentials.
     pub cloudflare: CloudflareDetails,
-    /// Let WARP clients reach private networks through this tunnel.
+    /// Writes `warp-routing.enabled` into the tunnel's configuration. cloudflared
+    /// 2023.9 and later ignore it: private networks are reached through the
+    /// `NetworkRoute`s pointing at the tunnel either way.
     #[serde(default)]
     pub enable_warp_routing: bool,
     /// cloudflared's transport to the edge.
