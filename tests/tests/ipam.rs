@@ -186,6 +186,27 @@ async fn pods_get_addresses_and_release_them_by_uid() {
     .await;
     // A /28 less network, broadcast and gateway.
     assert_eq!((status.capacity, status.free), (13, 10));
+    // Each allocation names the strategy that chose it, as the pool does.
+    assert!(
+        status
+            .decided_by
+            .plugin
+            .as_deref()
+            .is_some_and(|p| p.starts_with("ipam-sequential@")),
+        "{:?}",
+        status.decided_by
+    );
+    for allocation in &allocations {
+        assert_eq!(allocation.spec.decided_by, status.decided_by);
+        assert!(
+            allocation
+                .spec
+                .decided_by
+                .plugin_digest
+                .as_deref()
+                .is_some_and(|d| d.starts_with("sha256:"))
+        );
+    }
     assert!(
         status
             .conditions

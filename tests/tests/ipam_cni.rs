@@ -248,6 +248,19 @@ async fn add_is_idempotent_and_del_check_gc_work() {
     assert_eq!(again.stdout, first.stdout, "{again:?}");
     let held = claim::allocations(&client, &pool_name).await.unwrap();
     assert_eq!(held.len(), 1);
+    // The allocation names the strategy that chose the address.
+    let decided_by = &held[0].spec.decided_by;
+    assert!(
+        decided_by
+            .plugin
+            .as_deref()
+            .is_some_and(|p| p.contains('@'))
+            && decided_by
+                .plugin_digest
+                .as_deref()
+                .is_some_and(|d| d.starts_with("sha256:")),
+        "{decided_by:?}"
+    );
     let owner = &held[0].spec.owner;
     assert_eq!(
         (owner.container_id.as_deref(), owner.interface.as_deref()),
@@ -271,7 +284,12 @@ async fn add_is_idempotent_and_del_check_gc_work() {
 
     // A resting allocation (released, cooling down) is held by nobody: not
     // handed out, not returned to its former owner, left alone by DEL and GC.
-    let mut resting = IPAllocation::of(&pool, &"10.91.0.22".parse().unwrap(), container("c0"));
+    let mut resting = IPAllocation::of(
+        &pool,
+        &"10.91.0.22".parse().unwrap(),
+        container("c0"),
+        Default::default(),
+    );
     resting.spec.released_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::now(),
     ));
@@ -309,6 +327,7 @@ async fn add_is_idempotent_and_del_check_gc_work() {
             pod_uid: Some("uid-9".into()),
             ..AllocationOwner::default()
         },
+        Default::default(),
     );
     allocations
         .create(&PostParams::default(), &pod_owned)

@@ -283,6 +283,23 @@ async fn assert_clb_matches(world: &World, pods: &BTreeMap<&str, &str>) {
     let listeners = world.listeners().await;
     let mut expected = BTreeMap::new();
     for listener in &listeners {
+        // Each a service made names the allocator whose decision it applies
+        // (the seed's own listener is written by hand, with none).
+        let decided_by = &listener.spec.decided_by;
+        let made_by_a_service = !listener.owner_references().is_empty();
+        assert!(
+            !made_by_a_service
+                || decided_by
+                    .plugin
+                    .as_deref()
+                    .is_some_and(|p| p.starts_with("clb-allocator@"))
+                    && decided_by
+                        .plugin_digest
+                        .as_deref()
+                        .is_some_and(|d| d.starts_with("sha256:")),
+            "{}: {decided_by:?}",
+            listener.name_any()
+        );
         let protocol = serde_json::to_value(listener.spec.protocol).unwrap();
         let targets = match backend(listener) {
             Some(pod) => vec![format!(

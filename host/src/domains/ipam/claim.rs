@@ -17,7 +17,7 @@ use kube::{Client, ResourceExt};
 use super::address_space::AddressSpace;
 use super::plan::pool_request;
 use super::types::{AllocationOwner, IPAllocation, IPPool};
-use crate::controller::replay_seed;
+use crate::controller::{PluginStatus, replay_seed};
 use crate::runtime::{Plugin, Registry, World};
 
 /// Creates tried before giving up; each failed one means another claim won
@@ -140,7 +140,7 @@ pub async fn claim_from(
         else {
             return Err(strategy_error(format!("answered {offsets:?}")));
         };
-        let allocation = IPAllocation::of(pool, &address, owner.clone());
+        let allocation = IPAllocation::of(pool, &address, owner.clone(), PluginStatus::of(&plugin));
         match api.create(&PostParams::default(), &allocation).await {
             Ok(created) => {
                 record_last_allocated(client, &pool_name, &address).await;
@@ -335,11 +335,13 @@ mod tests {
             &pool,
             &"10.0.0.2".parse().unwrap(),
             owner(Some("c"), Some("eth0"), None),
+            PluginStatus::default(),
         );
         let mut resting = IPAllocation::of(
             &pool,
             &"10.0.0.3".parse().unwrap(),
             owner(Some("d"), Some("eth0"), None),
+            PluginStatus::default(),
         );
         resting.spec.released_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             k8s_openapi::jiff::Timestamp::UNIX_EPOCH,

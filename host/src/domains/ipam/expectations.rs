@@ -74,8 +74,12 @@ mod tests {
             "metadata": { "name": "p" }, "spec": { "cidrs": ["10.0.0.0/24"] },
         }))
         .unwrap();
-        let mut allocation =
-            IPAllocation::of(&pool, &address.parse().unwrap(), AllocationOwner::default());
+        let mut allocation = IPAllocation::of(
+            &pool,
+            &address.parse().unwrap(),
+            AllocationOwner::default(),
+            Default::default(),
+        );
         allocation.metadata.uid = Some(uid.into());
         allocation.metadata.resource_version = Some(version.into());
         allocation

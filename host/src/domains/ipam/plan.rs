@@ -13,6 +13,7 @@ use super::address_space::AddressSpace;
 use super::types::{
     ADDRESS_ANNOTATION, AllocationOwner, IPAllocation, IPPool, IPPoolStatus, POOL_ANNOTATION,
 };
+use crate::controller::PluginStatus;
 use crate::controller::decision::{self, Chosen, Refusal};
 use crate::runtime::Registry;
 
@@ -23,9 +24,10 @@ pub struct PlannedAllocation {
     pub pod_name: String,
     pub pod_uid: String,
     pub address: IpAddr,
-    /// Chosen by the strategy (not a lost record's address taken back):
-    /// it moves the pool's cursor.
-    pub from_strategy: bool,
+    /// The strategy that chose it, recorded on the allocation; `None` for a
+    /// lost record's address taken back, which is no strategy decision and
+    /// leaves the pool's cursor where it is.
+    pub decided_by: Option<PluginStatus>,
 }
 
 impl PlannedAllocation {
@@ -40,6 +42,7 @@ impl PlannedAllocation {
                 pod_uid: Some(self.pod_uid.clone()),
                 ..AllocationOwner::default()
             },
+            self.decided_by.clone().unwrap_or_default(),
         )
     }
 }
@@ -128,7 +131,12 @@ pub fn plan_pool(
             }),
         }
     }
-    if let Some(last) = plan.allocations.iter().rev().find(|a| a.from_strategy) {
+    if let Some(last) = plan
+        .allocations
+        .iter()
+        .rev()
+        .find(|a| a.decided_by.is_some())
+    {
         plan.status.last_allocated = Some(last.address.to_string());
     }
     let cooling = mine
@@ -176,12 +184,12 @@ fn allocate(
     request: &mut Request,
     chosen: &Result<Chosen, Refusal>,
 ) -> Result<Vec<PlannedAllocation>, Refusal> {
-    let planned = |address, from_strategy| PlannedAllocation {
+    let planned = |address, decided_by| PlannedAllocation {
         pod_namespace: pod.namespace().unwrap_or_default(),
         pod_name: pod.name_any(),
         pod_uid: pod.metadata.uid.clone().unwrap_or_default(),
         address,
-        from_strategy,
+        decided_by,
     };
     // A pod that already carries a free address of this pool (its
     // allocation record was lost) keeps it: it may be using it. Not a
@@ -190,7 +198,7 @@ fn allocate(
         request.allocated.insert(offset);
         return Ok(space
             .address_of(offset)
-            .map(|a| planned(a, false))
+            .map(|a| planned(a, None))
             .into_iter()
             .collect());
     }
@@ -201,7 +209,11 @@ fn allocate(
     for offset in answer? {
         request.allocated.insert(offset);
         request.cursor = Some(offset);
-        addresses.extend(space.address_of(offset).map(|a| planned(a, true)));
+        addresses.extend(
+            space
+                .address_of(offset)
+                .map(|a| planned(a, Some(chosen.status()))),
+        );
     }
     Ok(addresses)
 }
@@ -492,6 +504,7 @@ mod tests {
                 pod_uid: Some(uid.into()),
                 ..AllocationOwner::default()
             },
+            PluginStatus::default(),
         );
         allocation.metadata.creation_timestamp = Some(time(created));
         allocation

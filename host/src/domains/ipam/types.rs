@@ -164,6 +164,7 @@ pub struct IPPoolStatus {
     printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.owner.podName"}"#,
     printcolumn = r#"{"name":"Container","type":"string","priority":1,"jsonPath":".spec.owner.containerId"}"#,
     printcolumn = r#"{"name":"Released","type":"date","jsonPath":".spec.releasedAt"}"#,
+    printcolumn = r#"{"name":"Plugin","type":"string","priority":1,"jsonPath":".spec.plugin"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -175,13 +176,23 @@ pub struct IPAllocationSpec {
     /// address rests, still held, until `releasedAt + reuseCooldownSeconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<Time>,
+    /// The strategy that chose the address (`plugin`, `pluginDigest`,
+    /// `pluginSource`); none for an address taken back from the pod that
+    /// already carried it.
+    #[serde(flatten)]
+    pub decided_by: crate::controller::PluginStatus,
 }
 
 impl IPAllocation {
     /// The allocation of `address` from `pool` to `owner`. Deliberately no
     /// owner reference to the pool: a cascading delete must never drop an
     /// address a pod still uses; the pool's finalizer frees them instead.
-    pub fn of(pool: &IPPool, address: &std::net::IpAddr, owner: AllocationOwner) -> Self {
+    pub fn of(
+        pool: &IPPool,
+        address: &std::net::IpAddr,
+        owner: AllocationOwner,
+        decided_by: crate::controller::PluginStatus,
+    ) -> Self {
         let pool_name = pool.name_any();
         IPAllocation::new(
             &allocation_name(&pool_name, address),
@@ -190,6 +201,7 @@ impl IPAllocation {
                 address: address.to_string(),
                 owner,
                 released_at: None,
+                decided_by,
             },
         )
     }

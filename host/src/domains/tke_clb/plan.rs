@@ -19,6 +19,7 @@ use super::types::{
     BackendPod, DedicatedCLBListener, DedicatedCLBListenerSpec, DedicatedCLBService,
     DedicatedCLBServiceStatus, ListenerState, LoadBalancerStatus, Protocol,
 };
+use crate::controller::PluginStatus;
 use crate::controller::decision::{self, INVALID_CONFIG, Refusal};
 use crate::runtime::Registry;
 
@@ -131,13 +132,14 @@ pub fn plan_service(observed: &Observed, registry: &Registry) -> ServicePlan {
         &decision,
         changed,
     );
+    let decided_by = chosen.status();
     let status = DedicatedCLBServiceStatus {
         load_balancers: lb_statuses,
         allocated: own.len() as u64,
         free: free_ports(service, &lbs, &own),
         observed_generation: service.metadata.generation,
         conditions: vec![ready_condition(service, ready, reason, &message, now)],
-        decided_by: chosen.status(),
+        decided_by: decided_by.clone(),
     };
 
     // Come back when a resting listener may serve a waiting pod, soon while
@@ -157,7 +159,7 @@ pub fn plan_service(observed: &Observed, registry: &Registry) -> ServicePlan {
     ServicePlan {
         apply: intents(service, &own, &decision, now)
             .iter()
-            .map(|intent| listener_object(service, intent))
+            .map(|intent| listener_object(service, intent, &decided_by))
             .collect(),
         delete: decision
             .delete
@@ -598,10 +600,12 @@ pub fn intents(
     intents
 }
 
-/// The listener object for an intent, owned by the service.
+/// The listener object for an intent, owned by the service, naming the
+/// allocator whose decision it applies.
 pub fn listener_object(
     service: &DedicatedCLBService,
     intent: &ListenerIntent,
+    decided_by: &PluginStatus,
 ) -> DedicatedCLBListener {
     let mut annotations = BTreeMap::from([(
         TARGET_PORT_ANNOTATION.to_owned(),
@@ -642,6 +646,7 @@ pub fn listener_object(
                 pod_name: pod.clone(),
                 port: intent.target_port,
             }),
+            decided_by: decided_by.clone(),
         },
         status: None,
     }
@@ -779,8 +784,14 @@ mod tests {
             }],
             ..clb::Plan::default()
         };
+        let allocator = PluginStatus {
+            plugin: Some("clb-allocator@1.0.0".into()),
+            plugin_digest: Some("sha256:ab".into()),
+            plugin_source: Some("built-in".into()),
+        };
         let creating = intents(&service, &[], &plan, &now());
-        let created = listener_object(&service, &creating[0]);
+        let created = listener_object(&service, &creating[0], &allocator);
+        assert_eq!(created.spec.decided_by, allocator);
         assert_eq!(created.name_any(), "gameserver-lb-a-tcp-501");
         assert_eq!(created.namespace().as_deref(), Some("demo"));
         assert_eq!(created.owner_references()[0].uid, "uid-1");
@@ -791,7 +802,7 @@ mod tests {
             ..clb::Plan::default()
         };
         let unbinding = intents(&service, &[&created], &unbind, &now());
-        let unbound = listener_object(&service, &unbinding[0]);
+        let unbound = listener_object(&service, &unbinding[0], &allocator);
         assert!(unbound.spec.backend_pod.is_none());
         assert_eq!(unbound.annotations()[LAST_POD_ANNOTATION], "gs-0");
         assert_eq!(target_port(&unbound), Some(9000));
@@ -817,6 +828,7 @@ mod tests {
                 pod: None,
                 unbound: None,
             },
+            &PluginStatus::default(),
         );
         let mut theirs = mine.clone();
         theirs.spec.lb_port = 505;

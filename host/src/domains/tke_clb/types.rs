@@ -133,6 +133,7 @@ pub struct LoadBalancerStatus {
     printcolumn = r#"{"name":"LbPort","type":"integer","jsonPath":".spec.lbPort"}"#,
     printcolumn = r#"{"name":"Protocol","type":"string","jsonPath":".spec.protocol"}"#,
     printcolumn = r#"{"name":"Pod","type":"string","jsonPath":".spec.backendPod.podName"}"#,
+    printcolumn = r#"{"name":"Plugin","type":"string","priority":1,"jsonPath":".spec.plugin"}"#,
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.address"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -166,6 +167,10 @@ pub struct DedicatedCLBListenerSpec {
     /// listener waits, `Available`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_pod: Option<BackendPod>,
+    /// The allocator whose decision this listener applies (`plugin`,
+    /// `pluginDigest`, `pluginSource`); set by the service controller.
+    #[serde(flatten)]
+    pub decided_by: crate::controller::PluginStatus,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
