@@ -54,3 +54,47 @@ pub fn read_key(secret: &Secret, key: &str) -> Result<String, SecretKeyError> {
     }
     Ok(text.to_owned())
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use rstest::rstest;
+
+    use super::*;
+
+    /// A Secret `knit-system/creds` with `data` (values base64) or, for one
+    /// read from a manifest, `stringData`.
+    pub(crate) fn secret(data: &str, values: serde_json::Value) -> Secret {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "creds", "namespace": "knit-system"},
+            data: values,
+        }))
+        .unwrap()
+    }
+
+    // base64: "tok-123\n" is dG9rLTEyMwo=, "  \n" ICAK, 0xff /w==.
+    #[rstest]
+    #[case::data_trimmed("data", "dG9rLTEyMwo=", Ok("tok-123".into()))]
+    #[case::string_data_trimmed("stringData", " tok-456 ", Ok("tok-456".into()))]
+    #[case::blank("data", "ICAK", Err(SecretKeyError::Empty {
+        secret: "knit-system/creds".into(), key: "token".into() }))]
+    #[case::binary("data", "/w==", Err(SecretKeyError::NotUtf8 {
+        secret: "knit-system/creds".into(), key: "token".into() }))]
+    fn reads_one_key(
+        #[case] data: &str,
+        #[case] value: &str,
+        #[case] expected: Result<String, SecretKeyError>,
+    ) {
+        let secret = secret(data, serde_json::json!({ "token": value }));
+        assert_eq!(read_key(&secret, "token"), expected);
+    }
+
+    #[test]
+    fn a_missing_key_names_the_secret_and_the_key_never_a_value() {
+        let secret = secret("data", serde_json::json!({ "other": "c2VjcmV0" }));
+        let error = read_key(&secret, "token").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            r#"Secret knit-system/creds has no data key "token""#
+        );
+    }
+}
