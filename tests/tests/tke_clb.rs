@@ -584,6 +584,58 @@ async fn an_exhausted_range_says_which_pod_got_no_port() {
     assert_eq!(world.fake.listeners(&lb).len(), 3);
 }
 
+/// The service's annotations choose its allocator and configure it: an
+/// allocator that is not loaded is `PluginUnavailable`, a configuration the
+/// allocator refuses is `InvalidConfig`, each named in the condition, and
+/// nothing is placed until both are right.
+#[tokio::test]
+async fn the_allocator_annotations_choose_and_configure_the_plugin() {
+    let world = World::new("clb-annotations").await;
+    let lb = world.fake.add_lb(REGION, &["4.4.4.4"]);
+    let _knit = world.knit();
+    let services = Api::<DedicatedCLBService>::namespaced(world.client.clone(), &world.namespace);
+    let service: DedicatedCLBService = serde_json::from_value(json!({
+        "apiVersion": "networking.cloud.tencent.com/v1alpha1",
+        "kind": "DedicatedCLBService",
+        "metadata": {"name": "game", "annotations": {"knit.dev/clb-allocator": "no-such-allocator"}},
+        "spec": one_port_service(&[&lb], 4000, 4009),
+    }))
+    .unwrap();
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .unwrap();
+    world.create_pod("game-0", "game", "10.4.0.1").await;
+
+    let unavailable = world.wait_service_reason("game", "PluginUnavailable").await;
+    let message = &unavailable.status.as_ref().unwrap().conditions[0].message;
+    assert!(message.contains("no-such-allocator"), "{message}");
+
+    let annotate = |annotations: serde_json::Value| {
+        let services = services.clone();
+        async move {
+            services
+                .patch(
+                    "game",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    annotate(json!({"knit.dev/clb-allocator": "clb-allocator", "clb.knit.dev/spread": "sideways"}))
+        .await;
+    let refused = world.wait_service_reason("game", "InvalidConfig").await;
+    let message = &refused.status.as_ref().unwrap().conditions[0].message;
+    assert!(message.contains("sideways"), "{message}");
+    assert!(world.fake.listeners(&lb).is_empty());
+
+    annotate(json!({"clb.knit.dev/spread": "uniform"})).await;
+    world.wait_bound(1).await;
+    assert_eq!(world.fake.listeners(&lb).len(), 1);
+}
+
 #[tokio::test]
 async fn a_clb_deleted_outside_knit_is_replaced_by_the_next_one() {
     let world = World::new("clb-gone").await;
