@@ -165,6 +165,16 @@ impl FakeClb {
         self.cloud().lbs.remove(lb);
     }
 
+    /// Deletes a listener out of band, targets and all, as a person in the
+    /// console would.
+    pub fn delete_listener(&self, lb: &str, listener_id: &str) {
+        let mut cloud = self.cloud();
+        cloud.settle();
+        if let Some(lb) = cloud.lbs.get_mut(lb) {
+            lb.listeners.remove(listener_id);
+        }
+    }
+
     /// The LB's listeners (after every task due by now), by port.
     pub fn listeners(&self, lb: &str) -> Vec<FakeListener> {
         let mut cloud = self.cloud();

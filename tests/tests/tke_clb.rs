@@ -584,6 +584,84 @@ async fn an_exhausted_range_says_which_pod_got_no_port() {
     assert_eq!(world.fake.listeners(&lb).len(), 3);
 }
 
+/// A listener deleted on the CLB behind knit's back (in the console, say) is
+/// created again at the same port and bound to the same pod.
+#[tokio::test]
+async fn a_listener_deleted_on_the_clb_is_recreated_and_rebound() {
+    let world = World::new("clb-out-of-band").await;
+    let lb = world.fake.add_lb(REGION, &["5.5.5.5"]);
+    let _knit = world.knit();
+    world
+        .create_service("game", one_port_service(&[&lb], 5000, 5009))
+        .await;
+    world.create_pod("game-0", "game", "10.5.0.1").await;
+    world.wait_bound(1).await;
+    let before = world.fake.listeners(&lb);
+    assert_eq!(before.len(), 1);
+
+    world.fake.delete_listener(&lb, &before[0].id);
+    assert!(world.fake.listeners(&lb).is_empty());
+    let after = knit_tests::eventually("the listener created again", WAIT, || async {
+        let listeners = world.fake.listeners(&lb);
+        let listener = listeners.first()?.clone();
+        (!world.fake.targets(&listener.id).is_empty()).then_some(listener)
+    })
+    .await;
+    assert_eq!(
+        (after.port, &after.protocol),
+        (before[0].port, &before[0].protocol)
+    );
+    assert_ne!(after.id, before[0].id);
+    let pods = BTreeMap::from([("game-0", "10.5.0.1")]);
+    knit_tests::eventually(
+        "the listener object bound to the new listener",
+        WAIT,
+        || async {
+            let listeners = world.listeners().await;
+            let status = listeners.first()?.status.clone()?;
+            (status.listener_id.as_deref() == Some(after.id.as_str())
+                && state(&listeners[0]) == Some(ListenerState::Bound))
+            .then_some(())
+        },
+    )
+    .await;
+    assert_clb_matches(&world, &pods).await;
+}
+
+/// A new pod that gets a deleted pod's IP gets its own listener: the old
+/// pod's listener stops forwarding to that IP, which now is someone else's.
+#[tokio::test]
+async fn a_reused_pod_ip_is_followed_by_the_new_pod_never_the_old() {
+    let world = World::new("clb-ip-reuse").await;
+    let lb = world.fake.add_lb(REGION, &["6.6.6.6"]);
+    let _knit = world.knit();
+    world
+        .create_service("game", one_port_service(&[&lb], 6000, 6009))
+        .await;
+    world.create_pod("game-0", "game", "10.6.0.1").await;
+    let old = world.wait_bound(1).await.remove(0);
+    let old_id = old.status.as_ref().unwrap().listener_id.clone().unwrap();
+
+    world.delete_pod("game-0").await;
+    world.create_pod("game-1", "game", "10.6.0.1").await;
+    world
+        .wait_listeners("game-1 bound and game-0's listener resting", |l| {
+            l.iter().any(|l| {
+                backend(l).as_deref() == Some("game-1") && state(l) == Some(ListenerState::Bound)
+            }) && l.iter().any(|l| {
+                l.name_any() == old.name_any() && state(l) == Some(ListenerState::Available)
+            })
+        })
+        .await;
+    assert!(
+        world.fake.targets(&old_id).is_empty(),
+        "the old pod's listener still forwards to its IP: {:?}",
+        world.fake.targets(&old_id)
+    );
+    let pods = BTreeMap::from([("game-1", "10.6.0.1")]);
+    assert_clb_matches(&world, &pods).await;
+}
+
 /// The service's annotations choose its allocator and configure it: an
 /// allocator that is not loaded is `PluginUnavailable`, a configuration the
 /// allocator refuses is `InvalidConfig`, each named in the condition, and
