@@ -165,6 +165,27 @@ impl FakeClb {
         self.cloud().lbs.remove(lb);
     }
 
+    /// Adds a listener out of band (someone else's, e.g. made in the
+    /// console); returns its ID.
+    pub fn add_foreign_listener(&self, lb: &str, protocol: &str, port: u16) -> String {
+        let mut cloud = self.cloud();
+        let id = cloud.new_id("lbl");
+        let listener = ListenerState {
+            id: id.clone(),
+            protocol: protocol.into(),
+            port,
+            name: "made-by-hand".into(),
+            targets: Vec::new(),
+        };
+        cloud
+            .lbs
+            .get_mut(lb)
+            .expect("no such LB")
+            .listeners
+            .insert(id.clone(), listener);
+        id
+    }
+
     /// Deletes a listener out of band, targets and all, as a person in the
     /// console would.
     pub fn delete_listener(&self, lb: &str, listener_id: &str) {

@@ -662,6 +662,29 @@ async fn a_reused_pod_ip_is_followed_by_the_new_pod_never_the_old() {
     assert_clb_matches(&world, &pods).await;
 }
 
+/// A port held by a listener knit does not own is never taken over or
+/// deleted, and the pod is placed on another port: whether the allocator
+/// sees the listener first or a create planned from an older view of the
+/// CLB meets it (`PortConflict`, then planned again).
+#[tokio::test]
+async fn a_port_held_by_someone_else_is_left_alone_and_the_pod_placed_elsewhere() {
+    let world = World::new("clb-foreign").await;
+    let lb = world.fake.add_lb(REGION, &["7.7.7.7"]);
+    let _knit = world.knit();
+    world
+        .create_service("game", one_port_service(&[&lb], 7000, 7001))
+        .await;
+    world.wait_service_reason("game", "AllBound").await;
+    let foreign = world.fake.add_foreign_listener(&lb, "TCP", 7000);
+    world.create_pod("game-0", "game", "10.7.0.1").await;
+    let bound = world.wait_bound(1).await;
+    assert_eq!(bound[0].spec.lb_port, 7001);
+    let listeners = world.fake.listeners(&lb);
+    assert_eq!(listeners.len(), 2, "{listeners:?}");
+    assert!(listeners.iter().any(|l| l.id == foreign && l.port == 7000));
+    assert!(world.fake.targets(&foreign).is_empty());
+}
+
 /// The service's annotations choose its allocator and configure it: an
 /// allocator that is not loaded is `PluginUnavailable`, a configuration the
 /// allocator refuses is `InvalidConfig`, each named in the condition, and
