@@ -221,6 +221,13 @@ impl FakeClb {
             .unwrap_or_default()
     }
 
+    /// Refusals sent with this error code, e.g.
+    /// `FailedOperation.ResourceInOperating` for a write to an LB whose task
+    /// is still running.
+    pub fn refusals(&self, code: &str) -> u64 {
+        self.cloud().refusals.get(code).copied().unwrap_or(0)
+    }
+
     /// Requests received with this `X-TC-Action`, refused ones included.
     pub fn calls(&self, action: &str) -> u64 {
         self.cloud().calls.get(action).copied().unwrap_or(0)
@@ -333,6 +340,8 @@ struct Cloud {
     rate_limited: u64,
     clock_skew: i64,
     calls: HashMap<String, u64>,
+    /// Refusals sent, by error code.
+    refusals: HashMap<String, u64>,
 }
 
 struct Lb {
@@ -411,6 +420,7 @@ impl Cloud {
             rate_limited: 0,
             clock_skew: 0,
             calls: HashMap::new(),
+            refusals: HashMap::new(),
         }
     }
 
@@ -431,8 +441,22 @@ impl Cloud {
         format!("{:08x}-0000-4000-8000-{:012x}", self.port, self.counter)
     }
 
-    /// Authenticates, throttles, injects faults, then runs the action.
+    /// Serves one request, counting its refusal by code.
     fn serve(
+        &mut self,
+        headers: &HeaderMap,
+        body: &[u8],
+        request_id: &str,
+    ) -> Result<Value, Refusal> {
+        let answer = self.dispatch(headers, body, request_id);
+        if let Err(refusal) = &answer {
+            *self.refusals.entry(refusal.code.clone()).or_default() += 1;
+        }
+        answer
+    }
+
+    /// Authenticates, throttles, injects faults, then runs the action.
+    fn dispatch(
         &mut self,
         headers: &HeaderMap,
         body: &[u8],

@@ -685,6 +685,35 @@ async fn a_port_held_by_someone_else_is_left_alone_and_the_pod_placed_elsewhere(
     assert!(world.fake.targets(&foreign).is_empty());
 }
 
+/// A burst of pods on one CLB: knit sends one write at a time per CLB and
+/// waits for its task, so the CLB never refuses a write for a task still
+/// running (`ResourceInOperating`), even with slow tasks.
+#[tokio::test]
+async fn a_burst_keeps_one_write_in_flight_per_clb() {
+    let world = World::new("clb-burst").await;
+    let lb = world.fake.add_lb(REGION, &["8.8.8.8"]);
+    world.fake.set_task_delay(Duration::from_millis(300));
+    let _knit = world.knit();
+    world
+        .create_service("game", one_port_service(&[&lb], 8000, 8099))
+        .await;
+    let mut pods = BTreeMap::new();
+    let names: Vec<String> = (0..20).map(|i| format!("game-{i}")).collect();
+    let ips: Vec<String> = (0..20).map(|i| format!("10.8.0.{}", i + 1)).collect();
+    for (name, ip) in names.iter().zip(&ips) {
+        world.create_pod(name, "game", ip).await;
+        pods.insert(name.as_str(), ip.as_str());
+    }
+    world.wait_bound(20).await;
+    assert_clb_matches(&world, &pods).await;
+    assert_eq!(
+        world.fake.refusals("FailedOperation.ResourceInOperating"),
+        0,
+        "a write was sent while the CLB's task was running"
+    );
+    assert!(world.fake.calls("CreateListener") >= 1);
+}
+
 /// The service's annotations choose its allocator and configure it: an
 /// allocator that is not loaded is `PluginUnavailable`, a configuration the
 /// allocator refuses is `InvalidConfig`, each named in the condition, and
