@@ -28,10 +28,18 @@ const CF_ACCOUNT: &str = "deploy-account";
 const CF_TOKEN: &str = "deploy-cloudflare-token";
 
 fn helm_template(values: &[String]) -> String {
+    helm_template_from(None, values)
+}
+
+/// `helm template` with a values file (relative to the repository) first.
+fn helm_template_from(file: Option<&str>, values: &[String]) -> String {
     let mut command = std::process::Command::new(knit_tests::tool("helm"));
     command
         .args(["template", "knit", "deploy/knit", "--namespace", NAMESPACE])
         .current_dir(knit_tests::repo());
+    if let Some(file) = file {
+        command.args(["-f", file]);
+    }
     for value in values {
         command.args(["--set", value]);
     }
@@ -120,6 +128,34 @@ fn the_chart_renders_only_the_rules_of_enabled_domains() {
     assert!(!rules(&["cloudflare.clusterId=prod-eu".into()]).contains(&"namespaces".to_owned()));
     // No wildcard anywhere.
     assert!(!helm_template(&[]).contains("\"*\""));
+}
+
+/// The seed's values file installs knit as it installed
+/// tke-extend-network-controller: the region reaches knit, the key pair
+/// becomes the credentials Secret knit reads, and nothing else is needed.
+#[test]
+fn the_seeds_values_file_installs_the_tke_domain() {
+    let documents = documents(&helm_template_from(
+        Some("examples/tke-clb/values.yaml"),
+        &[],
+    ));
+    let deployment = documents
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let args: Vec<&str> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a.as_str())
+        .collect();
+    assert!(args.contains(&"--tke-region=ap-guangzhou"), "{args:?}");
+    assert!(
+        documents.iter().any(|d| d["kind"] == "Secret"
+            && d["stringData"]["secretId"] == "AKIDxxxxxxxxxxxxxxxx"
+            && d["stringData"]["secretKey"] == "xxxxxxxxxxxxxxxxxxxx"),
+        "no credentials Secret from the values file"
+    );
 }
 
 /// Plugin ConfigMaps are mounted together, read-only, where `--plugins-dir`

@@ -712,6 +712,7 @@ async fn a_burst_keeps_one_write_in_flight_per_clb() {
         "a write was sent while the CLB's task was running"
     );
     assert!(world.fake.calls("CreateListener") >= 1);
+    assert_policy_grants(&world);
 }
 
 /// The service's annotations choose its allocator and configure it: an
@@ -886,4 +887,29 @@ async fn deleting_the_service_deletes_every_listener_from_the_clb() {
     .await;
     assert!(world.listeners().await.is_empty());
     assert!(world.clb_state().is_empty(), "{:?}", world.clb_state());
+    assert_policy_grants(&world);
+}
+
+/// Every CLB action knit called is granted by the example CAM policy
+/// (`examples/tke-clb/iam-policy.json`): the seed's, plus what knit calls
+/// beyond it.
+fn assert_policy_grants(world: &World) {
+    let policy: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(knit_tests::repo().join("examples/tke-clb/iam-policy.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let granted: BTreeSet<&str> = policy["statement"][0]["action"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|action| action.as_str()?.strip_prefix("clb:"))
+        .collect();
+    let called = world.fake.calls_by_action();
+    assert!(called.len() > 3, "{called:?}");
+    let missing: Vec<&String> = called
+        .keys()
+        .filter(|action| !granted.contains(action.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "the policy does not grant {missing:?}");
 }
