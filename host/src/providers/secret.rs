@@ -63,10 +63,10 @@ pub(crate) mod tests {
 
     /// A Secret `knit-system/creds` with `data` (values base64) or, for one
     /// read from a manifest, `stringData`.
-    pub(crate) fn secret(data: &str, values: serde_json::Value) -> Secret {
+    pub(crate) fn secret(field: &str, values: serde_json::Value) -> Secret {
         serde_json::from_value(serde_json::json!({
             "metadata": {"name": "creds", "namespace": "knit-system"},
-            data: values,
+            field: values,
         }))
         .unwrap()
     }
@@ -80,11 +80,11 @@ pub(crate) mod tests {
     #[case::binary("data", "/w==", Err(SecretKeyError::NotUtf8 {
         secret: "knit-system/creds".into(), key: "token".into() }))]
     fn reads_one_key(
-        #[case] data: &str,
+        #[case] field: &str,
         #[case] value: &str,
         #[case] expected: Result<String, SecretKeyError>,
     ) {
-        let secret = secret(data, serde_json::json!({ "token": value }));
+        let secret = secret(field, serde_json::json!({ "token": value }));
         assert_eq!(read_key(&secret, "token"), expected);
     }
 
