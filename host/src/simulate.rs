@@ -10,10 +10,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use crate::controller::decision;
 use crate::domains::cloudflare::plan as tunnel_plan;
 use crate::domains::cloudflare::sources::{self as tunnel_sources, Backends, TunnelKey};
 use crate::domains::cloudflare::types::{
-    ClusterTunnel, GROUP as CLOUDFLARE_GROUP, Tunnel, TunnelSpec,
+    ClusterTunnel, GROUP as CLOUDFLARE_GROUP, Tunnel, TunnelObject,
 };
 use crate::domains::ipam::plan::{overlapping_pool, plan_pool};
 use crate::domains::ipam::types::{ADDRESS_ANNOTATION, IPAllocation, IPPool};
@@ -24,7 +25,7 @@ use crate::domains::tke_clb::types::{
     DedicatedCLBListener, DedicatedCLBListenerStatus, DedicatedCLBService, ListenerState,
     MISSPELLED_VERSION,
 };
-use crate::runtime::{Registry, World};
+use crate::runtime::Registry;
 
 /// The manifests read: known kinds parsed, the rest named so the user sees
 /// what was ignored.
@@ -191,26 +192,13 @@ pub fn simulate(manifests: &Manifests, registry: &Registry, seed: u64) -> Vec<(S
             namespace: tunnel.namespace().unwrap_or_else(|| "default".into()),
             name: tunnel.name_any(),
         };
-        out.extend(simulate_tunnel(
-            &key,
-            &tunnel.spec,
-            tunnel.annotations(),
-            manifests,
-            registry,
-        ));
+        out.extend(simulate_tunnel(&key, tunnel, manifests, registry));
     }
     for tunnel in &manifests.cluster_tunnels {
         let key = TunnelKey::Cluster {
             name: tunnel.name_any(),
         };
-        let spec: TunnelSpec = tunnel.spec.clone().into();
-        out.extend(simulate_tunnel(
-            &key,
-            &spec,
-            tunnel.annotations(),
-            manifests,
-            registry,
-        ));
+        out.extend(simulate_tunnel(&key, tunnel, manifests, registry));
     }
     out
 }
@@ -219,16 +207,13 @@ pub fn simulate(manifests: &Manifests, registry: &Registry, seed: u64) -> Vec<(S
 /// cloudflared configuration it would put, the DNS records it would make,
 /// and each source's verdict. Backends are taken as ready (no endpoints are
 /// known offline); a Service the input lacks is taken to exist.
-fn simulate_tunnel(
+fn simulate_tunnel<K: TunnelObject>(
     key: &TunnelKey,
-    spec: &TunnelSpec,
-    annotations: &std::collections::BTreeMap<String, String>,
+    object: &K,
     manifests: &Manifests,
     registry: &Registry,
 ) -> Vec<(String, Value)> {
-    use crate::domains::cloudflare::tunnel_controller::{
-        DEFAULT_MAPPER, MAPPER_ANNOTATION, plugin_config,
-    };
+    let spec = &object.tunnel_spec();
     let exists = |k: &TunnelKey| match k {
         TunnelKey::Namespaced { namespace, name } => manifests
             .tunnels
@@ -262,22 +247,12 @@ fn simulate_tunnel(
         &backends,
     );
     let request = tunnel_plan::mapper_request(key, spec, &bound);
-    let plugin_name = annotations
-        .get(MAPPER_ANNOTATION)
-        .map(String::as_str)
-        .unwrap_or(DEFAULT_MAPPER);
-    let mapping = registry
-        .get_world(plugin_name, World::TunnelMapper)
-        .map_err(|e| e.to_string())
-        .and_then(|plugin| {
-            plugin
-                .map_tunnel(&request, &plugin_config(annotations))
-                .map_err(|e| e.to_string())?
-        });
+    let mapping = decision::choose(registry, object)
+        .and_then(|chosen| chosen.answer(chosen.plugin.map_tunnel(&request, &chosen.config)));
     let mapping = match mapping {
         Ok(mapping) => mapping,
-        Err(why) => {
-            tracing::warn!(tunnel = %key, "not planned: {why}");
+        Err(refusal) => {
+            tracing::warn!(tunnel = %key, reason = refusal.reason, "not planned: {}", refusal.message);
             return Vec::new();
         }
     };

@@ -44,9 +44,10 @@ use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use account::{Accounts, CloudflareSettings};
 use sources::{HttpRoute, SourceKindKey, SourceRef, TunnelKey};
-use tunnel_controller::{Context, TunnelObject};
+use tunnel_controller::Context;
 use types::{
-    ClusterTunnel, DNSRecord, NetworkRoute, Tunnel, TunnelRefKind, VirtualNetwork, WARPConnector,
+    ClusterTunnel, DNSRecord, NetworkRoute, Tunnel, TunnelObject, TunnelRefKind, VirtualNetwork,
+    WARPConnector,
 };
 
 /// Runs the tunnel controllers until `shutdown` resolves (then finishes the

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::controller::{Failed, reconcile_finalized};
+use crate::controller::{Failed, Refusal, reconcile_finalized};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -21,9 +21,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use knit_tunnel_core as mapper;
@@ -31,70 +29,13 @@ use knit_tunnel_core as mapper;
 use super::account::{Accounts, CredentialsError};
 use super::plan::{self, OwnerMarker, TOKEN_SECRET_KEY, TUNNEL_ID_ANNOTATION};
 use super::sources::{self, Backends, Bound, HttpRoute, SourceKindKey, SourceRef, TunnelKey};
-use super::types::{ClusterTunnel, Tunnel, TunnelSpec, TunnelState, TunnelStatus};
+use super::types::{ClusterTunnel, Tunnel, TunnelObject, TunnelSpec, TunnelState, TunnelStatus};
 use crate::providers::cloudflare::{self as api, CloudflareClient};
-use crate::runtime::{Registry, World};
+use crate::runtime::Registry;
 
 pub const FINALIZER: &str = "knit.dev/cloudflare-tunnel";
-/// Picks the mapper plugin; `tunnel-mapper` (built in) when unset.
-pub const MAPPER_ANNOTATION: &str = "knit.dev/tunnel-mapper";
-pub const DEFAULT_MAPPER: &str = "tunnel-mapper";
-/// Annotations `tunnel.knit.dev/<key>: <value>` are the mapper's config.
-pub const CONFIG_ANNOTATION_PREFIX: &str = "tunnel.knit.dev/";
 /// The field manager of knit's server-side applies.
 const MANAGER: &str = "knit";
-
-/// `Tunnel` or `ClusterTunnel`: the one reconcile serves both.
-pub trait TunnelObject:
-    Resource<DynamicType = ()>
-    + Clone
-    + DeserializeOwned
-    + Serialize
-    + std::fmt::Debug
-    + Send
-    + Sync
-    + 'static
-{
-    fn key(&self) -> TunnelKey;
-    fn tunnel_spec(&self) -> TunnelSpec;
-    fn tunnel_status(&self) -> Option<&TunnelStatus>;
-    fn api(client: Client, key: &TunnelKey) -> Api<Self>;
-}
-
-impl TunnelObject for Tunnel {
-    fn key(&self) -> TunnelKey {
-        TunnelKey::Namespaced {
-            namespace: self.namespace().unwrap_or_default(),
-            name: self.name_any(),
-        }
-    }
-    fn tunnel_spec(&self) -> TunnelSpec {
-        self.spec.clone()
-    }
-    fn tunnel_status(&self) -> Option<&TunnelStatus> {
-        self.status.as_ref()
-    }
-    fn api(client: Client, key: &TunnelKey) -> Api<Self> {
-        Api::namespaced(client, key.namespace().unwrap_or_default())
-    }
-}
-
-impl TunnelObject for ClusterTunnel {
-    fn key(&self) -> TunnelKey {
-        TunnelKey::Cluster {
-            name: self.name_any(),
-        }
-    }
-    fn tunnel_spec(&self) -> TunnelSpec {
-        self.spec.clone().into()
-    }
-    fn tunnel_status(&self) -> Option<&TunnelStatus> {
-        self.status.as_ref()
-    }
-    fn api(client: Client, _: &TunnelKey) -> Api<Self> {
-        Api::all(client)
-    }
-}
 
 pub struct Context {
     pub client: Client,
@@ -200,6 +141,12 @@ impl Outcome {
             reason,
             message: message.into(),
         }
+    }
+
+    /// No mapper decision: the plugin is missing, refused its
+    /// configuration or failed.
+    fn refused(refusal: Refusal) -> Outcome {
+        Outcome::failed(refusal.reason, refusal.message)
     }
 }
 
@@ -315,25 +262,19 @@ async fn serve<K: TunnelObject>(
         .expect("bindings lock")
         .record(key, &bound);
     let request = plan::mapper_request(key, spec, &bound);
-    let plugin_name = object
-        .annotations()
-        .get(MAPPER_ANNOTATION)
-        .cloned()
-        .unwrap_or_else(|| DEFAULT_MAPPER.into());
-    let plugin = match ctx.registry.get_world(&plugin_name, World::TunnelMapper) {
-        Ok(plugin) => plugin,
-        Err(e) => return Ok(Outcome::failed("PluginError", e.to_string())),
+    let chosen = match crate::controller::decision::choose(&ctx.registry, object) {
+        Ok(chosen) => chosen,
+        Err(refusal) => return Ok(Outcome::refused(refusal)),
     };
-    let config = plugin_config(object.annotations());
     let mapped = {
-        let plugin = plugin.clone();
-        crate::runtime::spawn_call(move || plugin.map_tunnel(&request, &config)).await?
+        let chosen = chosen.clone();
+        crate::runtime::spawn_call(move || chosen.plugin.map_tunnel(&request, &chosen.config))
+            .await?
     };
-    status.decided_by = crate::controller::PluginStatus::of(&plugin);
-    let mapping = match mapped {
-        Ok(Ok(mapping)) => mapping,
-        Ok(Err(why)) => return Ok(Outcome::failed("InvalidConfig", why)),
-        Err(e) => return Ok(Outcome::failed("PluginError", e.to_string())),
+    status.decided_by = chosen.status();
+    let mapping = match chosen.answer(mapped) {
+        Ok(mapping) => mapping,
+        Err(refusal) => return Ok(Outcome::refused(refusal)),
     };
 
     // The configuration, put only when it changed.
@@ -540,17 +481,6 @@ fn bound_sources(key: &TunnelKey, ctx: &Context) -> Vec<Bound> {
         &exists,
         &backends,
     )
-}
-
-/// `tunnel.knit.dev/<key>` annotations as the mapper's configuration.
-pub fn plugin_config(annotations: &BTreeMap<String, String>) -> Vec<(String, String)> {
-    annotations
-        .iter()
-        .filter_map(|(k, v)| {
-            k.strip_prefix(CONFIG_ANNOTATION_PREFIX)
-                .map(|key| (key.to_owned(), v.clone()))
-        })
-        .collect()
 }
 
 /// Brings the tunnel's owned DNS records to `wanted`; returns the hosts a
