@@ -25,6 +25,7 @@ pub mod plan;
 pub mod route_controller;
 pub mod sources;
 pub mod tunnel_controller;
+pub mod tunnel_plan;
 pub mod types;
 pub mod warp_controller;
 

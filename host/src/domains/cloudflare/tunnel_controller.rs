@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::controller::{Failed, Refusal, reconcile_finalized};
+use crate::controller::{Failed, reconcile_finalized};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder};
@@ -24,11 +24,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
-use knit_tunnel_core as mapper;
-
 use super::account::{Accounts, CredentialsError};
 use super::plan::{self, OwnerMarker, TOKEN_SECRET_KEY, TUNNEL_ID_ANNOTATION};
 use super::sources::{self, Backends, Bound, HttpRoute, SourceKindKey, SourceRef, TunnelKey};
+use super::tunnel_plan::{self, Observed, Outcome, SourceStatus, TunnelPlan, plan_tunnel};
 use super::types::{ClusterTunnel, Tunnel, TunnelObject, TunnelSpec, TunnelState, TunnelStatus};
 use crate::providers::cloudflare::{self as api, CloudflareClient};
 use crate::runtime::Registry;
@@ -125,52 +124,27 @@ impl crate::controller::Retry for Error {
     const FAILURE_RETRY: Duration = Duration::from_secs(10);
 }
 
-/// The outcome of one pass, for the status.
-struct Outcome {
-    state: TunnelState,
-    ready: bool,
-    reason: &'static str,
-    message: String,
-}
-
-impl Outcome {
-    fn failed(reason: &'static str, message: impl Into<String>) -> Outcome {
-        Outcome {
-            state: TunnelState::Error,
-            ready: false,
-            reason,
-            message: message.into(),
-        }
-    }
-
-    /// No mapper decision: the plugin is missing, refused its
-    /// configuration or failed.
-    fn refused(refusal: Refusal) -> Outcome {
-        Outcome::failed(refusal.reason, refusal.message)
-    }
-}
-
+/// Observe, plan, act; a pass that fails says why in the status.
 async fn apply<K: TunnelObject>(object: &K, ctx: &Context) -> Result<Action, Error> {
     ctx.caches.wait().await;
-    let key = object.key();
-    let spec = object.tunnel_spec();
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    // The status so far: a pass that fails writes it, with why.
     let mut status = object.tunnel_status().cloned().unwrap_or_default();
-    let resync = Action::requeue(ctx.accounts.settings().resync);
-
-    let outcome = match serve(object, &key, &spec, &mut status, ctx).await {
-        Ok(outcome) => outcome,
+    let (status, requeue) = match serve(object, &mut status, &now, ctx).await {
+        Ok(served) => served,
         Err(error) => {
             let (reason, message) = failure_reason(error)?;
-            Outcome::failed(reason, message)
+            failed(object, status, reason, message, &now)
         }
     };
-    let retry = !outcome.ready;
-    finish_status(object, ctx, &mut status, outcome).await?;
-    Ok(if retry {
-        Action::requeue(Duration::from_secs(10))
-    } else {
-        resync
-    })
+    crate::controller::write_status(
+        &K::api(ctx.client.clone(), &object.key()),
+        object,
+        object.tunnel_status(),
+        &status,
+    )
+    .await?;
+    Ok(Action::requeue(requeue))
 }
 
 /// What a failed pass tells the object: Cloudflare and credentials failures
@@ -184,19 +158,36 @@ pub(super) fn failure_reason(error: Error) -> Result<(&'static str, String), Err
     }
 }
 
-/// Everything but the status write; fills `status` as it goes.
+/// The status of a pass that did not serve the tunnel, and when to retry.
+fn failed<K: TunnelObject>(
+    object: &K,
+    mut status: TunnelStatus,
+    reason: &'static str,
+    message: impl Into<String>,
+    now: &Time,
+) -> (TunnelStatus, Duration) {
+    let outcome = Outcome::failed(reason, message);
+    tunnel_plan::finish(object, &mut status, &outcome, now);
+    (status, tunnel_plan::FAILURE_RETRY)
+}
+
+/// Observes (the cloudflared Deployment wanted, the tunnel found or made,
+/// the sources bound to it), plans with `plan_tunnel`, and acts. Fills
+/// `status` as it goes, for a failure to write; returns the status of the
+/// pass and when to look again.
 async fn serve<K: TunnelObject>(
     object: &K,
-    key: &TunnelKey,
-    spec: &TunnelSpec,
     status: &mut TunnelStatus,
+    now: &Time,
     ctx: &Context,
-) -> Result<Outcome, Error> {
+) -> Result<(TunnelStatus, Duration), Error> {
+    let key = object.key();
+    let spec = object.tunnel_spec();
     let settings = ctx.accounts.settings();
-    let namespace = plan::workload_namespace(key, &settings.namespace);
+    let namespace = plan::workload_namespace(&key, &settings.namespace);
     let owner = owner_reference(object);
     let deployment = match plan::deployment(&plan::Workload {
-        key,
+        key: &key,
         namespace: &namespace,
         image: &settings.cloudflared_image,
         protocol: spec.protocol.as_str(),
@@ -204,44 +195,47 @@ async fn serve<K: TunnelObject>(
         owner: serde_json::to_value(&owner).unwrap_or_default(),
     }) {
         Ok(deployment) => deployment,
-        Err(why) => return Ok(Outcome::failed("InvalidDeployPatch", why)),
+        Err(why) => {
+            return Ok(failed(
+                object,
+                status.clone(),
+                "InvalidDeployPatch",
+                why,
+                now,
+            ));
+        }
     };
     let client = ctx
         .accounts
         .client_for(&spec.cloudflare, key.namespace())
         .await?;
-    let account = spec.cloudflare.account_id.as_str();
-
-    // The tunnel: the one in status, else adopted by name, else created.
-    let tunnel = match ensure_tunnel(&client, account, spec, status).await? {
+    let tunnel = match observe_tunnel(ctx, &client, &key, &spec, status).await? {
         Ok(tunnel) => tunnel,
-        Err(missing) => return Ok(Outcome::failed("TunnelNotFound", missing)),
+        Err((reason, message)) => return Ok(failed(object, status.clone(), reason, message, now)),
     };
-    // Two objects naming one tunnel would put their configurations in turn.
-    if let Some(other) = claimant(ctx, key, &tunnel.id) {
-        return Ok(Outcome::failed(
-            "TunnelInUse",
-            format!(
-                "tunnel {} ({}) is already served by {other}",
-                tunnel.name, tunnel.id
-            ),
-        ));
-    }
-    if status.tunnel_id.as_deref() != Some(tunnel.id.as_str()) {
-        // A new tunnel: its configuration and DNS are new too.
-        status.config_digest = None;
-        status.config_version = None;
-    }
-    status.tunnel_id = Some(tunnel.id.clone());
-    status.tunnel_name = Some(tunnel.name.clone());
-    status.account_id = Some(account.to_owned());
+    let observed = Observed {
+        object: Arc::new(object.clone()),
+        key: key.clone(),
+        tunnel_id: tunnel.id.clone(),
+        tunnel_name: tunnel.name.clone(),
+        status: status.clone(),
+        bound: bound_sources(&key, ctx),
+        resync: settings.resync,
+        now: now.clone(),
+    };
+    let (plan, bound) = {
+        let registry = ctx.registry.clone();
+        crate::runtime::spawn_call(move || (plan_tunnel(&observed, &registry), observed.bound))
+            .await?
+    };
 
     // Its token, for cloudflared, in a Secret beside the Deployment.
+    let account = spec.cloudflare.account_id.as_str();
     ensure_token_secret(
         &ctx.client,
         &namespace,
-        &plan::workload_name(key),
-        &plan::workload_labels(key),
+        &plan::workload_name(&key),
+        &plan::workload_labels(&key),
         &tunnel.id,
         &owner,
         client.tunnel_token(account, &tunnel.id),
@@ -249,93 +243,101 @@ async fn serve<K: TunnelObject>(
     .await?;
     Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
         .patch(
-            &plan::workload_name(key),
+            &plan::workload_name(&key),
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&deployment),
         )
         .await?;
-
-    // The sources and the mapper's decision.
-    let bound = bound_sources(key, ctx);
     ctx.bindings
         .lock()
         .expect("bindings lock")
-        .record(key, &bound);
-    let request = plan::mapper_request(key, spec, &bound);
-    let chosen = match crate::controller::decision::choose(&ctx.registry, object) {
-        Ok(chosen) => chosen,
-        Err(refusal) => return Ok(Outcome::refused(refusal)),
-    };
-    let mapped = {
-        let chosen = chosen.clone();
-        crate::runtime::spawn_call(move || chosen.plugin.map_tunnel(&request, &chosen.config))
-            .await?
-    };
-    status.decided_by = chosen.status();
-    let mapping = match chosen.answer(mapped) {
-        Ok(mapping) => mapping,
-        Err(refusal) => return Ok(Outcome::refused(refusal)),
-    };
+        .record(&key, &bound);
+    act(object, ctx, &client, &key, &tunnel.id, plan, status).await
+}
 
-    // The configuration, put only when it changed.
-    let config = plan::tunnel_config(spec, &mapping);
-    let digest = plan::config_digest(&config);
-    if status.config_digest.as_deref() != Some(digest.as_str()) {
+/// The tunnel in `status`, else the named one (adopted), else a new one,
+/// noted in `status`; an inner `Err` is the reason and message of a tunnel
+/// that cannot be served.
+async fn observe_tunnel(
+    ctx: &Context,
+    client: &CloudflareClient,
+    key: &TunnelKey,
+    spec: &TunnelSpec,
+    status: &mut TunnelStatus,
+) -> Result<Result<api::Tunnel, (&'static str, String)>, Error> {
+    let account = spec.cloudflare.account_id.as_str();
+    let tunnel = match ensure_tunnel(client, account, spec, status).await? {
+        Ok(tunnel) => tunnel,
+        Err(missing) => return Ok(Err(("TunnelNotFound", missing))),
+    };
+    // Two objects naming one tunnel would put their configurations in turn.
+    if let Some(other) = claimant(ctx, key, &tunnel.id) {
+        return Ok(Err((
+            "TunnelInUse",
+            format!(
+                "tunnel {} ({}) is already served by {other}",
+                tunnel.name, tunnel.id
+            ),
+        )));
+    }
+    tunnel_plan::serving(status, &tunnel.id, &tunnel.name, account);
+    Ok(Ok(tunnel))
+}
+
+/// Writes the plan: the configuration when it changed, the DNS records,
+/// what each source is told; returns the status to write. `status` keeps
+/// what was written, for a failure to write.
+async fn act<K: TunnelObject>(
+    object: &K,
+    ctx: &Context,
+    client: &CloudflareClient,
+    key: &TunnelKey,
+    tunnel_id: &str,
+    plan: TunnelPlan,
+    status: &mut TunnelStatus,
+) -> Result<(TunnelStatus, Duration), Error> {
+    status.decided_by = plan.status.decided_by.clone();
+    if plan.refusal.is_some() {
+        return Ok((plan.status, plan.requeue));
+    }
+    let spec = object.tunnel_spec();
+    let account = spec.cloudflare.account_id.as_str();
+    if plan.put_config {
         let put = client
-            .put_tunnel_configuration(account, &tunnel.id, &config)
+            .put_tunnel_configuration(account, tunnel_id, &plan.config)
             .await?;
-        tracing::info!(tunnel = %key, version = put.version, rules = config.ingress.len(), "tunnel configuration put");
+        tracing::info!(tunnel = %key, version = put.version, rules = plan.config.ingress.len(), "tunnel configuration put");
         status.config_version = Some(put.version);
-        status.config_digest = Some(digest);
+        status.config_digest = plan.status.config_digest.clone();
     }
 
     // DNS, then what each source is told.
     let domain = spec.cloudflare.domain.clone().unwrap_or_default();
-    let blocked = sync_dns(
-        ctx,
-        &client,
-        key,
-        account,
-        &domain,
-        &tunnel.id,
-        &mapping.dns,
-    )
-    .await?;
-    let verdicts = plan::verdicts(&bound, &mapping);
-    tell_sources(ctx, key, &bound, &verdicts, &tunnel.id).await;
+    let blocked = sync_dns(ctx, client, key, account, &domain, tunnel_id, &plan.dns).await?;
+    tell_sources(ctx, key, &plan.sources, &plan.cname_target).await;
 
-    status.routes = Some(mapping.rules.len().saturating_sub(1) as u32);
-    status.sources = Some(bound.len() as u32);
-    status.refused_sources = Some(
-        verdicts
-            .values()
-            .filter(|v| !plan::verdict_reason(v).0)
-            .count() as u32,
-    );
-    let dns = if blocked.is_empty() {
-        (true, "Synced", format!("{} record(s)", mapping.dns.len()))
-    } else {
-        (
+    let mut written = plan.status;
+    written.config_version = status.config_version;
+    if !blocked.is_empty() {
+        let message = format!(
+            "records knit did not create hold {}; they are left alone",
+            blocked.join(", ")
+        );
+        // Against the conditions as observed, so a lasting refusal keeps
+        // its transition time.
+        let now = Time(k8s_openapi::jiff::Timestamp::now());
+        let condition = crate::conditions::condition(
+            &status.conditions,
+            "DNSReady",
             false,
             "RecordNotOwned",
-            format!(
-                "records knit did not create hold {}; they are left alone",
-                blocked.join(", ")
-            ),
-        )
-    };
-    set_condition(object, status, "DNSReady", dns.0, dns.1, &dns.2);
-    Ok(Outcome {
-        state: TunnelState::Active,
-        ready: true,
-        reason: "Active",
-        message: format!(
-            "tunnel {} serves {} rule(s) for {} source(s)",
-            tunnel.name,
-            mapping.rules.len().saturating_sub(1),
-            bound.len()
-        ),
-    })
+            &message,
+            object.meta().generation,
+            &now,
+        );
+        tunnel_plan::put_condition(&mut written.conditions, condition);
+    }
+    Ok((written, plan.requeue))
 }
 
 /// The tunnel in `status`, else the named one (adopted), else a new one. An
@@ -575,19 +577,9 @@ fn owner_marker(ctx: &Context, key: &TunnelKey) -> OwnerMarker {
 
 /// Ingress `status.loadBalancer`, HTTPRoute parent status, and an Event
 /// when a source's verdict changes.
-async fn tell_sources(
-    ctx: &Context,
-    key: &TunnelKey,
-    bound: &[Bound],
-    verdicts: &HashMap<SourceRef, mapper::Verdict>,
-    tunnel_id: &str,
-) {
-    let hostname = plan::cname_target(tunnel_id);
-    for source in bound {
-        let Some(verdict) = verdicts.get(&source.reference) else {
-            continue;
-        };
-        let (accepted, reason, message) = plan::verdict_reason(verdict);
+async fn tell_sources(ctx: &Context, key: &TunnelKey, sources: &[SourceStatus], hostname: &str) {
+    for source in sources {
+        let (accepted, reason, message) = (source.accepted, source.reason, &source.message);
         let result = match source.reference.kind {
             SourceKindKey::Ingress => {
                 let ingress = if accepted {
@@ -597,9 +589,7 @@ async fn tell_sources(
                 };
                 set_ingress_status(ctx, &source.reference, ingress).await
             }
-            SourceKindKey::HttpRoute => {
-                set_route_status(ctx, source, accepted, reason, &message).await
-            }
+            SourceKindKey::HttpRoute => set_route_status(ctx, source).await,
         };
         if let Err(error) = result {
             tracing::debug!(source = %source.reference, %error, "source status");
@@ -675,13 +665,8 @@ pub const CONTROLLER_NAME: &str = "knit.dev/cloudflare-tunnel";
 
 /// One `status.parents` entry per parentRef, written under knit's
 /// controller name; entries of other controllers are kept.
-async fn set_route_status(
-    ctx: &Context,
-    source: &Bound,
-    accepted: bool,
-    reason: &str,
-    message: &str,
-) -> Result<(), kube::Error> {
+async fn set_route_status(ctx: &Context, source: &SourceStatus) -> Result<(), kube::Error> {
+    let (accepted, reason, message) = (source.accepted, source.reason, source.message.as_str());
     let reference = &source.reference;
     let Some(route) = ctx
         .routes
@@ -761,57 +746,6 @@ async fn set_route_status(
         )
         .await
         .map(|_| ())
-}
-
-fn set_condition<K: TunnelObject>(
-    object: &K,
-    status: &mut TunnelStatus,
-    type_: &str,
-    ok: bool,
-    reason: &str,
-    message: &str,
-) {
-    let now =
-        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
-    let condition: Condition = crate::conditions::condition(
-        &status.conditions,
-        type_,
-        ok,
-        reason,
-        message,
-        object.meta().generation,
-        &now,
-    );
-    status.conditions.retain(|c| c.type_ != type_);
-    status.conditions.push(condition);
-    status.conditions.sort_by(|a, b| a.type_.cmp(&b.type_));
-}
-
-async fn finish_status<K: TunnelObject>(
-    object: &K,
-    ctx: &Context,
-    status: &mut TunnelStatus,
-    outcome: Outcome,
-) -> Result<(), Error> {
-    status.state = Some(outcome.state);
-    status.observed_generation = object.meta().generation;
-    set_condition(
-        object,
-        status,
-        "Ready",
-        outcome.ready,
-        outcome.reason,
-        &outcome.message,
-    );
-    let key = object.key();
-    crate::controller::write_status(
-        &K::api(ctx.client.clone(), &key),
-        object,
-        object.tunnel_status(),
-        status,
-    )
-    .await?;
-    Ok(())
 }
 
 fn owner_reference<K: TunnelObject>(
