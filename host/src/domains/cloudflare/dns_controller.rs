@@ -14,8 +14,9 @@ use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 
 use super::dns_record;
+use super::dns_sync::{delete_owned_records, owned_records};
+use super::error::Error;
 use super::objects::{Context, Refusal, readiness, refusal};
-use super::tunnel_controller::{Error, delete_owned_records, owned_records};
 use super::types::{
     DNSRecord, DNSRecordStatus, DnsRecordState, DnsSourceRef, SourceDeletionPolicy,
 };

@@ -6,8 +6,19 @@
 //!   into the `tunnel-mapper` plugin's request (pure);
 //! - `plan`: the cloudflared configuration, DNS changes, Deployment and what
 //!   each source is told (pure);
-//! - `tunnel_controller`: `Tunnel`/`ClusterTunnel` → Cloudflare tunnel,
-//!   configuration, DNS, cloudflared, source status;
+//! - `tunnel_plan`: one pass over a tunnel object, planned: `plan_tunnel`
+//!   → `TunnelPlan` (the mapper's decision through the controller kit, the
+//!   configuration, DNS names, what each source is told, the status); the
+//!   controller and `knit simulate` both use it (pure);
+//! - `tunnel_controller`: `Tunnel`/`ClusterTunnel` → observe (the tunnel
+//!   found or made, the bound sources), `plan_tunnel`, act (token,
+//!   cloudflared, configuration, DNS, source status, status);
+//! - `context`: the tunnel controller's `Context` and `Bindings`;
+//! - `error`: the Cloudflare controllers' `Error` and `failure_reason`;
+//! - `workload`: cloudflared's token Secret and the deletion of its
+//!   Deployment and Secret (tunnels and WARP connectors);
+//! - `dns_sync`: a tunnel's owned DNS records, synced and deleted;
+//! - `source_status`: Ingress and HTTPRoute status and Events;
 //! - `warp_controller`: `WARPConnector` → connector tunnel, cloudflared,
 //!   Zero Trust routes; `VirtualNetwork` → virtual network;
 //! - `route_controller`: `NetworkRoute` → one Zero Trust route through a
@@ -18,16 +29,21 @@
 //! - `account`: settings, credentials and clients.
 
 pub mod account;
+pub mod context;
 pub mod dns_controller;
 pub mod dns_record;
+pub mod dns_sync;
+pub mod error;
 pub mod objects;
 pub mod plan;
 pub mod route_controller;
+pub mod source_status;
 pub mod sources;
 pub mod tunnel_controller;
 pub mod tunnel_plan;
 pub mod types;
 pub mod warp_controller;
+pub mod workload;
 
 use std::sync::Arc;
 
@@ -44,8 +60,8 @@ use crate::controller::{CachesReady, mark_listed};
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use account::{Accounts, CloudflareSettings};
+use context::Context;
 use sources::{HttpRoute, SourceKindKey, SourceRef, TunnelKey};
-use tunnel_controller::Context;
 use types::{
     ClusterTunnel, DNSRecord, NetworkRoute, Tunnel, TunnelObject, TunnelRefKind, VirtualNetwork,
     WARPConnector,
@@ -434,7 +450,7 @@ impl Waker {
         let mut keys = Vec::new();
         if let Some(name) = annotation {
             keys.push(sources::resolve_tunnel(name, &reference.namespace, |k| {
-                tunnel_controller::namespaced_tunnel_exists(&self.context.tunnels, k)
+                context::namespaced_tunnel_exists(&self.context.tunnels, k)
             }));
         }
         let bindings = self.context.bindings.lock().expect("bindings lock");

@@ -12,12 +12,12 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::error::Error;
 use super::objects::{
     Context, Refusal, delete_owned_routes, marked_comment, readiness, sync_routes,
     virtual_network_id,
 };
 use super::plan::{self, OwnerMarker};
-use super::tunnel_controller::Error;
 use super::types::{
     TunnelState, VirtualNetwork, VirtualNetworkStatus, WARPConnector, WARPConnectorSpec,
     WARPConnectorStatus,
@@ -122,7 +122,7 @@ async fn serve_connector(
         .expect("a stored object has a name and a UID");
     let workload = format!("warp-{name}");
     let labels = plan::cloudflared_labels("cloudflared-warp-connector", &workload);
-    super::tunnel_controller::ensure_token_secret(
+    super::workload::ensure_token_secret(
         &ctx.client,
         &namespace,
         &workload,
@@ -219,7 +219,7 @@ async fn cleanup_connector(connector: &WARPConnector, ctx: &Context) -> Result<A
     let namespace = connector.namespace().unwrap_or_default();
     let name = connector.name_any();
     let workload = format!("warp-{name}");
-    super::tunnel_controller::delete_workload(&ctx.client, &namespace, &workload).await?;
+    super::workload::delete_workload(&ctx.client, &namespace, &workload).await?;
     let Some(id) = connector
         .status
         .as_ref()
