@@ -26,6 +26,7 @@
 //! - `dns_record` (pure) and `dns_controller`: `DNSRecord` → DNS records
 //!   with static content or a Service's, Ingress's or Node's addresses;
 //! - `objects`: what the controllers of single objects share;
+//! - `watches`: one watch per kind, shared by the controllers that need it;
 //! - `account`: settings, credentials and clients.
 
 pub mod account;
@@ -43,20 +44,22 @@ pub mod tunnel_controller;
 pub mod tunnel_plan;
 pub mod types;
 pub mod warp_controller;
+pub mod watches;
 pub mod workload;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
+use watches::{Watch, Watches};
 
-use crate::controller::{CachesReady, mark_listed};
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use account::{Accounts, CloudflareSettings};
@@ -67,9 +70,9 @@ use types::{
     WARPConnector,
 };
 
-/// Runs the tunnel controllers until `shutdown` resolves (then finishes the
-/// passes in flight). Ingresses, HTTPRoutes, Services and EndpointSlices are
-/// watched once and shared by both.
+/// Runs the Cloudflare controllers until `shutdown` resolves (then finishes
+/// the passes in flight). Each kind is watched once (`watches`) and shared
+/// by the controllers that need it.
 pub async fn run(
     client: Client,
     registry: Arc<Registry>,
@@ -77,95 +80,41 @@ pub async fn run(
     reconciles: Arc<ReconcileMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let recorder = crate::controller::recorder(client.clone());
-    let mut caches = CachesReady::default();
-
-    let (ingresses, ingress_events, ingress_watch) =
-        shared_watch(Api::<Ingress>::all(client.clone()), &mut caches);
-    let (services, service_events, service_watch) =
-        shared_watch(Api::<Service>::all(client.clone()), &mut caches);
-    let (slices, slice_events, slice_watch) =
-        shared_watch(Api::<EndpointSlice>::all(client.clone()), &mut caches);
-    // HTTPRoutes only when the Gateway API is installed.
-    let gateway_api = gateway_api_installed(&client).await;
-    if !gateway_api {
-        tracing::info!("the Gateway API is not installed: HTTPRoutes are not served");
-    }
-    let (routes, route_events, route_watch) = if gateway_api {
-        let (routes, events, watch) =
-            shared_watch(Api::<HttpRoute>::all(client.clone()), &mut caches);
-        (routes, Some(events), Some(watch))
-    } else {
-        let (reader, _) = reflector::store_shared::<HttpRoute>(1);
-        (reader, None, None)
-    };
-
-    let tunnel_controller = Controller::new(
-        Api::<Tunnel>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let tunnels = tunnel_controller.store();
-    let cluster_controller = Controller::new(
-        Api::<ClusterTunnel>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let cluster_tunnels = cluster_controller.store();
-
+    let shutdown = Box::pin(shutdown).shared();
+    let watches = Watches::new(&client).await;
     let accounts = Arc::new(Accounts::new(client.clone(), settings));
-    let warp_context = Arc::new(objects::Context {
+    let objects = Arc::new(objects::Context {
         client: client.clone(),
         accounts: accounts.clone(),
     });
-    let connectors = Controller::new(
-        Api::<WARPConnector>::all(client.clone()),
-        watcher::Config::default(),
+    let connectors = run_connectors(
+        &client,
+        &watches,
+        objects.clone(),
+        reconciles.clone(),
+        shutdown.clone(),
     );
-    let connector_store = connectors.store();
-    let connectors = connectors
-        .owns(
-            Api::<k8s_openapi::api::apps::v1::Deployment>::all(client.clone()),
-            watcher::Config::default().labels("app.kubernetes.io/name=cloudflared-warp-connector"),
-        )
-        .watches(
-            Api::<VirtualNetwork>::all(client.clone()),
-            watcher::Config::default(),
-            move |vnet: VirtualNetwork| {
-                in_network(&connector_store, &vnet, |c| {
-                    c.spec.virtual_network_ref.as_ref()
-                })
-            },
-        )
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            reconciles.measured("WARPConnector", warp_controller::reconcile_connector),
-            crate::controller::error_policy,
-            warp_context.clone(),
-        )
-        .for_each(|_| async {});
-    let networks = Controller::new(
-        Api::<VirtualNetwork>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(shutdown.clone())
-    .run(
-        reconciles.measured("VirtualNetwork", warp_controller::reconcile_network),
-        crate::controller::error_policy,
-        warp_context.clone(),
-    )
-    .for_each(|_| async {});
+    let networks =
+        Controller::for_shared_stream(watches.networks.applied(), watches.networks.store.clone())
+            .graceful_shutdown_on(shutdown.clone())
+            .run(
+                reconciles.measured("VirtualNetwork", warp_controller::reconcile_network),
+                crate::controller::error_policy,
+                objects.clone(),
+            )
+            .for_each(|_| async {});
     let network_routes = run_network_routes(
         &client,
-        warp_context.clone(),
+        &watches,
+        objects.clone(),
         reconciles.clone(),
         shutdown.clone(),
     );
     let dns_records = run_dns_records(
         &client,
-        warp_context,
+        &watches,
+        objects,
         reconciles.clone(),
-        ingress_events.clone(),
-        service_events.clone(),
         shutdown.clone(),
     );
 
@@ -173,102 +122,114 @@ pub async fn run(
         client: client.clone(),
         registry: registry.clone(),
         accounts,
-        tunnels: tunnels.clone(),
-        cluster_tunnels,
-        ingresses: ingresses.clone(),
-        routes: routes.clone(),
-        services: services.clone(),
-        slices: slices.clone(),
-        recorder,
-        caches,
+        tunnels: watches.tunnels.store.clone(),
+        cluster_tunnels: watches.cluster_tunnels.store.clone(),
+        ingresses: watches.ingresses.store.clone(),
+        routes: watches.route_store(),
+        services: watches.services.store.clone(),
+        slices: watches.slices.store.clone(),
+        recorder: crate::controller::recorder(client.clone()),
+        caches: watches.caches.clone(),
         bindings: Default::default(),
         told: Default::default(),
         dns_synced: Default::default(),
     });
-
     // Which tunnels a change of a source or a backend wakes: the one it
     // names now and the one it was bound to.
     let wake = Arc::new(Waker {
         context: context.clone(),
     });
+    let namespaced = run_controller(
+        tunnel_controller(&watches.tunnels, &watches, wake.clone(), Waker::namespaced),
+        context.clone(),
+        reconciles.clone(),
+        "Tunnel",
+        &registry,
+        shutdown.clone(),
+    );
+    let cluster = run_controller(
+        tunnel_controller(&watches.cluster_tunnels, &watches, wake, Waker::cluster),
+        context,
+        reconciles,
+        "ClusterTunnel",
+        &registry,
+        shutdown,
+    );
+
+    tokio::select! {
+        _ = async { tokio::join!(namespaced, cluster, connectors, networks, network_routes, dns_records) } => {}
+        _ = watches.run() => {}
+    }
+}
+
+/// A tunnel controller of kind `K`, woken by its own objects and by the
+/// sources and backends of its tunnels; `of_kind` keeps the tunnels of
+/// kind `K`.
+fn tunnel_controller<K: TunnelObject>(
+    own: &Watch<K>,
+    watches: &Watches,
+    wake: Arc<Waker>,
+    of_kind: fn(Vec<TunnelKey>) -> Vec<ObjectRef<K>>,
+) -> Controller<K> {
     let config = kube::runtime::controller::Config::default()
         // Sources created together make one configuration PUT, not one each.
         .debounce(std::time::Duration::from_millis(500));
-
-    let namespaced = {
-        let mut controller = tunnel_controller
-            .with_config(config.clone())
-            .watches_shared_stream(ingress_events.clone(), {
-                let wake = wake.clone();
-                move |ingress: Arc<Ingress>| wake.namespaced(wake.for_ingress(&ingress))
-            })
-            .watches_shared_stream(service_events.clone(), {
-                let wake = wake.clone();
-                move |service: Arc<Service>| wake.namespaced(wake.for_service(&service))
-            })
-            .watches_shared_stream(slice_events.clone(), {
-                let wake = wake.clone();
-                move |slice: Arc<EndpointSlice>| wake.namespaced(wake.for_slice(&slice))
-            });
-        if let Some(events) = route_events.clone() {
+    let mut controller = Controller::for_shared_stream(own.applied(), own.store.clone())
+        .with_config(config)
+        .watches_shared_stream(watches.ingresses.applied(), {
             let wake = wake.clone();
-            controller = controller.watches_shared_stream(events, move |route: Arc<HttpRoute>| {
-                wake.namespaced(wake.for_route(&route))
-            });
-        }
-        run_controller(
-            controller,
-            context.clone(),
-            reconciles.clone(),
-            "Tunnel",
-            &registry,
-            shutdown.clone(),
-        )
-    };
-    let cluster = {
-        let mut controller = cluster_controller
-            .with_config(config)
-            .watches_shared_stream(ingress_events, {
-                let wake = wake.clone();
-                move |ingress: Arc<Ingress>| wake.cluster(wake.for_ingress(&ingress))
-            })
-            .watches_shared_stream(service_events, {
-                let wake = wake.clone();
-                move |service: Arc<Service>| wake.cluster(wake.for_service(&service))
-            })
-            .watches_shared_stream(slice_events, {
-                let wake = wake.clone();
-                move |slice: Arc<EndpointSlice>| wake.cluster(wake.for_slice(&slice))
-            });
-        if let Some(events) = route_events {
+            move |ingress: Arc<Ingress>| of_kind(wake.for_ingress(&ingress))
+        })
+        .watches_shared_stream(watches.services.applied(), {
             let wake = wake.clone();
-            controller = controller.watches_shared_stream(events, move |route: Arc<HttpRoute>| {
-                wake.cluster(wake.for_route(&route))
+            move |service: Arc<Service>| of_kind(wake.for_service(&service))
+        })
+        .watches_shared_stream(watches.slices.applied(), {
+            let wake = wake.clone();
+            move |slice: Arc<EndpointSlice>| of_kind(wake.for_slice(&slice))
+        });
+    if let Some(routes) = &watches.routes {
+        controller = controller
+            .watches_shared_stream(routes.applied(), move |route: Arc<HttpRoute>| {
+                of_kind(wake.for_route(&route))
             });
-        }
-        run_controller(
-            controller,
-            context,
-            reconciles,
-            "ClusterTunnel",
-            &registry,
-            shutdown,
-        )
-    };
-
-    let route_watch = async {
-        match route_watch {
-            Some(watch) => watch.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = async { tokio::join!(namespaced, cluster, connectors, networks, network_routes, dns_records) } => {}
-        _ = ingress_watch => {}
-        _ = service_watch => {}
-        _ = slice_watch => {}
-        _ = route_watch => {}
     }
+    controller
+}
+
+/// `WARPConnector`s, woken when their cloudflared Deployment or their
+/// virtual network changes.
+fn run_connectors(
+    client: &Client,
+    watches: &Watches,
+    context: Arc<objects::Context>,
+    reconciles: Arc<ReconcileMetrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> BoxFuture<'static, ()> {
+    let controller = Controller::new(
+        Api::<WARPConnector>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let store = controller.store();
+    controller
+        .owns(
+            Api::<k8s_openapi::api::apps::v1::Deployment>::all(client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/name=cloudflared-warp-connector"),
+        )
+        .watches_shared_stream(
+            watches.networks.touched(),
+            move |vnet: Arc<VirtualNetwork>| {
+                in_network(&store, &vnet, |c| c.spec.virtual_network_ref.as_ref())
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(
+            reconciles.measured("WARPConnector", warp_controller::reconcile_connector),
+            crate::controller::error_policy,
+            context,
+        )
+        .for_each(|_| async {})
+        .boxed()
 }
 
 /// The objects of `store` that name `vnet`, woken when it changes.
@@ -292,10 +253,11 @@ where
 /// name changes.
 fn run_network_routes(
     client: &Client,
+    watches: &Watches,
     context: Arc<objects::Context>,
     reconciles: Arc<ReconcileMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> impl std::future::Future<Output = ()> {
+) -> BoxFuture<'static, ()> {
     let controller = Controller::new(
         Api::<NetworkRoute>::all(client.clone()),
         watcher::Config::default(),
@@ -311,27 +273,21 @@ fn run_network_routes(
             .collect::<Vec<_>>()
     };
     controller
-        .watches(
-            Api::<Tunnel>::all(client.clone()),
-            watcher::Config::default(),
-            {
-                let routes_of = routes_of.clone();
-                move |tunnel: Tunnel| {
-                    routes_of(TunnelRefKind::Tunnel, tunnel.namespace(), tunnel.name_any())
-                }
-            },
-        )
-        .watches(
-            Api::<ClusterTunnel>::all(client.clone()),
-            watcher::Config::default(),
-            move |tunnel: ClusterTunnel| {
+        .watches_shared_stream(watches.tunnels.touched(), {
+            let routes_of = routes_of.clone();
+            move |tunnel: Arc<Tunnel>| {
+                routes_of(TunnelRefKind::Tunnel, tunnel.namespace(), tunnel.name_any())
+            }
+        })
+        .watches_shared_stream(
+            watches.cluster_tunnels.touched(),
+            move |tunnel: Arc<ClusterTunnel>| {
                 routes_of(TunnelRefKind::ClusterTunnel, None, tunnel.name_any())
             },
         )
-        .watches(
-            Api::<VirtualNetwork>::all(client.clone()),
-            watcher::Config::default(),
-            move |vnet: VirtualNetwork| {
+        .watches_shared_stream(
+            watches.networks.touched(),
+            move |vnet: Arc<VirtualNetwork>| {
                 in_network(&vnet_store, &vnet, |r| r.spec.virtual_network_ref.as_ref())
             },
         )
@@ -342,17 +298,17 @@ fn run_network_routes(
             context,
         )
         .for_each(|_| async {})
+        .boxed()
 }
 
 /// `DNSRecord`s, woken when their Service, Ingress or Node changes.
 fn run_dns_records(
     client: &Client,
+    watches: &Watches,
     context: Arc<objects::Context>,
     reconciles: Arc<ReconcileMetrics>,
-    ingress_events: ReflectHandle<Ingress>,
-    service_events: ReflectHandle<Service>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> impl std::future::Future<Output = ()> {
+) -> BoxFuture<'static, ()> {
     let controller = Controller::new(
         Api::<DNSRecord>::all(client.clone()),
         watcher::Config::default(),
@@ -367,7 +323,7 @@ fn run_dns_records(
             .collect::<Vec<_>>()
     };
     controller
-        .watches_shared_stream(service_events, {
+        .watches_shared_stream(watches.services.applied(), {
             let records_of = records_of.clone();
             move |service: Arc<Service>| {
                 records_of(dns_controller::Source::Service {
@@ -376,7 +332,7 @@ fn run_dns_records(
                 })
             }
         })
-        .watches_shared_stream(ingress_events, {
+        .watches_shared_stream(watches.ingresses.applied(), {
             let records_of = records_of.clone();
             move |ingress: Arc<Ingress>| {
                 records_of(dns_controller::Source::Ingress {
@@ -401,43 +357,7 @@ fn run_dns_records(
             context,
         )
         .for_each(|_| async {})
-}
-
-/// A watch shared by both controllers: its store, its event stream, and the
-/// future that drives it (which raises its flag in `caches` once listed).
-fn shared_watch<K>(
-    api: Api<K>,
-    caches: &mut CachesReady,
-) -> (
-    Store<K>,
-    ReflectHandle<K>,
-    futures::future::BoxFuture<'static, ()>,
-)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store_shared(1024);
-    let events = writer.subscribe().expect("a shared store");
-    let listed = caches.track();
-    let watch = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect_shared(writer)
-        .inspect(mark_listed(listed))
-        .for_each(|_| async {});
-    (store, events, Box::pin(watch))
-}
-
-async fn gateway_api_installed(client: &Client) -> bool {
-    client
-        .list_api_group_resources("gateway.networking.k8s.io/v1")
-        .await
-        .is_ok_and(|list| list.resources.iter().any(|r| r.name == "httproutes"))
+        .boxed()
 }
 
 /// Maps changes of sources and backends to the tunnels they concern.
@@ -492,7 +412,7 @@ impl Waker {
         bindings.tunnels_of_service(&slice.namespace().unwrap_or_default(), service)
     }
 
-    fn namespaced(&self, keys: Vec<TunnelKey>) -> Vec<ObjectRef<Tunnel>> {
+    fn namespaced(keys: Vec<TunnelKey>) -> Vec<ObjectRef<Tunnel>> {
         keys.into_iter()
             .filter_map(|key| match key {
                 TunnelKey::Namespaced { namespace, name } => {
@@ -503,7 +423,7 @@ impl Waker {
             .collect()
     }
 
-    fn cluster(&self, keys: Vec<TunnelKey>) -> Vec<ObjectRef<ClusterTunnel>> {
+    fn cluster(keys: Vec<TunnelKey>) -> Vec<ObjectRef<ClusterTunnel>> {
         keys.into_iter()
             .filter_map(|key| match key {
                 TunnelKey::Cluster { name } => Some(ObjectRef::new(&name)),
