@@ -101,19 +101,9 @@ async fn serve_connector(
         };
     status.virtual_network_id = vnet_id.clone();
 
-    // The connector tunnel: the one in status, else adopted by name, else new.
     let tunnel_name = connector_name(&ctx.accounts.settings().cluster_id, &namespace, &name);
-    let existing = match &status.connector_id {
-        Some(id) => client.get_warp_connector(account, id).await?,
-        None => None,
-    };
-    let tunnel = match existing {
-        Some(tunnel) => tunnel,
-        None => match client.find_warp_connector(account, &tunnel_name).await? {
-            Some(tunnel) => tunnel,
-            None => client.create_warp_connector(account, &tunnel_name).await?,
-        },
-    };
+    let id = status.connector_id.as_deref();
+    let tunnel = connector_tunnel(&client, account, id, &tunnel_name).await?;
     status.connector_id = Some(tunnel.id.clone());
 
     // cloudflared, with the connector's token.
@@ -178,6 +168,26 @@ async fn serve_connector(
         "connector {tunnel_name} advertises {} route(s)",
         spec.routes.len()
     )))
+}
+
+/// The connector tunnel: the one in status, else adopted by name, else new.
+async fn connector_tunnel(
+    client: &api::CloudflareClient,
+    account: &str,
+    id: Option<&str>,
+    name: &str,
+) -> Result<api::Tunnel, Error> {
+    let existing = match id {
+        Some(id) => client.get_warp_connector(account, id).await?,
+        None => None,
+    };
+    Ok(match existing {
+        Some(tunnel) => tunnel,
+        None => match client.find_warp_connector(account, name).await? {
+            Some(tunnel) => tunnel,
+            None => client.create_warp_connector(account, name).await?,
+        },
+    })
 }
 
 fn connector_deployment(
