@@ -49,7 +49,10 @@ pub mod workload;
 
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -58,8 +61,9 @@ use kube::runtime::controller::Controller;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use watches::{Watch, Watches};
+use watches::{Watch, Watched, Watches};
 
+use crate::controller::Failed;
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use account::{Accounts, CloudflareSettings};
@@ -80,43 +84,29 @@ pub async fn run(
     reconciles: Arc<ReconcileMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let shutdown = Box::pin(shutdown).shared();
+    let shutdown: Shutdown = {
+        let shutdown: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(shutdown);
+        shutdown.shared()
+    };
     let watches = Watches::new(&client).await;
     let accounts = Arc::new(Accounts::new(client.clone(), settings));
-    let objects = Arc::new(objects::Context {
+    let objects = Objects {
         client: client.clone(),
-        accounts: accounts.clone(),
-    });
-    let connectors = run_connectors(
-        &client,
-        &watches,
-        objects.clone(),
-        reconciles.clone(),
-        shutdown.clone(),
+        context: Arc::new(objects::Context {
+            client: client.clone(),
+            accounts: accounts.clone(),
+        }),
+        reconciles: reconciles.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let connectors = run_connectors(&objects, &watches);
+    let networks = objects.run(
+        Controller::for_shared_stream(watches.networks.applied(), watches.networks.store.clone()),
+        "VirtualNetwork",
+        warp_controller::reconcile_network,
     );
-    let networks =
-        Controller::for_shared_stream(watches.networks.applied(), watches.networks.store.clone())
-            .graceful_shutdown_on(shutdown.clone())
-            .run(
-                reconciles.measured("VirtualNetwork", warp_controller::reconcile_network),
-                crate::controller::error_policy,
-                objects.clone(),
-            )
-            .for_each(|_| async {});
-    let network_routes = run_network_routes(
-        &client,
-        &watches,
-        objects.clone(),
-        reconciles.clone(),
-        shutdown.clone(),
-    );
-    let dns_records = run_dns_records(
-        &client,
-        &watches,
-        objects,
-        reconciles.clone(),
-        shutdown.clone(),
-    );
+    let network_routes = run_network_routes(&objects, &watches);
+    let dns_records = run_dns_records(&objects, &watches);
 
     let context = Arc::new(Context {
         client: client.clone(),
@@ -199,21 +189,11 @@ fn tunnel_controller<K: TunnelObject>(
 
 /// `WARPConnector`s, woken when their cloudflared Deployment or their
 /// virtual network changes.
-fn run_connectors(
-    client: &Client,
-    watches: &Watches,
-    context: Arc<objects::Context>,
-    reconciles: Arc<ReconcileMetrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> BoxFuture<'static, ()> {
-    let controller = Controller::new(
-        Api::<WARPConnector>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let store = controller.store();
-    controller
+fn run_connectors(objects: &Objects, watches: &Watches) -> BoxFuture<'static, ()> {
+    let (controller, store) = objects.controller::<WARPConnector>();
+    let controller = controller
         .owns(
-            Api::<k8s_openapi::api::apps::v1::Deployment>::all(client.clone()),
+            Api::<k8s_openapi::api::apps::v1::Deployment>::all(objects.client.clone()),
             watcher::Config::default().labels("app.kubernetes.io/name=cloudflared-warp-connector"),
         )
         .watches_shared_stream(
@@ -221,15 +201,60 @@ fn run_connectors(
             move |vnet: Arc<VirtualNetwork>| {
                 in_network(&store, &vnet, |c| c.spec.virtual_network_ref.as_ref())
             },
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(
-            reconciles.measured("WARPConnector", warp_controller::reconcile_connector),
-            crate::controller::error_policy,
-            context,
-        )
-        .for_each(|_| async {})
-        .boxed()
+        );
+    objects.run(
+        controller,
+        "WARPConnector",
+        warp_controller::reconcile_connector,
+    )
+}
+
+/// The shutdown signal, shared by every controller.
+type Shutdown = Shared<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>;
+
+/// What the controllers of single objects (WARPConnector, VirtualNetwork,
+/// NetworkRoute, DNSRecord) run with.
+struct Objects {
+    client: Client,
+    context: Arc<objects::Context>,
+    reconciles: Arc<ReconcileMetrics>,
+    shutdown: Shutdown,
+}
+
+impl Objects {
+    /// A controller of every `K` (its own watch), and its store.
+    fn controller<K: Watched>(&self) -> (Controller<K>, Store<K>) {
+        let controller = Controller::new(
+            Api::<K>::all(self.client.clone()),
+            watcher::Config::default(),
+        );
+        let store = controller.store();
+        (controller, store)
+    }
+
+    /// Runs `controller` until shutdown, every pass measured as `kind`.
+    fn run<K, R, Fut, E>(
+        &self,
+        controller: Controller<K>,
+        kind: &'static str,
+        reconcile: R,
+    ) -> BoxFuture<'static, ()>
+    where
+        K: Watched,
+        R: Fn(Arc<K>, Arc<objects::Context>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<kube::runtime::controller::Action, Failed<E>>> + Send + 'static,
+        E: crate::controller::Retry + std::error::Error + Send + 'static,
+    {
+        controller
+            .graceful_shutdown_on(self.shutdown.clone())
+            .run(
+                self.reconciles.measured(kind, reconcile),
+                crate::controller::error_policy,
+                self.context.clone(),
+            )
+            .for_each(|_| async {})
+            .boxed()
+    }
 }
 
 /// The objects of `store` that name `vnet`, woken when it changes.
@@ -251,18 +276,8 @@ where
 
 /// `NetworkRoute`s, woken when the tunnel object or virtual network they
 /// name changes.
-fn run_network_routes(
-    client: &Client,
-    watches: &Watches,
-    context: Arc<objects::Context>,
-    reconciles: Arc<ReconcileMetrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> BoxFuture<'static, ()> {
-    let controller = Controller::new(
-        Api::<NetworkRoute>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let store = controller.store();
+fn run_network_routes(objects: &Objects, watches: &Watches) -> BoxFuture<'static, ()> {
+    let (controller, store) = objects.controller::<NetworkRoute>();
     let vnet_store = store.clone();
     let routes_of = move |kind: TunnelRefKind, namespace: Option<String>, name: String| {
         store
@@ -272,7 +287,7 @@ fn run_network_routes(
             .map(|r| ObjectRef::from_obj(&**r))
             .collect::<Vec<_>>()
     };
-    controller
+    let controller = controller
         .watches_shared_stream(watches.tunnels.touched(), {
             let routes_of = routes_of.clone();
             move |tunnel: Arc<Tunnel>| {
@@ -290,30 +305,13 @@ fn run_network_routes(
             move |vnet: Arc<VirtualNetwork>| {
                 in_network(&vnet_store, &vnet, |r| r.spec.virtual_network_ref.as_ref())
             },
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(
-            reconciles.measured("NetworkRoute", route_controller::reconcile),
-            crate::controller::error_policy,
-            context,
-        )
-        .for_each(|_| async {})
-        .boxed()
+        );
+    objects.run(controller, "NetworkRoute", route_controller::reconcile)
 }
 
 /// `DNSRecord`s, woken when their Service, Ingress or Node changes.
-fn run_dns_records(
-    client: &Client,
-    watches: &Watches,
-    context: Arc<objects::Context>,
-    reconciles: Arc<ReconcileMetrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> BoxFuture<'static, ()> {
-    let controller = Controller::new(
-        Api::<DNSRecord>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let store = controller.store();
+fn run_dns_records(objects: &Objects, watches: &Watches) -> BoxFuture<'static, ()> {
+    let (controller, store) = objects.controller::<DNSRecord>();
     let records_of = move |source: dns_controller::Source| {
         store
             .state()
@@ -322,7 +320,7 @@ fn run_dns_records(
             .map(|r| ObjectRef::from_obj(&**r))
             .collect::<Vec<_>>()
     };
-    controller
+    let controller = controller
         .watches_shared_stream(watches.services.applied(), {
             let records_of = records_of.clone();
             move |service: Arc<Service>| {
@@ -342,22 +340,15 @@ fn run_dns_records(
             }
         })
         .watches(
-            Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()),
+            Api::<k8s_openapi::api::core::v1::Node>::all(objects.client.clone()),
             watcher::Config::default(),
             move |node: k8s_openapi::api::core::v1::Node| {
                 records_of(dns_controller::Source::Node {
                     name: node.name_any(),
                 })
             },
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(
-            reconciles.measured("DNSRecord", dns_controller::reconcile),
-            crate::controller::error_policy,
-            context,
-        )
-        .for_each(|_| async {})
-        .boxed()
+        );
+    objects.run(controller, "DNSRecord", dns_controller::reconcile)
 }
 
 /// Maps changes of sources and backends to the tunnels they concern.

@@ -11,6 +11,7 @@
 //! falls more than `BUFFER` objects behind misses the oldest wakes: the
 //! objects they concern are reconciled again at the next resync.
 
+use std::fmt::Debug;
 use std::sync::Arc;
 
 use futures::StreamExt;
@@ -20,7 +21,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::reflector::{self, ReflectHandle, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource};
+use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use super::sources::HttpRoute;
@@ -39,16 +41,18 @@ pub struct Watch<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
     run: BoxFuture<'static, ()>,
 }
 
-impl<K> Watch<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+/// A kind a controller can watch (and run on).
+pub trait Watched:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync
 {
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync
+{
+}
+
+impl<K: Watched> Watch<K> {
     /// Watches every object of `api`; raises `listed` (when given) once the
     /// store holds a full list.
     pub fn new(api: Api<K>, listed: Option<tokio::sync::watch::Sender<bool>>) -> Self {
