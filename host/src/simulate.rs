@@ -10,10 +10,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use crate::domains::cloudflare::plan as tunnel_plan;
 use crate::domains::cloudflare::sources::{self as tunnel_sources, Backends, TunnelKey};
+use crate::domains::cloudflare::tunnel_plan::{self, Observed, plan_tunnel};
 use crate::domains::cloudflare::types::{
-    ClusterTunnel, GROUP as CLOUDFLARE_GROUP, Tunnel, TunnelSpec,
+    ClusterTunnel, GROUP as CLOUDFLARE_GROUP, Tunnel, TunnelObject,
 };
 use crate::domains::ipam::plan::{overlapping_pool, plan_pool};
 use crate::domains::ipam::types::{ADDRESS_ANNOTATION, IPAllocation, IPPool};
@@ -24,7 +24,7 @@ use crate::domains::tke_clb::types::{
     DedicatedCLBListener, DedicatedCLBListenerStatus, DedicatedCLBService, ListenerState,
     MISSPELLED_VERSION,
 };
-use crate::runtime::{Registry, World};
+use crate::runtime::Registry;
 
 /// The manifests read: known kinds parsed, the rest named so the user sees
 /// what was ignored.
@@ -191,44 +191,104 @@ pub fn simulate(manifests: &Manifests, registry: &Registry, seed: u64) -> Vec<(S
             namespace: tunnel.namespace().unwrap_or_else(|| "default".into()),
             name: tunnel.name_any(),
         };
-        out.extend(simulate_tunnel(
-            &key,
-            &tunnel.spec,
-            tunnel.annotations(),
-            manifests,
-            registry,
-        ));
+        out.extend(simulate_tunnel(&key, tunnel, manifests, registry, &now));
     }
     for tunnel in &manifests.cluster_tunnels {
         let key = TunnelKey::Cluster {
             name: tunnel.name_any(),
         };
-        let spec: TunnelSpec = tunnel.spec.clone().into();
-        out.extend(simulate_tunnel(
-            &key,
-            &spec,
-            tunnel.annotations(),
-            manifests,
-            registry,
-        ));
+        out.extend(simulate_tunnel(&key, tunnel, manifests, registry, &now));
     }
     out
 }
 
-/// A tunnel planned over the Ingresses and HTTPRoutes of the input: the
+/// A tunnel planned by the controller's own `plan_tunnel` over the
+/// Ingresses and HTTPRoutes of the input, as if its Cloudflare tunnel
+/// existed (`<id of tunnel …>`, as IDs are only known to Cloudflare): the
 /// cloudflared configuration it would put, the DNS records it would make,
-/// and each source's verdict. Backends are taken as ready (no endpoints are
-/// known offline); a Service the input lacks is taken to exist.
-fn simulate_tunnel(
+/// each source's verdict, and the status it would write. Backends are taken
+/// as ready (no endpoints are known offline); a Service the input lacks is
+/// taken to exist.
+fn simulate_tunnel<K: TunnelObject>(
     key: &TunnelKey,
-    spec: &TunnelSpec,
-    annotations: &std::collections::BTreeMap<String, String>,
+    object: &K,
     manifests: &Manifests,
     registry: &Registry,
+    now: &Time,
 ) -> Vec<(String, Value)> {
-    use crate::domains::cloudflare::tunnel_controller::{
-        DEFAULT_MAPPER, MAPPER_ANNOTATION, plugin_config,
+    let spec = object.tunnel_spec();
+    let tunnel_name = spec
+        .new_tunnel
+        .as_ref()
+        .map(|t| t.name.clone())
+        .or_else(|| {
+            spec.existing_tunnel
+                .as_ref()
+                .and_then(|t| t.name.clone().or(t.id.clone()))
+        })
+        .unwrap_or_default();
+    let tunnel_id = format!("<id of tunnel {tunnel_name}>");
+    let mut status = object.tunnel_status().cloned().unwrap_or_default();
+    tunnel_plan::serving(
+        &mut status,
+        &tunnel_id,
+        &tunnel_name,
+        &spec.cloudflare.account_id,
+    );
+    let observed = Observed {
+        object: Arc::new(object.clone()),
+        key: key.clone(),
+        tunnel_id,
+        tunnel_name: tunnel_name.clone(),
+        status,
+        bound: bind_offline(key, manifests),
+        resync: std::time::Duration::ZERO,
+        now: now.clone(),
     };
+    let plan = plan_tunnel(&observed, registry);
+    let mut metadata = json!({ "name": key.name() });
+    if let Some(namespace) = key.namespace() {
+        metadata["namespace"] = json!(namespace);
+    }
+    let kind = K::kind(&());
+    let status = (
+        format!("status: {key}"),
+        json!({"apiVersion": format!("{CLOUDFLARE_GROUP}/v1alpha2"), "kind": kind,
+               "metadata": metadata, "status": plan.status}),
+    );
+    if let Some(refusal) = &plan.refusal {
+        tracing::warn!(tunnel = %key, reason = refusal.reason, "not planned: {}", refusal.message);
+        return vec![status];
+    }
+    let records = plan
+        .dns
+        .iter()
+        .map(|name| json!({"name": name, "type": "CNAME", "content": plan.cname_target, "proxied": true}))
+        .collect();
+    let sources = plan
+        .sources
+        .iter()
+        .map(|s| json!({"source": s.reference.to_string(), "accepted": s.accepted, "reason": s.reason, "message": s.message}))
+        .collect();
+    vec![
+        (
+            format!("cloudflare: configuration of {key} (tunnel {tunnel_name})"),
+            json!({ "config": plan.config }),
+        ),
+        (
+            format!(
+                "cloudflare: DNS records in {}",
+                spec.cloudflare.domain.clone().unwrap_or_default()
+            ),
+            Value::Array(records),
+        ),
+        (format!("sources of {key}"), Value::Array(sources)),
+        status,
+    ]
+}
+
+/// The sources bound to a tunnel in the input.
+fn bind_offline(key: &TunnelKey, manifests: &Manifests) -> Vec<tunnel_sources::Bound> {
     let exists = |k: &TunnelKey| match k {
         TunnelKey::Namespaced { namespace, name } => manifests
             .tunnels
@@ -254,73 +314,13 @@ fn simulate_tunnel(
         ready: &ready,
         assume_missing_ready: true,
     };
-    let bound = tunnel_sources::bind(
+    tunnel_sources::bind(
         key,
         manifests.ingresses.iter(),
         manifests.http_routes.iter(),
         &exists,
         &backends,
-    );
-    let request = tunnel_plan::mapper_request(key, spec, &bound);
-    let plugin_name = annotations
-        .get(MAPPER_ANNOTATION)
-        .map(String::as_str)
-        .unwrap_or(DEFAULT_MAPPER);
-    let mapping = registry
-        .get_world(plugin_name, World::TunnelMapper)
-        .map_err(|e| e.to_string())
-        .and_then(|plugin| {
-            plugin
-                .map_tunnel(&request, &plugin_config(annotations))
-                .map_err(|e| e.to_string())?
-        });
-    let mapping = match mapping {
-        Ok(mapping) => mapping,
-        Err(why) => {
-            tracing::warn!(tunnel = %key, "not planned: {why}");
-            return Vec::new();
-        }
-    };
-    let tunnel_name = spec
-        .new_tunnel
-        .as_ref()
-        .map(|t| t.name.clone())
-        .or_else(|| {
-            spec.existing_tunnel
-                .as_ref()
-                .and_then(|t| t.name.clone().or(t.id.clone()))
-        })
-        .unwrap_or_default();
-    let target = format!("<id of tunnel {tunnel_name}>.cfargotunnel.com");
-    let config = tunnel_plan::tunnel_config(spec, &mapping);
-    let mut out = vec![(
-        format!("cloudflare: configuration of {key} (tunnel {tunnel_name})"),
-        json!({ "config": config }),
-    )];
-    out.push((
-        format!("cloudflare: DNS records in {}", spec.cloudflare.domain.clone().unwrap_or_default()),
-        Value::Array(
-            mapping
-                .dns
-                .iter()
-                .map(|name| json!({"name": name, "type": "CNAME", "content": target, "proxied": true}))
-                .collect(),
-        ),
-    ));
-    let verdicts = tunnel_plan::verdicts(&bound, &mapping);
-    out.push((
-        format!("sources of {key}"),
-        Value::Array(
-            bound
-                .iter()
-                .map(|b| {
-                    let (accepted, reason, message) = tunnel_plan::verdict_reason(&verdicts[&b.reference]);
-                    json!({"source": b.reference.to_string(), "accepted": accepted, "reason": reason, "message": message})
-                })
-                .collect(),
-        ),
-    ));
-    out
+    )
 }
 
 /// A `DedicatedCLBService` planned by the controller's own `plan_service`,

@@ -166,6 +166,83 @@ spec:
     assert!(output.contains("reason: AllBound"), "{output}");
 }
 
+/// The same for a tunnel: the status its controller would write, with the
+/// counts and the `Ready` condition; a mapper that is not there says so.
+#[test]
+fn simulate_prints_the_tunnel_status_the_controller_would_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = "apiVersion: networking.cloudflare-operator.io/v1alpha2
+kind: Tunnel
+metadata: {name: edge, namespace: web}
+spec:
+  newTunnel: {name: web-edge}
+  cloudflare: {accountId: acc, domain: example.com, secret: cf}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: shop, namespace: web, annotations: {cf-operator.io/tunnel: edge}}
+spec:
+  ingressClassName: cloudflare-tunnel
+  rules:
+  - host: shop.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: shop, port: {number: 80}}}}
+";
+    let path = dir.path().join("tunnel.yaml");
+    std::fs::write(&path, manifest).unwrap();
+    let tunnel_status = |output: &str| {
+        let documents: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(output)
+            .map(|d| serde::Deserialize::deserialize(d).unwrap())
+            .collect();
+        documents
+            .into_iter()
+            .find(|d| d["kind"] == "Tunnel")
+            .unwrap_or_else(|| panic!("no Tunnel status in {output}"))["status"]
+            .clone()
+    };
+    let output = stdout(&knit(&["simulate", "-f", path.to_str().unwrap()]));
+    let status = tunnel_status(&output);
+    assert_eq!(
+        (&status["state"], &status["routes"], &status["sources"]),
+        (&"active".into(), &1.into(), &1.into()),
+        "{output}"
+    );
+    assert_eq!(
+        status["plugin"],
+        format!("tunnel-mapper@{}", env!("CARGO_PKG_VERSION"))
+    );
+    let ready = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap();
+    assert_eq!(
+        (&ready["status"], &ready["reason"]),
+        (&"True".into(), &"Active".into()),
+        "{output}"
+    );
+    // A mapper that is not there: no configuration, and the status says why.
+    let missing = manifest.replace(
+        "metadata: {name: edge, namespace: web}",
+        "metadata: {name: edge, namespace: web, annotations: {knit.dev/tunnel-mapper: nowhere}}",
+    );
+    std::fs::write(&path, missing).unwrap();
+    let output = stdout(&knit(&["simulate", "-f", path.to_str().unwrap()]));
+    assert!(!output.contains("config:"), "{output}");
+    let ready = &tunnel_status(&output)["conditions"][0];
+    assert_eq!(
+        (&ready["type"], &ready["status"], &ready["reason"]),
+        (
+            &"Ready".into(),
+            &"False".into(),
+            &"PluginUnavailable".into()
+        ),
+        "{output}"
+    );
+}
+
 #[test]
 fn simulate_maps_the_seed_ingresses_and_http_route_to_tunnel_rules() {
     let output = stdout(&knit(&["simulate", "-f", "examples/cloudflare"]));

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use kube::ResourceExt;
 
-use crate::domains::cloudflare::types::{ClusterTunnel, Tunnel};
+use crate::domains::cloudflare::types::TunnelObject;
 use crate::domains::ipam::types::IPPool;
 use crate::domains::tke_clb::types::DedicatedCLBService;
 use crate::runtime::{CallError, Plugin, Registry, World};
@@ -61,17 +61,8 @@ impl Decided for DedicatedCLBService {
     }
 }
 
-impl Decided for Tunnel {
-    const WORLD: World = World::TunnelMapper;
-    fn plugin_name(&self) -> &str {
-        annotated(self.annotations(), MAPPER_ANNOTATION, DEFAULT_MAPPER)
-    }
-    fn plugin_config(&self) -> Vec<(String, String)> {
-        prefixed(self.annotations(), MAPPER_CONFIG_PREFIX)
-    }
-}
-
-impl Decided for ClusterTunnel {
+/// `Tunnel` and `ClusterTunnel` alike.
+impl<T: TunnelObject> Decided for T {
     const WORLD: World = World::TunnelMapper;
     fn plugin_name(&self) -> &str {
         annotated(self.annotations(), MAPPER_ANNOTATION, DEFAULT_MAPPER)
@@ -267,6 +258,31 @@ mod tests {
         assert_eq!(
             service.plugin_config(),
             [("spread".to_string(), "uniform".to_string())]
+        );
+    }
+
+    #[test]
+    fn tunnels_of_both_kinds_name_their_mapper_and_its_configuration_by_annotation() {
+        use crate::domains::cloudflare::types::{ClusterTunnel, Tunnel};
+        let spec = serde_json::json!({"newTunnel": {"name": "t"},
+            "cloudflare": {"accountId": "a", "secret": "s"}});
+        let annotations = serde_json::json!({
+            MAPPER_ANNOTATION: "mine", "tunnel.knit.dev/x": "y", "clb.knit.dev/spread": "no"});
+        let tunnel: Tunnel = serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "Tunnel",
+            "metadata": {"name": "t", "namespace": "n"}, "spec": spec,
+        }))
+        .expect("a tunnel");
+        assert_eq!(tunnel.plugin_name(), DEFAULT_MAPPER);
+        let cluster: ClusterTunnel = serde_json::from_value(serde_json::json!({
+            "apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "ClusterTunnel",
+            "metadata": {"name": "t", "annotations": annotations}, "spec": spec,
+        }))
+        .expect("a cluster tunnel");
+        assert_eq!(cluster.plugin_name(), "mine");
+        assert_eq!(
+            cluster.plugin_config(),
+            [("x".to_string(), "y".to_string())]
         );
     }
 }

@@ -14,10 +14,12 @@ use kube::runtime::controller::Action;
 use kube::{Client, ResourceExt};
 
 use super::dns_record;
+use super::dns_sync::{delete_owned_records, owned_records};
+use super::error::Error;
 use super::objects::{Context, Refusal, readiness, refusal};
-use super::tunnel_controller::{Error, delete_owned_records, owned_records};
+use super::plan::OwnerMarker;
 use super::types::{
-    DNSRecord, DNSRecordStatus, DnsRecordState, DnsSourceRef, SourceDeletionPolicy,
+    DNSRecord, DNSRecordStatus, DnsRecordState, DnsRecordType, DnsSourceRef, SourceDeletionPolicy,
 };
 use crate::providers::cloudflare as api;
 
@@ -103,14 +105,71 @@ async fn serve(
         return Ok(Err(("InvalidSpec", "cloudflare.domain is required".into())));
     };
 
-    // What to publish. A missing source's records go (or stay, with
-    // Orphan); a source without addresses yet changes nothing.
+    let (contents, source_gone) = match contents(record, ctx, &namespace).await? {
+        Ok(found) => found,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    status.resolved_type = contents.first().map(|(t, _)| t.as_str().to_owned());
+    status.resolved_content = contents.first().map(|(_, c)| c.clone());
+    status.resolved_addresses = contents.iter().map(|(_, c)| c.clone()).collect();
+
+    let client = ctx
+        .accounts
+        .client_for(&spec.cloudflare, Some(&namespace))
+        .await?;
+    let account = spec.cloudflare.account_id.as_str();
+    let zone_id = ctx.accounts.zone_id(&client, account, domain).await?;
+    let marker = ctx.marker(&owner(record));
+    // Moved to another zone: the old zone's records go first.
+    if let Some(old) = status.zone_id.clone().filter(|old| *old != zone_id) {
+        delete_owned_records(&client, &old, &marker).await?;
+        status.managed_record_ids.clear();
+    }
+    let fqdn = dns_record::fqdn(&spec.name, domain);
+    status.zone_id = Some(zone_id.clone());
+    status.fqdn = Some(fqdn.clone());
+
+    let wanted = dns_record::wanted_records(spec, &fqdn, &contents, &marker, &owner(record));
+    let owned = owned_records(&client, &zone_id, &marker).await?;
+    if let Some(refusal) = held_by_another(&client, &zone_id, &fqdn, &marker, &wanted).await? {
+        return Ok(Err(refusal));
+    }
+
+    let (ids, refused) = write_records(&client, &zone_id, &owned, &wanted).await?;
+    status.record_id = ids.first().cloned();
+    status.managed_record_ids = ids;
+    if !refused.is_empty() {
+        return Ok(Err(("RecordRefused", refused.join(", "))));
+    }
+    if let Some(what) = source_gone {
+        return Ok(Err((
+            "SourceNotFound",
+            format!("{what} not found; its records were deleted"),
+        )));
+    }
+    Ok(Ok(format!(
+        "{fqdn}: {} record(s) {}",
+        wanted.len(),
+        status.resolved_addresses.join(", ")
+    )))
+}
+
+/// What to publish: the static content, or the source's addresses. A
+/// missing source's records go (its name is returned with nothing to
+/// publish) or stay (with Orphan, a refusal); a source without addresses
+/// yet changes nothing.
+async fn contents(
+    record: &DNSRecord,
+    ctx: &Context,
+    namespace: &str,
+) -> Result<Result<(Vec<(DnsRecordType, String)>, Option<String>), Refusal>, Error> {
+    let spec = &record.spec;
     let mut source_gone = None;
     let contents = match &spec.source_ref {
         None => dns_record::static_content(spec),
         Some(source) => {
-            let what = source_name(&namespace, source);
-            match source_addresses(&ctx.client, &namespace, source).await? {
+            let what = source_name(namespace, source);
+            match source_addresses(&ctx.client, namespace, source).await? {
                 None => {
                     if spec.source_deletion_policy == SourceDeletionPolicy::Orphan {
                         return Ok(Err((
@@ -138,33 +197,23 @@ async fn serve(
             }
         }
     };
-    status.resolved_type = contents.first().map(|(t, _)| t.as_str().to_owned());
-    status.resolved_content = contents.first().map(|(_, c)| c.clone());
-    status.resolved_addresses = contents.iter().map(|(_, c)| c.clone()).collect();
+    Ok(Ok((contents, source_gone)))
+}
 
-    let client = ctx
-        .accounts
-        .client_for(&spec.cloudflare, Some(&namespace))
-        .await?;
-    let account = spec.cloudflare.account_id.as_str();
-    let zone_id = ctx.accounts.zone_id(&client, account, domain).await?;
-    let marker = ctx.marker(&owner(record));
-    // Moved to another zone: the old zone's records go first.
-    if let Some(old) = status.zone_id.clone().filter(|old| *old != zone_id) {
-        delete_owned_records(&client, &old, &marker).await?;
-        status.managed_record_ids.clear();
-    }
-    let fqdn = dns_record::fqdn(&spec.name, domain);
-    status.zone_id = Some(zone_id.clone());
-    status.fqdn = Some(fqdn.clone());
-
-    let wanted = dns_record::wanted_records(spec, &fqdn, &contents, &marker, &owner(record));
-    let owned = owned_records(&client, &zone_id, &marker).await?;
+/// A record at `fqdn` that knit does not own (for this DNSRecord) and that
+/// the wanted ones would clash with: left alone, and said so.
+async fn held_by_another(
+    client: &api::CloudflareClient,
+    zone: &str,
+    fqdn: &str,
+    marker: &OwnerMarker,
+    wanted: &[api::NewDnsRecord],
+) -> Result<Option<Refusal>, Error> {
     let at_name = client
         .list_dns_records(
-            &zone_id,
+            zone,
             &api::DnsFilter {
-                name: Some(fqdn.clone()),
+                name: Some(fqdn.to_owned()),
                 ..Default::default()
             },
         )
@@ -173,12 +222,12 @@ async fn serve(
         .into_iter()
         .filter(|r| !marker.owns(r.comment.as_deref()))
         .collect();
-    if let Some(other) = dns_record::blocking(&foreign, &wanted) {
+    if let Some(other) = dns_record::blocking(&foreign, wanted) {
         let holder = match other.comment.as_deref() {
             Some(comment) if comment.starts_with("knit:") => format!(" ({comment})"),
             _ => String::new(),
         };
-        return Ok(Err((
+        return Ok(Some((
             "RecordNotOwned",
             format!(
                 "{fqdn} already has a record of type {} that this DNSRecord does not own{holder}; it is left alone",
@@ -186,10 +235,20 @@ async fn serve(
             ),
         )));
     }
+    Ok(None)
+}
 
-    let changes = dns_record::record_changes(&owned, &wanted);
+/// Brings the owned records to `wanted`; returns the IDs of the records
+/// owned after, and what Cloudflare refused.
+async fn write_records(
+    client: &api::CloudflareClient,
+    zone: &str,
+    owned: &[api::DnsRecord],
+    wanted: &[api::NewDnsRecord],
+) -> Result<(Vec<String>, Vec<String>), Error> {
+    let changes = dns_record::record_changes(owned, wanted);
     for stale in &changes.delete {
-        client.delete_dns_record(&zone_id, &stale.id).await?;
+        client.delete_dns_record(zone, &stale.id).await?;
     }
     let mut ids: Vec<String> = owned
         .iter()
@@ -204,8 +263,8 @@ async fn serve(
         .chain(changes.create.iter().map(|want| (None, want)));
     for (id, want) in writes {
         let written = match id {
-            Some(id) => client.update_dns_record(&zone_id, id, want).await,
-            None => client.create_dns_record(&zone_id, want).await,
+            Some(id) => client.update_dns_record(zone, id, want).await,
+            None => client.create_dns_record(zone, want).await,
         };
         match written {
             Ok(record) if !ids.contains(&record.id) => ids.push(record.id),
@@ -217,22 +276,7 @@ async fn serve(
             Err(e) => return Err(e.into()),
         }
     }
-    status.record_id = ids.first().cloned();
-    status.managed_record_ids = ids;
-    if !refused.is_empty() {
-        return Ok(Err(("RecordRefused", refused.join(", "))));
-    }
-    if let Some(what) = source_gone {
-        return Ok(Err((
-            "SourceNotFound",
-            format!("{what} not found; its records were deleted"),
-        )));
-    }
-    Ok(Ok(format!(
-        "{fqdn}: {} record(s) {}",
-        wanted.len(),
-        status.resolved_addresses.join(", ")
-    )))
+    Ok((ids, refused))
 }
 
 /// Deletes every record the object owns, whatever `sourceDeletionPolicy`

@@ -6,8 +6,19 @@
 //!   into the `tunnel-mapper` plugin's request (pure);
 //! - `plan`: the cloudflared configuration, DNS changes, Deployment and what
 //!   each source is told (pure);
-//! - `tunnel_controller`: `Tunnel`/`ClusterTunnel` → Cloudflare tunnel,
-//!   configuration, DNS, cloudflared, source status;
+//! - `tunnel_plan`: one pass over a tunnel object, planned: `plan_tunnel`
+//!   → `TunnelPlan` (the mapper's decision through the controller kit, the
+//!   configuration, DNS names, what each source is told, the status); the
+//!   controller and `knit simulate` both use it (pure);
+//! - `tunnel_controller`: `Tunnel`/`ClusterTunnel` → observe (the tunnel
+//!   found or made, the bound sources), `plan_tunnel`, act (token,
+//!   cloudflared, configuration, DNS, source status, status);
+//! - `context`: the tunnel controller's `Context` and `Bindings`;
+//! - `error`: the Cloudflare controllers' `Error` and `failure_reason`;
+//! - `workload`: cloudflared's token Secret and the deletion of its
+//!   Deployment and Secret (tunnels and WARP connectors);
+//! - `dns_sync`: a tunnel's owned DNS records, synced and deleted;
+//! - `source_status`: Ingress and HTTPRoute status and Events;
 //! - `warp_controller`: `WARPConnector` → connector tunnel, cloudflared,
 //!   Zero Trust routes; `VirtualNetwork` → virtual network;
 //! - `route_controller`: `NetworkRoute` → one Zero Trust route through a
@@ -15,43 +26,57 @@
 //! - `dns_record` (pure) and `dns_controller`: `DNSRecord` → DNS records
 //!   with static content or a Service's, Ingress's or Node's addresses;
 //! - `objects`: what the controllers of single objects share;
+//! - `watches`: one watch per kind, shared by the controllers that need it;
 //! - `account`: settings, credentials and clients.
 
 pub mod account;
+pub mod context;
 pub mod dns_controller;
 pub mod dns_record;
+pub mod dns_sync;
+pub mod error;
 pub mod objects;
 pub mod plan;
 pub mod route_controller;
+pub mod source_status;
 pub mod sources;
 pub mod tunnel_controller;
+pub mod tunnel_plan;
 pub mod types;
 pub mod warp_controller;
+pub mod watches;
+pub mod workload;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use std::future::Future;
+use std::pin::Pin;
+
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::{self, ObjectRef, ReflectHandle, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
+use watches::{Watch, Watched, Watches};
 
-use crate::controller::{CachesReady, mark_listed};
+use crate::controller::Failed;
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use account::{Accounts, CloudflareSettings};
+use context::Context;
 use sources::{HttpRoute, SourceKindKey, SourceRef, TunnelKey};
-use tunnel_controller::{Context, TunnelObject};
 use types::{
-    ClusterTunnel, DNSRecord, NetworkRoute, Tunnel, TunnelRefKind, VirtualNetwork, WARPConnector,
+    ClusterTunnel, DNSRecord, NetworkRoute, Tunnel, TunnelObject, TunnelRefKind, VirtualNetwork,
+    WARPConnector,
 };
 
-/// Runs the tunnel controllers until `shutdown` resolves (then finishes the
-/// passes in flight). Ingresses, HTTPRoutes, Services and EndpointSlices are
-/// watched once and shared by both.
+/// Runs the Cloudflare controllers until `shutdown` resolves (then finishes
+/// the passes in flight). Each kind is watched once (`watches`) and shared
+/// by the controllers that need it.
 pub async fn run(
     client: Client,
     registry: Arc<Registry>,
@@ -59,197 +84,176 @@ pub async fn run(
     reconciles: Arc<ReconcileMetrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    let recorder = crate::controller::recorder(client.clone());
-    let mut caches = CachesReady::default();
-
-    let (ingresses, ingress_events, ingress_watch) =
-        shared_watch(Api::<Ingress>::all(client.clone()), &mut caches);
-    let (services, service_events, service_watch) =
-        shared_watch(Api::<Service>::all(client.clone()), &mut caches);
-    let (slices, slice_events, slice_watch) =
-        shared_watch(Api::<EndpointSlice>::all(client.clone()), &mut caches);
-    // HTTPRoutes only when the Gateway API is installed.
-    let gateway_api = gateway_api_installed(&client).await;
-    if !gateway_api {
-        tracing::info!("the Gateway API is not installed: HTTPRoutes are not served");
-    }
-    let (routes, route_events, route_watch) = if gateway_api {
-        let (routes, events, watch) =
-            shared_watch(Api::<HttpRoute>::all(client.clone()), &mut caches);
-        (routes, Some(events), Some(watch))
-    } else {
-        let (reader, _) = reflector::store_shared::<HttpRoute>(1);
-        (reader, None, None)
+    let shutdown: Shutdown = {
+        let shutdown: Pin<Box<dyn Future<Output = ()> + Send + Sync>> = Box::pin(shutdown);
+        shutdown.shared()
     };
-
-    let tunnel_controller = Controller::new(
-        Api::<Tunnel>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let tunnels = tunnel_controller.store();
-    let cluster_controller = Controller::new(
-        Api::<ClusterTunnel>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let cluster_tunnels = cluster_controller.store();
-
+    let watches = Watches::new(&client).await;
     let accounts = Arc::new(Accounts::new(client.clone(), settings));
-    let warp_context = Arc::new(objects::Context {
+    let objects = Objects {
         client: client.clone(),
-        accounts: accounts.clone(),
-    });
-    let connectors = Controller::new(
-        Api::<WARPConnector>::all(client.clone()),
-        watcher::Config::default(),
+        context: Arc::new(objects::Context {
+            client: client.clone(),
+            accounts: accounts.clone(),
+        }),
+        reconciles: reconciles.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let connectors = run_connectors(&objects, &watches);
+    let networks = objects.run(
+        Controller::for_shared_stream(watches.networks.applied(), watches.networks.store.clone()),
+        "VirtualNetwork",
+        warp_controller::reconcile_network,
     );
-    let connector_store = connectors.store();
-    let connectors = connectors
-        .owns(
-            Api::<k8s_openapi::api::apps::v1::Deployment>::all(client.clone()),
-            watcher::Config::default().labels("app.kubernetes.io/name=cloudflared-warp-connector"),
-        )
-        .watches(
-            Api::<VirtualNetwork>::all(client.clone()),
-            watcher::Config::default(),
-            move |vnet: VirtualNetwork| {
-                in_network(&connector_store, &vnet, |c| {
-                    c.spec.virtual_network_ref.as_ref()
-                })
-            },
-        )
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            reconciles.measured("WARPConnector", warp_controller::reconcile_connector),
-            crate::controller::error_policy,
-            warp_context.clone(),
-        )
-        .for_each(|_| async {});
-    let networks = Controller::new(
-        Api::<VirtualNetwork>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .graceful_shutdown_on(shutdown.clone())
-    .run(
-        reconciles.measured("VirtualNetwork", warp_controller::reconcile_network),
-        crate::controller::error_policy,
-        warp_context.clone(),
-    )
-    .for_each(|_| async {});
-    let network_routes = run_network_routes(
-        &client,
-        warp_context.clone(),
-        reconciles.clone(),
-        shutdown.clone(),
-    );
-    let dns_records = run_dns_records(
-        &client,
-        warp_context,
-        reconciles.clone(),
-        ingress_events.clone(),
-        service_events.clone(),
-        shutdown.clone(),
-    );
+    let network_routes = run_network_routes(&objects, &watches);
+    let dns_records = run_dns_records(&objects, &watches);
 
     let context = Arc::new(Context {
         client: client.clone(),
         registry: registry.clone(),
         accounts,
-        tunnels: tunnels.clone(),
-        cluster_tunnels,
-        ingresses: ingresses.clone(),
-        routes: routes.clone(),
-        services: services.clone(),
-        slices: slices.clone(),
-        recorder,
-        caches,
+        tunnels: watches.tunnels.store.clone(),
+        cluster_tunnels: watches.cluster_tunnels.store.clone(),
+        ingresses: watches.ingresses.store.clone(),
+        routes: watches.route_store(),
+        services: watches.services.store.clone(),
+        slices: watches.slices.store.clone(),
+        recorder: crate::controller::recorder(client.clone()),
+        caches: watches.caches.clone(),
         bindings: Default::default(),
         told: Default::default(),
         dns_synced: Default::default(),
     });
-
     // Which tunnels a change of a source or a backend wakes: the one it
     // names now and the one it was bound to.
     let wake = Arc::new(Waker {
         context: context.clone(),
     });
+    let namespaced = run_controller(
+        tunnel_controller(&watches.tunnels, &watches, wake.clone(), Waker::namespaced),
+        context.clone(),
+        reconciles.clone(),
+        "Tunnel",
+        &registry,
+        shutdown.clone(),
+    );
+    let cluster = run_controller(
+        tunnel_controller(&watches.cluster_tunnels, &watches, wake, Waker::cluster),
+        context,
+        reconciles,
+        "ClusterTunnel",
+        &registry,
+        shutdown,
+    );
+
+    tokio::select! {
+        _ = async { tokio::join!(namespaced, cluster, connectors, networks, network_routes, dns_records) } => {}
+        _ = watches.run() => {}
+    }
+}
+
+/// A tunnel controller of kind `K`, woken by its own objects and by the
+/// sources and backends of its tunnels; `of_kind` keeps the tunnels of
+/// kind `K`.
+fn tunnel_controller<K: TunnelObject>(
+    own: &Watch<K>,
+    watches: &Watches,
+    wake: Arc<Waker>,
+    of_kind: fn(Vec<TunnelKey>) -> Vec<ObjectRef<K>>,
+) -> Controller<K> {
     let config = kube::runtime::controller::Config::default()
         // Sources created together make one configuration PUT, not one each.
         .debounce(std::time::Duration::from_millis(500));
-
-    let namespaced = {
-        let mut controller = tunnel_controller
-            .with_config(config.clone())
-            .watches_shared_stream(ingress_events.clone(), {
-                let wake = wake.clone();
-                move |ingress: Arc<Ingress>| wake.namespaced(wake.for_ingress(&ingress))
-            })
-            .watches_shared_stream(service_events.clone(), {
-                let wake = wake.clone();
-                move |service: Arc<Service>| wake.namespaced(wake.for_service(&service))
-            })
-            .watches_shared_stream(slice_events.clone(), {
-                let wake = wake.clone();
-                move |slice: Arc<EndpointSlice>| wake.namespaced(wake.for_slice(&slice))
-            });
-        if let Some(events) = route_events.clone() {
+    let mut controller = Controller::for_shared_stream(own.applied(), own.store.clone())
+        .with_config(config)
+        .watches_shared_stream(watches.ingresses.applied(), {
             let wake = wake.clone();
-            controller = controller.watches_shared_stream(events, move |route: Arc<HttpRoute>| {
-                wake.namespaced(wake.for_route(&route))
-            });
-        }
-        run_controller(
-            controller,
-            context.clone(),
-            reconciles.clone(),
-            "Tunnel",
-            &registry,
-            shutdown.clone(),
-        )
-    };
-    let cluster = {
-        let mut controller = cluster_controller
-            .with_config(config)
-            .watches_shared_stream(ingress_events, {
-                let wake = wake.clone();
-                move |ingress: Arc<Ingress>| wake.cluster(wake.for_ingress(&ingress))
-            })
-            .watches_shared_stream(service_events, {
-                let wake = wake.clone();
-                move |service: Arc<Service>| wake.cluster(wake.for_service(&service))
-            })
-            .watches_shared_stream(slice_events, {
-                let wake = wake.clone();
-                move |slice: Arc<EndpointSlice>| wake.cluster(wake.for_slice(&slice))
-            });
-        if let Some(events) = route_events {
+            move |ingress: Arc<Ingress>| of_kind(wake.for_ingress(&ingress))
+        })
+        .watches_shared_stream(watches.services.applied(), {
             let wake = wake.clone();
-            controller = controller.watches_shared_stream(events, move |route: Arc<HttpRoute>| {
-                wake.cluster(wake.for_route(&route))
+            move |service: Arc<Service>| of_kind(wake.for_service(&service))
+        })
+        .watches_shared_stream(watches.slices.applied(), {
+            let wake = wake.clone();
+            move |slice: Arc<EndpointSlice>| of_kind(wake.for_slice(&slice))
+        });
+    if let Some(routes) = &watches.routes {
+        controller = controller
+            .watches_shared_stream(routes.applied(), move |route: Arc<HttpRoute>| {
+                of_kind(wake.for_route(&route))
             });
-        }
-        run_controller(
-            controller,
-            context,
-            reconciles,
-            "ClusterTunnel",
-            &registry,
-            shutdown,
-        )
-    };
+    }
+    controller
+}
 
-    let route_watch = async {
-        match route_watch {
-            Some(watch) => watch.await,
-            None => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        _ = async { tokio::join!(namespaced, cluster, connectors, networks, network_routes, dns_records) } => {}
-        _ = ingress_watch => {}
-        _ = service_watch => {}
-        _ = slice_watch => {}
-        _ = route_watch => {}
+/// `WARPConnector`s, woken when their cloudflared Deployment or their
+/// virtual network changes.
+fn run_connectors(objects: &Objects, watches: &Watches) -> BoxFuture<'static, ()> {
+    let (controller, store) = objects.controller::<WARPConnector>();
+    let controller = controller
+        .owns(
+            Api::<k8s_openapi::api::apps::v1::Deployment>::all(objects.client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/name=cloudflared-warp-connector"),
+        )
+        .watches_shared_stream(
+            watches.networks.touched(),
+            move |vnet: Arc<VirtualNetwork>| {
+                in_network(&store, &vnet, |c| c.spec.virtual_network_ref.as_ref())
+            },
+        );
+    objects.run(
+        controller,
+        "WARPConnector",
+        warp_controller::reconcile_connector,
+    )
+}
+
+/// The shutdown signal, shared by every controller.
+type Shutdown = Shared<Pin<Box<dyn Future<Output = ()> + Send + Sync>>>;
+
+/// What the controllers of single objects (WARPConnector, VirtualNetwork,
+/// NetworkRoute, DNSRecord) run with.
+struct Objects {
+    client: Client,
+    context: Arc<objects::Context>,
+    reconciles: Arc<ReconcileMetrics>,
+    shutdown: Shutdown,
+}
+
+impl Objects {
+    /// A controller of every `K` (its own watch), and its store.
+    fn controller<K: Watched>(&self) -> (Controller<K>, Store<K>) {
+        let controller = Controller::new(
+            Api::<K>::all(self.client.clone()),
+            watcher::Config::default(),
+        );
+        let store = controller.store();
+        (controller, store)
+    }
+
+    /// Runs `controller` until shutdown, every pass measured as `kind`.
+    fn run<K, R, Fut, E>(
+        &self,
+        controller: Controller<K>,
+        kind: &'static str,
+        reconcile: R,
+    ) -> BoxFuture<'static, ()>
+    where
+        K: Watched,
+        R: Fn(Arc<K>, Arc<objects::Context>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<kube::runtime::controller::Action, Failed<E>>> + Send + 'static,
+        E: crate::controller::Retry + std::error::Error + Send + 'static,
+    {
+        controller
+            .graceful_shutdown_on(self.shutdown.clone())
+            .run(
+                self.reconciles.measured(kind, reconcile),
+                crate::controller::error_policy,
+                self.context.clone(),
+            )
+            .for_each(|_| async {})
+            .boxed()
     }
 }
 
@@ -272,17 +276,8 @@ where
 
 /// `NetworkRoute`s, woken when the tunnel object or virtual network they
 /// name changes.
-fn run_network_routes(
-    client: &Client,
-    context: Arc<objects::Context>,
-    reconciles: Arc<ReconcileMetrics>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> impl std::future::Future<Output = ()> {
-    let controller = Controller::new(
-        Api::<NetworkRoute>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let store = controller.store();
+fn run_network_routes(objects: &Objects, watches: &Watches) -> BoxFuture<'static, ()> {
+    let (controller, store) = objects.controller::<NetworkRoute>();
     let vnet_store = store.clone();
     let routes_of = move |kind: TunnelRefKind, namespace: Option<String>, name: String| {
         store
@@ -292,54 +287,31 @@ fn run_network_routes(
             .map(|r| ObjectRef::from_obj(&**r))
             .collect::<Vec<_>>()
     };
-    controller
-        .watches(
-            Api::<Tunnel>::all(client.clone()),
-            watcher::Config::default(),
-            {
-                let routes_of = routes_of.clone();
-                move |tunnel: Tunnel| {
-                    routes_of(TunnelRefKind::Tunnel, tunnel.namespace(), tunnel.name_any())
-                }
-            },
-        )
-        .watches(
-            Api::<ClusterTunnel>::all(client.clone()),
-            watcher::Config::default(),
-            move |tunnel: ClusterTunnel| {
+    let controller = controller
+        .watches_shared_stream(watches.tunnels.touched(), {
+            let routes_of = routes_of.clone();
+            move |tunnel: Arc<Tunnel>| {
+                routes_of(TunnelRefKind::Tunnel, tunnel.namespace(), tunnel.name_any())
+            }
+        })
+        .watches_shared_stream(
+            watches.cluster_tunnels.touched(),
+            move |tunnel: Arc<ClusterTunnel>| {
                 routes_of(TunnelRefKind::ClusterTunnel, None, tunnel.name_any())
             },
         )
-        .watches(
-            Api::<VirtualNetwork>::all(client.clone()),
-            watcher::Config::default(),
-            move |vnet: VirtualNetwork| {
+        .watches_shared_stream(
+            watches.networks.touched(),
+            move |vnet: Arc<VirtualNetwork>| {
                 in_network(&vnet_store, &vnet, |r| r.spec.virtual_network_ref.as_ref())
             },
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(
-            reconciles.measured("NetworkRoute", route_controller::reconcile),
-            crate::controller::error_policy,
-            context,
-        )
-        .for_each(|_| async {})
+        );
+    objects.run(controller, "NetworkRoute", route_controller::reconcile)
 }
 
 /// `DNSRecord`s, woken when their Service, Ingress or Node changes.
-fn run_dns_records(
-    client: &Client,
-    context: Arc<objects::Context>,
-    reconciles: Arc<ReconcileMetrics>,
-    ingress_events: ReflectHandle<Ingress>,
-    service_events: ReflectHandle<Service>,
-    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
-) -> impl std::future::Future<Output = ()> {
-    let controller = Controller::new(
-        Api::<DNSRecord>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let store = controller.store();
+fn run_dns_records(objects: &Objects, watches: &Watches) -> BoxFuture<'static, ()> {
+    let (controller, store) = objects.controller::<DNSRecord>();
     let records_of = move |source: dns_controller::Source| {
         store
             .state()
@@ -348,8 +320,8 @@ fn run_dns_records(
             .map(|r| ObjectRef::from_obj(&**r))
             .collect::<Vec<_>>()
     };
-    controller
-        .watches_shared_stream(service_events, {
+    let controller = controller
+        .watches_shared_stream(watches.services.applied(), {
             let records_of = records_of.clone();
             move |service: Arc<Service>| {
                 records_of(dns_controller::Source::Service {
@@ -358,7 +330,7 @@ fn run_dns_records(
                 })
             }
         })
-        .watches_shared_stream(ingress_events, {
+        .watches_shared_stream(watches.ingresses.applied(), {
             let records_of = records_of.clone();
             move |ingress: Arc<Ingress>| {
                 records_of(dns_controller::Source::Ingress {
@@ -368,58 +340,15 @@ fn run_dns_records(
             }
         })
         .watches(
-            Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()),
+            Api::<k8s_openapi::api::core::v1::Node>::all(objects.client.clone()),
             watcher::Config::default(),
             move |node: k8s_openapi::api::core::v1::Node| {
                 records_of(dns_controller::Source::Node {
                     name: node.name_any(),
                 })
             },
-        )
-        .graceful_shutdown_on(shutdown)
-        .run(
-            reconciles.measured("DNSRecord", dns_controller::reconcile),
-            crate::controller::error_policy,
-            context,
-        )
-        .for_each(|_| async {})
-}
-
-/// A watch shared by both controllers: its store, its event stream, and the
-/// future that drives it (which raises its flag in `caches` once listed).
-fn shared_watch<K>(
-    api: Api<K>,
-    caches: &mut CachesReady,
-) -> (
-    Store<K>,
-    ReflectHandle<K>,
-    futures::future::BoxFuture<'static, ()>,
-)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (store, writer) = reflector::store_shared(1024);
-    let events = writer.subscribe().expect("a shared store");
-    let listed = caches.track();
-    let watch = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect_shared(writer)
-        .inspect(mark_listed(listed))
-        .for_each(|_| async {});
-    (store, events, Box::pin(watch))
-}
-
-async fn gateway_api_installed(client: &Client) -> bool {
-    client
-        .list_api_group_resources("gateway.networking.k8s.io/v1")
-        .await
-        .is_ok_and(|list| list.resources.iter().any(|r| r.name == "httproutes"))
+        );
+    objects.run(controller, "DNSRecord", dns_controller::reconcile)
 }
 
 /// Maps changes of sources and backends to the tunnels they concern.
@@ -432,7 +361,7 @@ impl Waker {
         let mut keys = Vec::new();
         if let Some(name) = annotation {
             keys.push(sources::resolve_tunnel(name, &reference.namespace, |k| {
-                tunnel_controller::namespaced_tunnel_exists(&self.context.tunnels, k)
+                context::namespaced_tunnel_exists(&self.context.tunnels, k)
             }));
         }
         let bindings = self.context.bindings.lock().expect("bindings lock");
@@ -474,7 +403,7 @@ impl Waker {
         bindings.tunnels_of_service(&slice.namespace().unwrap_or_default(), service)
     }
 
-    fn namespaced(&self, keys: Vec<TunnelKey>) -> Vec<ObjectRef<Tunnel>> {
+    fn namespaced(keys: Vec<TunnelKey>) -> Vec<ObjectRef<Tunnel>> {
         keys.into_iter()
             .filter_map(|key| match key {
                 TunnelKey::Namespaced { namespace, name } => {
@@ -485,7 +414,7 @@ impl Waker {
             .collect()
     }
 
-    fn cluster(&self, keys: Vec<TunnelKey>) -> Vec<ObjectRef<ClusterTunnel>> {
+    fn cluster(keys: Vec<TunnelKey>) -> Vec<ObjectRef<ClusterTunnel>> {
         keys.into_iter()
             .filter_map(|key| match key {
                 TunnelKey::Cluster { name } => Some(ObjectRef::new(&name)),

@@ -12,8 +12,8 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 
 use super::account::Accounts;
+use super::error::Error;
 use super::plan::OwnerMarker;
-use super::tunnel_controller::Error;
 use super::types::{VirtualNetwork, VirtualNetworkRef};
 use crate::providers::cloudflare::{self as api, CloudflareClient};
 
@@ -78,7 +78,7 @@ pub fn readiness(
         Ok(Ok(message)) => (true, "Active", message),
         Ok(Err((reason, message))) => (false, reason, message),
         Err(error) => {
-            let (reason, message) = super::tunnel_controller::failure_reason(error)?;
+            let (reason, message) = super::error::failure_reason(error)?;
             (false, reason, message)
         }
     };

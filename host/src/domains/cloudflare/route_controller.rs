@@ -10,11 +10,11 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 
+use super::error::Error;
 use super::objects::{
     Context, Refusal, delete_owned_routes, marked_comment, readiness, sync_routes,
     virtual_network_id,
 };
-use super::tunnel_controller::Error;
 use super::types::{
     ClusterTunnel, NetworkRoute, NetworkRouteStatus, Tunnel, TunnelRef, TunnelRefKind, TunnelState,
     TunnelStatus,

@@ -7,9 +7,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema};
+use kube::api::Api;
+use kube::{Client, CustomResource, KubeSchema, Resource, ResourceExt};
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+
+use super::sources::TunnelKey;
 
 pub const GROUP: &str = "networking.cloudflare-operator.io";
 pub const VERSION: &str = "v1alpha2";
@@ -735,4 +739,56 @@ pub struct DNSRecordStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+/// `Tunnel` or `ClusterTunnel`: the one reconcile serves both.
+pub trait TunnelObject:
+    Resource<DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    fn key(&self) -> TunnelKey;
+    fn tunnel_spec(&self) -> TunnelSpec;
+    fn tunnel_status(&self) -> Option<&TunnelStatus>;
+    fn api(client: Client, key: &TunnelKey) -> Api<Self>;
+}
+
+impl TunnelObject for Tunnel {
+    fn key(&self) -> TunnelKey {
+        TunnelKey::Namespaced {
+            namespace: self.namespace().unwrap_or_default(),
+            name: self.name_any(),
+        }
+    }
+    fn tunnel_spec(&self) -> TunnelSpec {
+        self.spec.clone()
+    }
+    fn tunnel_status(&self) -> Option<&TunnelStatus> {
+        self.status.as_ref()
+    }
+    fn api(client: Client, key: &TunnelKey) -> Api<Self> {
+        Api::namespaced(client, key.namespace().unwrap_or_default())
+    }
+}
+
+impl TunnelObject for ClusterTunnel {
+    fn key(&self) -> TunnelKey {
+        TunnelKey::Cluster {
+            name: self.name_any(),
+        }
+    }
+    fn tunnel_spec(&self) -> TunnelSpec {
+        self.spec.clone().into()
+    }
+    fn tunnel_status(&self) -> Option<&TunnelStatus> {
+        self.status.as_ref()
+    }
+    fn api(client: Client, _: &TunnelKey) -> Api<Self> {
+        Api::all(client)
+    }
 }

@@ -12,12 +12,12 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+use super::error::Error;
 use super::objects::{
     Context, Refusal, delete_owned_routes, marked_comment, readiness, sync_routes,
     virtual_network_id,
 };
 use super::plan::{self, OwnerMarker};
-use super::tunnel_controller::Error;
 use super::types::{
     TunnelState, VirtualNetwork, VirtualNetworkStatus, WARPConnector, WARPConnectorSpec,
     WARPConnectorStatus,
@@ -101,19 +101,9 @@ async fn serve_connector(
         };
     status.virtual_network_id = vnet_id.clone();
 
-    // The connector tunnel: the one in status, else adopted by name, else new.
     let tunnel_name = connector_name(&ctx.accounts.settings().cluster_id, &namespace, &name);
-    let existing = match &status.connector_id {
-        Some(id) => client.get_warp_connector(account, id).await?,
-        None => None,
-    };
-    let tunnel = match existing {
-        Some(tunnel) => tunnel,
-        None => match client.find_warp_connector(account, &tunnel_name).await? {
-            Some(tunnel) => tunnel,
-            None => client.create_warp_connector(account, &tunnel_name).await?,
-        },
-    };
+    let id = status.connector_id.as_deref();
+    let tunnel = connector_tunnel(&client, account, id, &tunnel_name).await?;
     status.connector_id = Some(tunnel.id.clone());
 
     // cloudflared, with the connector's token.
@@ -122,7 +112,7 @@ async fn serve_connector(
         .expect("a stored object has a name and a UID");
     let workload = format!("warp-{name}");
     let labels = plan::cloudflared_labels("cloudflared-warp-connector", &workload);
-    super::tunnel_controller::ensure_token_secret(
+    super::workload::ensure_token_secret(
         &ctx.client,
         &namespace,
         &workload,
@@ -180,6 +170,26 @@ async fn serve_connector(
     )))
 }
 
+/// The connector tunnel: the one in status, else adopted by name, else new.
+async fn connector_tunnel(
+    client: &api::CloudflareClient,
+    account: &str,
+    id: Option<&str>,
+    name: &str,
+) -> Result<api::Tunnel, Error> {
+    let existing = match id {
+        Some(id) => client.get_warp_connector(account, id).await?,
+        None => None,
+    };
+    Ok(match existing {
+        Some(tunnel) => tunnel,
+        None => match client.find_warp_connector(account, name).await? {
+            Some(tunnel) => tunnel,
+            None => client.create_warp_connector(account, name).await?,
+        },
+    })
+}
+
 fn connector_deployment(
     spec: &WARPConnectorSpec,
     namespace: &str,
@@ -219,7 +229,7 @@ async fn cleanup_connector(connector: &WARPConnector, ctx: &Context) -> Result<A
     let namespace = connector.namespace().unwrap_or_default();
     let name = connector.name_any();
     let workload = format!("warp-{name}");
-    super::tunnel_controller::delete_workload(&ctx.client, &namespace, &workload).await?;
+    super::workload::delete_workload(&ctx.client, &namespace, &workload).await?;
     let Some(id) = connector
         .status
         .as_ref()

@@ -1,0 +1,106 @@
+//! What the tunnel controller keeps between passes and reads from: the
+//! clients, the watch caches, which tunnel each source was bound to, what
+//! each source was told, and when each tunnel's DNS was synced.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::Ingress;
+use kube::Client;
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use super::account::Accounts;
+use super::sources::{Bound, HttpRoute, SourceRef, TunnelKey};
+use super::types::{ClusterTunnel, Tunnel};
+use crate::runtime::Registry;
+
+pub struct Context {
+    pub client: Client,
+    pub registry: Arc<Registry>,
+    pub accounts: Arc<Accounts>,
+    pub tunnels: Store<Tunnel>,
+    pub cluster_tunnels: Store<ClusterTunnel>,
+    pub ingresses: Store<Ingress>,
+    pub routes: Store<HttpRoute>,
+    pub services: Store<Service>,
+    pub slices: Store<EndpointSlice>,
+    pub recorder: Recorder,
+    pub caches: crate::controller::CachesReady,
+    /// Which tunnel each source and each backend Service was bound to at
+    /// the last pass: a source that moves or goes wakes its old tunnel.
+    pub bindings: Mutex<Bindings>,
+    /// Per source, the verdict last told by an Event.
+    pub told: Mutex<HashMap<SourceRef, String>>,
+    /// Per tunnel, the DNS names last synced and when: an unchanged set is
+    /// checked again only after the resync period.
+    pub dns_synced: Mutex<HashMap<TunnelKey, DnsSynced>>,
+}
+
+/// The DNS names last synced for a tunnel, its ID then, and when.
+pub type DnsSynced = (Vec<String>, String, Instant);
+
+#[derive(Default)]
+pub struct Bindings {
+    sources: HashMap<SourceRef, TunnelKey>,
+    services: HashMap<(String, String), HashSet<TunnelKey>>,
+}
+
+impl Bindings {
+    /// The tunnel `source` was bound to.
+    pub fn tunnel_of(&self, source: &SourceRef) -> Option<TunnelKey> {
+        self.sources.get(source).cloned()
+    }
+
+    /// The tunnels with a source whose backend is this Service.
+    pub fn tunnels_of_service(&self, namespace: &str, name: &str) -> Vec<TunnelKey> {
+        self.services
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|keys| keys.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Notes the sources bound to `key` now (and their Services).
+    pub(super) fn record(&mut self, key: &TunnelKey, bound: &[Bound]) {
+        self.sources.retain(|_, k| k != key);
+        for keys in self.services.values_mut() {
+            keys.remove(key);
+        }
+        self.services.retain(|_, keys| !keys.is_empty());
+        for source in bound {
+            self.sources.insert(source.reference.clone(), key.clone());
+            for service in &source.services {
+                self.services
+                    .entry((source.reference.namespace.clone(), service.clone()))
+                    .or_default()
+                    .insert(key.clone());
+            }
+        }
+    }
+
+    /// Forgets the tunnel `key`; returns the sources that were bound to it.
+    pub(super) fn forget(&mut self, key: &TunnelKey) -> Vec<SourceRef> {
+        let sources = self
+            .sources
+            .iter()
+            .filter(|(_, k)| *k == key)
+            .map(|(s, _)| s.clone())
+            .collect();
+        self.record(key, &[]);
+        sources
+    }
+}
+
+/// Whether `key` is a `Tunnel` in the cache (how a bare tunnel name on a
+/// source resolves; see `sources::resolve_tunnel`).
+pub fn namespaced_tunnel_exists(tunnels: &Store<Tunnel>, key: &TunnelKey) -> bool {
+    match key {
+        TunnelKey::Namespaced { namespace, name } => tunnels
+            .get(&ObjectRef::new(name).within(namespace))
+            .is_some(),
+        TunnelKey::Cluster { .. } => false,
+    }
+}
