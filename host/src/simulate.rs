@@ -242,6 +242,7 @@ fn simulate_tunnel<K: TunnelObject>(
         tunnel_name: tunnel_name.clone(),
         status,
         bound: bind_offline(key, manifests),
+        live_digest: None,
         resync: std::time::Duration::ZERO,
         now: now.clone(),
     };

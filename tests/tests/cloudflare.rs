@@ -546,6 +546,28 @@ async fn seed_ingresses_and_http_route_share_cluster_tunnels() {
         .await
         .unwrap();
 
+    // Someone edits the configuration in the dashboard: knit puts its own
+    // back on the next resync.
+    let dashboard = knit::providers::cloudflare::CloudflareClient::new(
+        world.fake.endpoint(),
+        knit::providers::cloudflare::ApiToken::new(TOKEN),
+    )
+    .unwrap();
+    let edited: knit::providers::cloudflare::TunnelConfig = serde_json::from_value(json!({
+        "ingress": [{"service": "http_status:503"}],
+    }))
+    .unwrap();
+    dashboard
+        .put_tunnel_configuration(ACCOUNT, &gateway_id, &edited)
+        .await
+        .unwrap();
+    assert_eq!(world.rules(&gateway_id).len(), 1);
+    world.wait_hosts(&gateway_id, &["api.example.com"]).await;
+    assert_eq!(
+        world.rules(&gateway_id).last(),
+        Some(&(None, None, "http_status:404".into()))
+    );
+
     // A third namespace joins: one more PUT, and cloudflared is not touched.
     let generation = deployment.metadata.generation;
     let version = world
@@ -619,6 +641,84 @@ async fn seed_ingresses_and_http_route_share_cluster_tunnels() {
             .unwrap()
             .is_none()
     );
+}
+
+/// A tunnel's `status.state` is written as it happens, so a watch sees each
+/// one: `pending`, `creating` (the API answers slowly), `error` when the
+/// create fails, `creating` again on the retry, `active`, and `deleting`
+/// while it is torn down.
+#[tokio::test]
+async fn tunnel_states_are_written_as_they_happen() {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+
+    let world = World::new().await;
+    let tunnels = Api::<ClusterTunnel>::all(world.client.clone());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TunnelState>::new()));
+    let watch = {
+        let seen = seen.clone();
+        let stream = watcher(
+            tunnels.clone(),
+            watcher::Config::default().fields("metadata.name=lifecycle"),
+        )
+        .applied_objects();
+        tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(Ok(tunnel)) = stream.next().await {
+                let state = tunnel.status.and_then(|s| s.state);
+                let mut seen = seen.lock().unwrap();
+                if let Some(state) = state
+                    && seen.last() != Some(&state)
+                {
+                    seen.push(state);
+                }
+            }
+        })
+    };
+    // Give the watch its initial list before the object exists.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    world.fake.set_latency(Duration::from_millis(400));
+    world.fake.fail_next(
+        "POST",
+        "cfd_tunnel",
+        400,
+        1003,
+        "Bad request",
+        1,
+    );
+    let tunnel: ClusterTunnel = serde_json::from_value(json!({
+        "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+        "kind": "ClusterTunnel",
+        "metadata": {"name": "lifecycle"},
+        "spec": {
+            "newTunnel": {"name": "lifecycle-k8s"},
+            "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": "cloudflare-api-credentials"},
+        },
+    }))
+    .unwrap();
+    tunnels
+        .create(&PostParams::default(), &tunnel)
+        .await
+        .unwrap();
+    world.cluster_tunnel_ready("lifecycle", "True").await;
+    tunnels
+        .delete("lifecycle", &DeleteParams::default())
+        .await
+        .unwrap();
+    all_gone(&tunnels, "the tunnel gone").await;
+    watch.abort();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            TunnelState::Pending,
+            TunnelState::Creating,
+            TunnelState::Error,
+            TunnelState::Creating,
+            TunnelState::Active,
+            TunnelState::Deleting,
+        ]
+    );
+    world.fake.set_latency(Duration::ZERO);
 }
 
 /// The seed's basic, HA and WARP-routing ClusterTunnels; the Ingress

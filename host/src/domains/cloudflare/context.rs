@@ -38,6 +38,10 @@ pub struct Context {
     /// Per tunnel, the DNS names last synced and when: an unchanged set is
     /// checked again only after the resync period.
     pub dns_synced: Mutex<HashMap<TunnelKey, DnsSynced>>,
+    /// Per tunnel, when its live configuration was last compared with the
+    /// wanted one: it is read again after the resync period, so an edit made
+    /// in the dashboard is put back.
+    pub config_checked: Mutex<HashMap<TunnelKey, Instant>>,
 }
 
 /// The DNS names last synced for a tunnel, its ID then, and when.

@@ -123,6 +123,7 @@ pub async fn run(
         bindings: Default::default(),
         told: Default::default(),
         dns_synced: Default::default(),
+        config_checked: Default::default(),
     });
     // Which tunnels a change of a source or a backend wakes: the one it
     // names now and the one it was bound to.

@@ -110,11 +110,14 @@ async fn serve<K: TunnelObject>(
             ));
         }
     };
+    if status.state.is_none() {
+        persist_state(object, ctx, status, TunnelState::Pending).await?;
+    }
     let client = ctx
         .accounts
         .client_for(&spec.cloudflare, key.namespace())
         .await?;
-    let tunnel = match observe_tunnel(ctx, &client, &key, &spec, status).await? {
+    let tunnel = match observe_tunnel(object, ctx, &client, status).await? {
         Ok(tunnel) => tunnel,
         Err((reason, message)) => return Ok(failed(object, status.clone(), reason, message, now)),
     };
@@ -125,6 +128,7 @@ async fn serve<K: TunnelObject>(
         tunnel_name: tunnel.name.clone(),
         status: status.clone(),
         bound: bound_sources(&key, ctx),
+        live_digest: live_config_digest(ctx, &client, &key, &spec, &tunnel.id).await?,
         resync: settings.resync,
         now: now.clone(),
     };
@@ -163,20 +167,28 @@ async fn serve<K: TunnelObject>(
 /// The tunnel in `status`, else the named one (adopted), else a new one,
 /// noted in `status`; an inner `Err` is the reason and message of a tunnel
 /// that cannot be served.
-async fn observe_tunnel(
+async fn observe_tunnel<K: TunnelObject>(
+    object: &K,
     ctx: &Context,
     client: &CloudflareClient,
-    key: &TunnelKey,
-    spec: &TunnelSpec,
     status: &mut TunnelStatus,
 ) -> Result<Result<api::Tunnel, (&'static str, String)>, Error> {
+    let key = object.key();
+    let spec = object.tunnel_spec();
     let account = spec.cloudflare.account_id.as_str();
-    let tunnel = match ensure_tunnel(client, account, spec, status).await? {
-        Ok(tunnel) => tunnel,
-        Err(missing) => return Ok(Err(("TunnelNotFound", missing))),
+    let tunnel = match find_tunnel(client, account, &spec, status).await? {
+        Found::Tunnel(tunnel) => tunnel,
+        Found::Missing(missing) => return Ok(Err(("TunnelNotFound", missing))),
+        Found::ToCreate(name) => {
+            // Seen by a watch while the create runs.
+            persist_state(object, ctx, status, TunnelState::Creating).await?;
+            let tunnel = client.create_tunnel(account, &name).await?;
+            tracing::info!(tunnel = %tunnel.name, id = %tunnel.id, "Cloudflare tunnel created");
+            tunnel
+        }
     };
     // Two objects naming one tunnel would put their configurations in turn.
-    if let Some(other) = claimant(ctx, key, &tunnel.id) {
+    if let Some(other) = claimant(ctx, &key, &tunnel.id) {
         return Ok(Err((
             "TunnelInUse",
             format!(
@@ -187,6 +199,36 @@ async fn observe_tunnel(
     }
     tunnel_plan::serving(status, &tunnel.id, &tunnel.name, account);
     Ok(Ok(tunnel))
+}
+
+/// The digest of the configuration Cloudflare holds for the tunnel, read
+/// once per resync period (`None` between reads; `Some(None)` when none is
+/// stored).
+async fn live_config_digest(
+    ctx: &Context,
+    client: &CloudflareClient,
+    key: &TunnelKey,
+    spec: &TunnelSpec,
+    tunnel_id: &str,
+) -> Result<Option<Option<String>>, Error> {
+    let resync = ctx.accounts.settings().resync;
+    let due = ctx
+        .config_checked
+        .lock()
+        .expect("config lock")
+        .get(key)
+        .is_none_or(|at| at.elapsed() >= resync);
+    if !due {
+        return Ok(None);
+    }
+    let live = client
+        .tunnel_configuration(&spec.cloudflare.account_id, tunnel_id)
+        .await?;
+    ctx.config_checked
+        .lock()
+        .expect("config lock")
+        .insert(key.clone(), std::time::Instant::now());
+    Ok(Some(live.map(|stored| plan::config_digest(&stored.config))))
 }
 
 /// Writes the plan: the configuration when it changed, the DNS records,
@@ -245,27 +287,33 @@ async fn act<K: TunnelObject>(
     Ok((written, plan.requeue))
 }
 
-/// The tunnel in `status`, else the named one (adopted), else a new one. An
-/// inner `Err` says which existing tunnel is missing.
-async fn ensure_tunnel(
+/// What `find_tunnel` found.
+enum Found {
+    Tunnel(api::Tunnel),
+    /// The `existingTunnel` named is not there: why.
+    Missing(String),
+    /// No tunnel yet for `newTunnel`: its name, to create.
+    ToCreate(String),
+}
+
+/// The tunnel in `status`, else the named one (adopted), else the name of
+/// the new one to create.
+async fn find_tunnel(
     client: &CloudflareClient,
     account: &str,
     spec: &TunnelSpec,
-    status: &mut TunnelStatus,
-) -> Result<Result<api::Tunnel, String>, Error> {
+    status: &TunnelStatus,
+) -> Result<Found, Error> {
     if let Some(id) = &status.tunnel_id
         && let Some(tunnel) = client.get_tunnel(account, id).await?
     {
-        return Ok(Ok(tunnel));
+        return Ok(Found::Tunnel(tunnel));
     }
     if let Some(new) = &spec.new_tunnel {
-        if let Some(tunnel) = client.find_tunnel(account, &new.name).await? {
-            return Ok(Ok(tunnel));
-        }
-        status.state = Some(TunnelState::Creating);
-        let tunnel = client.create_tunnel(account, &new.name).await?;
-        tracing::info!(tunnel = %tunnel.name, id = %tunnel.id, "Cloudflare tunnel created");
-        return Ok(Ok(tunnel));
+        return Ok(match client.find_tunnel(account, &new.name).await? {
+            Some(tunnel) => Found::Tunnel(tunnel),
+            None => Found::ToCreate(new.name.clone()),
+        });
     }
     let existing = spec.existing_tunnel.as_ref().expect("CEL: new or existing");
     let found = match (&existing.id, &existing.name) {
@@ -273,8 +321,9 @@ async fn ensure_tunnel(
         (None, Some(name)) => client.find_tunnel(account, name).await?,
         (None, None) => None,
     };
-    Ok(found.ok_or_else(|| {
-        format!(
+    Ok(match found {
+        Some(tunnel) => Found::Tunnel(tunnel),
+        None => Found::Missing(format!(
             "existingTunnel {} not found in account {account}",
             existing
                 .id
@@ -282,8 +331,27 @@ async fn ensure_tunnel(
                 .or(existing.name.as_ref())
                 .cloned()
                 .unwrap_or_default()
-        )
-    }))
+        )),
+    })
+}
+
+/// Writes the state a pass has reached before it waits on the cloud
+/// (`pending`, `creating`, `deleting`), so a watch sees each one.
+async fn persist_state<K: TunnelObject>(
+    object: &K,
+    ctx: &Context,
+    status: &mut TunnelStatus,
+    state: TunnelState,
+) -> Result<(), Error> {
+    status.state = Some(state);
+    crate::controller::write_status(
+        &K::api(ctx.client.clone(), &object.key()),
+        object,
+        object.tunnel_status(),
+        status,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Another tunnel object whose status names tunnel `id`.
@@ -343,14 +411,7 @@ async fn cleanup<K: TunnelObject>(object: &K, ctx: &Context) -> Result<Action, E
     let spec = object.tunnel_spec();
     let mut status = object.tunnel_status().cloned().unwrap_or_default();
     if status.state != Some(TunnelState::Deleting) {
-        status.state = Some(TunnelState::Deleting);
-        crate::controller::write_status(
-            &K::api(ctx.client.clone(), &key),
-            object,
-            object.tunnel_status(),
-            &status,
-        )
-        .await?;
+        persist_state(object, ctx, &mut status, TunnelState::Deleting).await?;
     }
     let client = ctx
         .accounts
@@ -377,5 +438,6 @@ async fn cleanup<K: TunnelObject>(object: &K, ctx: &Context) -> Result<Action, E
         let _ = set_ingress_status(ctx, source, json!([])).await;
     }
     ctx.dns_synced.lock().expect("dns lock").remove(&key);
+    ctx.config_checked.lock().expect("config lock").remove(&key);
     Ok(Action::await_change())
 }

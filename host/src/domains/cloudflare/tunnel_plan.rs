@@ -34,6 +34,9 @@ pub struct Observed<K> {
     pub status: TunnelStatus,
     /// Every Ingress and HTTPRoute that names the tunnel.
     pub bound: Vec<Bound>,
+    /// The digest of the configuration Cloudflare holds, when it was read
+    /// this pass (`Some(None)`: none stored): a dashboard edit is put back.
+    pub live_digest: Option<Option<String>>,
     /// How often to look again when nothing changes.
     pub resync: Duration,
     pub now: Time,
@@ -126,7 +129,11 @@ pub fn plan_tunnel<K: TunnelObject>(observed: &Observed<K>, registry: &Registry)
 
     let config = plan::tunnel_config(&spec, &mapping);
     let digest = plan::config_digest(&config);
-    let put_config = status.config_digest.as_deref() != Some(digest.as_str());
+    let live_differs = observed
+        .live_digest
+        .as_ref()
+        .is_some_and(|live| live.as_deref() != Some(digest.as_str()));
+    let put_config = live_differs || status.config_digest.as_deref() != Some(digest.as_str());
     status.config_digest = Some(digest);
 
     let verdicts = plan::verdicts(&observed.bound, &mapping);
@@ -319,6 +326,7 @@ mod tests {
             tunnel_name: "edge".into(),
             status: TunnelStatus::default(),
             bound,
+            live_digest: None,
             resync: Duration::from_secs(300),
             now: Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
         }
@@ -414,5 +422,29 @@ mod tests {
         assert_eq!(again.status, first.status);
         serving(&mut observed.status, "id-2", "edge", "acc");
         assert!(plan_tunnel(&observed, &registry).put_config);
+    }
+
+    /// A configuration changed in Cloudflare (the dashboard, another tool)
+    /// is put back when the live one is read; an unchanged one is not put.
+    #[rstest]
+    #[case::not_read_this_pass(None, false)]
+    #[case::unchanged(Some(Some("wanted")), false)]
+    #[case::edited(Some(Some("edited")), true)]
+    #[case::removed(Some(None), true)]
+    fn the_live_configuration_is_put_back_when_it_differs(
+        #[case] live: Option<Option<&str>>,
+        #[case] put: bool,
+    ) {
+        let registry = registry();
+        let mut observed = observed(tunnel(&[]), vec![ingress("a", "a.example.com", 1)]);
+        observed.status = plan_tunnel(&observed, &registry).status;
+        let wanted = observed.status.config_digest.clone().unwrap();
+        observed.live_digest = live.map(|live| {
+            live.map(|digest| match digest {
+                "wanted" => wanted.clone(),
+                other => other.to_owned(),
+            })
+        });
+        assert_eq!(plan_tunnel(&observed, &registry).put_config, put);
     }
 }
