@@ -678,14 +678,9 @@ async fn tunnel_states_are_written_as_they_happen() {
     // Give the watch its initial list before the object exists.
     tokio::time::sleep(Duration::from_millis(500)).await;
     world.fake.set_latency(Duration::from_millis(400));
-    world.fake.fail_next(
-        "POST",
-        "cfd_tunnel",
-        400,
-        1003,
-        "Bad request",
-        1,
-    );
+    world
+        .fake
+        .fail_next("POST", "cfd_tunnel", 400, 1003, "Bad request", 1);
     let tunnel: ClusterTunnel = serde_json::from_value(json!({
         "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
         "kind": "ClusterTunnel",
