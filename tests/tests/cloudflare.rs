@@ -1085,6 +1085,60 @@ async fn seed_warp_connectors_advertise_routes() {
         pod.containers[0].image.as_deref(),
         Some("cloudflare/cloudflared:2024.1.0")
     );
+    let resources = pod.containers[0].resources.clone().unwrap();
+    assert_eq!(resources.requests.unwrap()["memory"].0, "512Mi");
+    assert_eq!(resources.limits.unwrap()["memory"].0, "1Gi");
+
+    // An affinity given later reaches the pods.
+    let connectors_in_production =
+        Api::<WARPConnector>::namespaced(world.client.clone(), "production");
+    connectors_in_production
+        .patch(
+            "ha-connector",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"affinity": {"podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [{
+                    "weight": 100,
+                    "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": {"app": "warp-ha-connector"}}},
+                }],
+            }}}})),
+        )
+        .await
+        .unwrap();
+    let deployments = Api::<Deployment>::namespaced(world.client.clone(), "production");
+    knit_tests::eventually("the affinity on the connector pods", WAIT, || async {
+        let deployment = deployments.get("warp-ha-connector").await.ok()?;
+        let affinity = deployment.spec?.template.spec?.affinity?;
+        let terms = affinity
+            .pod_anti_affinity?
+            .preferred_during_scheduling_ignored_during_execution?;
+        (terms[0].pod_affinity_term.topology_key == "kubernetes.io/hostname").then_some(())
+    })
+    .await;
+
+    // The Deployment's rollout shows in the connector's status (there is
+    // no kubelet here: the test writes what the controller manager would).
+    deployments
+        .patch_status(
+            "warp-main-connector",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"replicas": 2, "readyReplicas": 1}})),
+        )
+        .await
+        .unwrap();
+    let status = knit_tests::eventually("main-connector's replicas", WAIT, || async {
+        let status = connectors_in_production
+            .get("main-connector")
+            .await
+            .ok()?
+            .status?;
+        (status.replicas == Some(2) && status.ready_replicas == Some(1)).then_some(status)
+    })
+    .await;
+    assert_eq!(status.state, Some(TunnelState::Active));
+    assert_eq!(status.account_id.as_deref(), Some(WARP_ACCOUNT));
+    assert_eq!(status.connector_id.as_deref(), Some(basic_id.as_str()));
 
     for file in [
         "warpconnector-ha",

@@ -218,6 +218,9 @@ fn connector_deployment(
     if !spec.tolerations.is_empty() {
         pod["tolerations"] = json!(spec.tolerations);
     }
+    if let Some(affinity) = &spec.affinity {
+        pod["affinity"] = json!(affinity);
+    }
     match &spec.service_account_name {
         Some(account) => pod["serviceAccountName"] = json!(account),
         None => pod["automountServiceAccountToken"] = json!(false),
