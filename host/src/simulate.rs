@@ -290,12 +290,13 @@ fn simulate_tunnel<K: TunnelObject>(
 
 /// The sources bound to a tunnel in the input.
 fn bind_offline(key: &TunnelKey, manifests: &Manifests) -> Vec<tunnel_sources::Bound> {
-    let exists = |k: &TunnelKey| match k {
-        TunnelKey::Namespaced { namespace, name } => manifests
+    let tunnels_in = |namespace: &str| {
+        manifests
             .tunnels
             .iter()
-            .any(|t| t.namespace().as_deref() == Some(namespace) && &t.name_any() == name),
-        TunnelKey::Cluster { .. } => false,
+            .filter(|t| t.namespace().as_deref() == Some(namespace))
+            .map(|t| t.name_any())
+            .collect()
     };
     let service = |namespace: &str, name: &str| {
         manifests
@@ -319,7 +320,7 @@ fn bind_offline(key: &TunnelKey, manifests: &Manifests) -> Vec<tunnel_sources::B
         key,
         manifests.ingresses.iter(),
         manifests.http_routes.iter(),
-        &exists,
+        &tunnels_in,
         &backends,
     )
 }

@@ -937,6 +937,101 @@ async fn tunnel_namespace_conflicts_renames_and_foreign_records() {
     assert!(world.fake.tunnels().iter().all(|t| t.deleted));
 }
 
+/// The seed's cloudflare-warp Ingress: the legacy class alone, without a
+/// tunnel annotation, is served by its namespace's one Tunnel and never by
+/// another namespace's, and its route is published only while its Service
+/// has ready endpoints.
+#[tokio::test]
+async fn legacy_ingress_class_is_served_in_its_namespace_while_endpoints_are_ready() {
+    let world = World::new().await;
+    let legacy = knit_tests::fresh_namespace(&world.client, "legacy").await;
+    let elsewhere = knit_tests::fresh_namespace(&world.client, "elsewhere").await;
+    world
+        .token_secret(&legacy, "cloudflare-api-credentials", TOKEN)
+        .await;
+    let tunnel: Tunnel = serde_json::from_value(json!({
+        "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+        "kind": "Tunnel",
+        "metadata": {"name": "warp"},
+        "spec": {
+            "newTunnel": {"name": format!("{legacy}-warp")},
+            "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": "cloudflare-api-credentials"},
+        },
+    }))
+    .unwrap();
+    let tunnels = Api::<Tunnel>::namespaced(world.client.clone(), &legacy);
+    tunnels
+        .create(&PostParams::default(), &tunnel)
+        .await
+        .unwrap();
+    world.ready_service(&legacy, "web", 80).await;
+    world.ready_service(&elsewhere, "web", 80).await;
+    for (namespace, name, host) in [
+        (&legacy, "site", "legacy.example.com"),
+        (&elsewhere, "stray", "stray.example.com"),
+    ] {
+        let ingress: Ingress = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": {"kubernetes.io/ingress.class": "cloudflare-warp"}},
+            "spec": {"rules": [{"host": host, "http": {"paths": [{
+                "path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "web", "port": {"number": 80}}},
+            }]}}]},
+        }))
+        .unwrap();
+        Api::<Ingress>::namespaced(world.client.clone(), namespace)
+            .create(&PostParams::default(), &ingress)
+            .await
+            .unwrap();
+    }
+    let id = knit_tests::eventually("the Tunnel's id", WAIT, || async {
+        tunnels.get("warp").await.ok()?.status?.tunnel_id
+    })
+    .await;
+    world.wait_hosts(&id, &["legacy.example.com"]).await;
+    assert!(world.rules(&id).contains(&(
+        Some("legacy.example.com".into()),
+        None,
+        format!("http://web.{legacy}.svc.cluster.local:80")
+    )));
+    world.wait_dns(&id, &["legacy.example.com"]).await;
+    knit_tests::eventually("the Ingress's address", WAIT, || async {
+        world.ingress_hostname(&legacy, "site").await
+    })
+    .await;
+
+    // The endpoints go not ready, come back, then go altogether.
+    let slices = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+        world.client.clone(),
+        &legacy,
+    );
+    let readiness = |ready: bool| {
+        Patch::Merge(json!({
+            "endpoints": [{"addresses": ["10.1.0.10"], "conditions": {"ready": ready}}],
+        }))
+    };
+    slices
+        .patch("web-1", &PatchParams::default(), &readiness(false))
+        .await
+        .unwrap();
+    world.wait_hosts(&id, &[]).await;
+    slices
+        .patch("web-1", &PatchParams::default(), &readiness(true))
+        .await
+        .unwrap();
+    world.wait_hosts(&id, &["legacy.example.com"]).await;
+    slices
+        .delete("web-1", &DeleteParams::default())
+        .await
+        .unwrap();
+    world.wait_hosts(&id, &[]).await;
+    assert_eq!(world.ingress_hostname(&elsewhere, "stray").await, None);
+    tunnels
+        .delete("warp", &DeleteParams::default())
+        .await
+        .unwrap();
+    all_gone(&tunnels, "the Tunnel gone").await;
+}
+
 /// A Tunnel whose Secret is missing says so, then recovers once it exists;
 /// rate limiting on the way is waited out.
 #[tokio::test]

@@ -10,8 +10,9 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Client;
+use kube::ResourceExt;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::Store;
 
 use super::account::Accounts;
 use super::sources::{Bound, HttpRoute, SourceRef, TunnelKey};
@@ -98,13 +99,13 @@ impl Bindings {
     }
 }
 
-/// Whether `key` is a `Tunnel` in the cache (how a bare tunnel name on a
-/// source resolves; see `sources::resolve_tunnel`).
-pub fn namespaced_tunnel_exists(tunnels: &Store<Tunnel>, key: &TunnelKey) -> bool {
-    match key {
-        TunnelKey::Namespaced { namespace, name } => tunnels
-            .get(&ObjectRef::new(name).within(namespace))
-            .is_some(),
-        TunnelKey::Cluster { .. } => false,
-    }
+/// The names of the cached `Tunnel`s in `namespace` (how a source's tunnel
+/// resolves; see `sources::resolve_tunnel`).
+pub fn tunnels_in(tunnels: &Store<Tunnel>, namespace: &str) -> Vec<String> {
+    tunnels
+        .state()
+        .iter()
+        .filter(|t| t.namespace().as_deref() == Some(namespace))
+        .map(|t| t.name_any())
+        .collect()
 }

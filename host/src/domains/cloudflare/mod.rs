@@ -68,7 +68,7 @@ use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use account::{Accounts, CloudflareSettings};
 use context::Context;
-use sources::{HttpRoute, SourceKindKey, SourceRef, TunnelKey};
+use sources::{HttpRoute, SourceKindKey, SourceRef, TunnelKey, TunnelRequest};
 use types::{
     ClusterTunnel, DNSRecord, NetworkRoute, Tunnel, TunnelObject, TunnelRefKind, VirtualNetwork,
     WARPConnector,
@@ -358,13 +358,12 @@ struct Waker {
 }
 
 impl Waker {
-    fn for_source(&self, reference: SourceRef, annotation: Option<&str>) -> Vec<TunnelKey> {
-        let mut keys = Vec::new();
-        if let Some(name) = annotation {
-            keys.push(sources::resolve_tunnel(name, &reference.namespace, |k| {
-                context::namespaced_tunnel_exists(&self.context.tunnels, k)
-            }));
-        }
+    fn for_source(&self, reference: SourceRef, request: Option<TunnelRequest>) -> Vec<TunnelKey> {
+        let tunnels_in = |namespace: &str| context::tunnels_in(&self.context.tunnels, namespace);
+        let mut keys: Vec<TunnelKey> = request
+            .and_then(|r| sources::resolve_tunnel(r, &reference.namespace, &tunnels_in))
+            .into_iter()
+            .collect();
         let bindings = self.context.bindings.lock().expect("bindings lock");
         keys.extend(bindings.tunnel_of(&reference));
         keys

@@ -56,36 +56,62 @@ impl std::fmt::Display for TunnelKey {
     }
 }
 
-/// Which tunnel `annotation` (on an object in `namespace`) names, given
-/// which tunnels exist: `ns/name` is always that `Tunnel`; a bare name is the
-/// `Tunnel` of the object's namespace when there is one, else the
-/// `ClusterTunnel`.
+/// How a source asks for its tunnel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelRequest<'a> {
+    /// By `cf-operator.io/tunnel`.
+    Named(&'a str),
+    /// A legacy-class Ingress without the annotation: as with the
+    /// cloudflare-warp controller, it is served within its own namespace, by
+    /// the namespace's one `Tunnel`.
+    OwnNamespace,
+}
+
+/// The names of the `Tunnel`s in a namespace, as the caller's cache or
+/// input holds them.
+pub type TunnelsIn<'a> = &'a dyn Fn(&str) -> Vec<String>;
+
+/// Which tunnel a source in `namespace` asking by `request` binds to:
+/// `ns/name` is always that `Tunnel`; a bare name is the `Tunnel` of the
+/// source's namespace when there is one, else the `ClusterTunnel`; a legacy
+/// Ingress binds to its namespace's `Tunnel` when there is exactly one, and
+/// to none otherwise.
 pub fn resolve_tunnel(
-    annotation: &str,
+    request: TunnelRequest,
     namespace: &str,
-    tunnel_exists: impl Fn(&TunnelKey) -> bool,
-) -> TunnelKey {
+    tunnels_in: TunnelsIn,
+) -> Option<TunnelKey> {
+    let annotation = match request {
+        TunnelRequest::Named(annotation) => annotation,
+        TunnelRequest::OwnNamespace => {
+            let mut names = tunnels_in(namespace);
+            return (names.len() == 1).then(|| TunnelKey::Namespaced {
+                namespace: namespace.into(),
+                name: names.remove(0),
+            });
+        }
+    };
     if let Some((namespace, name)) = annotation.split_once('/') {
-        return TunnelKey::Namespaced {
+        return Some(TunnelKey::Namespaced {
             namespace: namespace.into(),
             name: name.into(),
-        };
+        });
     }
-    let local = TunnelKey::Namespaced {
-        namespace: namespace.into(),
-        name: annotation.into(),
-    };
-    if tunnel_exists(&local) {
-        local
+    Some(if tunnels_in(namespace).iter().any(|t| t == annotation) {
+        TunnelKey::Namespaced {
+            namespace: namespace.into(),
+            name: annotation.into(),
+        }
     } else {
         TunnelKey::Cluster {
             name: annotation.into(),
         }
-    }
+    })
 }
 
-/// The tunnel an Ingress asks for, when it is of knit's class.
-pub fn ingress_tunnel(ingress: &Ingress) -> Option<&str> {
+/// How an Ingress of knit's class asks for its tunnel; `None` for other
+/// classes, and for knit's class without the annotation.
+pub fn ingress_tunnel(ingress: &Ingress) -> Option<TunnelRequest<'_>> {
     let class = ingress
         .spec
         .as_ref()
@@ -93,23 +119,23 @@ pub fn ingress_tunnel(ingress: &Ingress) -> Option<&str> {
     let legacy = ingress
         .annotations()
         .get(LEGACY_CLASS_ANNOTATION)
-        .map(String::as_str);
-    if class == Some(INGRESS_CLASS) || legacy == Some(LEGACY_CLASS) {
-        ingress
-            .annotations()
-            .get(TUNNEL_ANNOTATION)
-            .map(|s| s.as_str())
-    } else {
-        None
+        .map(String::as_str)
+        == Some(LEGACY_CLASS);
+    if class != Some(INGRESS_CLASS) && !legacy {
+        return None;
+    }
+    match ingress.annotations().get(TUNNEL_ANNOTATION) {
+        Some(name) => Some(TunnelRequest::Named(name)),
+        None => legacy.then_some(TunnelRequest::OwnNamespace),
     }
 }
 
-/// The tunnel an HTTPRoute asks for.
-pub fn route_tunnel(route: &HttpRoute) -> Option<&str> {
+/// How an HTTPRoute asks for its tunnel.
+pub fn route_tunnel(route: &HttpRoute) -> Option<TunnelRequest<'_>> {
     route
         .annotations()
         .get(TUNNEL_ANNOTATION)
-        .map(|s| s.as_str())
+        .map(|s| TunnelRequest::Named(s))
 }
 
 /// A Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`), its spec and
@@ -357,16 +383,16 @@ pub fn bind<'a>(
     key: &TunnelKey,
     ingresses: impl Iterator<Item = &'a Ingress>,
     routes: impl Iterator<Item = &'a HttpRoute>,
-    tunnel_exists: &dyn Fn(&TunnelKey) -> bool,
+    tunnels_in: TunnelsIn,
     backends: &Backends,
 ) -> Vec<Bound> {
     let mut bound = Vec::new();
     for ingress in ingresses {
         let namespace = ingress.namespace().unwrap_or_default();
-        let Some(name) = ingress_tunnel(ingress) else {
+        let Some(request) = ingress_tunnel(ingress) else {
             continue;
         };
-        if &resolve_tunnel(name, &namespace, tunnel_exists) != key {
+        if resolve_tunnel(request, &namespace, tunnels_in).as_ref() != Some(key) {
             continue;
         }
         let source = ingress_source(ingress, backends);
@@ -384,10 +410,10 @@ pub fn bind<'a>(
     }
     for route in routes {
         let namespace = route.namespace().unwrap_or_default();
-        let Some(name) = route_tunnel(route) else {
+        let Some(request) = route_tunnel(route) else {
             continue;
         };
-        if &resolve_tunnel(name, &namespace, tunnel_exists) != key {
+        if resolve_tunnel(request, &namespace, tunnels_in).as_ref() != Some(key) {
             continue;
         }
         let source = http_route_source(route, backends);
@@ -568,6 +594,7 @@ pub fn http_route_source(route: &HttpRoute, backends: &Backends) -> Result<Sourc
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{ServicePort, ServiceSpec};
+    use rstest::rstest;
     use std::sync::Arc;
 
     fn service(name: &str, ports: &[(&str, i32)]) -> Arc<Service> {
@@ -598,27 +625,51 @@ mod tests {
         serde_yaml::from_str(yaml).unwrap()
     }
 
-    #[test]
-    fn tunnel_names_resolve_to_the_local_tunnel_first() {
-        let exists = |k: &TunnelKey| k.namespace() == Some("a") && k.name() == "t";
-        assert_eq!(
-            resolve_tunnel("t", "a", exists),
-            TunnelKey::Namespaced {
-                namespace: "a".into(),
-                name: "t".into()
-            }
-        );
-        assert_eq!(
-            resolve_tunnel("t", "b", exists),
-            TunnelKey::Cluster { name: "t".into() }
-        );
-        assert_eq!(
-            resolve_tunnel("a/t", "b", exists),
-            TunnelKey::Namespaced {
-                namespace: "a".into(),
-                name: "t".into()
-            }
-        );
+    fn namespaced(namespace: &str, name: &str) -> Option<TunnelKey> {
+        Some(TunnelKey::Namespaced {
+            namespace: namespace.into(),
+            name: name.into(),
+        })
+    }
+
+    fn cluster(name: &str) -> Option<TunnelKey> {
+        Some(TunnelKey::Cluster { name: name.into() })
+    }
+
+    /// Namespace `a` has one Tunnel `t`; `b` has none; `c` has two.
+    fn tunnels_in(namespace: &str) -> Vec<String> {
+        match namespace {
+            "a" => vec!["t".into()],
+            "c" => vec!["t".into(), "u".into()],
+            _ => vec![],
+        }
+    }
+
+    #[rstest]
+    #[case::bare_name_is_the_local_tunnel(TunnelRequest::Named("t"), "a", namespaced("a", "t"))]
+    #[case::bare_name_without_a_local_tunnel_is_the_cluster_tunnel(
+        TunnelRequest::Named("t"),
+        "b",
+        cluster("t")
+    )]
+    #[case::qualified_name_is_that_tunnel(TunnelRequest::Named("a/t"), "b", namespaced("a", "t"))]
+    #[case::legacy_ingress_takes_its_namespaces_one_tunnel(
+        TunnelRequest::OwnNamespace,
+        "a",
+        namespaced("a", "t")
+    )]
+    #[case::legacy_ingress_without_a_local_tunnel_is_unbound(
+        TunnelRequest::OwnNamespace,
+        "b",
+        None
+    )]
+    #[case::legacy_ingress_among_two_tunnels_is_unbound(TunnelRequest::OwnNamespace, "c", None)]
+    fn tunnel_requests_resolve(
+        #[case] request: TunnelRequest,
+        #[case] namespace: &str,
+        #[case] expected: Option<TunnelKey>,
+    ) {
+        assert_eq!(resolve_tunnel(request, namespace, &tunnels_in), expected);
     }
 
     #[test]
@@ -626,11 +677,22 @@ mod tests {
         let ours = ingress(
             "metadata: {name: i, namespace: app, annotations: {cf-operator.io/tunnel: t}}\nspec: {ingressClassName: cloudflare-tunnel}",
         );
-        assert_eq!(ingress_tunnel(&ours), Some("t"));
+        assert_eq!(ingress_tunnel(&ours), Some(TunnelRequest::Named("t")));
         let legacy = ingress(
             "metadata: {name: i, namespace: app, annotations: {cf-operator.io/tunnel: t, kubernetes.io/ingress.class: cloudflare-warp}}",
         );
-        assert_eq!(ingress_tunnel(&legacy), Some("t"));
+        assert_eq!(ingress_tunnel(&legacy), Some(TunnelRequest::Named("t")));
+        let legacy_alone = ingress(
+            "metadata: {name: i, namespace: app, annotations: {kubernetes.io/ingress.class: cloudflare-warp}}",
+        );
+        assert_eq!(
+            ingress_tunnel(&legacy_alone),
+            Some(TunnelRequest::OwnNamespace)
+        );
+        let ours_alone = ingress(
+            "metadata: {name: i, namespace: app}\nspec: {ingressClassName: cloudflare-tunnel}",
+        );
+        assert_eq!(ingress_tunnel(&ours_alone), None);
         let other = ingress(
             "metadata: {name: i, namespace: app, annotations: {cf-operator.io/tunnel: t}}\nspec: {ingressClassName: nginx}",
         );

@@ -18,7 +18,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
-use super::context::{Context, namespaced_tunnel_exists};
+use super::context::{Context, tunnels_in};
 use super::dns_sync::{delete_owned_records, owner_marker, sync_dns};
 use super::error::{Error, failure_reason};
 use super::plan;
@@ -375,7 +375,7 @@ fn claimant(ctx: &Context, key: &TunnelKey, id: &str) -> Option<TunnelKey> {
 
 /// Every Ingress and HTTPRoute of the caches that names this tunnel.
 fn bound_sources(key: &TunnelKey, ctx: &Context) -> Vec<Bound> {
-    let exists = |k: &TunnelKey| namespaced_tunnel_exists(&ctx.tunnels, k);
+    let tunnels_in = |namespace: &str| tunnels_in(&ctx.tunnels, namespace);
     let services = &ctx.services;
     let service =
         |namespace: &str, name: &str| services.get(&ObjectRef::new(name).within(namespace));
@@ -391,7 +391,7 @@ fn bound_sources(key: &TunnelKey, ctx: &Context) -> Vec<Bound> {
         key,
         ingresses.iter().map(|i| &**i),
         routes.iter().map(|r| &**r),
-        &exists,
+        &tunnels_in,
         &backends,
     )
 }
