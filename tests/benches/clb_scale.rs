@@ -91,7 +91,7 @@ async fn run(task_delay: Duration) -> Outcome {
         listener_quota: 1000,
         resync: TkeSettings::DEFAULT_RESYNC,
     };
-    let knit = Knit::start(move |client, registry| {
+    let knit = Knit::start(knit_tests::env(), move |client, registry| {
         knit::domains::tke_clb::run(
             client,
             registry,

@@ -65,7 +65,7 @@ async fn run(ingresses: usize) -> Outcome {
         cloudflared_image: "cloudflare/cloudflared:latest".into(),
         resync: Duration::from_secs(600),
     };
-    let knit = Knit::start(move |client, registry| {
+    let knit = Knit::start(knit_tests::env(), move |client, registry| {
         knit::domains::cloudflare::run(
             client,
             registry,

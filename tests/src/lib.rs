@@ -35,6 +35,7 @@ pub struct TestEnv {
 }
 
 static ENV: OnceLock<TestEnv> = OnceLock::new();
+static OTHER_CLUSTER: OnceLock<TestEnv> = OnceLock::new();
 
 /// The repository root. Read when the tests run (cargo sets
 /// `CARGO_MANIFEST_DIR` for them), not baked in at build time: a shared
@@ -68,7 +69,13 @@ pub fn tool(name: &str) -> PathBuf {
 
 /// The shared environment, started on first use.
 pub fn env() -> &'static TestEnv {
-    ENV.get_or_init(start)
+    ENV.get_or_init(|| start("main"))
+}
+
+/// A second cluster, with its own API server and etcd, started on first use:
+/// for what two clusters share, such as a Cloudflare account.
+pub fn other_cluster() -> &'static TestEnv {
+    OTHER_CLUSTER.get_or_init(|| start("other"))
 }
 
 /// Audits knit's identity only, at the Metadata level (no bodies, so no
@@ -82,8 +89,8 @@ rules:
   - level: None
 "#;
 
-fn start() -> TestEnv {
-    let audit_dir = std::env::temp_dir().join(format!("knit-audit-{}", std::process::id()));
+fn start(label: &str) -> TestEnv {
+    let audit_dir = std::env::temp_dir().join(format!("knit-audit-{}-{label}", std::process::id()));
     std::fs::create_dir_all(&audit_dir).expect("creating the audit directory");
     let policy = audit_dir.join("policy.yaml");
     std::fs::write(&policy, AUDIT_POLICY).expect("writing the audit policy");
@@ -169,6 +176,11 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {
 /// A cluster-admin client.
 pub async fn admin_client() -> Client {
     client_for(&env().admin_kubeconfig).await
+}
+
+/// A cluster-admin client of `other_cluster()`.
+pub async fn other_cluster_client() -> Client {
+    client_for(&other_cluster().admin_kubeconfig).await
 }
 
 /// A client with the controller's identity

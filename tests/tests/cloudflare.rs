@@ -91,22 +91,11 @@ impl World {
     }
 
     fn start_knit(&mut self) {
-        let settings = CloudflareSettings {
-            endpoint: self.fake.endpoint().into(),
-            cluster_id: "e2e-cluster".into(),
-            namespace: KNIT_NAMESPACE.into(),
-            cloudflared_image: "cloudflare/cloudflared:2025.1.0".into(),
-            resync: Duration::from_secs(5),
-        };
-        self.knit = Some(Knit::start(move |client, registry| {
-            knit::domains::cloudflare::run(
-                client,
-                registry,
-                settings,
-                Default::default(),
-                std::future::pending(),
-            )
-        }));
+        self.knit = Some(start_cloudflare(
+            knit_tests::env(),
+            self.fake.endpoint(),
+            "e2e-cluster",
+        ));
     }
 
     async fn cluster_tunnel(&self, name: &str) -> ClusterTunnel {
@@ -193,74 +182,6 @@ impl World {
         .await;
     }
 
-    /// A Secret holding `token` as `CLOUDFLARE_API_TOKEN` (written over an
-    /// earlier test's).
-    async fn token_secret(&self, namespace: &str, name: &str, token: &str) {
-        Api::<Secret>::namespaced(self.client.clone(), namespace)
-            .patch(
-                name,
-                &PatchParams::apply("e2e").force(),
-                &Patch::Apply(json!({
-                    "apiVersion": "v1", "kind": "Secret",
-                    "metadata": {"name": name},
-                    "stringData": {"CLOUDFLARE_API_TOKEN": token},
-                })),
-            )
-            .await
-            .unwrap();
-    }
-
-    /// A Service with a ready endpoint, as the endpoints controller would
-    /// publish it.
-    async fn ready_service(&self, namespace: &str, name: &str, port: i32) {
-        let services =
-            Api::<k8s_openapi::api::core::v1::Service>::namespaced(self.client.clone(), namespace);
-        let _ = services
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "metadata": {"name": name},
-                    "spec": {"ports": [{"name": "http", "port": port}]},
-                }))
-                .unwrap(),
-            )
-            .await;
-        let slices = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
-            self.client.clone(),
-            namespace,
-        );
-        let _ = slices
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({
-                    "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
-                    "addressType": "IPv4",
-                    "endpoints": [{"addresses": ["10.1.0.10"], "conditions": {"ready": true}}],
-                    "ports": [{"name": "http", "port": port}],
-                }))
-                .unwrap(),
-            )
-            .await;
-    }
-
-    async fn ingress(&self, namespace: &str, name: &str, tunnel: &str, host: &str, service: &str) {
-        let ingress: Ingress = serde_json::from_value(json!({
-            "metadata": {"name": name, "annotations": {"cf-operator.io/tunnel": tunnel}},
-            "spec": {
-                "ingressClassName": "cloudflare-tunnel",
-                "rules": [{"host": host, "http": {"paths": [{
-                    "path": "/", "pathType": "Prefix",
-                    "backend": {"service": {"name": service, "port": {"number": 80}}},
-                }]}}],
-            },
-        }))
-        .unwrap();
-        Api::<Ingress>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), &ingress)
-            .await
-            .unwrap();
-    }
-
     async fn ingress_hostname(&self, namespace: &str, name: &str) -> Option<String> {
         let ingress = Api::<Ingress>::namespaced(self.client.clone(), namespace)
             .get(name)
@@ -287,6 +208,102 @@ impl World {
             .filter_map(|e| e.reason)
             .collect()
     }
+}
+
+/// knit's Cloudflare controllers on the cluster `env`, as the cluster
+/// `cluster_id`, against the fake at `endpoint`.
+fn start_cloudflare(env: &'static knit_tests::TestEnv, endpoint: &str, cluster_id: &str) -> Knit {
+    let settings = CloudflareSettings {
+        endpoint: endpoint.into(),
+        cluster_id: cluster_id.into(),
+        namespace: KNIT_NAMESPACE.into(),
+        cloudflared_image: "cloudflare/cloudflared:2025.1.0".into(),
+        resync: Duration::from_secs(5),
+    };
+    Knit::start(env, move |client, registry| {
+        knit::domains::cloudflare::run(
+            client,
+            registry,
+            settings,
+            Default::default(),
+            std::future::pending(),
+        )
+    })
+}
+
+/// A Secret holding `token` as `CLOUDFLARE_API_TOKEN` (written over an
+/// earlier test's).
+async fn token_secret(client: &Client, namespace: &str, name: &str, token: &str) {
+    Api::<Secret>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &PatchParams::apply("e2e").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name},
+                "stringData": {"CLOUDFLARE_API_TOKEN": token},
+            })),
+        )
+        .await
+        .unwrap();
+}
+
+/// A Service with a ready endpoint, as the endpoints controller would
+/// publish it.
+async fn ready_service(client: &Client, namespace: &str, name: &str, port: i32) {
+    let services =
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(client.clone(), namespace);
+    let _ = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "spec": {"ports": [{"name": "http", "port": port}]},
+            }))
+            .unwrap(),
+        )
+        .await;
+    let slices = Api::<k8s_openapi::api::discovery::v1::EndpointSlice>::namespaced(
+        client.clone(),
+        namespace,
+    );
+    let _ = slices
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": format!("{name}-1"), "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": ["10.1.0.10"], "conditions": {"ready": true}}],
+                "ports": [{"name": "http", "port": port}],
+            }))
+            .unwrap(),
+        )
+        .await;
+}
+
+async fn ingress(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    tunnel: &str,
+    host: &str,
+    service: &str,
+) {
+    let ingress: Ingress = serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": {"cf-operator.io/tunnel": tunnel}},
+        "spec": {
+            "ingressClassName": "cloudflare-tunnel",
+            "rules": [{"host": host, "http": {"paths": [{
+                "path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": service, "port": {"number": 80}}},
+            }]}}],
+        },
+    }))
+    .unwrap();
+    Api::<Ingress>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &ingress)
+        .await
+        .unwrap();
 }
 
 /// Waits until `api` lists nothing (finalizers done).
@@ -406,15 +423,9 @@ fn live_tunnel(world: &World, name: &str) -> knit_tests::fake_cloudflare::FakeTu
 #[tokio::test]
 async fn seed_ingresses_and_http_route_share_cluster_tunnels() {
     let world = World::new().await;
-    world
-        .ready_service("app-namespace-1", "app1-service", 80)
-        .await;
-    world
-        .ready_service("app-namespace-2", "app2-service", 80)
-        .await;
-    world
-        .ready_service("api-namespace", "api-service", 8080)
-        .await;
+    ready_service(&world.client, "app-namespace-1", "app1-service", 80).await;
+    ready_service(&world.client, "app-namespace-2", "app2-service", 80).await;
+    ready_service(&world.client, "api-namespace", "api-service", 8080).await;
     apply("examples/cloudflare/clustertunnel-ingress.yaml");
     apply("examples/cloudflare/clustertunnel-gateway.yaml");
 
@@ -578,16 +589,16 @@ async fn seed_ingresses_and_http_route_share_cluster_tunnels() {
         .config_version;
     let puts = world.fake.count("PUT", "cfd_tunnel/{id}/configurations");
     let third = knit_tests::fresh_namespace(&world.client, "app-namespace-3").await;
-    world.ready_service(&third, "app3-service", 80).await;
-    world
-        .ingress(
-            &third,
-            "app3-ingress",
-            "shared-tunnel",
-            "app3.example.com",
-            "app3-service",
-        )
-        .await;
+    ready_service(&world.client, &third, "app3-service", 80).await;
+    ingress(
+        &world.client,
+        &third,
+        "app3-ingress",
+        "shared-tunnel",
+        "app3.example.com",
+        "app3-service",
+    )
+    .await;
     world
         .wait_hosts(
             &id,
@@ -791,9 +802,7 @@ async fn tunnel_namespace_conflicts_renames_and_foreign_records() {
     let world = World::new().await;
     let team = knit_tests::fresh_namespace(&world.client, "team").await;
     let other = knit_tests::fresh_namespace(&world.client, "other").await;
-    world
-        .token_secret(&team, "cloudflare-api-credentials", TOKEN)
-        .await;
+    token_secret(&world.client, &team, "cloudflare-api-credentials", TOKEN).await;
     world.fake.add_dns_record(
         &world.zone,
         "manual.example.com",
@@ -824,32 +833,56 @@ async fn tunnel_namespace_conflicts_renames_and_foreign_records() {
         .create(&PostParams::default(), &tunnel)
         .await
         .unwrap();
-    world.ready_service(&team, "web", 80).await;
-    world.ready_service(&team, "web2", 80).await;
-    world.ready_service(&other, "web", 80).await;
-    world
-        .ingress(&team, "older", "team-tunnel", "a.example.com", "web")
-        .await;
-    world
-        .ingress(&team, "site", "team-tunnel", "site.example.com", "web")
-        .await;
-    world
-        .ingress(&team, "taken", "team-tunnel", "taken.example.com", "web")
-        .await;
-    world
-        .ingress(
-            &other,
-            "foreign",
-            &format!("{team}/team-tunnel"),
-            "foreign.example.com",
-            "web",
-        )
-        .await;
+    ready_service(&world.client, &team, "web", 80).await;
+    ready_service(&world.client, &team, "web2", 80).await;
+    ready_service(&world.client, &other, "web", 80).await;
+    ingress(
+        &world.client,
+        &team,
+        "older",
+        "team-tunnel",
+        "a.example.com",
+        "web",
+    )
+    .await;
+    ingress(
+        &world.client,
+        &team,
+        "site",
+        "team-tunnel",
+        "site.example.com",
+        "web",
+    )
+    .await;
+    ingress(
+        &world.client,
+        &team,
+        "taken",
+        "team-tunnel",
+        "taken.example.com",
+        "web",
+    )
+    .await;
+    ingress(
+        &world.client,
+        &other,
+        "foreign",
+        &format!("{team}/team-tunnel"),
+        "foreign.example.com",
+        "web",
+    )
+    .await;
     // creationTimestamp has one-second resolution.
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    world
-        .ingress(&team, "younger", "team-tunnel", "a.example.com", "web2")
-        .await;
+    ingress(
+        &world.client,
+        &team,
+        "younger",
+        "team-tunnel",
+        "a.example.com",
+        "web2",
+    )
+    .await;
 
     let id = knit_tests::eventually("the Tunnel's id", WAIT, || async {
         tunnels.get("team-tunnel").await.ok()?.status?.tunnel_id
@@ -946,9 +979,7 @@ async fn legacy_ingress_class_is_served_in_its_namespace_while_endpoints_are_rea
     let world = World::new().await;
     let legacy = knit_tests::fresh_namespace(&world.client, "legacy").await;
     let elsewhere = knit_tests::fresh_namespace(&world.client, "elsewhere").await;
-    world
-        .token_secret(&legacy, "cloudflare-api-credentials", TOKEN)
-        .await;
+    token_secret(&world.client, &legacy, "cloudflare-api-credentials", TOKEN).await;
     let tunnel: Tunnel = serde_json::from_value(json!({
         "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
         "kind": "Tunnel",
@@ -964,8 +995,8 @@ async fn legacy_ingress_class_is_served_in_its_namespace_while_endpoints_are_rea
         .create(&PostParams::default(), &tunnel)
         .await
         .unwrap();
-    world.ready_service(&legacy, "web", 80).await;
-    world.ready_service(&elsewhere, "web", 80).await;
+    ready_service(&world.client, &legacy, "web", 80).await;
+    ready_service(&world.client, &elsewhere, "web", 80).await;
     for (namespace, name, host) in [
         (&legacy, "site", "legacy.example.com"),
         (&elsewhere, "stray", "stray.example.com"),
@@ -1032,6 +1063,172 @@ async fn legacy_ingress_class_is_served_in_its_namespace_while_endpoints_are_rea
     all_gone(&tunnels, "the Tunnel gone").await;
 }
 
+/// Two clusters on one Cloudflare account and zone, each with its own knit
+/// and cluster id: neither touches the other's tunnel, DNS records or
+/// routes, not for a host both ask for, nor when one deletes its objects.
+#[tokio::test]
+async fn two_clusters_on_one_account_leave_each_other_alone() {
+    let world = World::new().await;
+    let second = knit_tests::other_cluster_client().await;
+    clear_leftovers(&second).await;
+    for client in [&world.client, &second] {
+        for namespace in [KNIT_NAMESPACE, "shop"] {
+            let _ = Api::<Namespace>::all(client.clone())
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap(),
+                )
+                .await;
+        }
+    }
+    token_secret(&second, KNIT_NAMESPACE, "cloudflare-api-credentials", TOKEN).await;
+    let _second_knit = start_cloudflare(
+        knit_tests::other_cluster(),
+        world.fake.endpoint(),
+        "second-cluster",
+    );
+    let tunnel = |name: &str| -> ClusterTunnel {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+            "kind": "ClusterTunnel",
+            "metadata": {"name": "edge"},
+            "spec": {
+                "newTunnel": {"name": name},
+                "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": "cloudflare-api-credentials"},
+            },
+        }))
+        .unwrap()
+    };
+    let route = |network: &str| -> NetworkRoute {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+            "kind": "NetworkRoute",
+            "metadata": {"name": "lan"},
+            "spec": {
+                "network": network,
+                "tunnelRef": {"name": "edge"},
+                "cloudflare": {"accountId": ACCOUNT, "secret": "cloudflare-api-credentials"},
+            },
+        }))
+        .unwrap()
+    };
+    let mut ids = Vec::new();
+    for (client, name, host, network) in [
+        (
+            &world.client,
+            "edge-first",
+            "first.example.com",
+            "10.10.0.0/16",
+        ),
+        (&second, "edge-second", "second.example.com", "10.20.0.0/16"),
+    ] {
+        let tunnels = Api::<ClusterTunnel>::all(client.clone());
+        tunnels
+            .create(&PostParams::default(), &tunnel(name))
+            .await
+            .unwrap();
+        Api::<NetworkRoute>::all(client.clone())
+            .create(&PostParams::default(), &route(network))
+            .await
+            .unwrap();
+        ready_service(client, "shop", "web", 80).await;
+        ingress(client, "shop", "site", "edge", host, "web").await;
+        let (edge, _) = wait_ready(&tunnels, "edge", "True", |t: &ClusterTunnel| {
+            Some(t.status.as_ref()?.conditions.clone())
+        })
+        .await;
+        let id = edge.status.unwrap().tunnel_id.unwrap();
+        world.wait_dns(&id, &[host]).await;
+        ids.push(id);
+    }
+    let (first_id, second_id) = (&ids[0], &ids[1]);
+
+    // A host both clusters serve: the first to publish it keeps it.
+    ingress(
+        &world.client,
+        "shop",
+        "shared",
+        "edge",
+        "shared.example.com",
+        "web",
+    )
+    .await;
+    world
+        .wait_dns(first_id, &["first.example.com", "shared.example.com"])
+        .await;
+    ingress(
+        &second,
+        "shop",
+        "shared",
+        "edge",
+        "shared.example.com",
+        "web",
+    )
+    .await;
+    let second_tunnels = Api::<ClusterTunnel>::all(second.clone());
+    let dns = knit_tests::eventually("DNSReady=False on the second cluster", WAIT, || async {
+        let status = second_tunnels.get("edge").await.ok()?.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "DNSReady" && c.status == "False")
+    })
+    .await;
+    assert_eq!(dns.reason, "RecordNotOwned");
+    assert!(
+        dns.message.contains("shared.example.com"),
+        "{}",
+        dns.message
+    );
+    let routes_of = |tunnel_id: &str| -> Vec<String> {
+        let mut networks: Vec<String> = world
+            .fake
+            .routes()
+            .into_iter()
+            .filter(|r| r.tunnel_id == tunnel_id)
+            .map(|r| r.network)
+            .collect();
+        networks.sort();
+        networks
+    };
+    knit_tests::eventually("both clusters' routes", WAIT, || async {
+        (routes_of(first_id) == ["10.10.0.0/16"] && routes_of(second_id) == ["10.20.0.0/16"])
+            .then_some(())
+    })
+    .await;
+
+    // The second cluster deletes everything it made, and only that.
+    Api::<NetworkRoute>::all(second.clone())
+        .delete("lan", &DeleteParams::default())
+        .await
+        .unwrap();
+    second_tunnels
+        .delete("edge", &DeleteParams::default())
+        .await
+        .unwrap();
+    all_gone(&second_tunnels, "the second cluster's tunnel gone").await;
+    let live = |id: &str| {
+        world
+            .fake
+            .tunnels()
+            .into_iter()
+            .find(|t| t.id == id)
+            .unwrap()
+    };
+    assert!(live(second_id).deleted);
+    assert!(!live(first_id).deleted);
+    assert_eq!(world.dns_names(second_id), BTreeSet::new());
+    assert_eq!(
+        world.dns_names(first_id),
+        BTreeSet::from(["first.example.com".into(), "shared.example.com".into()])
+    );
+    assert_eq!(routes_of(first_id), ["10.10.0.0/16"]);
+    assert!(routes_of(second_id).is_empty());
+    world
+        .wait_hosts(first_id, &["first.example.com", "shared.example.com"])
+        .await;
+}
+
 /// A Tunnel whose Secret is missing says so, then recovers once it exists;
 /// rate limiting on the way is waited out.
 #[tokio::test]
@@ -1067,7 +1264,7 @@ async fn missing_credentials_then_rate_limits() {
     assert!(world.fake.tunnels().is_empty());
 
     world.fake.rate_limit_next(3, 1);
-    world.token_secret(&namespace, "absent", TOKEN).await;
+    token_secret(&world.client, &namespace, "absent", TOKEN).await;
     knit_tests::eventually("Ready=True", WAIT, || async {
         let status = tunnels.get("t").await.ok()?.status?;
         (ready_condition(&status.conditions)?.status == "True").then_some(())
@@ -1088,9 +1285,13 @@ async fn missing_credentials_then_rate_limits() {
 #[tokio::test]
 async fn seed_warp_connectors_advertise_routes() {
     let world = World::new().await;
-    world
-        .token_secret(KNIT_NAMESPACE, "production-cloudflare-token", WARP_TOKEN)
-        .await;
+    token_secret(
+        &world.client,
+        KNIT_NAMESPACE,
+        "production-cloudflare-token",
+        WARP_TOKEN,
+    )
+    .await;
     apply("examples/cloudflare/backends.yaml");
     apply("examples/cloudflare/warpconnector-basic.yaml");
     apply("examples/cloudflare/warpconnector-multi-route.yaml");
@@ -1526,9 +1727,13 @@ async fn network_routes_follow_their_tunnel() {
 #[tokio::test]
 async fn dns_records_publish_static_and_source_addresses() {
     let world = World::new().await;
-    world
-        .token_secret("production", "cloudflare-api-credentials", TOKEN)
-        .await;
+    token_secret(
+        &world.client,
+        "production",
+        "cloudflare-api-credentials",
+        TOKEN,
+    )
+    .await;
     let foreign = world.fake.add_dns_record(
         &world.zone,
         "taken.example.com",

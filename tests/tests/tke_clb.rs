@@ -101,7 +101,7 @@ impl World {
 
     fn knit(&self) -> Knit {
         let settings = self.settings();
-        Knit::start(move |client, registry| {
+        Knit::start(knit_tests::env(), move |client, registry| {
             knit::domains::tke_clb::run(
                 client,
                 registry,

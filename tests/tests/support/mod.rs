@@ -13,9 +13,10 @@ pub struct Knit {
 }
 
 impl Knit {
-    /// Runs `controllers` with a cluster-admin client and the built-in
-    /// plugins.
-    pub fn start<F, Fut>(controllers: F) -> Knit
+    /// Runs `controllers` on the cluster `env` (`knit_tests::env()`, or
+    /// `knit_tests::other_cluster()`) with a cluster-admin client and the
+    /// built-in plugins.
+    pub fn start<F, Fut>(env: &'static knit_tests::TestEnv, controllers: F) -> Knit
     where
         F: FnOnce(kube::Client, Arc<Registry>) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -27,7 +28,7 @@ impl Knit {
             .build()
             .unwrap();
         runtime.spawn(async move {
-            let client = knit_tests::admin_client().await;
+            let client = knit_tests::client_for(&env.admin_kubeconfig).await;
             controllers(client, registry).await;
         });
         Knit {
