@@ -198,6 +198,7 @@ pub fn tunnel_bench_request() -> knit_tunnel_core::Request {
                 name: format!("app-{i:04}"),
                 created: 1_700_000_000 + i as i64,
                 routes,
+                origin: Default::default(),
             }
         })
         .collect();

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use knit::runtime::{CallError, Plugin, PluginSettings, PluginSource, Registry, World};
 use knit_tunnel_core::{
-    Backend, BackendState, Mapping, PathMatch, Request, Route, Scheme, Source, SourceKind, Tunnel,
-    Verdict,
+    Backend, BackendState, Mapping, OriginRequest, PathMatch, Request, Route, Scheme, Source,
+    SourceKind, Tunnel, Verdict,
 };
 
 fn load(registry: &Registry, name: &str, bytes: &[u8], config: &[(&str, &str)]) -> Arc<Plugin> {
@@ -81,6 +81,7 @@ fn source(
         name: name.into(),
         created,
         routes,
+        origin: OriginRequest::default(),
     }
 }
 
@@ -459,6 +460,10 @@ fn the_host_refuses_a_mapping_that_drops_what_serves() {
                 "drop-dns",
                 "Ingress shop/web is Accepted, but its host \"www.example.com\" has no DNS name",
             ),
+            (
+                "skip-tls-verify",
+                "rule 1 (\"app.example.com\" path \"^/static(?s:/.*)?$\" -> \"http://static.shop.svc.cluster.local:80\" with origin settings noTLSVerify=\"true\"): Ingress shop/restarting asks for origin settings none",
+            ),
         ],
     );
 }
@@ -532,7 +537,7 @@ fn random_request(rng: &mut SplitMix64) -> Request {
                         state,
                     );
                     if rng.below(3) == 0 {
-                        r.backend.scheme = Scheme::Https;
+                        r.backend.scheme = Scheme::ALL[rng.below(Scheme::ALL.len())];
                     }
                     r
                 })
@@ -542,13 +547,28 @@ fn random_request(rng: &mut SplitMix64) -> Request {
             } else {
                 SourceKind::HttpRoute
             };
-            source(
+            let mut source = source(
                 kind,
                 namespaces[rng.below(namespaces.len())],
                 &format!("s{i}"),
                 rng.below(4) as i64,
                 routes,
-            )
+            );
+            // Every setting crosses the plugin boundary both ways.
+            if rng.below(3) == 0 {
+                source.origin = OriginRequest {
+                    no_tls_verify: Some(rng.below(2) == 0),
+                    origin_server_name: Some(format!("s{i}.internal")),
+                    ca_pool: Some("/etc/ca.pem".into()),
+                    http_host_header: Some("www.example.com".into()),
+                    connect_timeout: Some(rng.below(60) as u32),
+                    tls_timeout: Some(10),
+                    keep_alive_timeout: Some(90),
+                    http2_origin: Some(true),
+                    disable_chunked_encoding: Some(false),
+                };
+            }
+            source
         })
         .collect();
     request(tunnel_of, sources)

@@ -53,7 +53,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// The path prefix of the API, as in `https://api.cloudflare.com/client/v4`.
 pub const PREFIX: &str = "/client/v4";
@@ -1874,7 +1874,51 @@ struct ConfigBody {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    origin_request: Option<Map<String, Value>>,
+    origin_request: Option<OriginRequestBody>,
+}
+
+/// cloudflared's `OriginRequestConfig` as it decodes the API's JSON: flags
+/// are booleans, strings strings, and durations whole seconds (its
+/// `CustomDuration` parses an integer and nothing else: `30.5` or `"30s"`
+/// fail). cloudflared ignores a key it does not know, so a misspelt one
+/// would silently do nothing: refused here.
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct OriginRequestBody {
+    #[serde(
+        rename = "noTLSVerify",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    no_tls_verify: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    origin_server_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_pool: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http_host_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    connect_timeout: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls_timeout: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tcp_keep_alive: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keep_alive_timeout: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    keep_alive_connections: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    no_happy_eyeballs: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http2_origin: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    disable_chunked_encoding: Option<bool>,
+    #[serde(
+        rename = "matchSNItoHost",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    match_sni_to_host: Option<bool>,
 }
 
 #[derive(Deserialize, serde::Serialize)]
@@ -1896,7 +1940,7 @@ struct RuleBody {
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    origin_request: Option<Map<String, Value>>,
+    origin_request: Option<OriginRequestBody>,
 }
 
 #[derive(Deserialize)]
@@ -2355,6 +2399,40 @@ mod tests {
                 refused(json!([{"service": service}])).contains("not a valid service"),
                 "{service}"
             );
+        }
+    }
+
+    /// Origin settings decode as cloudflared decodes them: a duration is
+    /// an integer of seconds, a flag a boolean, and a key it does not know
+    /// (which cloudflared would ignore) is refused.
+    #[test]
+    fn origin_settings_are_typed_as_cloudflared_reads_them() {
+        let config = |origin: Value| {
+            serde_json::from_value::<PutConfiguration>(json!({"config": {
+                "originRequest": origin,
+                "ingress": [{"hostname": "a.example.com", "service": "https://a:443",
+                             "originRequest": origin}, {"service": "http_status:404"}],
+            }}))
+            .map(|_| ())
+            .map_err(|error| error.to_string())
+        };
+        assert_eq!(
+            config(
+                json!({"noTLSVerify": true, "connectTimeout": 30, "originServerName": "a",
+                          "caPool": "/ca.pem", "httpHostHeader": "a", "tlsTimeout": 5,
+                          "keepAliveTimeout": 90, "http2Origin": true,
+                          "disableChunkedEncoding": false})
+            ),
+            Ok(())
+        );
+        for (bad, why) in [
+            (json!({"connectTimeout": "30s"}), "invalid type"),
+            (json!({"connectTimeout": 30.5}), "invalid type"),
+            (json!({"noTLSVerify": "true"}), "invalid type"),
+            (json!({"noTlsVerify": true}), "unknown field"),
+        ] {
+            let error = config(bad.clone()).unwrap_err();
+            assert!(error.contains(why), "{bad}: {error}");
         }
     }
 

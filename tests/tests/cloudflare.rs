@@ -1229,6 +1229,156 @@ async fn two_clusters_on_one_account_leave_each_other_alone() {
         .await;
 }
 
+/// cloudflared's origin settings: the tunnel's `originRequest` as the
+/// configuration's defaults, a source's `origin.cf-operator.io/*`
+/// annotations on its own rules, and backends spoken to over HTTPS or SSH by
+/// their Service port. A bad setting refuses its source alone; bad
+/// durations never pass admission.
+#[tokio::test]
+async fn origin_settings_and_schemes_reach_cloudflared() {
+    let world = World::new().await;
+    let team = knit_tests::fresh_namespace(&world.client, "origin").await;
+    token_secret(&world.client, &team, "cloudflare-api-credentials", TOKEN).await;
+    let tunnels = Api::<Tunnel>::namespaced(world.client.clone(), &team);
+    let tunnel = |timeout: &str| {
+        json!({
+            "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+            "kind": "Tunnel",
+            // No EndpointSlices here: publish backends without ready ones.
+            "metadata": {"name": "edge", "annotations": {"tunnel.knit.dev/withhold-unready": "false"}},
+            "spec": {
+                "newTunnel": {"name": format!("{team}-edge")},
+                "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": "cloudflare-api-credentials"},
+                "originRequest": {"connectTimeout": timeout, "http2Origin": true},
+            },
+        })
+    };
+    for (bad, why) in [("30", "should match"), ("25h", "at most a day")] {
+        let error = refused(&tunnels, tunnel(bad)).await;
+        assert!(error.contains(why), "{bad}: {error}");
+    }
+    tunnels
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(tunnel("30s")).unwrap(),
+        )
+        .await
+        .unwrap();
+    let services =
+        Api::<k8s_openapi::api::core::v1::Service>::namespaced(world.client.clone(), &team);
+    for (name, port) in [
+        ("pay", json!({"name": "https", "port": 443})),
+        (
+            "git",
+            json!({"name": "shell", "port": 22, "appProtocol": "ssh"}),
+        ),
+    ] {
+        services
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": name}, "spec": {"ports": [port]}}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let ingresses = Api::<Ingress>::namespaced(world.client.clone(), &team);
+    for (name, host, service, port, annotations) in [
+        (
+            "pay",
+            "pay.example.com",
+            "pay",
+            443,
+            json!({
+                "origin.cf-operator.io/noTLSVerify": "true",
+                "origin.cf-operator.io/originServerName": "pay.internal",
+                "origin.cf-operator.io/keepAliveTimeout": "2m",
+            }),
+        ),
+        ("git", "git.example.com", "git", 22, json!({})),
+        (
+            "typo",
+            "typo.example.com",
+            "pay",
+            443,
+            json!({"origin.cf-operator.io/noTlsVerify": "true"}),
+        ),
+    ] {
+        let mut annotations = annotations;
+        annotations["cf-operator.io/tunnel"] = json!("edge");
+        let ingress: Ingress = serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {
+                "ingressClassName": "cloudflare-tunnel",
+                "rules": [{"host": host, "http": {"paths": [{
+                    "path": "/", "pathType": "Prefix",
+                    "backend": {"service": {"name": service, "port": {"number": port}}},
+                }]}}],
+            },
+        }))
+        .unwrap();
+        ingresses
+            .create(&PostParams::default(), &ingress)
+            .await
+            .unwrap();
+    }
+    let id = knit_tests::eventually("the Tunnel's id", WAIT, || async {
+        tunnels.get("edge").await.ok()?.status?.tunnel_id
+    })
+    .await;
+    world
+        .wait_hosts(&id, &["git.example.com", "pay.example.com"])
+        .await;
+    let config = world.fake.tunnel_configuration(&id).unwrap().config;
+    assert_eq!(
+        config["originRequest"],
+        json!({"connectTimeout": 30, "http2Origin": true})
+    );
+    let rules: Vec<(&str, &str, &serde_json::Value)> = config["ingress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["hostname"].as_str().unwrap_or("*"),
+                r["service"].as_str().unwrap(),
+                &r["originRequest"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            (
+                "git.example.com",
+                format!("ssh://git.{team}.svc.cluster.local:22").as_str(),
+                &serde_json::Value::Null
+            ),
+            (
+                "pay.example.com",
+                format!("https://pay.{team}.svc.cluster.local:443").as_str(),
+                &json!({"noTLSVerify": true, "originServerName": "pay.internal", "keepAliveTimeout": 120})
+            ),
+            ("*", "http_status:404", &serde_json::Value::Null),
+        ]
+    );
+    knit_tests::eventually("Invalid on the misspelt Ingress", WAIT, || async {
+        world
+            .event_reasons(&team, "typo")
+            .await
+            .contains(&"Invalid".to_string())
+            .then_some(())
+    })
+    .await;
+    tunnels
+        .delete("edge", &DeleteParams::default())
+        .await
+        .unwrap();
+    all_gone(&tunnels, "the Tunnel gone").await;
+}
+
 /// A Tunnel whose Secret is missing says so, then recovers once it exists;
 /// rate limiting on the way is waited out.
 #[tokio::test]

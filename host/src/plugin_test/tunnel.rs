@@ -11,17 +11,19 @@
 //!       namespace: shop
 //!       name: web
 //!       created: 100                 # unix seconds: the older wins
+//!       origin: {noTLSVerify: "true", connectTimeout: 30s}   # none by default
 //!       routes:
 //!         - host: www.example.com
 //!           path: /api               # none: every path
 //!           pathType: Prefix         # the default; Exact, RegularExpression
 //!           service: api
 //!           port: 80
-//!           scheme: http             # the default; https
+//!           scheme: http             # the default; https, tcp, ssh, rdp
 //!           state: ready             # the default; no-ready-endpoints, {missing: why}
 //! expect:
 //!   rules:
-//!     - {hostname: www.example.com, path: "^/api(?s:/.*)?$", service: "http://api.shop.svc.cluster.local:80"}
+//!     - {hostname: www.example.com, path: "^/api(?s:/.*)?$", service: "http://api.shop.svc.cluster.local:80",
+//!        origin: {noTLSVerify: "true", connectTimeout: 30s}}
 //!     - {service: "http_status:404"}
 //!   dns: [www.example.com]
 //!   sources:
@@ -38,8 +40,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use knit_tunnel_core::{
-    Backend, BackendState, IngressRule, PathMatch, Request, Route, Scheme, Source, SourceKind,
-    Tunnel,
+    Backend, BackendState, IngressRule, OriginRequest, PathMatch, Request, Route, Scheme, Source,
+    SourceKind, Tunnel,
 };
 
 use super::Outcome;
@@ -90,6 +92,10 @@ struct SourceSpec {
     created: i64,
     #[serde(default)]
     routes: Vec<RouteSpec>,
+    /// cloudflared's origin settings by its names, as the annotations write
+    /// them.
+    #[serde(default)]
+    origin: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +137,9 @@ enum SchemeSpec {
     #[default]
     Http,
     Https,
+    Tcp,
+    Ssh,
+    Rdp,
 }
 
 #[derive(Deserialize)]
@@ -175,6 +184,8 @@ struct RuleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     path: Option<String>,
     service: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    origin: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, Serialize, PartialEq, Debug)]
@@ -189,8 +200,8 @@ struct StatusSpec {
     hosts: Vec<String>,
 }
 
-fn request(input: Input) -> Request {
-    Request {
+fn request(input: Input) -> anyhow::Result<Request> {
+    Ok(Request {
         tunnel: Tunnel {
             name: input.tunnel.name,
             namespace: input.tunnel.namespace,
@@ -200,48 +211,62 @@ fn request(input: Input) -> Request {
         sources: input
             .sources
             .into_iter()
-            .map(|source| Source {
-                kind: match source.kind {
-                    KindSpec::Ingress => SourceKind::Ingress,
-                    KindSpec::HttpRoute => SourceKind::HttpRoute,
-                },
-                namespace: source.namespace,
-                name: source.name,
-                created: source.created,
-                routes: source
-                    .routes
-                    .into_iter()
-                    .map(|route| Route {
-                        host: route.host,
-                        path: route.path.map(|path| {
-                            let kind = match route.path_type {
-                                PathTypeSpec::Prefix => PathMatch::Prefix,
-                                PathTypeSpec::Exact => PathMatch::Exact,
-                                PathTypeSpec::RegularExpression => PathMatch::RegularExpression,
-                            };
-                            (kind, path)
-                        }),
-                        backend: Backend {
-                            service: route.service,
-                            port: route.port,
-                            scheme: match route.scheme {
-                                SchemeSpec::Http => Scheme::Http,
-                                SchemeSpec::Https => Scheme::Https,
+            .map(|source| {
+                let mut origin = OriginRequest::default();
+                for (key, value) in &source.origin {
+                    origin.set(key, value).map_err(|why| {
+                        anyhow::anyhow!("{} {}: {why}", source.namespace, source.name)
+                    })?;
+                }
+                Ok(Source {
+                    origin,
+                    kind: match source.kind {
+                        KindSpec::Ingress => SourceKind::Ingress,
+                        KindSpec::HttpRoute => SourceKind::HttpRoute,
+                    },
+                    namespace: source.namespace,
+                    name: source.name,
+                    created: source.created,
+                    routes: source
+                        .routes
+                        .into_iter()
+                        .map(|route| Route {
+                            host: route.host,
+                            path: route.path.map(|path| {
+                                let kind = match route.path_type {
+                                    PathTypeSpec::Prefix => PathMatch::Prefix,
+                                    PathTypeSpec::Exact => PathMatch::Exact,
+                                    PathTypeSpec::RegularExpression => PathMatch::RegularExpression,
+                                };
+                                (kind, path)
+                            }),
+                            backend: Backend {
+                                service: route.service,
+                                port: route.port,
+                                scheme: match route.scheme {
+                                    SchemeSpec::Http => Scheme::Http,
+                                    SchemeSpec::Https => Scheme::Https,
+                                    SchemeSpec::Tcp => Scheme::Tcp,
+                                    SchemeSpec::Ssh => Scheme::Ssh,
+                                    SchemeSpec::Rdp => Scheme::Rdp,
+                                },
+                                state: match route.state {
+                                    StateSpec::Named(NamedState::Ready) => BackendState::Ready,
+                                    StateSpec::Named(NamedState::NoReadyEndpoints) => {
+                                        BackendState::NoReadyEndpoints
+                                    }
+                                    StateSpec::Missing { missing } => {
+                                        BackendState::Missing(missing)
+                                    }
+                                },
                             },
-                            state: match route.state {
-                                StateSpec::Named(NamedState::Ready) => BackendState::Ready,
-                                StateSpec::Named(NamedState::NoReadyEndpoints) => {
-                                    BackendState::NoReadyEndpoints
-                                }
-                                StateSpec::Missing { missing } => BackendState::Missing(missing),
-                            },
-                        },
-                    })
-                    .collect(),
+                        })
+                        .collect(),
+                })
             })
-            .collect(),
+            .collect::<anyhow::Result<_>>()?,
         cluster_domain: input.cluster_domain,
-    }
+    })
 }
 
 fn rule_spec(rule: IngressRule) -> RuleSpec {
@@ -249,13 +274,19 @@ fn rule_spec(rule: IngressRule) -> RuleSpec {
         hostname: rule.hostname,
         path: rule.path,
         service: rule.service,
+        origin: rule
+            .origin
+            .entries()
+            .into_iter()
+            .map(|(key, value)| (key.to_owned(), value))
+            .collect(),
     }
 }
 
 pub(super) fn run_case(plugin: &Plugin, text: &str) -> anyhow::Result<Outcome> {
     let case: Case = serde_yaml::from_str(text)?;
     let config: Vec<(String, String)> = case.input.config.clone().into_iter().collect();
-    let request = request(case.input);
+    let request = request(case.input)?;
     let expect = case.expect;
     let mut actual = match plugin.map_tunnel(&request, &config) {
         Ok(Ok(mapping)) => Expected {

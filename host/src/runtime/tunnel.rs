@@ -1,8 +1,8 @@
 //! Calls into the `tunnel-mapper` world.
 
 use knit_tunnel_core::{
-    BackendState, IngressRule, Mapping, PathMatch, Request, Scheme, SourceKind, SourceStatus,
-    Verdict, check_mapping,
+    BackendState, IngressRule, Mapping, OriginRequest, PathMatch, Request, Scheme, SourceKind,
+    SourceStatus, Verdict, check_mapping,
 };
 
 use super::bindings::tunnel_mapper::exports::knit::plugin::tunnel;
@@ -86,6 +86,9 @@ impl Plugin {
                                 scheme: match route.backend.scheme {
                                     Scheme::Http => tunnel::Scheme::Http,
                                     Scheme::Https => tunnel::Scheme::Https,
+                                    Scheme::Tcp => tunnel::Scheme::Tcp,
+                                    Scheme::Ssh => tunnel::Scheme::Ssh,
+                                    Scheme::Rdp => tunnel::Scheme::Rdp,
                                 },
                                 state: match &route.backend.state {
                                     BackendState::Ready => tunnel::BackendState::Ready,
@@ -99,6 +102,7 @@ impl Plugin {
                             },
                         })
                         .collect(),
+                    origin: wit_origin(&source.origin),
                 })
                 .collect(),
             cluster_domain: request.cluster_domain.clone(),
@@ -131,6 +135,7 @@ fn native_mapping(mapping: tunnel::Mapping) -> Result<Mapping, String> {
                         .transpose()?,
                     path: rule.path.map(|p| value("a rule's path", p)).transpose()?,
                     service: value("a rule's service", rule.service)?,
+                    origin: native_origin(rule.origin)?,
                 })
             })
             .collect::<Result<_, String>>()?,
@@ -169,4 +174,38 @@ fn wit_kind(kind: SourceKind) -> tunnel::SourceKind {
         SourceKind::Ingress => tunnel::SourceKind::Ingress,
         SourceKind::HttpRoute => tunnel::SourceKind::HttpRoute,
     }
+}
+
+fn wit_origin(origin: &OriginRequest) -> tunnel::OriginRequest {
+    let o = origin.clone();
+    tunnel::OriginRequest {
+        no_tls_verify: o.no_tls_verify,
+        origin_server_name: o.origin_server_name,
+        ca_pool: o.ca_pool,
+        http_host_header: o.http_host_header,
+        connect_timeout: o.connect_timeout,
+        tls_timeout: o.tls_timeout,
+        keep_alive_timeout: o.keep_alive_timeout,
+        http2_origin: o.http2_origin,
+        disable_chunked_encoding: o.disable_chunked_encoding,
+    }
+}
+
+/// A rule's origin settings, their strings bounded like the rule's own.
+fn native_origin(o: tunnel::OriginRequest) -> Result<OriginRequest, String> {
+    let value = |what: &str, v: Option<String>| {
+        v.map(|v| text::identifier(what, v, text::VALUE_LIMIT))
+            .transpose()
+    };
+    Ok(OriginRequest {
+        no_tls_verify: o.no_tls_verify,
+        origin_server_name: value("a rule's originServerName", o.origin_server_name)?,
+        ca_pool: value("a rule's caPool", o.ca_pool)?,
+        http_host_header: value("a rule's httpHostHeader", o.http_host_header)?,
+        connect_timeout: o.connect_timeout,
+        tls_timeout: o.tls_timeout,
+        keep_alive_timeout: o.keep_alive_timeout,
+        http2_origin: o.http2_origin,
+        disable_chunked_encoding: o.disable_chunked_encoding,
+    })
 }

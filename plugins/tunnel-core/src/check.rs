@@ -8,7 +8,8 @@ use std::fmt;
 use crate::go_regex::check_go_regex;
 use crate::paths::{PathShape, describe_path, in_domain, is_dns_name, normal_domain, path_regex};
 use crate::types::{
-    BackendState, IngressRule, Mapping, Request, Route, Verdict, is_service_url, tunnel_identity,
+    BackendState, IngressRule, Mapping, OriginRequest, Request, Route, Verdict, is_service_url,
+    tunnel_identity,
 };
 
 /// A route: the index of its source, its index in the source, the route
@@ -29,7 +30,11 @@ impl fmt::Display for Quoted<'_> {
         if let Some(path) = &rule.path {
             write!(f, " path {path:?}")?;
         }
-        write!(f, " -> {:?}", rule.service)
+        write!(f, " -> {:?}", rule.service)?;
+        if rule.origin != OriginRequest::default() {
+            write!(f, " with origin settings {}", rule.origin)?;
+        }
+        Ok(())
     }
 }
 
@@ -40,7 +45,8 @@ impl fmt::Display for Quoted<'_> {
 /// - the last rule is exactly the fallback, and the only one without a
 ///   hostname; every other hostname is inside the tunnel's domain;
 /// - every other rule is the rule of a route of a source not refused, whose
-///   backend is not missing (one without ready endpoints may be published);
+///   backend is not missing (one without ready endpoints may be published),
+///   and carries that source's origin settings, no other;
 /// - no two rules share a hostname and path, and no rule is hidden by an
 ///   earlier one (same host or a covering wildcard, with no path, or a prefix
 ///   or exact path covering the later one's; other regexes are not judged);
@@ -115,6 +121,7 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
         hostname: None,
         path: None,
         service: tunnel.fallback_target.clone(),
+        origin: OriginRequest::default(),
     };
     let Some((last, rules)) = mapping.rules.split_last() else {
         return Err(format!(
@@ -182,7 +189,8 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
             // cloudflared would refuse the whole configuration for it.
             return Err(format!("rule {number} ({quoted}): path {why}"));
         }
-        let givers: Vec<(usize, usize, &BackendState)> = routes
+        // The routes this rule is for, whatever its origin settings.
+        let same_target: Vec<&SourceRoute> = routes
             .get(hostname)
             .map(Vec::as_slice)
             .unwrap_or_default()
@@ -196,7 +204,11 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
                         &request.cluster_domain,
                     )
             })
-            .map(|&(i, j, route, _)| (i, j, &route.backend.state))
+            .collect();
+        let givers: Vec<(usize, usize, &BackendState)> = same_target
+            .iter()
+            .filter(|(i, ..)| rule.origin == sources[*i].origin)
+            .map(|&&(i, j, route, _)| (i, j, &route.backend.state))
             .collect();
         let refused = |i: usize| mapping.sources[i].verdict.is_refused();
         let served = givers
@@ -205,9 +217,16 @@ pub fn check_mapping(request: &Request, mapping: &Mapping) -> Result<(), String>
         if !served {
             let not_refused = givers.iter().find(|&&(i, _, _)| !refused(i));
             return Err(match (givers.first(), not_refused) {
-                (None, _) => format!(
-                    "rule {number} ({quoted}) is not the rule of any route of the tunnel's sources"
-                ),
+                (None, _) => match same_target.first() {
+                    Some((i, ..)) => format!(
+                        "rule {number} ({quoted}): {} asks for origin settings {}",
+                        sources[*i].identity(),
+                        sources[*i].origin
+                    ),
+                    None => format!(
+                        "rule {number} ({quoted}) is not the rule of any route of the tunnel's sources"
+                    ),
+                },
                 (_, Some((_, _, BackendState::Missing(why)))) => {
                     format!("rule {number} ({quoted}) publishes a missing backend: {why}")
                 }

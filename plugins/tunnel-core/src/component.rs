@@ -65,6 +65,9 @@ pub fn native_request(request: tunnel::MapRequest) -> (crate::Request, Vec<(Stri
                             scheme: match route.backend.scheme {
                                 tunnel::Scheme::Http => crate::Scheme::Http,
                                 tunnel::Scheme::Https => crate::Scheme::Https,
+                                tunnel::Scheme::Tcp => crate::Scheme::Tcp,
+                                tunnel::Scheme::Ssh => crate::Scheme::Ssh,
+                                tunnel::Scheme::Rdp => crate::Scheme::Rdp,
                             },
                             state: match route.backend.state {
                                 tunnel::BackendState::Ready => crate::BackendState::Ready,
@@ -78,6 +81,7 @@ pub fn native_request(request: tunnel::MapRequest) -> (crate::Request, Vec<(Stri
                         },
                     })
                     .collect(),
+                origin: origin(source.origin),
             })
             .collect(),
         cluster_domain: request.cluster_domain,
@@ -95,6 +99,7 @@ pub fn wit_mapping(mapping: crate::Mapping) -> tunnel::Mapping {
                 hostname: rule.hostname,
                 path: rule.path,
                 service: rule.service,
+                origin: wit_origin(rule.origin),
             })
             .collect(),
         dns: mapping.dns,
@@ -120,6 +125,34 @@ pub fn wit_mapping(mapping: crate::Mapping) -> tunnel::Mapping {
                 hosts: status.hosts,
             })
             .collect(),
+    }
+}
+
+fn origin(o: tunnel::OriginRequest) -> crate::OriginRequest {
+    crate::OriginRequest {
+        no_tls_verify: o.no_tls_verify,
+        origin_server_name: o.origin_server_name,
+        ca_pool: o.ca_pool,
+        http_host_header: o.http_host_header,
+        connect_timeout: o.connect_timeout,
+        tls_timeout: o.tls_timeout,
+        keep_alive_timeout: o.keep_alive_timeout,
+        http2_origin: o.http2_origin,
+        disable_chunked_encoding: o.disable_chunked_encoding,
+    }
+}
+
+fn wit_origin(o: crate::OriginRequest) -> tunnel::OriginRequest {
+    tunnel::OriginRequest {
+        no_tls_verify: o.no_tls_verify,
+        origin_server_name: o.origin_server_name,
+        ca_pool: o.ca_pool,
+        http_host_header: o.http_host_header,
+        connect_timeout: o.connect_timeout,
+        tls_timeout: o.tls_timeout,
+        keep_alive_timeout: o.keep_alive_timeout,
+        http2_origin: o.http2_origin,
+        disable_chunked_encoding: o.disable_chunked_encoding,
     }
 }
 

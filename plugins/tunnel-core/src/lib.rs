@@ -24,7 +24,7 @@ pub use go_regex::check_go_regex;
 pub use map::{map, route_rule, validate_request};
 pub use paths::path_regex;
 pub use types::{
-    Backend, BackendState, Config, DEFAULT_WITHHOLD_UNREADY, IngressRule, Mapping, PathMatch,
-    Request, Route, Scheme, Source, SourceKind, SourceStatus, Tunnel, Verdict, parse_config,
-    service_url,
+    Backend, BackendState, Config, DEFAULT_WITHHOLD_UNREADY, IngressRule, MAX_ORIGIN_SECONDS,
+    Mapping, OriginRequest, PathMatch, Request, Route, Scheme, Source, SourceKind, SourceStatus,
+    Tunnel, Verdict, parse_config, parse_seconds, service_url,
 };

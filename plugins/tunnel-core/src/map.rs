@@ -37,8 +37,8 @@ use crate::paths::{
     route_key,
 };
 use crate::types::{
-    BackendState, Config, IngressRule, Mapping, PathMatch, Request, Route, Source, SourceStatus,
-    Tunnel, Verdict, service_url, tunnel_identity,
+    BackendState, Config, IngressRule, Mapping, OriginRequest, PathMatch, Request, Route, Source,
+    SourceStatus, Tunnel, Verdict, service_url, tunnel_identity,
 };
 
 /// Refuses a request no mapping can answer sensibly: a tunnel domain that is
@@ -81,12 +81,13 @@ pub fn validate_request(request: &Request) -> Result<(), String> {
     Ok(())
 }
 
-/// The rule a route becomes when published.
-pub fn route_rule(route: &Route, namespace: &str, cluster_domain: &str) -> IngressRule {
+/// The rule a route of `source` becomes when published.
+pub fn route_rule(source: &Source, route: &Route, cluster_domain: &str) -> IngressRule {
     IngressRule {
         hostname: Some(route.host.clone()),
         path: route.path.as_ref().and_then(path_regex),
-        service: service_url(&route.backend, namespace, cluster_domain),
+        service: service_url(&route.backend, &source.namespace, cluster_domain),
+        origin: source.origin.clone(),
     }
 }
 
@@ -175,6 +176,7 @@ pub fn map(request: &Request, config: &Config) -> Mapping {
                     hostname: Some(host),
                     path,
                     service: service_url(backend, &source.namespace, &request.cluster_domain),
+                    origin: source.origin.clone(),
                 })),
             }
         }
@@ -198,6 +200,7 @@ pub fn map(request: &Request, config: &Config) -> Mapping {
         hostname: None,
         path: None,
         service: tunnel.fallback_target.clone(),
+        origin: OriginRequest::default(),
     });
     Mapping {
         rules,

@@ -54,6 +54,7 @@ pub(crate) fn ingress(namespace: &str, name: &str, created: i64, routes: Vec<Rou
         name: name.into(),
         created,
         routes,
+        origin: OriginRequest::default(),
     }
 }
 
@@ -70,6 +71,7 @@ pub(crate) fn rule(host: &str, path: Option<&str>, service: &str) -> IngressRule
         hostname: Some(host.into()),
         path: path.map(str::to_string),
         service: service.into(),
+        origin: OriginRequest::default(),
     }
 }
 
@@ -78,6 +80,7 @@ pub(crate) fn fallback() -> IngressRule {
         hostname: None,
         path: None,
         service: "http_status:404".into(),
+        origin: OriginRequest::default(),
     }
 }
 

@@ -53,21 +53,176 @@ pub enum PathMatch {
     RegularExpression,
 }
 
-/// Whether cloudflared speaks HTTP or HTTPS to the backend, from the Service
-/// port's `appProtocol` or name (the host decides).
+/// How cloudflared speaks to the backend, from the Service port's
+/// `appProtocol` or name (the host decides). `Tcp`, `Ssh` and `Rdp` are
+/// proxied as TCP over WebSocket, for clients running `cloudflared access`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scheme {
     Http,
     Https,
+    Tcp,
+    Ssh,
+    Rdp,
 }
 
 impl Scheme {
+    pub const ALL: [Scheme; 5] = [
+        Scheme::Http,
+        Scheme::Https,
+        Scheme::Tcp,
+        Scheme::Ssh,
+        Scheme::Rdp,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Scheme::Http => "http",
             Scheme::Https => "https",
+            Scheme::Tcp => "tcp",
+            Scheme::Ssh => "ssh",
+            Scheme::Rdp => "rdp",
         }
     }
+}
+
+/// cloudflared's settings for reaching an origin (`originRequest`), those
+/// knit passes on; `None` leaves cloudflared's default. Durations are whole
+/// seconds, as cloudflared reads them from the API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OriginRequest {
+    pub no_tls_verify: Option<bool>,
+    pub origin_server_name: Option<String>,
+    pub ca_pool: Option<String>,
+    pub http_host_header: Option<String>,
+    pub connect_timeout: Option<u32>,
+    pub tls_timeout: Option<u32>,
+    pub keep_alive_timeout: Option<u32>,
+    pub http2_origin: Option<bool>,
+    pub disable_chunked_encoding: Option<bool>,
+}
+
+impl OriginRequest {
+    /// The settings by cloudflared's names, as annotations and the CRD
+    /// spell them.
+    pub const KEYS: [&str; 9] = [
+        "noTLSVerify",
+        "originServerName",
+        "caPool",
+        "httpHostHeader",
+        "connectTimeout",
+        "tlsTimeout",
+        "keepAliveTimeout",
+        "http2Origin",
+        "disableChunkedEncoding",
+    ];
+
+    /// Sets the setting cloudflared calls `key` from its text: `true` or
+    /// `false`, a duration such as `30s`, `2m` or `1h`, or a string.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        let flag = || match value {
+            "true" => Ok(Some(true)),
+            "false" => Ok(Some(false)),
+            other => Err(format!("{key} {other:?}: expected true or false")),
+        };
+        let text = || {
+            if value.is_empty() || value.chars().any(char::is_control) {
+                Err(format!(
+                    "{key} {value:?}: expected a non-empty line of text"
+                ))
+            } else {
+                Ok(Some(value.to_owned()))
+            }
+        };
+        let seconds = || {
+            parse_seconds(value)
+                .map(Some)
+                .map_err(|why| format!("{key} {value:?}: {why}"))
+        };
+        match key {
+            "noTLSVerify" => self.no_tls_verify = flag()?,
+            "originServerName" => self.origin_server_name = text()?,
+            "caPool" => self.ca_pool = text()?,
+            "httpHostHeader" => self.http_host_header = text()?,
+            "connectTimeout" => self.connect_timeout = seconds()?,
+            "tlsTimeout" => self.tls_timeout = seconds()?,
+            "keepAliveTimeout" => self.keep_alive_timeout = seconds()?,
+            "http2Origin" => self.http2_origin = flag()?,
+            "disableChunkedEncoding" => self.disable_chunked_encoding = flag()?,
+            other => {
+                return Err(format!(
+                    "unknown origin setting {other:?}: expected one of {}",
+                    Self::KEYS.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings that are set, by cloudflared's names, each written as
+    /// `set` reads it.
+    pub fn entries(&self) -> Vec<(&'static str, String)> {
+        let flag = |v: Option<bool>| v.map(|v| v.to_string());
+        let seconds = |v: Option<u32>| v.map(|v| format!("{v}s"));
+        let values = [
+            flag(self.no_tls_verify),
+            self.origin_server_name.clone(),
+            self.ca_pool.clone(),
+            self.http_host_header.clone(),
+            seconds(self.connect_timeout),
+            seconds(self.tls_timeout),
+            seconds(self.keep_alive_timeout),
+            flag(self.http2_origin),
+            flag(self.disable_chunked_encoding),
+        ];
+        Self::KEYS
+            .into_iter()
+            .zip(values)
+            .filter_map(|(key, value)| Some((key, value?)))
+            .collect()
+    }
+}
+
+/// `noTLSVerify="true", connectTimeout="30s"`, by cloudflared's names,
+/// values quoted; `none` when nothing is set.
+impl fmt::Display for OriginRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let set: Vec<String> = self
+            .entries()
+            .into_iter()
+            .map(|(key, value)| format!("{key}={value:?}"))
+            .collect();
+        if set.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&set.join(", "))
+        }
+    }
+}
+
+/// The longest duration knit passes to cloudflared: a day.
+pub const MAX_ORIGIN_SECONDS: u32 = 86_400;
+
+/// A duration of whole seconds written `<n>s`, `<n>m` or `<n>h`, at most a
+/// day (cloudflared reads durations from the API as whole seconds).
+pub fn parse_seconds(text: &str) -> Result<u32, String> {
+    let expected = "expected a whole number of seconds, minutes or hours, such as 30s, 2m or 1h";
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = text.split_at(split);
+    let per_unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        _ => return Err(expected.into()),
+    };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(expected.into());
+    }
+    number
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(per_unit))
+        .filter(|&seconds| seconds <= MAX_ORIGIN_SECONDS)
+        .ok_or_else(|| format!("at most a day ({MAX_ORIGIN_SECONDS}s)"))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -110,6 +265,8 @@ pub struct Source {
     /// Creation time in unix seconds: the older source wins a contested key.
     pub created: i64,
     pub routes: Vec<Route>,
+    /// How cloudflared reaches its backends: each of its rules carries it.
+    pub origin: OriginRequest,
 }
 
 impl Source {
@@ -184,6 +341,8 @@ pub struct IngressRule {
     pub path: Option<String>,
     /// `http://svc.ns.svc.cluster.local:80`, or the fallback target.
     pub service: String,
+    /// Its source's origin settings; the default on the fallback rule.
+    pub origin: OriginRequest,
 }
 
 impl fmt::Display for IngressRule {

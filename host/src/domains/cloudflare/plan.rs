@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use knit_tunnel_core::{Mapping, Verdict};
+use knit_tunnel_core::{Mapping, OriginRequest, Verdict};
 
 use super::sources::{Bound, SourceRef, TunnelKey};
 use super::types::TunnelSpec;
@@ -69,8 +69,13 @@ pub fn workload_namespace(key: &TunnelKey, knit_namespace: &str) -> String {
     key.namespace().unwrap_or(knit_namespace).to_owned()
 }
 
-/// The cloudflared configuration: the mapper's rules in its order.
-pub fn tunnel_config(spec: &TunnelSpec, mapping: &Mapping) -> TunnelConfig {
+/// The cloudflared configuration: the mapper's rules in its order, each
+/// with its source's origin settings, and the tunnel's own as the defaults.
+pub fn tunnel_config(
+    spec: &TunnelSpec,
+    mapping: &Mapping,
+    defaults: &OriginRequest,
+) -> TunnelConfig {
     TunnelConfig {
         ingress: mapping
             .rules
@@ -79,14 +84,45 @@ pub fn tunnel_config(spec: &TunnelSpec, mapping: &Mapping) -> TunnelConfig {
                 hostname: rule.hostname.clone(),
                 path: rule.path.clone(),
                 service: rule.service.clone(),
-                origin_request: None,
+                origin_request: origin_json(&rule.origin),
             })
             .collect(),
         warp_routing: Some(WarpRouting {
             enabled: spec.enable_warp_routing,
         }),
-        origin_request: None,
+        origin_request: origin_json(defaults),
     }
+}
+
+/// cloudflared's `originRequest` as its API reads it (durations in whole
+/// seconds); none when nothing is set.
+pub fn origin_json(origin: &OriginRequest) -> Option<serde_json::Value> {
+    let o = origin;
+    let fields = [
+        ("noTLSVerify", o.no_tls_verify.map(Value::from)),
+        (
+            "originServerName",
+            o.origin_server_name.clone().map(Value::from),
+        ),
+        ("caPool", o.ca_pool.clone().map(Value::from)),
+        (
+            "httpHostHeader",
+            o.http_host_header.clone().map(Value::from),
+        ),
+        ("connectTimeout", o.connect_timeout.map(Value::from)),
+        ("tlsTimeout", o.tls_timeout.map(Value::from)),
+        ("keepAliveTimeout", o.keep_alive_timeout.map(Value::from)),
+        ("http2Origin", o.http2_origin.map(Value::from)),
+        (
+            "disableChunkedEncoding",
+            o.disable_chunked_encoding.map(Value::from),
+        ),
+    ];
+    let set: serde_json::Map<String, Value> = fields
+        .into_iter()
+        .filter_map(|(key, value)| Some((key.to_owned(), value?)))
+        .collect();
+    (!set.is_empty()).then_some(Value::Object(set))
 }
 
 /// A digest of a configuration: an unchanged one is not put again.

@@ -13,11 +13,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 
-use knit_tunnel_core::{Backend, BackendState, PathMatch, Route, Scheme, Source, SourceKind};
+use knit_tunnel_core::{
+    Backend, BackendState, OriginRequest, PathMatch, Route, Scheme, Source, SourceKind,
+};
 
 /// Names the tunnel a source binds to: `name` (a `Tunnel` of the source's
 /// namespace, else the `ClusterTunnel`) or `namespace/name` (a `Tunnel`).
 pub const TUNNEL_ANNOTATION: &str = "cf-operator.io/tunnel";
+/// Annotations under this prefix set cloudflared's origin settings for
+/// every route of the source, by cloudflared's names:
+/// `origin.cf-operator.io/noTLSVerify: "true"`,
+/// `origin.cf-operator.io/connectTimeout: 30s` (see `OriginRequest::KEYS`).
+pub const ORIGIN_ANNOTATION_PREFIX: &str = "origin.cf-operator.io/";
 /// The `ingressClassName` knit serves.
 pub const INGRESS_CLASS: &str = "cloudflare-tunnel";
 /// The old cloudflare-warp ingress controller's class annotation, still
@@ -240,6 +247,19 @@ pub fn ready_services<'a>(
         .collect()
 }
 
+/// How cloudflared speaks to a Service port: its `appProtocol`, else its
+/// name, when that is `https`, `tcp`, `ssh` or `rdp`; else HTTP.
+fn port_scheme(port: &k8s_openapi::api::core::v1::ServicePort) -> Scheme {
+    let named = |name: Option<&str>| {
+        Scheme::ALL
+            .into_iter()
+            .find(|scheme| Some(scheme.name()) == name)
+    };
+    named(port.app_protocol.as_deref())
+        .or_else(|| named(port.name.as_deref()))
+        .unwrap_or(Scheme::Http)
+}
+
 /// A port of a Service, by number or by name.
 enum PortRef<'a> {
     Number(i32),
@@ -286,14 +306,13 @@ fn backend(namespace: &str, service_name: &str, port: PortRef<'_>, backends: &Ba
             format!("service {namespace}/{service_name} has no port {wanted}"),
         );
     };
-    let https =
-        found.app_protocol.as_deref() == Some("https") || found.name.as_deref() == Some("https");
+    let scheme = port_scheme(found);
     // An ExternalName service has no endpoints: cloudflared resolves it.
     let external = spec.type_.as_deref() == Some("ExternalName");
     Backend {
         service: service_name.into(),
         port: u16::try_from(found.port).unwrap_or(0),
-        scheme: if https { Scheme::Https } else { Scheme::Http },
+        scheme,
         state: if external
             || backends
                 .ready
@@ -304,6 +323,20 @@ fn backend(namespace: &str, service_name: &str, port: PortRef<'_>, backends: &Ba
             BackendState::NoReadyEndpoints
         },
     }
+}
+
+/// The origin settings a source's annotations ask for; an unknown setting or
+/// a bad value refuses the source, naming the annotation.
+fn origin_settings(meta: &ObjectMeta) -> Result<OriginRequest, String> {
+    let mut origin = OriginRequest::default();
+    for (key, value) in meta.annotations.iter().flatten() {
+        if let Some(setting) = key.strip_prefix(ORIGIN_ANNOTATION_PREFIX) {
+            origin
+                .set(setting, value)
+                .map_err(|why| format!("annotation {key}: {why}"))?;
+        }
+    }
+    Ok(origin)
 }
 
 fn created(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> i64 {
@@ -358,6 +391,7 @@ pub fn ingress_source(ingress: &Ingress, backends: &Backends) -> Result<Source, 
         }
     }
     Ok(Source {
+        origin: origin_settings(&ingress.metadata)?,
         kind: SourceKind::Ingress,
         namespace,
         name: ingress.name_any(),
@@ -582,6 +616,7 @@ pub fn http_route_source(route: &HttpRoute, backends: &Backends) -> Result<Sourc
         }
     }
     Ok(Source {
+        origin: origin_settings(&route.metadata)?,
         kind: SourceKind::HttpRoute,
         namespace,
         name: route.name_any(),
@@ -762,6 +797,68 @@ spec:
                 ),
             ]
         );
+    }
+
+    fn port(name: Option<&str>, app_protocol: Option<&str>) -> ServicePort {
+        ServicePort {
+            name: name.map(String::from),
+            app_protocol: app_protocol.map(String::from),
+            port: 22,
+            ..Default::default()
+        }
+    }
+
+    #[rstest]
+    #[case::unnamed(port(None, None), Scheme::Http)]
+    #[case::named_https(port(Some("https"), None), Scheme::Https)]
+    #[case::app_protocol_https(port(Some("web"), Some("https")), Scheme::Https)]
+    #[case::named_ssh(port(Some("ssh"), None), Scheme::Ssh)]
+    #[case::app_protocol_rdp(port(None, Some("rdp")), Scheme::Rdp)]
+    #[case::app_protocol_tcp(port(Some("db"), Some("tcp")), Scheme::Tcp)]
+    #[case::app_protocol_wins_over_the_name(port(Some("https"), Some("http")), Scheme::Http)]
+    #[case::unknown_app_protocol_falls_back_to_the_name(
+        port(Some("ssh"), Some("kubernetes.io/h2c")),
+        Scheme::Ssh
+    )]
+    fn service_ports_choose_the_scheme(#[case] port: ServicePort, #[case] expected: Scheme) {
+        assert_eq!(port_scheme(&port), expected);
+    }
+
+    fn annotated(annotations: &[(&str, &str)]) -> Ingress {
+        let mut ingress = ingress(
+            "metadata: {name: i, namespace: app}\nspec: {rules: [{host: a.example.com, http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}}]}",
+        );
+        ingress.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        ingress
+    }
+
+    #[rstest]
+    #[case::none(&[], Ok(OriginRequest::default()))]
+    #[case::other_annotations_are_not_read(&[("cf-operator.io/tunnel", "t"), ("example.com/noTLSVerify", "maybe")], Ok(OriginRequest::default()))]
+    #[case::settings(
+        &[("origin.cf-operator.io/noTLSVerify", "true"), ("origin.cf-operator.io/connectTimeout", "2m"), ("origin.cf-operator.io/originServerName", "web.internal")],
+        Ok(OriginRequest { no_tls_verify: Some(true), connect_timeout: Some(120), origin_server_name: Some("web.internal".into()), ..OriginRequest::default() })
+    )]
+    #[case::bad_value(&[("origin.cf-operator.io/keepAliveTimeout", "90")], Err("annotation origin.cf-operator.io/keepAliveTimeout: keepAliveTimeout \"90\": expected a whole number of seconds, minutes or hours, such as 30s, 2m or 1h"))]
+    #[case::unknown_setting(&[("origin.cf-operator.io/proxyType", "socks")], Err("annotation origin.cf-operator.io/proxyType: unknown origin setting \"proxyType\": expected one of noTLSVerify, originServerName, caPool, httpHostHeader, connectTimeout, tlsTimeout, keepAliveTimeout, http2Origin, disableChunkedEncoding"))]
+    fn origin_annotations_set_the_sources_origin(
+        #[case] annotations: &[(&str, &str)],
+        #[case] expected: Result<OriginRequest, &str>,
+    ) {
+        let services = |_: &str, name: &str| Some(service(name, &[("http", 80)]));
+        let ready = HashSet::new();
+        let backends = Backends {
+            service: &services,
+            ready: &ready,
+            assume_missing_ready: false,
+        };
+        let source = ingress_source(&annotated(annotations), &backends);
+        assert_eq!(source.map(|s| s.origin), expected.map_err(String::from));
     }
 
     #[test]

@@ -117,6 +117,20 @@ pub fn plan_tunnel<K: TunnelObject>(observed: &Observed<K>, registry: &Registry)
     let spec = object.tunnel_spec();
     let request = plan::mapper_request(&observed.key, &spec, &observed.bound);
     let mut status = observed.status.clone();
+    // Admission checks these already (pattern and CEL); a stored object
+    // from before is refused rather than served without them.
+    let defaults = match spec
+        .origin_request
+        .as_ref()
+        .map(|o| o.to_origin())
+        .transpose()
+    {
+        Ok(defaults) => defaults.unwrap_or_default(),
+        Err(why) => {
+            let refusal = Refusal::new("InvalidSpec", format!("originRequest: {why}"));
+            return refused_plan(observed, status, refusal);
+        }
+    };
     let chosen = match decision::choose(registry, object) {
         Ok(chosen) => chosen,
         Err(refusal) => return refused_plan(observed, status, refusal),
@@ -127,7 +141,7 @@ pub fn plan_tunnel<K: TunnelObject>(observed: &Observed<K>, registry: &Registry)
         Err(refusal) => return refused_plan(observed, status, refusal),
     };
 
-    let config = plan::tunnel_config(&spec, &mapping);
+    let config = plan::tunnel_config(&spec, &mapping, &defaults);
     let digest = plan::config_digest(&config);
     let live_differs = observed
         .live_digest
@@ -268,7 +282,9 @@ mod tests {
     use crate::controller::decision::{INVALID_CONFIG, MAPPER_ANNOTATION, PLUGIN_UNAVAILABLE};
     use crate::domains::cloudflare::sources::SourceKindKey;
     use crate::domains::cloudflare::types::Tunnel;
-    use knit_tunnel_core::{Backend, BackendState, Route, Scheme, Source, SourceKind};
+    use knit_tunnel_core::{
+        Backend, BackendState, OriginRequest, Route, Scheme, Source, SourceKind,
+    };
     use rstest::rstest;
 
     fn tunnel(annotations: &[(&str, &str)]) -> Tunnel {
@@ -296,6 +312,7 @@ mod tests {
             uid: Some(format!("uid-{name}")),
             generation: Some(1),
             source: Ok(Source {
+                origin: OriginRequest::default(),
                 kind: SourceKind::Ingress,
                 namespace: "n".into(),
                 name: name.into(),
@@ -407,6 +424,66 @@ mod tests {
             plan.status.decided_by.plugin.is_some(),
             ready_reason != PLUGIN_UNAVAILABLE
         );
+    }
+
+    /// The tunnel's origin settings are the configuration's defaults; a
+    /// source's own go on its rules only, in cloudflared's JSON spelling.
+    #[test]
+    fn origin_settings_reach_the_configuration() {
+        let mut object = tunnel(&[]);
+        object.spec.origin_request = Some(super::super::types::OriginRequestSpec {
+            connect_timeout: Some("1m".into()),
+            ..Default::default()
+        });
+        let mut secure = ingress("secure", "pay.example.com", 1);
+        if let Ok(source) = &mut secure.source {
+            source.origin = OriginRequest {
+                no_tls_verify: Some(true),
+                origin_server_name: Some("pay.internal".into()),
+                ..OriginRequest::default()
+            };
+        }
+        let plan = plan_tunnel(
+            &observed(
+                object.clone(),
+                vec![secure, ingress("plain", "www.example.com", 1)],
+            ),
+            &registry(),
+        );
+        let config = serde_json::to_value(&plan.config).unwrap();
+        assert_eq!(
+            config["originRequest"],
+            serde_json::json!({"connectTimeout": 60})
+        );
+        let rules: Vec<(&str, &serde_json::Value)> = config["ingress"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["hostname"].as_str().unwrap_or("*"), &r["originRequest"]))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                (
+                    "pay.example.com",
+                    &serde_json::json!({"noTLSVerify": true, "originServerName": "pay.internal"})
+                ),
+                ("www.example.com", &serde_json::Value::Null),
+                ("*", &serde_json::Value::Null),
+            ]
+        );
+
+        // A stored object whose duration admission would now refuse.
+        object.spec.origin_request = Some(super::super::types::OriginRequestSpec {
+            tls_timeout: Some("2d".into()),
+            ..Default::default()
+        });
+        let plan = plan_tunnel(
+            &observed(object, vec![ingress("a", "a.example.com", 1)]),
+            &registry(),
+        );
+        assert_eq!(plan.refusal.as_ref().map(|r| r.reason), Some("InvalidSpec"));
+        assert!(!plan.put_config);
     }
 
     /// An unchanged configuration is not put again; a new tunnel's is.

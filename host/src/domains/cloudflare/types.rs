@@ -117,6 +117,11 @@ tunnel_specs! {
         regex(pattern = r"^(http_status:[1-5][0-9][0-9]|hello_world|[a-z][a-z0-9+.-]*://[^/\s]+)$")
     )]
     pub fallback_target: String,
+    /// cloudflared's defaults for reaching every origin of the tunnel (its
+    /// top-level `originRequest`). A source's `origin.cf-operator.io/<setting>`
+    /// annotations override them for its own routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_request: Option<OriginRequestSpec>,
     /// A JSON merge patch (RFC 7386) applied to the generated cloudflared
     /// Deployment, e.g. replicas or affinity.
     #[serde(default = "default_deploy_patch")]
@@ -130,6 +135,79 @@ fn default_fallback_target() -> String {
 
 fn default_deploy_patch() -> String {
     "{}".into()
+}
+
+/// cloudflared's settings for reaching an origin, by its names. Durations
+/// are whole seconds, minutes or hours (`30s`, `2m`, `1h`), at most a day.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct OriginRequestSpec {
+    /// Accept any certificate from an HTTPS origin.
+    #[serde(
+        rename = "noTLSVerify",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub no_tls_verify: Option<bool>,
+    /// The name expected on the origin's certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub origin_server_name: Option<String>,
+    /// A CA bundle file in cloudflared's filesystem (mount it with
+    /// `deployPatch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096))]
+    pub ca_pool: Option<String>,
+    /// The Host header sent to the origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub http_host_header: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,5}[smh]$"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('24h')").message("at most a day"))]
+    pub connect_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,5}[smh]$"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('24h')").message("at most a day"))]
+    pub tls_timeout: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]{1,5}[smh]$"))]
+    #[x_kube(validation = Rule::new("duration(self) <= duration('24h')").message("at most a day"))]
+    pub keep_alive_timeout: Option<String>,
+    /// Try HTTP/2 to the origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http2_origin: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disable_chunked_encoding: Option<bool>,
+}
+
+impl OriginRequestSpec {
+    /// The settings as the mapper's sources carry them, read by the same
+    /// rules as the annotations.
+    pub fn to_origin(&self) -> Result<knit_tunnel_core::OriginRequest, String> {
+        let flag = |v: Option<bool>| v.map(|v| v.to_string());
+        let entries = [
+            ("noTLSVerify", flag(self.no_tls_verify)),
+            ("originServerName", self.origin_server_name.clone()),
+            ("caPool", self.ca_pool.clone()),
+            ("httpHostHeader", self.http_host_header.clone()),
+            ("connectTimeout", self.connect_timeout.clone()),
+            ("tlsTimeout", self.tls_timeout.clone()),
+            ("keepAliveTimeout", self.keep_alive_timeout.clone()),
+            ("http2Origin", flag(self.http2_origin)),
+            (
+                "disableChunkedEncoding",
+                flag(self.disable_chunked_encoding),
+            ),
+        ];
+        let mut origin = knit_tunnel_core::OriginRequest::default();
+        for (key, value) in entries {
+            if let Some(value) = value {
+                origin.set(key, &value)?;
+            }
+        }
+        Ok(origin)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]

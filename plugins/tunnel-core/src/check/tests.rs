@@ -451,6 +451,10 @@ fn random_request(rng: &mut SplitMix64) -> Request {
                 name: format!("s{i}"),
                 created: rng.below(4) as i64,
                 routes,
+                origin: OriginRequest {
+                    no_tls_verify: (rng.below(4) == 0).then_some(true),
+                    ..OriginRequest::default()
+                },
             }
         })
         .collect();
@@ -559,13 +563,13 @@ fn generated_lies_are_all_refused() {
                 continue;
             }
             for route in &source.routes {
-                let rule = route_rule(route, &source.namespace, &request.cluster_domain);
+                let rule = route_rule(source, route, &request.cluster_domain);
                 // Skip what a source not refused may publish too.
                 let publishable = request.sources.iter().zip(&honest.sources).any(|(s, st)| {
                     !st.verdict.is_refused()
                         && s.routes.iter().any(|r| {
                             !matches!(r.backend.state, BackendState::Missing(_))
-                                && route_rule(r, &s.namespace, &request.cluster_domain) == rule
+                                && route_rule(s, r, &request.cluster_domain) == rule
                         })
                 });
                 if publishable {
@@ -586,6 +590,16 @@ fn generated_lies_are_all_refused() {
                 lie.rules.swap(n - 1, n);
                 assert!(check_mapping(&request, &lie).is_err());
             }
+        }
+        // A published rule with origin settings not its source's.
+        if published >= 1 {
+            let mut lie = honest.clone();
+            let origin = &mut lie.rules[rng.below(published)].origin;
+            origin.no_tls_verify = match origin.no_tls_verify {
+                Some(_) => None,
+                None => Some(true),
+            };
+            assert!(check_mapping(&request, &lie).is_err(), "{lie:#?}");
         }
         // Any published rule dropped: its source is not refused, and its
         // backend is ready (the default configuration withholds the others).
@@ -642,5 +656,17 @@ fn the_host_refuses_a_rule_go_cannot_compile() {
         error.starts_with("rule 1 (\"a.example.com\" path \"^/(a|b\"")
             && error.contains("does not compile"),
         "{error}"
+    );
+}
+
+/// Origin settings on the fallback rule are named in the refusal.
+#[test]
+fn the_fallback_rule_carries_no_origin_settings() {
+    let request = request(cluster_tunnel(), vec![]);
+    let mut lie = mapped(&request);
+    lie.rules[0].origin.no_tls_verify = Some(true);
+    assert_eq!(
+        check_mapping(&request, &lie),
+        Err("the last rule must be the fallback ((any host) -> \"http_status:404\"), found (any host) -> \"http_status:404\" with origin settings noTLSVerify=\"true\"".into())
     );
 }

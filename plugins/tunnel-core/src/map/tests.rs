@@ -2,7 +2,7 @@ use rstest::rstest;
 
 use super::*;
 use crate::test_support::*;
-use crate::{SourceKind, check_mapping, parse_config};
+use crate::{Backend, OriginRequest, Scheme, SourceKind, check_mapping, parse_config};
 
 #[test]
 fn rules_are_ordered_so_none_hides_another() {
@@ -468,6 +468,58 @@ fn a_path_regex_go_refuses_invalidates_only_its_source(#[case] pattern: &str) {
                 "http://b.tenant-b.svc.cluster.local:80"
             ),
             fallback()
+        ]
+    );
+}
+
+/// Each rule carries its own source's origin settings; the fallback none.
+#[test]
+fn rules_carry_their_sources_origin_settings() {
+    let mut secure = ingress(
+        "shop",
+        "secure",
+        1,
+        vec![route(
+            "pay.example.com",
+            None,
+            Backend {
+                scheme: Scheme::Https,
+                ..ready("pay")
+            },
+        )],
+    );
+    secure.origin = OriginRequest {
+        no_tls_verify: Some(true),
+        connect_timeout: Some(10),
+        ..OriginRequest::default()
+    };
+    let plain = ingress(
+        "shop",
+        "plain",
+        1,
+        vec![route("www.example.com", None, ready("web"))],
+    );
+    let request = request(cluster_tunnel(), vec![secure.clone(), plain]);
+    let mapping = mapped(&request);
+    let origins: Vec<(Option<&str>, &str, &OriginRequest)> = mapping
+        .rules
+        .iter()
+        .map(|r| (r.hostname.as_deref(), r.service.as_str(), &r.origin))
+        .collect();
+    assert_eq!(
+        origins,
+        [
+            (
+                Some("pay.example.com"),
+                "https://pay.shop.svc.cluster.local:80",
+                &secure.origin
+            ),
+            (
+                Some("www.example.com"),
+                "http://web.shop.svc.cluster.local:80",
+                &OriginRequest::default()
+            ),
+            (None, "http_status:404", &OriginRequest::default()),
         ]
     );
 }
