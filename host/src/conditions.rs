@@ -13,7 +13,32 @@ pub fn condition(
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
-    let status = if status { "True" } else { "False" };
+    condition_status(
+        previous,
+        type_,
+        Some(status),
+        reason,
+        message,
+        generation,
+        now,
+    )
+}
+
+/// `condition`, where `None` is the `Unknown` status.
+pub fn condition_status(
+    previous: &[Condition],
+    type_: &str,
+    status: Option<bool>,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = match status {
+        Some(true) => "True",
+        Some(false) => "False",
+        None => "Unknown",
+    };
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)

@@ -1531,6 +1531,55 @@ async fn seed_warp_connectors_advertise_routes() {
         pod.containers[0].image.as_deref(),
         Some("cloudflare/cloudflared:2024.1.0")
     );
+    // The WARP client in connector mode, with its token, a TUN device,
+    // NET_ADMIN and forwarding; the seed's cloudflared image is reported.
+    let container = &pod.containers[0];
+    let script = container.command.clone().unwrap().join(" ");
+    assert!(
+        script.contains("warp-cli --accept-tos connector new \"$WARP_CONNECTOR_TOKEN\""),
+        "{script}"
+    );
+    let token = container.env.as_ref().unwrap()[0].clone();
+    assert_eq!(token.name, "WARP_CONNECTOR_TOKEN");
+    let reference = token.value_from.unwrap().secret_key_ref.unwrap();
+    assert_eq!(
+        (reference.name.as_str(), reference.key.as_str()),
+        ("warp-ha-connector", "token")
+    );
+    let capabilities = container
+        .security_context
+        .clone()
+        .unwrap()
+        .capabilities
+        .unwrap();
+    assert_eq!(capabilities.add.unwrap(), ["NET_ADMIN"]);
+    let tun = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "tun")
+        .unwrap();
+    assert_eq!(tun.host_path.as_ref().unwrap().path, "/dev/net/tun");
+    assert_eq!(
+        pod.security_context.clone().unwrap().sysctls.unwrap()[0].name,
+        "net.ipv4.ip_forward"
+    );
+    let connector = Api::<WARPConnector>::namespaced(world.client.clone(), "production")
+        .get("ha-connector")
+        .await
+        .unwrap();
+    let image = connector
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "ImageCanServe")
+        .unwrap();
+    assert_eq!(
+        (image.status.as_str(), image.reason.as_str()),
+        ("False", "CloudflaredImage")
+    );
     let resources = pod.containers[0].resources.clone().unwrap();
     assert_eq!(resources.requests.unwrap()["memory"].0, "512Mi");
     assert_eq!(resources.limits.unwrap()["memory"].0, "1Gi");

@@ -265,6 +265,72 @@ pub fn cloudflared_pod(image: &str, args: &[&str], secret: &str) -> Value {
     })
 }
 
+/// What a WARP Connector's pod runs. The connector is the WARP client in
+/// connector mode, not cloudflared (which serves `cfd_tunnel`s only and
+/// has no notion of a `warp_connector` token): the daemon (`warp-svc`, on
+/// the system D-Bus), then `warp-cli connector new <token>` and `connect`.
+pub const WARP_CONNECTOR_SCRIPT: &str = r#"set -eu
+mkdir -p /run/dbus && rm -f /run/dbus/pid
+dbus-daemon --config-file=/usr/share/dbus-1/system.conf
+warp-svc --accept-tos &
+service=$!
+until warp-cli --accept-tos status >/dev/null 2>&1; do sleep 1; done
+warp-cli --accept-tos connector new "$WARP_CONNECTOR_TOKEN"
+warp-cli --accept-tos connect
+wait "$service"
+"#;
+
+/// The env variable the connector script reads its token from.
+pub const WARP_CONNECTOR_TOKEN_ENV: &str = "WARP_CONNECTOR_TOKEN";
+
+/// The pod of a WARP Connector: `image` must hold the WARP client
+/// (`warp-svc`, `warp-cli`, `dbus-daemon`). It runs as root with
+/// `NET_ADMIN` and the node's `/dev/net/tun` for its TUN interface, and
+/// forwards packets between the WARP network and the cluster's, so its
+/// network namespace sets `net.ipv4.ip_forward` (a sysctl the kubelet must
+/// allow: `--allowed-unsafe-sysctls`).
+pub fn warp_connector_pod(image: &str, secret: &str) -> Value {
+    json!({
+        "securityContext": {
+            "seccompProfile": { "type": "RuntimeDefault" },
+            "sysctls": [{ "name": "net.ipv4.ip_forward", "value": "1" }],
+        },
+        "containers": [{
+            "name": "warp-connector",
+            "image": image,
+            "command": ["/bin/sh", "-c", WARP_CONNECTOR_SCRIPT],
+            "env": [{
+                "name": WARP_CONNECTOR_TOKEN_ENV,
+                "valueFrom": { "secretKeyRef": { "name": secret, "key": TOKEN_SECRET_KEY } },
+            }],
+            "readinessProbe": {
+                "exec": { "command": ["/bin/sh", "-c", "warp-cli --accept-tos status | grep -q Connected"] },
+                "periodSeconds": 10,
+            },
+            "securityContext": {
+                "runAsUser": 0,
+                "capabilities": { "add": ["NET_ADMIN"] },
+            },
+            "volumeMounts": [
+                { "name": "tun", "mountPath": "/dev/net/tun" },
+                { "name": "state", "mountPath": "/var/lib/cloudflare-warp" },
+            ],
+        }],
+        "volumes": [
+            { "name": "tun", "hostPath": { "path": "/dev/net/tun", "type": "CharDevice" } },
+            { "name": "state", "emptyDir": {} },
+        ],
+    })
+}
+
+/// Whether `image` is cloudflared's, which cannot serve a WARP Connector.
+pub fn is_cloudflared_image(image: &str) -> bool {
+    let repository = image.split(['@']).next().unwrap_or(image);
+    let name = repository.rsplit('/').next().unwrap_or(repository);
+    let name = name.split(':').next().unwrap_or(name);
+    name == "cloudflared"
+}
+
 /// A cloudflared Deployment running `pod`, selected by its labels but
 /// `managed-by`.
 pub fn cloudflared_deployment(
@@ -464,6 +530,17 @@ mod tests {
             fresh.create[0].comment.as_deref(),
             Some(marker.comment.as_str())
         );
+    }
+
+    #[rstest::rstest]
+    #[case::seed_default("cloudflare/cloudflared:latest", true)]
+    #[case::pinned("cloudflare/cloudflared:2024.1.0", true)]
+    #[case::mirrored("registry.example.com:5000/mirror/cloudflared@sha256:0123", true)]
+    #[case::bare("cloudflared", true)]
+    #[case::warp_client("registry.example.com/warp-connector:2025.4", false)]
+    #[case::registry_port_only("registry.example.com:5000/warp", false)]
+    fn cloudflared_images_are_recognised(#[case] image: &str, #[case] cloudflared: bool) {
+        assert_eq!(is_cloudflared_image(image), cloudflared);
     }
 
     #[test]

@@ -349,6 +349,11 @@ pub struct WARPConnectorSpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0, max = 100))]
     pub replicas: i32,
+    /// The connector's image. It must hold the WARP client (`warp-svc`,
+    /// `warp-cli`, `dbus-daemon`), which is what serves a WARP Connector:
+    /// the default, the seed's cloudflared image, cannot (cloudflared serves
+    /// `cfd_tunnel` tunnels only), and `ImageCanServe=False` says so. Build
+    /// one from Cloudflare's `cloudflare-warp` package.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,

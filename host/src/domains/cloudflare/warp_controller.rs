@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::controller::{Failed, reconcile_finalized};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -69,7 +70,9 @@ async fn apply_connector(connector: &WARPConnector, ctx: &Context) -> Result<Act
     let ready = readiness(outcome, &status.conditions, connector.metadata.generation)?;
     status.state = Some(state(&ready));
     status.observed_generation = connector.metadata.generation;
+    let image_condition = image_condition(connector, &status.conditions);
     status.conditions = ready.conditions.clone();
+    super::tunnel_plan::put_condition(&mut status.conditions, image_condition);
     let api: Api<WARPConnector> = Api::namespaced(
         ctx.client.clone(),
         &connector.namespace().unwrap_or_default(),
@@ -106,7 +109,7 @@ async fn serve_connector(
     let tunnel = connector_tunnel(&client, account, id, &tunnel_name).await?;
     status.connector_id = Some(tunnel.id.clone());
 
-    // cloudflared, with the connector's token.
+    // The WARP client in connector mode, with the connector's token.
     let owner = connector
         .controller_owner_ref(&())
         .expect("a stored object has a name and a UID");
@@ -190,6 +193,43 @@ async fn connector_tunnel(
     })
 }
 
+/// `ImageCanServe`: False for a cloudflared image, which cannot serve a
+/// WARP Connector (the seed's default is one); Unknown otherwise, as knit
+/// cannot look inside an image for the WARP client.
+fn image_condition(connector: &WARPConnector, previous: &[Condition]) -> Condition {
+    let image = connector_image(&connector.spec);
+    let (status, reason, message) = if plan::is_cloudflared_image(&image) {
+        (
+            Some(false),
+            "CloudflaredImage",
+            format!(
+                "{image} is cloudflared, which cannot serve a WARP Connector: set spec.image to an image with the WARP client (warp-svc, warp-cli)"
+            ),
+        )
+    } else {
+        (
+            None,
+            "NotInspected",
+            format!("{image} must provide the WARP client (warp-svc, warp-cli, dbus-daemon)"),
+        )
+    };
+    crate::conditions::condition_status(
+        previous,
+        "ImageCanServe",
+        status,
+        reason,
+        &message,
+        connector.metadata.generation,
+        &Time(k8s_openapi::jiff::Timestamp::now()),
+    )
+}
+
+fn connector_image(spec: &WARPConnectorSpec) -> String {
+    spec.image
+        .clone()
+        .unwrap_or_else(|| super::types::DEFAULT_CLOUDFLARED_IMAGE.into())
+}
+
 fn connector_deployment(
     spec: &WARPConnectorSpec,
     namespace: &str,
@@ -197,18 +237,8 @@ fn connector_deployment(
     labels: &std::collections::BTreeMap<String, String>,
     owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
 ) -> serde_json::Value {
-    let image = spec
-        .image
-        .clone()
-        .unwrap_or_else(|| super::types::DEFAULT_CLOUDFLARED_IMAGE.into());
-    let args = [
-        "tunnel",
-        "--no-autoupdate",
-        "--metrics",
-        "0.0.0.0:2000",
-        "run",
-    ];
-    let mut pod = plan::cloudflared_pod(&image, &args, name);
+    let image = connector_image(spec);
+    let mut pod = plan::warp_connector_pod(&image, name);
     if let Some(resources) = &spec.resources {
         pod["containers"][0]["resources"] = json!(resources);
     }
