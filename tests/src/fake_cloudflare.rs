@@ -243,6 +243,17 @@ impl FakeCloudflare {
         id
     }
 
+    /// Creates a remotely managed tunnel in the account, as the dashboard
+    /// would (knit did not make it); returns its ID.
+    pub fn add_tunnel(&self, account_id: &str, name: &str) -> String {
+        let body = json!({"name": name, "config_src": "cloudflare"}).to_string();
+        let tunnel = self
+            .cloud()
+            .create_tunnel(Kind::Cloudflared, account_id, body.as_bytes())
+            .unwrap_or_else(|_| panic!("creating tunnel {name}"));
+        tunnel["result"]["id"].as_str().expect("a tunnel ID").to_owned()
+    }
+
     /// Caps every paginated list at `n` items a page.
     pub fn set_max_per_page(&self, n: usize) {
         assert!(n > 0, "a page holds at least one item");

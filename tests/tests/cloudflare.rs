@@ -1379,6 +1379,73 @@ async fn origin_settings_and_schemes_reach_cloudflared() {
     all_gone(&tunnels, "the Tunnel gone").await;
 }
 
+/// `existingTunnel` by `id` and by `name`: the tunnel made elsewhere is
+/// adopted and served, and left in Cloudflare when its object goes (the DNS
+/// records knit made for it go); one that does not exist is reported.
+#[tokio::test]
+async fn existing_tunnels_are_adopted_served_and_left_in_place() {
+    let world = World::new().await;
+    let by_id = world.fake.add_tunnel(ACCOUNT, "made-by-hand-1");
+    let by_name = world.fake.add_tunnel(ACCOUNT, "made-by-hand-2");
+    let tunnels = Api::<ClusterTunnel>::all(world.client.clone());
+    let adopt = |name: &str, existing: serde_json::Value| -> ClusterTunnel {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+            "kind": "ClusterTunnel",
+            "metadata": {"name": name},
+            "spec": {
+                "existingTunnel": existing,
+                "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": "cloudflare-api-credentials"},
+            },
+        }))
+        .unwrap()
+    };
+    for (name, existing) in [
+        ("adopt-by-id", json!({"id": by_id})),
+        ("adopt-by-name", json!({"name": "made-by-hand-2"})),
+        ("adopt-missing", json!({"name": "never-made"})),
+    ] {
+        tunnels
+            .create(&PostParams::default(), &adopt(name, existing))
+            .await
+            .unwrap();
+    }
+    let namespace = knit_tests::fresh_namespace(&world.client, "adopted").await;
+    ready_service(&world.client, &namespace, "web", 80).await;
+    for (tunnel, host) in [
+        ("adopt-by-id", "one.example.com"),
+        ("adopt-by-name", "two.example.com"),
+    ] {
+        ingress(&world.client, &namespace, tunnel, tunnel, host, "web").await;
+    }
+    for (name, id, host) in [
+        ("adopt-by-id", &by_id, "one.example.com"),
+        ("adopt-by-name", &by_name, "two.example.com"),
+    ] {
+        let tunnel = world.cluster_tunnel_ready(name, "True").await;
+        assert_eq!(tunnel.status.unwrap().tunnel_id.as_ref(), Some(id));
+        world.wait_hosts(id, &[host]).await;
+        world.wait_dns(id, &[host]).await;
+    }
+    let missing = world.cluster_tunnel_ready("adopt-missing", "False").await;
+    let ready = ready_condition(&missing.status.unwrap().conditions)
+        .unwrap()
+        .clone();
+    assert!(ready.message.contains("never-made"), "{}", ready.message);
+
+    for name in ["adopt-by-id", "adopt-by-name", "adopt-missing"] {
+        tunnels
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    all_gone(&tunnels, "the ClusterTunnels gone").await;
+    for (id, name) in [(&by_id, "made-by-hand-1"), (&by_name, "made-by-hand-2")] {
+        assert_eq!(&live_tunnel(&world, name).id, id);
+        assert_eq!(world.dns_names(id), BTreeSet::new());
+    }
+}
+
 /// A Tunnel whose Secret is missing says so, then recovers once it exists;
 /// rate limiting on the way is waited out.
 #[tokio::test]
