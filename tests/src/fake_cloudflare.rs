@@ -251,7 +251,10 @@ impl FakeCloudflare {
             .cloud()
             .create_tunnel(Kind::Cloudflared, account_id, body.as_bytes())
             .unwrap_or_else(|_| panic!("creating tunnel {name}"));
-        tunnel["result"]["id"].as_str().expect("a tunnel ID").to_owned()
+        tunnel["result"]["id"]
+            .as_str()
+            .expect("a tunnel ID")
+            .to_owned()
     }
 
     /// Caps every paginated list at `n` items a page.

@@ -248,6 +248,27 @@ async fn token_secret(client: &Client, namespace: &str, name: &str, token: &str)
         .unwrap();
 }
 
+/// Creates the Tunnel `name` in `namespace` (named `<namespace>-<name>` in
+/// Cloudflare) with the namespace's token Secret `secret`.
+async fn create_tunnel(client: &Client, namespace: &str, name: &str, secret: &str) -> Api<Tunnel> {
+    let tunnel: Tunnel = serde_json::from_value(json!({
+        "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+        "kind": "Tunnel",
+        "metadata": {"name": name},
+        "spec": {
+            "newTunnel": {"name": format!("{namespace}-{name}")},
+            "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": secret},
+        },
+    }))
+    .unwrap();
+    let tunnels = Api::<Tunnel>::namespaced(client.clone(), namespace);
+    tunnels
+        .create(&PostParams::default(), &tunnel)
+        .await
+        .unwrap();
+    tunnels
+}
+
 /// A Service with a ready endpoint, as the endpoints controller would
 /// publish it.
 async fn ready_service(client: &Client, namespace: &str, name: &str, port: i32) {
@@ -818,21 +839,13 @@ async fn tunnel_namespace_conflicts_renames_and_foreign_records() {
         Some("made by hand"),
     );
     let before_manual = world.fake.dns_records(&world.zone);
-    let tunnel: Tunnel = serde_json::from_value(json!({
-        "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
-        "kind": "Tunnel",
-        "metadata": {"name": "team-tunnel"},
-        "spec": {
-            "newTunnel": {"name": format!("{team}-tunnel")},
-            "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": "cloudflare-api-credentials"},
-        },
-    }))
-    .unwrap();
-    let tunnels = Api::<Tunnel>::namespaced(world.client.clone(), &team);
-    tunnels
-        .create(&PostParams::default(), &tunnel)
-        .await
-        .unwrap();
+    let tunnels = create_tunnel(
+        &world.client,
+        &team,
+        "team-tunnel",
+        "cloudflare-api-credentials",
+    )
+    .await;
     ready_service(&world.client, &team, "web", 80).await;
     ready_service(&world.client, &team, "web2", 80).await;
     ready_service(&world.client, &other, "web", 80).await;
@@ -980,21 +993,7 @@ async fn legacy_ingress_class_is_served_in_its_namespace_while_endpoints_are_rea
     let legacy = knit_tests::fresh_namespace(&world.client, "legacy").await;
     let elsewhere = knit_tests::fresh_namespace(&world.client, "elsewhere").await;
     token_secret(&world.client, &legacy, "cloudflare-api-credentials", TOKEN).await;
-    let tunnel: Tunnel = serde_json::from_value(json!({
-        "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
-        "kind": "Tunnel",
-        "metadata": {"name": "warp"},
-        "spec": {
-            "newTunnel": {"name": format!("{legacy}-warp")},
-            "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": "cloudflare-api-credentials"},
-        },
-    }))
-    .unwrap();
-    let tunnels = Api::<Tunnel>::namespaced(world.client.clone(), &legacy);
-    tunnels
-        .create(&PostParams::default(), &tunnel)
-        .await
-        .unwrap();
+    let tunnels = create_tunnel(&world.client, &legacy, "warp", "cloudflare-api-credentials").await;
     ready_service(&world.client, &legacy, "web", 80).await;
     ready_service(&world.client, &elsewhere, "web", 80).await;
     for (namespace, name, host) in [
@@ -1452,21 +1451,7 @@ async fn existing_tunnels_are_adopted_served_and_left_in_place() {
 async fn missing_credentials_then_rate_limits() {
     let world = World::new().await;
     let namespace = knit_tests::fresh_namespace(&world.client, "creds").await;
-    let tunnels = Api::<Tunnel>::namespaced(world.client.clone(), &namespace);
-    let tunnel: Tunnel = serde_json::from_value(json!({
-        "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
-        "kind": "Tunnel",
-        "metadata": {"name": "t"},
-        "spec": {
-            "newTunnel": {"name": format!("{namespace}-t")},
-            "cloudflare": {"accountId": ACCOUNT, "domain": DOMAIN, "secret": "absent"},
-        },
-    }))
-    .unwrap();
-    tunnels
-        .create(&PostParams::default(), &tunnel)
-        .await
-        .unwrap();
+    let tunnels = create_tunnel(&world.client, &namespace, "t", "absent").await;
     let condition = knit_tests::eventually("Ready=False", WAIT, || async {
         let status = tunnels.get("t").await.ok()?.status?;
         ready_condition(&status.conditions).cloned()
