@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Secret;
 use knit::providers::cloudflare::{
     ApiToken, CloudflareClient, DnsFilter, Error, IngressRule, NewDnsRecord, NewRoute,
-    NewVirtualNetwork, RetryPolicy, RouteFilter, TunnelConfig, WarpRouting,
+    NewVirtualNetwork, RetryPolicy, RouteFilter, TunnelConfig, TunnelKind, WarpRouting,
 };
 use knit_tests::fake_cloudflare::{FakeCloudflare, codes};
 
@@ -116,7 +116,10 @@ async fn auth_failures_are_clear_and_not_retried() {
 
     // A valid token, another account's resources.
     let other = client_for(&fake, OTHER_TOKEN);
-    let error = other.find_tunnel(ACCOUNT, "anything").await.unwrap_err();
+    let error = other
+        .find_tunnel(TunnelKind::Cloudflared, ACCOUNT, "anything")
+        .await
+        .unwrap_err();
     assert!(
         matches!(error, Error::Unauthorized { status: 403, .. }),
         "{error:?}"
@@ -148,19 +151,37 @@ fn client_with(token: &str, fake: &FakeCloudflare) -> CloudflareClient {
 #[tokio::test]
 async fn a_tunnel_is_created_configured_and_deleted_with_its_connections() {
     let (fake, client, _) = setup().await;
-    let tunnel = client.create_tunnel(ACCOUNT, "knit-main").await.unwrap();
+    let tunnel = client
+        .create_tunnel(TunnelKind::Cloudflared, ACCOUNT, "knit-main")
+        .await
+        .unwrap();
     assert_eq!(tunnel.name, "knit-main");
     assert_eq!(tunnel.tun_type.as_deref(), Some("cfd_tunnel"));
     assert_eq!(tunnel.remote_config, Some(true));
     assert_eq!(tunnel.deleted_at, None);
 
-    let found = client.find_tunnel(ACCOUNT, "knit-main").await.unwrap();
+    let found = client
+        .find_tunnel(TunnelKind::Cloudflared, ACCOUNT, "knit-main")
+        .await
+        .unwrap();
     assert_eq!(found.as_ref().map(|t| &t.id), Some(&tunnel.id));
-    assert_eq!(client.find_tunnel(ACCOUNT, "other").await.unwrap(), None);
-    let got = client.get_tunnel(ACCOUNT, &tunnel.id).await.unwrap();
+    assert_eq!(
+        client
+            .find_tunnel(TunnelKind::Cloudflared, ACCOUNT, "other")
+            .await
+            .unwrap(),
+        None
+    );
+    let got = client
+        .get_tunnel(TunnelKind::Cloudflared, ACCOUNT, &tunnel.id)
+        .await
+        .unwrap();
     assert_eq!(got.map(|t| t.id), Some(tunnel.id.clone()));
 
-    let token = client.tunnel_token(ACCOUNT, &tunnel.id).await.unwrap();
+    let token = client
+        .tunnel_token(TunnelKind::Cloudflared, ACCOUNT, &tunnel.id)
+        .await
+        .unwrap();
     assert!(token.expose().starts_with("eyJ"), "base64 JSON");
     assert_eq!(format!("{token:?}"), "TunnelToken(***)");
 
@@ -244,18 +265,33 @@ async fn a_tunnel_is_created_configured_and_deleted_with_its_connections() {
 
     // A running cloudflared: the delete cleans its connections up first.
     fake.set_connections(&tunnel.id, 2);
-    client.delete_tunnel(ACCOUNT, &tunnel.id).await.unwrap();
+    client
+        .delete_tunnel(TunnelKind::Cloudflared, ACCOUNT, &tunnel.id)
+        .await
+        .unwrap();
     assert_eq!(fake.count("DELETE", "cfd_tunnel/{id}/connections"), 1);
     assert_eq!(fake.count("DELETE", "cfd_tunnel/{id}"), 1);
     let gone = &fake.tunnels()[0];
     assert!(gone.deleted && gone.connections == 0, "{gone:?}");
-    assert_eq!(client.get_tunnel(ACCOUNT, &tunnel.id).await.unwrap(), None);
     assert_eq!(
-        client.find_tunnel(ACCOUNT, "knit-main").await.unwrap(),
+        client
+            .get_tunnel(TunnelKind::Cloudflared, ACCOUNT, &tunnel.id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        client
+            .find_tunnel(TunnelKind::Cloudflared, ACCOUNT, "knit-main")
+            .await
+            .unwrap(),
         None
     );
     // Deleting again is done already.
-    client.delete_tunnel(ACCOUNT, &tunnel.id).await.unwrap();
+    client
+        .delete_tunnel(TunnelKind::Cloudflared, ACCOUNT, &tunnel.id)
+        .await
+        .unwrap();
     assert_eq!(
         client
             .tunnel_configuration(ACCOUNT, &tunnel.id)
@@ -264,7 +300,10 @@ async fn a_tunnel_is_created_configured_and_deleted_with_its_connections() {
         None
     );
     assert_eq!(
-        client.get_tunnel(ACCOUNT, "no-such-tunnel").await.unwrap(),
+        client
+            .get_tunnel(TunnelKind::Cloudflared, ACCOUNT, "no-such-tunnel")
+            .await
+            .unwrap(),
         None
     );
 }
@@ -272,8 +311,14 @@ async fn a_tunnel_is_created_configured_and_deleted_with_its_connections() {
 #[tokio::test]
 async fn a_taken_tunnel_name_is_a_clear_error_until_the_tunnel_is_deleted() {
     let (fake, client, _) = setup().await;
-    let tunnel = client.create_tunnel(ACCOUNT, "edge").await.unwrap();
-    let error = client.create_tunnel(ACCOUNT, "edge").await.unwrap_err();
+    let tunnel = client
+        .create_tunnel(TunnelKind::Cloudflared, ACCOUNT, "edge")
+        .await
+        .unwrap();
+    let error = client
+        .create_tunnel(TunnelKind::Cloudflared, ACCOUNT, "edge")
+        .await
+        .unwrap_err();
     assert!(error.has_code(1013), "{error:?}");
     assert!(matches!(error, Error::Api { status: 409, .. }), "{error:?}");
     let shown = error.to_string();
@@ -289,10 +334,20 @@ async fn a_taken_tunnel_name_is_a_clear_error_until_the_tunnel_is_deleted() {
     );
     assert_eq!(fake.count("POST", "cfd_tunnel"), 2, "a 409 is not retried");
 
-    client.delete_tunnel(ACCOUNT, &tunnel.id).await.unwrap();
-    let again = client.create_tunnel(ACCOUNT, "edge").await.unwrap();
+    client
+        .delete_tunnel(TunnelKind::Cloudflared, ACCOUNT, &tunnel.id)
+        .await
+        .unwrap();
+    let again = client
+        .create_tunnel(TunnelKind::Cloudflared, ACCOUNT, "edge")
+        .await
+        .unwrap();
     assert_ne!(again.id, tunnel.id);
-    let found = client.find_tunnel(ACCOUNT, "edge").await.unwrap().unwrap();
+    let found = client
+        .find_tunnel(TunnelKind::Cloudflared, ACCOUNT, "edge")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(found.id, again.id, "the deleted one is not found");
 }
 
@@ -300,7 +355,10 @@ async fn a_taken_tunnel_name_is_a_clear_error_until_the_tunnel_is_deleted() {
 async fn route_lists_are_followed_across_pages() {
     let (fake, client, _) = setup().await;
     fake.set_max_per_page(2);
-    let tunnel = client.create_tunnel(ACCOUNT, "routed").await.unwrap();
+    let tunnel = client
+        .create_tunnel(TunnelKind::Cloudflared, ACCOUNT, "routed")
+        .await
+        .unwrap();
     for i in 0..5 {
         client
             .create_route(
@@ -533,7 +591,7 @@ async fn virtual_networks_and_routes() {
     assert!(matches!(error, Error::Api { status: 409, .. }), "{error:?}");
 
     let tunnel = client
-        .create_warp_connector(ACCOUNT, "site-a")
+        .create_tunnel(TunnelKind::WarpConnector, ACCOUNT, "site-a")
         .await
         .unwrap();
     let in_staging = client
@@ -628,7 +686,7 @@ async fn virtual_networks_and_routes() {
         .unwrap_err();
     assert!(error.has_code(codes::VNET_IN_USE), "{error:?}");
     let error = client
-        .delete_warp_connector(ACCOUNT, &tunnel.id)
+        .delete_tunnel(TunnelKind::WarpConnector, ACCOUNT, &tunnel.id)
         .await
         .unwrap_err();
     assert!(error.has_code(codes::TUNNEL_HAS_ROUTES), "{error:?}");
@@ -686,23 +744,26 @@ async fn virtual_networks_and_routes() {
 async fn warp_connectors_have_their_own_path_and_token() {
     let (fake, client, _) = setup().await;
     let connector = client
-        .create_warp_connector(ACCOUNT, "site-b")
+        .create_tunnel(TunnelKind::WarpConnector, ACCOUNT, "site-b")
         .await
         .unwrap();
     assert_eq!(connector.tun_type.as_deref(), Some("warp_connector"));
     assert_eq!(
-        client.find_tunnel(ACCOUNT, "site-b").await.unwrap(),
+        client
+            .find_tunnel(TunnelKind::Cloudflared, ACCOUNT, "site-b")
+            .await
+            .unwrap(),
         None,
         "not a cfd_tunnel"
     );
     let found = client
-        .find_warp_connector(ACCOUNT, "site-b")
+        .find_tunnel(TunnelKind::WarpConnector, ACCOUNT, "site-b")
         .await
         .unwrap()
         .unwrap();
     assert_eq!(found.id, connector.id);
     let token = client
-        .warp_connector_token(ACCOUNT, &connector.id)
+        .tunnel_token(TunnelKind::WarpConnector, ACCOUNT, &connector.id)
         .await
         .unwrap();
     assert!(!token.expose().is_empty());
@@ -710,22 +771,22 @@ async fn warp_connectors_have_their_own_path_and_token() {
     // A connected host: no cleanup endpoint, the refusal comes back.
     fake.set_connections(&connector.id, 1);
     let error = client
-        .delete_warp_connector(ACCOUNT, &connector.id)
+        .delete_tunnel(TunnelKind::WarpConnector, ACCOUNT, &connector.id)
         .await
         .unwrap_err();
     assert!(error.has_code(codes::ACTIVE_CONNECTIONS), "{error:?}");
     fake.set_connections(&connector.id, 0);
     client
-        .delete_warp_connector(ACCOUNT, &connector.id)
+        .delete_tunnel(TunnelKind::WarpConnector, ACCOUNT, &connector.id)
         .await
         .unwrap();
     client
-        .delete_warp_connector(ACCOUNT, &connector.id)
+        .delete_tunnel(TunnelKind::WarpConnector, ACCOUNT, &connector.id)
         .await
         .unwrap();
     assert_eq!(
         client
-            .get_warp_connector(ACCOUNT, &connector.id)
+            .get_tunnel(TunnelKind::WarpConnector, ACCOUNT, &connector.id)
             .await
             .unwrap(),
         None
@@ -777,7 +838,10 @@ async fn a_429_past_the_attempts_is_rate_limited_with_a_capped_wait() {
 #[tokio::test]
 async fn server_errors_are_retried_and_client_errors_are_not() {
     let (fake, client, _) = setup().await;
-    let tunnel = client.create_tunnel(ACCOUNT, "retry").await.unwrap();
+    let tunnel = client
+        .create_tunnel(TunnelKind::Cloudflared, ACCOUNT, "retry")
+        .await
+        .unwrap();
     let route = "cfd_tunnel/{id}/configurations";
     fake.fail_next("PUT", route, 500, 1000, "internal error", 2);
     let stored = client
@@ -828,7 +892,10 @@ async fn an_unreachable_api_is_a_transport_error_after_retries() {
     )
     .unwrap()
     .with_retry(fast());
-    let error = client.find_tunnel(ACCOUNT, "x").await.unwrap_err();
+    let error = client
+        .find_tunnel(TunnelKind::Cloudflared, ACCOUNT, "x")
+        .await
+        .unwrap_err();
     assert!(matches!(error, Error::Transport { .. }), "{error:?}");
     assert!(error.to_string().starts_with("GET /accounts/"), "{error}");
     assert_hidden(&error, TOKEN);
@@ -848,7 +915,10 @@ async fn the_token_never_shows() {
     fake.fail_next("*", "zones", 403, 10000, "Authentication error", 1);
     let error = client.zone_id(ACCOUNT, ZONE).await.unwrap_err();
     assert_hidden(&error, TOKEN);
-    let error = client.create_tunnel(ACCOUNT, "").await.unwrap_err();
+    let error = client
+        .create_tunnel(TunnelKind::Cloudflared, ACCOUNT, "")
+        .await
+        .unwrap_err();
     assert!(error.has_code(codes::INVALID_REQUEST), "{error:?}");
     assert_hidden(&error, TOKEN);
 }

@@ -27,7 +27,7 @@ use super::sources::{self, Backends, Bound, SourceKindKey, TunnelKey};
 use super::tunnel_plan::{self, Observed, Outcome, TunnelPlan, plan_tunnel};
 use super::types::{TunnelObject, TunnelSpec, TunnelState, TunnelStatus};
 use super::workload::{MANAGER, delete_workload, ensure_token_secret};
-use crate::providers::cloudflare::{self as api, CloudflareClient};
+use crate::providers::cloudflare::{self as api, CloudflareClient, TunnelKind};
 
 pub const FINALIZER: &str = "knit.dev/cloudflare-tunnel";
 
@@ -147,7 +147,7 @@ async fn serve<K: TunnelObject>(
         &plan::workload_labels(&key),
         &tunnel.id,
         &owner,
-        client.tunnel_token(account, &tunnel.id),
+        client.tunnel_token(TunnelKind::Cloudflared, account, &tunnel.id),
     )
     .await?;
     Api::<Deployment>::namespaced(ctx.client.clone(), &namespace)
@@ -182,7 +182,9 @@ async fn observe_tunnel<K: TunnelObject>(
         Found::ToCreate(name) => {
             // Seen by a watch while the create runs.
             persist_state(object, ctx, status, TunnelState::Creating).await?;
-            let tunnel = client.create_tunnel(account, &name).await?;
+            let tunnel = client
+                .create_tunnel(TunnelKind::Cloudflared, account, &name)
+                .await?;
             tracing::info!(tunnel = %tunnel.name, id = %tunnel.id, "Cloudflare tunnel created");
             tunnel
         }
@@ -305,20 +307,35 @@ async fn find_tunnel(
     status: &TunnelStatus,
 ) -> Result<Found, Error> {
     if let Some(id) = &status.tunnel_id
-        && let Some(tunnel) = client.get_tunnel(account, id).await?
+        && let Some(tunnel) = client
+            .get_tunnel(TunnelKind::Cloudflared, account, id)
+            .await?
     {
         return Ok(Found::Tunnel(tunnel));
     }
     if let Some(new) = &spec.new_tunnel {
-        return Ok(match client.find_tunnel(account, &new.name).await? {
-            Some(tunnel) => Found::Tunnel(tunnel),
-            None => Found::ToCreate(new.name.clone()),
-        });
+        return Ok(
+            match client
+                .find_tunnel(TunnelKind::Cloudflared, account, &new.name)
+                .await?
+            {
+                Some(tunnel) => Found::Tunnel(tunnel),
+                None => Found::ToCreate(new.name.clone()),
+            },
+        );
     }
     let existing = spec.existing_tunnel.as_ref().expect("CEL: new or existing");
     let found = match (&existing.id, &existing.name) {
-        (Some(id), _) => client.get_tunnel(account, id).await?,
-        (None, Some(name)) => client.find_tunnel(account, name).await?,
+        (Some(id), _) => {
+            client
+                .get_tunnel(TunnelKind::Cloudflared, account, id)
+                .await?
+        }
+        (None, Some(name)) => {
+            client
+                .find_tunnel(TunnelKind::Cloudflared, account, name)
+                .await?
+        }
         (None, None) => None,
     };
     Ok(match found {
@@ -429,7 +446,9 @@ async fn cleanup<K: TunnelObject>(object: &K, ctx: &Context) -> Result<Action, E
     if spec.new_tunnel.is_some()
         && let Some(id) = &status.tunnel_id
     {
-        client.delete_tunnel(account, id).await?;
+        client
+            .delete_tunnel(TunnelKind::Cloudflared, account, id)
+            .await?;
         tracing::info!(tunnel = %key, %id, "Cloudflare tunnel deleted");
     }
     // The sources no longer reach the edge through it.

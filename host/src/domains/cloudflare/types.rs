@@ -327,7 +327,8 @@ pub struct TunnelStatus {
 }
 
 /// A WARP connector: a `warp_connector` tunnel advertising private networks
-/// to WARP clients and other sites, and the cloudflared Deployment running it.
+/// to WARP clients and other sites, and the Deployment of the WARP client
+/// (in connector mode) running it.
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "networking.cloudflare-operator.io",

@@ -1,5 +1,5 @@
 //! `WARPConnector` and `VirtualNetwork`: a `warp_connector` tunnel run by a
-//! cloudflared Deployment, advertising the connector's networks as Zero
+//! Deployment of the WARP client in connector mode, advertising the connector's networks as Zero
 //! Trust routes in its virtual network. Routes and virtual networks knit
 //! made carry its ownership mark in their comment; nothing else is touched.
 
@@ -23,7 +23,7 @@ use super::types::{
     TunnelState, VirtualNetwork, VirtualNetworkStatus, WARPConnector, WARPConnectorSpec,
     WARPConnectorStatus,
 };
-use crate::providers::cloudflare as api;
+use crate::providers::cloudflare::{self as api, TunnelKind};
 
 pub const WARP_FINALIZER: &str = "knit.dev/warp-connector";
 pub const VNET_FINALIZER: &str = "knit.dev/virtual-network";
@@ -122,7 +122,7 @@ async fn serve_connector(
         &labels,
         &tunnel.id,
         &owner,
-        client.warp_connector_token(account, &tunnel.id),
+        client.tunnel_token(TunnelKind::WarpConnector, account, &tunnel.id),
     )
     .await?;
     let deployment = connector_deployment(spec, &namespace, &workload, &labels, &owner);
@@ -181,14 +181,25 @@ async fn connector_tunnel(
     name: &str,
 ) -> Result<api::Tunnel, Error> {
     let existing = match id {
-        Some(id) => client.get_warp_connector(account, id).await?,
+        Some(id) => {
+            client
+                .get_tunnel(TunnelKind::WarpConnector, account, id)
+                .await?
+        }
         None => None,
     };
     Ok(match existing {
         Some(tunnel) => tunnel,
-        None => match client.find_warp_connector(account, name).await? {
+        None => match client
+            .find_tunnel(TunnelKind::WarpConnector, account, name)
+            .await?
+        {
             Some(tunnel) => tunnel,
-            None => client.create_warp_connector(account, name).await?,
+            None => {
+                client
+                    .create_tunnel(TunnelKind::WarpConnector, account, name)
+                    .await?
+            }
         },
     })
 }
@@ -278,7 +289,9 @@ async fn cleanup_connector(connector: &WARPConnector, ctx: &Context) -> Result<A
     let account = spec.cloudflare.account_id.as_str();
     let marker = ctx.marker(&format!("WARPConnector {namespace}/{name}"));
     delete_owned_routes(&client, account, &marker, Some(&id)).await?;
-    client.delete_warp_connector(account, &id).await?;
+    client
+        .delete_tunnel(TunnelKind::WarpConnector, account, &id)
+        .await?;
     Ok(Action::await_change())
 }
 

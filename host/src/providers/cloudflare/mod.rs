@@ -35,6 +35,7 @@ mod types;
 pub use client::{API_BASE, CloudflareClient, PER_PAGE, REQUEST_TIMEOUT, RetryPolicy};
 pub use error::{ApiMessage, Error, codes};
 pub use token::{ApiToken, TOKEN_KEY, TokenError, TunnelToken};
+pub use tunnels::TunnelKind;
 pub use types::{
     DnsFilter, DnsRecord, IngressRule, NewDnsRecord, NewRoute, NewVirtualNetwork, Route,
     RouteFilter, Tunnel, TunnelConfig, TunnelConfiguration, VirtualNetwork, WarpRouting,

@@ -39,9 +39,11 @@ struct StoredConfiguration {
     config: Option<TunnelConfig>,
 }
 
-/// The two kinds of tunnel, which share one shape under different paths.
-#[derive(Clone, Copy)]
-enum TunnelKind {
+/// The two kinds of tunnel, which share one shape under different paths:
+/// cloudflared's (`cfd_tunnel`, remotely managed) and WARP connectors
+/// (`warp_connector`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TunnelKind {
     Cloudflared,
     WarpConnector,
 }
@@ -56,46 +58,78 @@ impl TunnelKind {
 }
 
 impl CloudflareClient {
-    /// Creates a tunnel whose configuration lives in Cloudflare
-    /// (`config_src: cloudflare`). A name already used by a tunnel that is
-    /// not deleted is refused with code 1013.
-    pub async fn create_tunnel(&self, account_id: &str, name: &str) -> Result<Tunnel, Error> {
-        let segments = ["accounts", account_id, "cfd_tunnel"];
-        self.write(
-            Method::POST,
-            &segments,
-            &NewTunnelBody {
-                name,
-                config_src: "cloudflare",
-            },
-        )
-        .await
+    /// Creates a tunnel; a cloudflared one has its configuration in
+    /// Cloudflare (`config_src: cloudflare`). A name already used by a
+    /// tunnel of the kind that is not deleted is refused with code 1013.
+    pub async fn create_tunnel(
+        &self,
+        kind: TunnelKind,
+        account_id: &str,
+        name: &str,
+    ) -> Result<Tunnel, Error> {
+        let segments = ["accounts", account_id, kind.segment()];
+        match kind {
+            TunnelKind::Cloudflared => {
+                let body = NewTunnelBody {
+                    name,
+                    config_src: "cloudflare",
+                };
+                self.write(Method::POST, &segments, &body).await
+            }
+            TunnelKind::WarpConnector => {
+                let body = NewWarpConnectorBody { name };
+                self.write(Method::POST, &segments, &body).await
+            }
+        }
     }
 
     /// The tunnel, or `None` if there is none or it is deleted.
     pub async fn get_tunnel(
         &self,
+        kind: TunnelKind,
         account_id: &str,
         tunnel_id: &str,
     ) -> Result<Option<Tunnel>, Error> {
-        self.get_any_tunnel(TunnelKind::Cloudflared, account_id, tunnel_id)
-            .await
+        let segments = ["accounts", account_id, kind.segment(), tunnel_id];
+        match self.call::<Tunnel>(Call::new(Method::GET, &segments)).await {
+            Ok(answer) => Ok(Some(answer.result).filter(|tunnel| tunnel.deleted_at.is_none())),
+            Err(error) if error.is_not_found() => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     /// The tunnel named `name` that is not deleted, if any.
-    pub async fn find_tunnel(&self, account_id: &str, name: &str) -> Result<Option<Tunnel>, Error> {
-        self.find_any_tunnel(TunnelKind::Cloudflared, account_id, name)
-            .await
+    pub async fn find_tunnel(
+        &self,
+        kind: TunnelKind,
+        account_id: &str,
+        name: &str,
+    ) -> Result<Option<Tunnel>, Error> {
+        let segments = ["accounts", account_id, kind.segment()];
+        let tunnels: Vec<Tunnel> = self
+            .list_all(
+                Call::new(Method::GET, &segments)
+                    .query("name", name)
+                    .query("is_deleted", "false"),
+                PER_PAGE,
+            )
+            .await?;
+        Ok(tunnels
+            .into_iter()
+            .find(|tunnel| tunnel.name == name && tunnel.deleted_at.is_none()))
     }
 
-    /// The token `cloudflared tunnel run --token` takes.
+    /// The token `cloudflared tunnel run --token` takes, or a WARP
+    /// connector host joins with (`warp-cli connector new`).
     pub async fn tunnel_token(
         &self,
+        kind: TunnelKind,
         account_id: &str,
         tunnel_id: &str,
     ) -> Result<TunnelToken, Error> {
-        self.any_tunnel_token(TunnelKind::Cloudflared, account_id, tunnel_id)
-            .await
+        let segments = ["accounts", account_id, kind.segment(), tunnel_id, "token"];
+        let token: String = self.call(Call::new(Method::GET, &segments)).await?.result;
+        Ok(TunnelToken::new(token))
     }
 
     /// The tunnel's stored configuration; `None` if it was never configured
@@ -153,137 +187,37 @@ impl CloudflareClient {
         })
     }
 
-    /// Deletes the tunnel. The API refuses to delete a tunnel with
-    /// connections, and a cloudflared that was just stopped stays connected
-    /// for a while, so the connections are cleaned up first
-    /// (`DELETE .../connections`). A tunnel already gone is `Ok`. Delete the
-    /// private network routes through the tunnel first: the API is reported
-    /// to refuse while some remain (and the fake does).
-    pub async fn delete_tunnel(&self, account_id: &str, tunnel_id: &str) -> Result<(), Error> {
-        let connections = [
-            "accounts",
-            account_id,
-            "cfd_tunnel",
-            tunnel_id,
-            "connections",
-        ];
-        match self
-            .call::<IgnoredAny>(Call::new(Method::DELETE, &connections))
-            .await
-        {
-            Ok(_) => {}
-            Err(error) if error.is_not_found() => return Ok(()),
-            Err(error) => return Err(error),
-        }
-        self.delete_any_tunnel(TunnelKind::Cloudflared, account_id, tunnel_id)
-            .await
-    }
-
-    // WARP connector tunnels: the same shape under `warp_connector`.
-
-    pub async fn create_warp_connector(
-        &self,
-        account_id: &str,
-        name: &str,
-    ) -> Result<Tunnel, Error> {
-        let segments = ["accounts", account_id, "warp_connector"];
-        self.write(Method::POST, &segments, &NewWarpConnectorBody { name })
-            .await
-    }
-
-    /// The connector, or `None` if there is none or it is deleted.
-    pub async fn get_warp_connector(
-        &self,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<Option<Tunnel>, Error> {
-        self.get_any_tunnel(TunnelKind::WarpConnector, account_id, tunnel_id)
-            .await
-    }
-
-    pub async fn find_warp_connector(
-        &self,
-        account_id: &str,
-        name: &str,
-    ) -> Result<Option<Tunnel>, Error> {
-        self.find_any_tunnel(TunnelKind::WarpConnector, account_id, name)
-            .await
-    }
-
-    /// The token a WARP connector host joins with.
-    pub async fn warp_connector_token(
-        &self,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<TunnelToken, Error> {
-        self.any_tunnel_token(TunnelKind::WarpConnector, account_id, tunnel_id)
-            .await
-    }
-
-    /// Deletes the connector; already gone is `Ok`. The API documents no
-    /// way to clean up a WARP connector's connections, so while a connector
-    /// host is still connected the API's refusal comes back as
-    /// `Error::Api`: stop the connector first.
-    pub async fn delete_warp_connector(
-        &self,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<(), Error> {
-        self.delete_any_tunnel(TunnelKind::WarpConnector, account_id, tunnel_id)
-            .await
-    }
-
-    async fn get_any_tunnel(
-        &self,
-        kind: TunnelKind,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<Option<Tunnel>, Error> {
-        let segments = ["accounts", account_id, kind.segment(), tunnel_id];
-        match self.call::<Tunnel>(Call::new(Method::GET, &segments)).await {
-            Ok(answer) => Ok(Some(answer.result).filter(|tunnel| tunnel.deleted_at.is_none())),
-            Err(error) if error.is_not_found() => Ok(None),
-            Err(error) => Err(error),
-        }
-    }
-
-    async fn find_any_tunnel(
-        &self,
-        kind: TunnelKind,
-        account_id: &str,
-        name: &str,
-    ) -> Result<Option<Tunnel>, Error> {
-        let segments = ["accounts", account_id, kind.segment()];
-        let tunnels: Vec<Tunnel> = self
-            .list_all(
-                Call::new(Method::GET, &segments)
-                    .query("name", name)
-                    .query("is_deleted", "false"),
-                PER_PAGE,
-            )
-            .await?;
-        Ok(tunnels
-            .into_iter()
-            .find(|tunnel| tunnel.name == name && tunnel.deleted_at.is_none()))
-    }
-
-    async fn any_tunnel_token(
-        &self,
-        kind: TunnelKind,
-        account_id: &str,
-        tunnel_id: &str,
-    ) -> Result<TunnelToken, Error> {
-        let segments = ["accounts", account_id, kind.segment(), tunnel_id, "token"];
-        let token: String = self.call(Call::new(Method::GET, &segments)).await?.result;
-        Ok(TunnelToken::new(token))
-    }
-
-    async fn delete_any_tunnel(
+    /// Deletes the tunnel; already gone is `Ok`. The API refuses to delete
+    /// a tunnel with connections, and a cloudflared that was just stopped
+    /// stays connected for a while, so a cloudflared tunnel's connections
+    /// are cleaned up first (`DELETE .../connections`). The API documents no
+    /// such cleanup for a WARP connector: while its host is still connected
+    /// the refusal comes back as `Error::Api`, so stop the connector first.
+    /// Delete the private network routes through the tunnel first: the API
+    /// is reported to refuse while some remain (and the fake does).
+    pub async fn delete_tunnel(
         &self,
         kind: TunnelKind,
         account_id: &str,
         tunnel_id: &str,
     ) -> Result<(), Error> {
+        if kind == TunnelKind::Cloudflared {
+            let connections = [
+                "accounts",
+                account_id,
+                kind.segment(),
+                tunnel_id,
+                "connections",
+            ];
+            match self
+                .call::<IgnoredAny>(Call::new(Method::DELETE, &connections))
+                .await
+            {
+                Ok(_) => {}
+                Err(error) if error.is_not_found() => return Ok(()),
+                Err(error) => return Err(error),
+            }
+        }
         let segments = ["accounts", account_id, kind.segment(), tunnel_id];
         self.delete(&segments).await
     }
