@@ -10,7 +10,8 @@ use crate::domains::cloudflare::types::{
 };
 use crate::domains::ipam::types::{IPAllocation, IPPool};
 use crate::domains::tke_clb::types::{
-    DedicatedCLBListener, DedicatedCLBService, GROUP as TKE_GROUP, MISSPELLED_VERSION,
+    CLBListenerConfig, DedicatedCLBListener, DedicatedCLBService, GROUP as TKE_GROUP,
+    MISSPELLED_VERSION,
 };
 use crate::runtime::kind::Plugin;
 
@@ -27,6 +28,10 @@ pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
         (
             "networking.cloud.tencent.com_dedicatedclblisteners.yaml",
             with_misspelled_version(DedicatedCLBListener::crd()),
+        ),
+        (
+            "networking.cloud.tencent.com_clblistenerconfigs.yaml",
+            CLBListenerConfig::crd(),
         ),
         (
             "networking.cloudflare-operator.io_tunnels.yaml",

@@ -36,7 +36,7 @@ use axum::routing::post;
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 /// The version this fake speaks.
@@ -58,6 +58,9 @@ pub struct FakeListener {
     pub protocol: String,
     pub port: u16,
     pub name: String,
+    /// Its settings as `DescribeListeners` reports them (the API's
+    /// defaults where none was given): `HealthCheck`, `Scheduler`, ...
+    pub settings: Map<String, Value>,
 }
 
 /// A registered backend: a CVM instance or a private (ENI) IP, and a port.
@@ -176,6 +179,7 @@ impl FakeClb {
             port,
             name: "made-by-hand".into(),
             targets: Vec::new(),
+            settings: default_settings(),
         };
         cloud
             .lbs
@@ -194,6 +198,19 @@ impl FakeClb {
         if let Some(lb) = cloud.lbs.get_mut(lb) {
             lb.listeners.remove(listener_id);
         }
+    }
+
+    /// Changes a listener's settings as the console would (no task).
+    pub fn modify_listener_out_of_band(&self, listener_id: &str, settings: Value) {
+        let mut cloud = self.cloud();
+        cloud.settle();
+        let listener = cloud
+            .lbs
+            .values_mut()
+            .find_map(|lb| lb.listeners.get_mut(listener_id))
+            .expect("no such listener");
+        let settings: ListenerSettings = serde_json::from_value(settings).expect("settings");
+        settings.merge_into(&mut listener.settings);
     }
 
     /// The LB's listeners (after every task due by now), by port.
@@ -359,6 +376,7 @@ struct ListenerState {
     port: u16,
     name: String,
     targets: Vec<FakeTarget>,
+    settings: Map<String, Value>,
 }
 
 struct Task {
@@ -379,6 +397,7 @@ enum TaskStatus {
 /// What a task does to its LB when it ends well.
 enum Effect {
     AddListeners(Vec<ListenerState>),
+    ModifyListener(String, ListenerSettings),
     RemoveListeners(Vec<String>),
     AddTargets(Vec<(String, FakeTarget)>),
     RemoveTargets(Vec<(String, FakeTarget)>),
@@ -492,6 +511,7 @@ impl Cloud {
             "DescribeLoadBalancers" => self.describe_load_balancers(&call, parse(body)?),
             "DescribeListeners" => self.describe_listeners(&call, parse(body)?),
             "CreateListener" => self.create_listener(&call, parse(body)?),
+            "ModifyListener" => self.modify_listener(&call, parse(body)?),
             "DeleteListener" => self.delete_listener(&call, parse(body)?),
             "DeleteLoadBalancerListeners" => self.delete_listeners(&call, parse(body)?),
             "DescribeTargets" => self.describe_targets(&call, parse(body)?),
@@ -699,9 +719,16 @@ impl Cloud {
                     "Port": listener.port,
                     "ListenerName": listener.name,
                     "Certificate": null,
-                    "HealthCheck": null,
                     "Rules": null,
+                    "CreateTime": "2026-01-01 00:00:00",
                 })
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .chain(listener.settings.clone())
+                .collect::<Map<String, Value>>()
+                .into()
             })
             .collect();
         Ok(json!({"TotalCount": listeners.len(), "Listeners": listeners}))
@@ -781,6 +808,9 @@ impl Cloud {
                 );
             }
         }
+        request.settings.check()?;
+        let mut settings = default_settings();
+        request.settings.merge_into(&mut settings);
         if lb.listeners.len() + request.ports.len() > lb.listener_quota {
             return refuse(
                 "LimitExceeded",
@@ -797,6 +827,7 @@ impl Cloud {
                 port: *port,
                 name: names.get(i).cloned().unwrap_or_default(),
                 targets: Vec::new(),
+                settings: settings.clone(),
             })
             .collect();
         let ids: Vec<String> = created.iter().map(|l| l.id.clone()).collect();
@@ -806,6 +837,19 @@ impl Cloud {
             Effect::AddListeners(created),
         );
         Ok(json!({"ListenerIds": ids}))
+    }
+
+    fn modify_listener(
+        &mut self,
+        call: &Call<'_>,
+        request: ModifyListener,
+    ) -> Result<Value, Refusal> {
+        let lb = self.writable_lb(call, &request.load_balancer_id)?;
+        lb.listener(&request.listener_id)?;
+        request.settings.check()?;
+        let effect = Effect::ModifyListener(request.listener_id, request.settings);
+        self.start_task(call, &request.load_balancer_id, effect);
+        Ok(json!({}))
     }
 
     fn delete_listener(
@@ -961,6 +1005,11 @@ impl Lb {
                     self.listeners.remove(id);
                 }
             }
+            Effect::ModifyListener(id, settings) => {
+                if let Some(listener) = self.listeners.get_mut(id) {
+                    settings.merge_into(&mut listener.settings);
+                }
+            }
             Effect::AddTargets(changes) => {
                 for (listener, target) in changes {
                     if let Some(listener) = self.listeners.get_mut(listener) {
@@ -982,6 +1031,7 @@ impl Lb {
 impl ListenerState {
     fn public(&self) -> FakeListener {
         FakeListener {
+            settings: self.settings.clone(),
             id: self.id.clone(),
             protocol: self.protocol.clone(),
             port: self.port,
@@ -1223,12 +1273,192 @@ impl ListenerQuery {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+#[serde(rename_all = "PascalCase")]
 struct CreateListener {
     load_balancer_id: String,
     ports: Vec<u16>,
     protocol: String,
     listener_names: Option<Vec<String>>,
+    #[serde(flatten)]
+    settings: ListenerSettings,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ModifyListener {
+    load_balancer_id: String,
+    listener_id: String,
+    #[serde(flatten)]
+    settings: ListenerSettings,
+}
+
+/// The settings `CreateListener` and `ModifyListener` take for a layer-4
+/// listener, typed as the API types them. (`deny_unknown_fields` does not
+/// work beside `flatten`: `rest` catches what is left and refuses it.)
+#[derive(Deserialize, Clone, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ListenerSettings {
+    health_check: Option<HealthCheck>,
+    session_expire_time: Option<i64>,
+    scheduler: Option<String>,
+    session_type: Option<String>,
+    deregister_target_rst: Option<bool>,
+    max_conn: Option<i64>,
+    max_cps: Option<i64>,
+    idle_connect_timeout: Option<i64>,
+    #[serde(flatten)]
+    rest: Map<String, Value>,
+}
+
+#[derive(Deserialize, serde::Serialize, Clone, Default)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct HealthCheck {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_switch: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    time_out: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interval_time: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    health_num: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    un_health_num: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_code: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_check_path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_check_domain: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_check_method: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check_port: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    send_context: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recv_context: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    check_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    http_version: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source_ip_type: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    extended_code: Option<String>,
+}
+
+/// What `DescribeListeners` reports of a TCP listener created with no
+/// settings.
+fn default_settings() -> Map<String, Value> {
+    json!({
+        "HealthCheck": {"HealthSwitch": 1, "TimeOut": 2, "IntervalTime": 5, "HealthNum": 3,
+                        "UnHealthNum": 3, "HttpCode": null, "HttpCheckPath": null,
+                        "HttpCheckDomain": null, "HttpCheckMethod": null, "CheckPort": null,
+                        "ContextType": null, "SendContext": null, "RecvContext": null,
+                        "CheckType": "TCP", "HttpVersion": null, "SourceIpType": 0,
+                        "ExtendedCode": null},
+        "Scheduler": "WRR",
+        "SessionExpireTime": 0,
+        "SessionType": "NORMAL",
+        "DeregisterTargetRst": false,
+        "MaxConn": -1,
+        "MaxCps": -1,
+        "IdleConnectTimeout": 900,
+    })
+    .as_object()
+    .cloned()
+    .expect("an object")
+}
+
+impl ListenerSettings {
+    /// The API's checks of these settings, as far as they are documented.
+    fn check(&self) -> Result<(), Refusal> {
+        if let Some(field) = self.rest.keys().next() {
+            return refuse(
+                "UnknownParameter",
+                format!("the parameter {field} is not recognized"),
+            );
+        }
+        let range = |name: &str, value: Option<i64>, low: i64, high: i64| match value {
+            Some(v) if v < low || v > high => refuse(
+                "InvalidParameterValue.Range",
+                format!("{name} must be within {low}-{high}, got {v}"),
+            ),
+            _ => Ok(()),
+        };
+        if let Some(hc) = &self.health_check {
+            range("HealthCheck.HealthSwitch", hc.health_switch, 0, 1)?;
+            range("HealthCheck.TimeOut", hc.time_out, 2, 60)?;
+            range("HealthCheck.IntervalTime", hc.interval_time, 2, 300)?;
+            range("HealthCheck.HealthNum", hc.health_num, 2, 10)?;
+            range("HealthCheck.UnHealthNum", hc.un_health_num, 2, 10)?;
+            range("HealthCheck.HttpCode", hc.http_code, 1, 31)?;
+            range("HealthCheck.SourceIpType", hc.source_ip_type, 0, 1)?;
+            if let (Some(timeout), Some(interval)) = (hc.time_out, hc.interval_time)
+                && timeout >= interval
+            {
+                return refuse(
+                    "InvalidParameterValue",
+                    "HealthCheck.TimeOut must be less than HealthCheck.IntervalTime",
+                );
+            }
+        }
+        if let Some(time) = self.session_expire_time
+            && time != 0
+        {
+            range("SessionExpireTime", Some(time), 30, 3600)?;
+        }
+        if let Some(scheduler) = &self.scheduler
+            && !["WRR", "LEAST_CONN", "IP_HASH"].contains(&scheduler.as_str())
+        {
+            return refuse(
+                "InvalidParameterValue",
+                format!("Scheduler {scheduler:?} is not WRR, LEAST_CONN or IP_HASH"),
+            );
+        }
+        range("IdleConnectTimeout", self.idle_connect_timeout, 1, 900)?;
+        Ok(())
+    }
+
+    /// Writes what these settings set over `stored`.
+    fn merge_into(&self, stored: &mut Map<String, Value>) {
+        if let Some(hc) = &self.health_check {
+            let check = stored.entry("HealthCheck").or_insert_with(|| json!({}));
+            for (key, value) in serde_json::to_value(hc)
+                .expect("serializes")
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                check[key] = value.clone();
+            }
+        }
+        let fields = [
+            (
+                "SessionExpireTime",
+                self.session_expire_time.map(Value::from),
+            ),
+            ("Scheduler", self.scheduler.clone().map(Value::from)),
+            ("SessionType", self.session_type.clone().map(Value::from)),
+            (
+                "DeregisterTargetRst",
+                self.deregister_target_rst.map(Value::from),
+            ),
+            ("MaxConn", self.max_conn.map(Value::from)),
+            ("MaxCps", self.max_cps.map(Value::from)),
+            (
+                "IdleConnectTimeout",
+                self.idle_connect_timeout.map(Value::from),
+            ),
+        ];
+        for (key, value) in fields {
+            if let Some(value) = value {
+                stored.insert(key.into(), value);
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use knit::providers::tencent::{
-    BatchTarget, ClbClient, ClientOptions, Credentials, Error, ListenerFilter, Protocol,
-    RetryPolicy, Target, TaskPolling,
+    BatchTarget, ClbClient, ClientOptions, Credentials, Error, ListenerFilter, ListenerSettings,
+    Protocol, RetryPolicy, Target, TaskPolling,
 };
 use knit_tests::fake_clb::{FakeClb, FakeTarget};
 
@@ -106,7 +106,13 @@ async fn a_created_listener_is_listed_once_its_task_succeeds() {
     assert_eq!(lbs[0].load_balancer_vips, ["139.135.64.53"]);
 
     let created = client
-        .create_listeners(&lb, Protocol::Tcp, &[501], &["gameserver-0".to_owned()])
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[501],
+            &["gameserver-0".to_owned()],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap();
     assert_eq!(created.listener_ids.len(), 1);
@@ -164,7 +170,13 @@ async fn a_created_listener_is_listed_once_its_task_succeeds() {
     client.wait_task(&task).await.unwrap();
     assert!(fake.listeners(&lb).is_empty());
     let created = client
-        .create_listeners(&lb, Protocol::Udp, &[601, 602], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Udp,
+            &[601, 602],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap();
     client.wait_task(&created.task).await.unwrap();
@@ -185,7 +197,13 @@ async fn targets_are_registered_and_deregistered() {
     let (fake, client) = setup().await;
     let lb = fake.add_lb(REGION, &["139.135.64.53"]);
     let created = client
-        .create_listeners(&lb, Protocol::Tcp, &[501, 502], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[501, 502],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap();
     client.wait_task(&created.task).await.unwrap();
@@ -276,7 +294,13 @@ async fn resource_in_operating_is_retried_until_the_task_ends() {
     let (fake, client) = setup().await;
     let lb = fake.add_lb(REGION, &["139.135.64.53"]);
     let first = client
-        .create_listeners(&lb, Protocol::Tcp, &[501], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[501],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap();
     client.wait_task(&first.task).await.unwrap();
@@ -284,7 +308,13 @@ async fn resource_in_operating_is_retried_until_the_task_ends() {
     // A second write while the LB is busy with a 300 ms task.
     fake.set_task_delay(Duration::from_millis(300));
     let second = client
-        .create_listeners(&lb, Protocol::Tcp, &[502], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[502],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap();
     let task = client
@@ -350,13 +380,25 @@ async fn a_non_retryable_error_surfaces_with_its_code_and_message() {
     let (fake, client) = setup().await;
     let lb = fake.add_lb(REGION, &["139.135.64.53"]);
     let created = client
-        .create_listeners(&lb, Protocol::Tcp, &[501], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[501],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap();
     client.wait_task(&created.task).await.unwrap();
 
     let error = client
-        .create_listeners(&lb, Protocol::Tcp, &[501], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[501],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap_err();
     let Error::Api {
@@ -381,19 +423,37 @@ async fn a_non_retryable_error_surfaces_with_its_code_and_message() {
 
     // UDP has ports of its own; HTTP shares TCP's.
     let udp = client
-        .create_listeners(&lb, Protocol::Udp, &[501], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Udp,
+            &[501],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap();
     client.wait_task(&udp.task).await.unwrap();
     let error = client
-        .create_listeners(&lb, Protocol::Http, &[501], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Http,
+            &[501],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&error), "InvalidParameter.PortCheckFailed");
 
     fake.set_listener_quota(&lb, 3);
     let error = client
-        .create_listeners(&lb, Protocol::Tcp, &[502, 503], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[502, 503],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap_err();
     assert_eq!(code(&error), "LimitExceeded", "{error}");
@@ -407,7 +467,13 @@ async fn a_failed_or_slow_task_is_reported() {
 
     fake.fail_next_tasks("CreateListener", 1);
     let created = client
-        .create_listeners(&lb, Protocol::Tcp, &[501], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[501],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap();
     let error = client.wait_task(&created.task).await.unwrap_err();
@@ -428,7 +494,13 @@ async fn a_failed_or_slow_task_is_reported() {
     )
     .unwrap();
     let created = patient
-        .create_listeners(&lb, Protocol::Tcp, &[502], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[502],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap();
     let error = patient.wait_task(&created.task).await.unwrap_err();
@@ -440,7 +512,13 @@ async fn a_deleted_lb_is_not_found() {
     let (fake, client) = setup().await;
     let lb = fake.add_lb(REGION, &["139.135.64.53"]);
     let created = client
-        .create_listeners(&lb, Protocol::Tcp, &[501], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[501],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap();
     // Deleted behind the client's back while its task runs.
@@ -452,7 +530,13 @@ async fn a_deleted_lb_is_not_found() {
     assert!(error.is_not_found(), "{error}");
     assert!(!error.is_retryable());
     let error = client
-        .create_listeners(&lb, Protocol::Tcp, &[501], &[])
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[501],
+            &[],
+            &ListenerSettings::default(),
+        )
         .await
         .unwrap_err();
     assert!(error.is_not_found(), "{error}");

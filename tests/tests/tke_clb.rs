@@ -12,7 +12,9 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use knit::domains::tke_clb::cloud::TkeSettings;
-use knit::domains::tke_clb::types::{DedicatedCLBListener, DedicatedCLBService, ListenerState};
+use knit::domains::tke_clb::types::{
+    CLBListenerConfig, DedicatedCLBListener, DedicatedCLBService, ListenerState,
+};
 use knit_tests::fake_clb::FakeClb;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -245,6 +247,137 @@ impl World {
     }
 }
 
+/// What `examples/tke-clb/clblistenerconfig-sample.yaml` sets, as the
+/// fake's `DescribeListeners` reports it.
+fn sample_settings() -> serde_json::Value {
+    json!({
+        "HealthCheck": {"HealthSwitch": 1, "TimeOut": 3, "IntervalTime": 10, "HealthNum": 2,
+                        "UnHealthNum": 3},
+        "Scheduler": "LEAST_CONN",
+        "SessionExpireTime": 60,
+        "DeregisterTargetRst": true,
+    })
+}
+
+/// Whether every field of `wanted` is in `held`, with its value.
+fn holds(held: &serde_json::Value, wanted: &serde_json::Value) -> bool {
+    match (held, wanted) {
+        (serde_json::Value::Object(held), serde_json::Value::Object(wanted)) => wanted
+            .iter()
+            .all(|(k, v)| held.get(k).is_some_and(|h| holds(h, v))),
+        _ => held == wanted,
+    }
+}
+
+impl World {
+    /// Waits until the listener on `lb`'s `port` has the settings `wanted`.
+    async fn wait_settings(&self, lb: &str, port: u16, wanted: &serde_json::Value) {
+        knit_tests::eventually(&format!("{lb}:{port} with {wanted}"), WAIT, || async {
+            let listener = self
+                .fake
+                .listeners(lb)
+                .into_iter()
+                .find(|l| l.port == port)?;
+            holds(&listener.settings.clone().into(), wanted).then_some(())
+        })
+        .await
+    }
+}
+
+/// A `CLBListenerConfig`: its listeners are created with it (no
+/// `ModifyListener`), follow a change of it, and get it back after a change
+/// on the CLB; values the CLB API refuses are refused at admission.
+#[tokio::test]
+async fn listener_configs_apply_on_creation_on_change_and_after_drift() {
+    let world = World::new("clb-config").await;
+    let lb = world.fake.add_lb(REGION, &["139.135.64.60"]);
+    let _knit = world.knit();
+    let configs = Api::<CLBListenerConfig>::all(world.client.clone());
+    let config = |scheduler: &str, timeout: i64| -> CLBListenerConfig {
+        serde_json::from_value(json!({
+            "apiVersion": "networking.cloud.tencent.com/v1alpha1",
+            "kind": "CLBListenerConfig",
+            "metadata": {"name": "e2e-tuned"},
+            "spec": {
+                "healthcheck": {"healthSwitch": 1, "timeOut": timeout, "intervalTime": 10},
+                "scheduler": scheduler,
+            },
+        }))
+        .unwrap()
+    };
+    let refused = configs
+        .create(&PostParams::default(), &config("RANDOM", 1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("timeOut") && refused.contains("scheduler"),
+        "{refused}"
+    );
+    let _ = configs.delete("e2e-tuned", &DeleteParams::default()).await;
+    configs
+        .create(&PostParams::default(), &config("WRR", 4))
+        .await
+        .unwrap();
+    let listener: DedicatedCLBListener = serde_json::from_value(json!({
+        "apiVersion": "networking.cloud.tencent.com/v1alpha1",
+        "kind": "DedicatedCLBListener",
+        "metadata": {"name": "tuned"},
+        "spec": {"lbId": lb, "lbPort": 7001, "protocol": "TCP", "listenerConfig": "e2e-tuned"},
+    }))
+    .unwrap();
+    Api::<DedicatedCLBListener>::namespaced(world.client.clone(), &world.namespace)
+        .create(&PostParams::default(), &listener)
+        .await
+        .unwrap();
+    let tuned = |scheduler: &str, timeout: i64| {
+        json!({"HealthCheck": {"HealthSwitch": 1, "TimeOut": timeout, "IntervalTime": 10},
+               "Scheduler": scheduler})
+    };
+    world.wait_settings(&lb, 7001, &tuned("WRR", 4)).await;
+    world
+        .wait_listeners("the listener Available", |l| {
+            l.len() == 1 && state(&l[0]) == Some(ListenerState::Available)
+        })
+        .await;
+    let calls = world.fake.calls_by_action();
+    assert_eq!(calls.get("ModifyListener"), None, "{calls:?}");
+
+    // The configuration changes: the listener follows.
+    configs
+        .patch(
+            "e2e-tuned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"scheduler": "LEAST_CONN"}})),
+        )
+        .await
+        .unwrap();
+    world
+        .wait_settings(&lb, 7001, &tuned("LEAST_CONN", 4))
+        .await;
+
+    // Changed on the CLB: put back at the next resync.
+    let id = world.fake.listeners(&lb)[0].id.clone();
+    world
+        .fake
+        .modify_listener_out_of_band(&id, json!({"HealthCheck": {"TimeOut": 8}}));
+    world
+        .wait_settings(&lb, 7001, &tuned("LEAST_CONN", 4))
+        .await;
+    assert!(world.fake.calls_by_action()["ModifyListener"] >= 2);
+    assert_policy_grants(&world);
+
+    Api::<DedicatedCLBListener>::namespaced(world.client.clone(), &world.namespace)
+        .delete("tuned", &DeleteParams::default())
+        .await
+        .unwrap();
+    world.wait_listeners("no listeners", |l| l.is_empty()).await;
+    configs
+        .delete("e2e-tuned", &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
 fn state(listener: &DedicatedCLBListener) -> Option<ListenerState> {
     listener.status.as_ref().and_then(|s| s.state)
 }
@@ -406,6 +539,33 @@ async fn the_seed_example_reconciles_unchanged() {
         let address = format!("139.135.64.53:{}", listener.spec.lb_port);
         world.wait_annotation(&pod, annotation, &address).await;
     }
+    // The listener configuration it names did not exist: the CLB's
+    // defaults, said so; once it exists, its settings are put.
+    let ready = &hand_made.status.as_ref().unwrap().conditions[0];
+    assert!(
+        ready
+            .message
+            .contains("CLBListenerConfig clblistenerconfig-sample does not exist"),
+        "{}",
+        ready.message
+    );
+    let output = knit_tests::kubectl(
+        &[
+            "apply",
+            "-f",
+            "examples/tke-clb/clblistenerconfig-sample.yaml",
+        ],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    world
+        .wait_settings("lb-xxx", 8088, &sample_settings())
+        .await;
+
     let service = world.wait_service_reason("gameserver", "AllBound").await;
     let status = service.status.unwrap();
     assert_eq!(status.allocated, 6);
@@ -419,6 +579,19 @@ async fn the_seed_example_reconciles_unchanged() {
     );
 
     // Clean up the fixed namespace for a rerun against the same server.
+    let output = knit_tests::kubectl(
+        &[
+            "delete",
+            "-f",
+            "examples/tke-clb/clblistenerconfig-sample.yaml",
+        ],
+        None,
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     Api::<DedicatedCLBService>::namespaced(world.client.clone(), "demo")
         .delete("gameserver", &DeleteParams::default())
         .await

@@ -1,12 +1,13 @@
 //! What a round changes on a CLB, decided purely from the listeners the
 //! objects want and what the CLB holds: which listener stands for an object
 //! (its ID, or one adopted by its name on its port), which ports something
-//! else holds, which listeners to create or delete, and which targets to
-//! deregister and register. `lb_queue` does the I/O around it.
+//! else holds, which listeners to create or delete, whose settings to put
+//! back, and which targets to deregister and register. `lb_queue` does the
+//! I/O around it.
 
 use std::collections::BTreeMap;
 
-use crate::providers::tencent::{BatchTarget, Protocol, Target};
+use crate::providers::tencent::{BatchTarget, ListenerSettings, Protocol, Target};
 
 /// What one `DedicatedCLBListener` wants on its CLB.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,6 +16,9 @@ pub struct Desired {
     /// The pod IP and port to forward to; `None` leaves the listener
     /// without targets.
     pub backend: Option<(String, u16)>,
+    /// Its `CLBListenerConfig`'s settings (none set without one): it is
+    /// created with them, and modified when what the CLB holds differs.
+    pub settings: ListenerSettings,
 }
 
 /// Which CLB listener an object stands for: its name on the CLB (knit's
@@ -42,6 +46,7 @@ pub(super) struct Existing {
     pub(super) port: u16,
     pub(super) name: String,
     pub(super) targets: Vec<Target>,
+    pub(super) settings: ListenerSettings,
 }
 
 /// The LB at the start of a round, updated by the round's own writes.
@@ -85,8 +90,9 @@ impl Snapshot {
 pub(super) struct Placement<R> {
     /// In place already, with the listener's ID.
     pub(super) placed: Vec<(Desired, String, R)>,
-    /// To create, by protocol: one `CreateListener` names a single protocol.
-    pub(super) to_create: BTreeMap<Protocol, Vec<(Desired, R)>>,
+    /// To create, by protocol and settings: one `CreateListener` names a
+    /// single protocol, and its settings go to every port it creates.
+    pub(super) to_create: BTreeMap<(Protocol, ListenerSettings), Vec<(Desired, R)>>,
     /// Their port is held by something else, named.
     pub(super) taken: Vec<(Desired, String, R)>,
 }
@@ -113,7 +119,7 @@ pub(super) fn place<R>(snapshot: &Snapshot, ensures: Vec<(Desired, R)>) -> Place
             (Ok(Some(id)), _) => placement.placed.push((desired, id, reply)),
             (Ok(None), None) => placement
                 .to_create
-                .entry(desired.listener.protocol)
+                .entry((desired.listener.protocol, desired.settings.clone()))
                 .or_default()
                 .push((desired, reply)),
             (Ok(None), Some(by)) | (Err(by), _) => placement.taken.push((desired, by, reply)),
@@ -138,6 +144,25 @@ pub(super) fn doomed<R>(
         }
     }
     (doomed, nothing)
+}
+
+/// The placed listeners whose settings on the CLB are not what their
+/// configuration says (changed outside knit, or the configuration
+/// changed), with the settings to put: a `ModifyListener` each.
+pub(super) fn settings_to_put<'a>(
+    snapshot: &Snapshot,
+    placed: impl IntoIterator<Item = (&'a Desired, &'a str)>,
+) -> Vec<(String, ListenerSettings)> {
+    placed
+        .into_iter()
+        .filter(|(desired, id)| {
+            snapshot
+                .listeners
+                .get(*id)
+                .is_some_and(|live| !desired.settings.held_by(&live.settings))
+        })
+        .map(|(desired, id)| (id.to_owned(), desired.settings.clone()))
+        .collect()
 }
 
 /// The target calls that make each placed listener forward to exactly its
@@ -202,6 +227,7 @@ mod tests {
         Desired {
             listener,
             backend: backend.map(|(ip, port)| (ip.into(), port)),
+            settings: ListenerSettings::default(),
         }
     }
 
@@ -216,6 +242,7 @@ mod tests {
                         port,
                         name: name.into(),
                         targets: targets.to_vec(),
+                        settings: ListenerSettings::default(),
                     };
                     (id.to_string(), existing)
                 })
@@ -345,7 +372,7 @@ mod tests {
             let got: Vec<(Protocol, &str)> = placement
                 .to_create
                 .iter()
-                .flat_map(|(p, ds)| ds.iter().map(|(d, _)| (*p, d.listener.name.as_str())))
+                .flat_map(|((p, _), ds)| ds.iter().map(|(d, _)| (*p, d.listener.name.as_str())))
                 .collect();
             assert_eq!(got, create, "{case}: to create");
             let got: Vec<(&str, &str)> = placement
@@ -398,6 +425,37 @@ mod tests {
             assert_eq!(got, Vec::from_iter(deleted), "{case}: deleted");
             assert_eq!(nothing.len(), 1 - got.len(), "{case}: answered at once");
         }
+    }
+
+    /// A listener whose CLB settings differ from its configuration's gets
+    /// them put; one without a configuration, or already holding it, not.
+    #[test]
+    fn settings_are_put_where_the_clb_differs() {
+        let scheduler = |name: &str| ListenerSettings {
+            scheduler: Some(name.into()),
+            ..ListenerSettings::default()
+        };
+        let mut snapshot = lb(&[
+            ("lbl-1", "a", Protocol::Tcp, 501, &[]),
+            ("lbl-2", "b", Protocol::Tcp, 502, &[]),
+            ("lbl-3", "c", Protocol::Tcp, 503, &[]),
+        ]);
+        for listener in snapshot.listeners.values_mut() {
+            listener.settings = scheduler("WRR");
+        }
+        let desired = |name: &str, port: u16, settings: ListenerSettings| Desired {
+            settings,
+            ..wants(key(name, None, Protocol::Tcp, port), None)
+        };
+        let placed = [
+            (desired("a", 501, ListenerSettings::default()), "lbl-1"),
+            (desired("b", 502, scheduler("WRR")), "lbl-2"),
+            (desired("c", 503, scheduler("LEAST_CONN")), "lbl-3"),
+        ];
+        assert_eq!(
+            settings_to_put(&snapshot, placed.iter().map(|(d, id)| (d, *id))),
+            [("lbl-3".to_owned(), scheduler("LEAST_CONN"))]
+        );
     }
 
     #[test]

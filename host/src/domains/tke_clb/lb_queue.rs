@@ -23,7 +23,7 @@ use super::clb_diff::{self, Existing, Placement, Snapshot, TargetChanges};
 pub use super::clb_diff::{Desired, ListenerKey};
 use super::cloud::{CloudError, TencentCloud};
 use crate::providers::tencent::{
-    self, ClbClient, ListenerFilter, ListenerTargets, Protocol, Target,
+    self, ClbClient, ListenerFilter, ListenerSettings, ListenerTargets, Protocol, Target,
 };
 
 /// A listener in place, with its backend registered.
@@ -285,7 +285,9 @@ impl Worker {
         // Deletes first: a port freed here may be taken again below.
         self.delete(&client, &mut snapshot, deletes).await;
         let placed = self.create(&client, &mut snapshot, ensures).await;
-        self.set_targets(&client, &mut snapshot, placed).await;
+        let failed = self.put_settings(&client, &mut snapshot, &placed).await;
+        self.set_targets(&client, &mut snapshot, placed, failed)
+            .await;
         let view = self.publish(&snapshot);
         for reply in refreshes {
             let _ = reply.send(Ok(view.clone()));
@@ -364,6 +366,7 @@ impl Worker {
                         port: l.port,
                         name: l.listener_name,
                         targets: targets.remove(&l.listener_id).unwrap_or_default(),
+                        settings: l.settings,
                     };
                     (l.listener_id, existing)
                 })
@@ -422,13 +425,14 @@ impl Worker {
         for (desired, by, reply) in taken {
             let _ = reply.send(Err(self.port_taken(&desired, by)));
         }
-        for (protocol, mut waiting) in to_create {
+        for ((protocol, settings), mut waiting) in to_create {
+            let kind = (protocol, &settings);
             while !waiting.is_empty() {
                 let chunk: Vec<_> = waiting
                     .drain(..waiting.len().min(PORTS_PER_CREATE))
                     .collect();
                 let Err((error, chunk)) = self
-                    .create_recorded(client, snapshot, protocol, chunk, &mut placed)
+                    .create_recorded(client, snapshot, kind, chunk, &mut placed)
                     .await
                 else {
                     continue;
@@ -441,7 +445,7 @@ impl Worker {
                 // each gets its own answer.
                 for one in chunk {
                     if let Err((error, one)) = self
-                        .create_recorded(client, snapshot, protocol, vec![one], &mut placed)
+                        .create_recorded(client, snapshot, kind, vec![one], &mut placed)
                         .await
                     {
                         fail(one, &error);
@@ -452,17 +456,18 @@ impl Worker {
         placed
     }
 
-    /// Creates a chunk's listeners in one call and records them in the
-    /// snapshot and in `placed`; on failure, hands the chunk back.
+    /// Creates a chunk's listeners (of one protocol, with one set of
+    /// settings) in one call and records them in the snapshot and in
+    /// `placed`; on failure, hands the chunk back.
     async fn create_recorded(
         &mut self,
         client: &ClbClient,
         snapshot: &mut Snapshot,
-        protocol: Protocol,
+        (protocol, settings): (Protocol, &ListenerSettings),
         chunk: Vec<(Desired, Reply<Ensured>)>,
         placed: &mut Vec<(Desired, String, Reply<Ensured>)>,
     ) -> Result<(), (QueueError, Vec<(Desired, Reply<Ensured>)>)> {
-        let result = self.create_chunk(client, protocol, &chunk).await;
+        let result = self.create_chunk(client, protocol, settings, &chunk).await;
         self.note_quota(&result, snapshot);
         let ids = match result {
             Ok(ids) => ids,
@@ -474,6 +479,7 @@ impl Worker {
                 port: desired.listener.port,
                 name: desired.listener.name.clone(),
                 targets: Vec::new(),
+                settings: settings.clone(),
             };
             snapshot.listeners.insert(id.clone(), existing);
             placed.push((desired, id, reply));
@@ -486,12 +492,13 @@ impl Worker {
         &mut self,
         client: &ClbClient,
         protocol: Protocol,
+        settings: &ListenerSettings,
         chunk: &[(Desired, Reply<Ensured>)],
     ) -> Result<Vec<String>, QueueError> {
         let ports: Vec<u16> = chunk.iter().map(|(d, _)| d.listener.port).collect();
         let names: Vec<String> = chunk.iter().map(|(d, _)| d.listener.name.clone()).collect();
         let created = match client
-            .create_listeners(&self.lb, protocol, &ports, &names)
+            .create_listeners(&self.lb, protocol, &ports, &names, settings)
             .await
         {
             Ok(created) => created,
@@ -535,19 +542,50 @@ impl Worker {
         Ok(created.listener_ids)
     }
 
+    /// Puts back the settings of placed listeners whose settings on the CLB
+    /// differ from their configuration's, one `ModifyListener` each; the
+    /// listeners it failed for, with why.
+    async fn put_settings(
+        &mut self,
+        client: &ClbClient,
+        snapshot: &mut Snapshot,
+        placed: &[(Desired, String, Reply<Ensured>)],
+    ) -> HashMap<String, QueueError> {
+        let mut failed = HashMap::new();
+        let changes =
+            clb_diff::settings_to_put(snapshot, placed.iter().map(|(d, id, _)| (d, id.as_str())));
+        for (id, settings) in changes {
+            let result = match client.modify_listener(&self.lb, &id, &settings).await {
+                Ok(task) => client.wait_task(&task).await.map_err(QueueError::cloud),
+                Err(error) => Err(QueueError::cloud(error)),
+            };
+            match result {
+                Ok(()) => {
+                    if let Some(listener) = snapshot.listeners.get_mut(&id) {
+                        listener.settings = settings;
+                    }
+                }
+                Err(error) => {
+                    failed.insert(id, error);
+                }
+            }
+        }
+        failed
+    }
+
     /// Deregisters what should not be there, registers what should, and
-    /// answers every request.
+    /// answers every request (an error for those in `failed`).
     async fn set_targets(
         &mut self,
         client: &ClbClient,
         snapshot: &mut Snapshot,
         placed: Vec<(Desired, String, Reply<Ensured>)>,
+        mut failed: HashMap<String, QueueError>,
     ) {
         let TargetChanges {
             deregister,
             register,
         } = clb_diff::target_changes(snapshot, placed.iter().map(|(d, id, _)| (d, id.as_str())));
-        let mut failed: HashMap<String, QueueError> = HashMap::new();
         for (targets, registering) in [(deregister, false), (register, true)] {
             for chunk in targets.chunks(TARGETS_PER_BATCH) {
                 let outcome = if registering {

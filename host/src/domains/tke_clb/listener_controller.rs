@@ -2,7 +2,8 @@
 //! on its CLB with its pod registered as the one target (`Bound`), or with
 //! none (`Available`); a deleted object's listener is deleted first, through
 //! a finalizer. The CLB work goes through the LB's queue (`lb_queue`), which
-//! serializes and batches it; this controller only says what should be.
+//! serializes and batches it; this controller only says what should be,
+//! including the settings of the `CLBListenerConfig` it names.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,13 +19,16 @@ use kube::{Client, Resource, ResourceExt};
 
 use super::lb_queue::{Desired, LbQueues, ListenerKey, QueueError};
 use super::plan::{LISTENER_FINALIZER, clb_listener_name, pod_ip};
-use super::types::{DedicatedCLBListener, DedicatedCLBListenerStatus, ListenerState, Protocol};
+use super::types::{
+    CLBListenerConfig, DedicatedCLBListener, DedicatedCLBListenerStatus, ListenerState, Protocol,
+};
 use crate::providers::tencent;
 
 pub struct Context {
     pub client: Client,
     pub queues: Arc<LbQueues>,
     pub pods: Store<Pod>,
+    pub configs: Store<CLBListenerConfig>,
     pub recorder: Recorder,
     pub caches: crate::controller::CachesReady,
 }
@@ -86,6 +90,21 @@ async fn apply(listener: &DedicatedCLBListener, ctx: &Context) -> Result<Action,
         pod_ip(&pod).map(|ip| (ip.to_owned(), backend.port))
     });
     let current = listener.status.clone().unwrap_or_default();
+    // As tke-extend does, a configuration that does not exist means the
+    // CLB's defaults; knit says so, and applies it once it exists (its
+    // creation wakes this listener).
+    let (settings, missing_config) = match &listener.spec.listener_config {
+        None => (tencent::ListenerSettings::default(), None),
+        Some(name) => match ctx.configs.get(&ObjectRef::new(name)) {
+            Some(config) => (config.spec.settings(), None),
+            None => (
+                tencent::ListenerSettings::default(),
+                Some(format!(
+                    "CLBListenerConfig {name} does not exist: the listener has the CLB's default settings"
+                )),
+            ),
+        },
+    };
     if current.listener_id.is_none() && current.state != Some(ListenerState::Pending) {
         let pending = DedicatedCLBListenerStatus {
             state: Some(ListenerState::Pending),
@@ -96,6 +115,7 @@ async fn apply(listener: &DedicatedCLBListener, ctx: &Context) -> Result<Action,
     let desired = Desired {
         listener: key(listener),
         backend: backend.clone(),
+        settings,
     };
     match ctx
         .queues
@@ -125,6 +145,20 @@ async fn apply(listener: &DedicatedCLBListener, ctx: &Context) -> Result<Action,
             if current.state != Some(state) {
                 publish(ctx, listener, EventType::Normal, reason, &message).await;
             }
+            let message = match missing_config {
+                Some(missing) => {
+                    if !current
+                        .conditions
+                        .iter()
+                        .any(|c| c.message.contains(&missing))
+                    {
+                        let reason = "ListenerConfigNotFound";
+                        publish(ctx, listener, EventType::Warning, reason, &missing).await;
+                    }
+                    format!("{message}; {missing}")
+                }
+                None => message,
+            };
             let status = DedicatedCLBListenerStatus {
                 listener_id: Some(ensured.listener_id),
                 state: Some(state),

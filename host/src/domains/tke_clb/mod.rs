@@ -33,7 +33,7 @@ use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use cloud::{TencentCloud, TkeSettings};
 use lb_queue::LbQueues;
-use types::{DedicatedCLBListener, DedicatedCLBService};
+use types::{CLBListenerConfig, DedicatedCLBListener, DedicatedCLBService};
 
 /// Runs both controllers until `shutdown` resolves (then finishes the
 /// passes in flight). Pods and listeners are watched once and shared.
@@ -72,15 +72,30 @@ pub async fn run(
     .inspect(mark_listed(listeners_listed))
     .for_each(|_| async {});
 
-    // Listeners: a pod change reaches the listeners naming it.
+    let (configs, configs_writer) = reflector::store_shared(256);
+    let configs_listed = caches.track();
+    let config_events = configs_writer.subscribe().expect("a shared store");
+    let config_watch = watcher(
+        Api::<CLBListenerConfig>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect_shared(configs_writer)
+    .inspect(mark_listed(configs_listed))
+    .for_each(|_| async {});
+
+    // Listeners: a change of a pod or of a listener configuration reaches
+    // the listeners naming it.
     let listener_context = Arc::new(listener_controller::Context {
         client: client.clone(),
         queues: queues.clone(),
         pods: pods.clone(),
+        configs,
         recorder: recorder.clone(),
         caches: caches.clone(),
     });
     let listeners_for_pods = listeners.clone();
+    let listeners_for_configs = listeners.clone();
     let listener_controller =
         Controller::for_shared_stream(listener_events.clone(), listeners.clone())
             .watches_shared_stream(pod_events.clone(), move |pod: Arc<Pod>| {
@@ -96,6 +111,15 @@ pub async fn run(
                                 .as_ref()
                                 .is_some_and(|b| b.pod_name == name)
                     })
+                    .map(|l| ObjectRef::from_obj(&**l))
+                    .collect::<Vec<_>>()
+            })
+            .watches_shared_stream(config_events, move |config: Arc<CLBListenerConfig>| {
+                let name = config.name_any();
+                listeners_for_configs
+                    .state()
+                    .iter()
+                    .filter(|l| l.spec.listener_config.as_deref() == Some(name.as_str()))
                     .map(|l| ObjectRef::from_obj(&**l))
                     .collect::<Vec<_>>()
             })
@@ -148,5 +172,6 @@ pub async fn run(
         _ = async { tokio::join!(listener_controller, service_controller) } => {}
         _ = pod_watch => {}
         _ = listener_watch => {}
+        _ = config_watch => {}
     }
 }

@@ -119,6 +119,142 @@ pub struct LoadBalancerStatus {
     pub allocated: u64,
 }
 
+/// Settings for the listeners that name it in `listenerConfig`
+/// (tke-extend-network-controller's kind, with the fields that apply to
+/// layer-4 listeners): they are created with them, and put back when the
+/// CLB's differ or this object changes.
+#[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
+#[kube(
+    group = "networking.cloud.tencent.com",
+    version = "v1alpha1",
+    kind = "CLBListenerConfig",
+    shortname = "clblc",
+    category = "knit",
+    printcolumn = r#"{"name":"Scheduler","type":"string","jsonPath":".spec.scheduler"}"#,
+    printcolumn = r#"{"name":"HealthCheck","type":"integer","jsonPath":".spec.healthcheck.healthSwitch"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CLBListenerConfigSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<CLBHealthcheck>,
+    /// Session persistence, seconds: 0 (off) or 30-3600.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 0 || (self >= 30 && self <= 3600)")
+        .message("sessionExpireTime is 0 (off) or 30-3600 seconds"))]
+    pub session_expire_time: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^(WRR|LEAST_CONN)$"))]
+    pub scheduler: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^(NORMAL|QUIC_CID)$"))]
+    pub session_type: Option<String>,
+    /// Reset connections to a backend when it is deregistered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregister_target_rst: Option<bool>,
+    /// Connections at most; -1 for no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1))]
+    pub max_conn: Option<i64>,
+    /// New connections a second at most; -1 for no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = -1))]
+    pub max_cps: Option<i64>,
+    /// Seconds an idle connection is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 900))]
+    pub idle_connect_timeout: Option<i64>,
+}
+
+/// The listeners' health check, by tke-extend's names.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CLBHealthcheck {
+    /// 1 (on) or 0 (off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1))]
+    pub health_switch: Option<i64>,
+    /// Seconds, 2-60.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 60))]
+    pub time_out: Option<i64>,
+    /// Seconds between checks, 2-300.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 300))]
+    pub interval_time: Option<i64>,
+    /// Successes before healthy, 2-10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 10))]
+    pub health_num: Option<i64>,
+    /// Failures before unhealthy, 2-10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 2, max = 10))]
+    pub un_health_num: Option<i64>,
+    /// The HTTP codes that pass, a bit mask of 1xx-5xx (1-31).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 31))]
+    pub http_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 200))]
+    pub http_check_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub http_check_domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^(HEAD|GET)$"))]
+    pub http_check_method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub check_port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^(HEX|TEXT)$"))]
+    pub context_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 500))]
+    pub send_context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 500))]
+    pub recv_context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^(TCP|HTTP|CUSTOM|PING|GRPC)$"))]
+    pub check_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^HTTP/1\\.[01]$"))]
+    pub http_version: Option<String>,
+    /// 0 (the VIP) or 1 (the 100.64.0.0/10 range).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1))]
+    pub source_ip_type: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub extended_code: Option<String>,
+}
+
+impl CLBListenerConfigSpec {
+    /// The settings as the CLB API names them: tke-extend's names are the
+    /// API's with a lower-case first letter (and `healthcheck` is
+    /// `HealthCheck`).
+    pub fn settings(&self) -> crate::providers::tencent::ListenerSettings {
+        fn api_names(value: serde_json::Value) -> serde_json::Value {
+            match value {
+                serde_json::Value::Object(fields) => fields
+                    .into_iter()
+                    .map(|(key, value)| {
+                        let key = match key.as_str() {
+                            "healthcheck" => "HealthCheck".to_owned(),
+                            _ => key[..1].to_ascii_uppercase() + &key[1..],
+                        };
+                        (key, api_names(value))
+                    })
+                    .collect(),
+                other => other,
+            }
+        }
+        let spec = serde_json::to_value(self).expect("a listener config serializes");
+        serde_json::from_value(api_names(spec)).expect("the same fields under the API's names")
+    }
+}
+
 /// One CLB listener, optionally bound to one pod's port.
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
@@ -208,4 +344,36 @@ pub struct DedicatedCLBListenerStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every field of a `CLBListenerConfig` reaches the CLB API under the
+    /// API's name: none is dropped on the way.
+    #[test]
+    fn every_listener_config_field_becomes_an_api_setting() {
+        let spec: CLBListenerConfigSpec = serde_json::from_value(serde_json::json!({
+            "healthcheck": {
+                "healthSwitch": 1, "timeOut": 3, "intervalTime": 10, "healthNum": 2,
+                "unHealthNum": 4, "httpCode": 2, "httpCheckPath": "/healthz",
+                "httpCheckDomain": "game.example.com", "httpCheckMethod": "GET",
+                "checkPort": 8080, "contextType": "TEXT", "sendContext": "ping",
+                "recvContext": "pong", "checkType": "CUSTOM", "httpVersion": "HTTP/1.1",
+                "sourceIpType": 1, "extendedCode": "200",
+            },
+            "sessionExpireTime": 60, "scheduler": "LEAST_CONN", "sessionType": "NORMAL",
+            "deregisterTargetRst": true, "maxConn": 100, "maxCps": 10,
+            "idleConnectTimeout": 60,
+        }))
+        .unwrap();
+        let api = serde_json::to_value(spec.settings()).unwrap();
+        let fields = |value: &serde_json::Value| value.as_object().unwrap().len();
+        assert_eq!(fields(&api), 8, "{api}");
+        assert_eq!(fields(&api["HealthCheck"]), 17, "{api}");
+        assert_eq!(api["HealthCheck"]["UnHealthNum"], 4);
+        assert_eq!(api["HealthCheck"]["SourceIpType"], 1);
+        assert_eq!(api["IdleConnectTimeout"], 60);
+    }
 }

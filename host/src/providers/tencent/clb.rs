@@ -45,6 +45,93 @@ pub struct Listener {
     pub port: u16,
     #[serde(default, deserialize_with = "null_as_default")]
     pub listener_name: String,
+    /// Its settings as `DescribeListeners` reports them.
+    #[serde(flatten)]
+    pub settings: ListenerSettings,
+}
+
+/// The settings of a layer-4 listener that `CreateListener` and
+/// `ModifyListener` take and `DescribeListeners` reports, by the API's
+/// names; `None` is the API's default (on create) or unchanged (on modify).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ListenerSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_expire_time: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduler: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deregister_target_rst: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_conn: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_cps: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_connect_timeout: Option<i64>,
+}
+
+impl ListenerSettings {
+    /// Whether `live` has every setting this one sets (what it leaves unset
+    /// is not compared): a listener whose live settings do not is modified.
+    pub fn held_by(&self, live: &ListenerSettings) -> bool {
+        let wanted = serde_json::to_value(self).expect("settings serialize");
+        let live = serde_json::to_value(live).expect("settings serialize");
+        contains(&live, &wanted)
+    }
+}
+
+/// Whether `outer` has every field `inner` has, with the same value.
+fn contains(outer: &serde_json::Value, inner: &serde_json::Value) -> bool {
+    match (outer, inner) {
+        (serde_json::Value::Object(outer), serde_json::Value::Object(inner)) => inner
+            .iter()
+            .all(|(key, value)| outer.get(key).is_some_and(|o| contains(o, value))),
+        (outer, inner) => outer == inner,
+    }
+}
+
+/// A listener's health check, by the API's names (`HealthCheck`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct HealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_switch: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_out: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_time: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_num: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub un_health_num: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_check_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_check_domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_check_method: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_port: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub send_context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recv_context: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip_type: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extended_code: Option<String>,
 }
 
 /// A backend to register on a layer-4 listener: a CVM instance (its primary
@@ -209,6 +296,17 @@ struct CreateListenerRequest<'a> {
     protocol: Protocol,
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     listener_names: &'a [String],
+    #[serde(flatten)]
+    settings: &'a ListenerSettings,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ModifyListenerRequest<'a> {
+    load_balancer_id: &'a str,
+    listener_id: &'a str,
+    #[serde(flatten)]
+    settings: &'a ListenerSettings,
 }
 
 #[derive(Deserialize)]
@@ -317,13 +415,14 @@ impl ClbClient {
     }
 
     /// One listener per port, named in the same order when `names` is not
-    /// empty.
+    /// empty, each with `settings`.
     pub async fn create_listeners(
         &self,
         load_balancer_id: &str,
         protocol: Protocol,
         ports: &[u16],
         names: &[String],
+        settings: &ListenerSettings,
     ) -> Result<CreatedListeners, Error> {
         let answer: CreateListenerResponse = self
             .call(
@@ -333,6 +432,7 @@ impl ClbClient {
                     ports,
                     protocol,
                     listener_names: names,
+                    settings,
                 },
             )
             .await?;
@@ -340,6 +440,24 @@ impl ClbClient {
             listener_ids: answer.listener_ids,
             task: TaskId(answer.request_id),
         })
+    }
+
+    /// Changes the settings `settings` sets; the others stay as they are.
+    pub async fn modify_listener(
+        &self,
+        load_balancer_id: &str,
+        listener_id: &str,
+        settings: &ListenerSettings,
+    ) -> Result<TaskId, Error> {
+        self.start_task(
+            "ModifyListener",
+            &ModifyListenerRequest {
+                load_balancer_id,
+                listener_id,
+                settings,
+            },
+        )
+        .await
     }
 
     pub async fn delete_listener(
@@ -490,6 +608,52 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn settings(value: serde_json::Value) -> ListenerSettings {
+        serde_json::from_value(value).unwrap()
+    }
+
+    /// What a listener's configuration leaves unset is not compared; what
+    /// it sets must be there, inside `HealthCheck` too.
+    #[rstest::rstest]
+    #[case::nothing_wanted(json!({}), json!({"Scheduler": "WRR"}), true)]
+    #[case::same(json!({"Scheduler": "WRR"}), json!({"Scheduler": "WRR", "MaxConn": -1}), true)]
+    #[case::other_scheduler(json!({"Scheduler": "LEAST_CONN"}), json!({"Scheduler": "WRR"}), false)]
+    #[case::part_of_the_health_check(
+        json!({"HealthCheck": {"TimeOut": 3}}),
+        json!({"HealthCheck": {"TimeOut": 3, "IntervalTime": 5}}),
+        true
+    )]
+    #[case::health_check_differs(
+        json!({"HealthCheck": {"TimeOut": 3}}),
+        json!({"HealthCheck": {"TimeOut": 2, "IntervalTime": 5}}),
+        false
+    )]
+    #[case::health_check_missing(json!({"HealthCheck": {"TimeOut": 3}}), json!({}), false)]
+    fn wanted_settings_are_held_when_the_clb_has_each(
+        #[case] wanted: serde_json::Value,
+        #[case] live: serde_json::Value,
+        #[case] held: bool,
+    ) {
+        assert_eq!(settings(wanted).held_by(&settings(live)), held);
+    }
+
+    /// `DescribeListeners` reports every setting (nulls for those that do
+    /// not apply) beside fields knit does not read.
+    #[test]
+    fn a_described_listener_carries_its_settings() {
+        let listener: Listener = serde_json::from_value(json!({
+            "ListenerId": "lbl-1", "Protocol": "TCP", "Port": 80, "ListenerName": "n",
+            "HealthCheck": {"HealthSwitch": 1, "TimeOut": 2, "HttpCode": null},
+            "Scheduler": "WRR", "SessionExpireTime": 0, "Certificate": null, "EndPort": 0,
+        }))
+        .unwrap();
+        assert_eq!(
+            listener.settings,
+            settings(json!({"HealthCheck": {"HealthSwitch": 1, "TimeOut": 2},
+                            "Scheduler": "WRR", "SessionExpireTime": 0}))
+        );
+    }
+
     #[test]
     fn requests_use_the_api_field_names_and_leave_out_absent_filters() {
         let filter = ListenerFilter {
@@ -506,9 +670,29 @@ mod tests {
                 ports: &[501, 502],
                 protocol: Protocol::Udp,
                 listener_names: &[],
+                settings: &ListenerSettings::default(),
             })
             .unwrap(),
             json!({"LoadBalancerId": "lb-1", "Ports": [501, 502], "Protocol": "UDP"})
+        );
+        // Settings sit beside the other fields, only those set.
+        let tuned = ListenerSettings {
+            scheduler: Some("LEAST_CONN".into()),
+            health_check: Some(HealthCheck {
+                time_out: Some(3),
+                ..HealthCheck::default()
+            }),
+            ..ListenerSettings::default()
+        };
+        assert_eq!(
+            serde_json::to_value(ModifyListenerRequest {
+                load_balancer_id: "lb-1",
+                listener_id: "lbl-1",
+                settings: &tuned,
+            })
+            .unwrap(),
+            json!({"LoadBalancerId": "lb-1", "ListenerId": "lbl-1",
+                   "HealthCheck": {"TimeOut": 3}, "Scheduler": "LEAST_CONN"})
         );
         let targets = [BatchTarget {
             listener_id: "lbl-1".into(),

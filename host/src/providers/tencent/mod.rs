@@ -20,8 +20,8 @@ use std::fmt;
 use serde::Deserialize;
 
 pub use clb::{
-    Backend, BatchOutcome, BatchTarget, CreatedListeners, Listener, ListenerFilter,
-    ListenerTargets, LoadBalancer, Protocol, Target,
+    Backend, BatchOutcome, BatchTarget, CreatedListeners, HealthCheck, Listener, ListenerFilter,
+    ListenerSettings, ListenerTargets, LoadBalancer, Protocol, Target,
 };
 pub use client::{
     CLB_ENDPOINT, CLB_SERVICE, CLB_VERSION, ClbClient, ClientOptions, RetryPolicy, TaskPolling,
