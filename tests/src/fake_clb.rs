@@ -397,7 +397,7 @@ enum TaskStatus {
 /// What a task does to its LB when it ends well.
 enum Effect {
     AddListeners(Vec<ListenerState>),
-    ModifyListener(String, ListenerSettings),
+    ModifyListener(String, Box<ListenerSettings>),
     RemoveListeners(Vec<String>),
     AddTargets(Vec<(String, FakeTarget)>),
     RemoveTargets(Vec<(String, FakeTarget)>),
@@ -847,7 +847,7 @@ impl Cloud {
         let lb = self.writable_lb(call, &request.load_balancer_id)?;
         lb.listener(&request.listener_id)?;
         request.settings.check()?;
-        let effect = Effect::ModifyListener(request.listener_id, request.settings);
+        let effect = Effect::ModifyListener(request.listener_id, Box::new(request.settings));
         self.start_task(call, &request.load_balancer_id, effect);
         Ok(json!({}))
     }

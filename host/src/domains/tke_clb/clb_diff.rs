@@ -6,6 +6,7 @@
 //! I/O around it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::providers::tencent::{BatchTarget, ListenerSettings, Protocol, Target};
 
@@ -18,7 +19,7 @@ pub struct Desired {
     pub backend: Option<(String, u16)>,
     /// Its `CLBListenerConfig`'s settings (none set without one): it is
     /// created with them, and modified when what the CLB holds differs.
-    pub settings: ListenerSettings,
+    pub settings: Arc<ListenerSettings>,
 }
 
 /// Which CLB listener an object stands for: its name on the CLB (knit's
@@ -85,6 +86,9 @@ impl Snapshot {
     }
 }
 
+/// What one `CreateListener` shares across its ports.
+pub(super) type CreateKind = (Protocol, Arc<ListenerSettings>);
+
 /// A round's ensure requests sorted against the snapshot; `R` is whatever
 /// travels with a request (the queue's reply channel).
 pub(super) struct Placement<R> {
@@ -92,7 +96,7 @@ pub(super) struct Placement<R> {
     pub(super) placed: Vec<(Desired, String, R)>,
     /// To create, by protocol and settings: one `CreateListener` names a
     /// single protocol, and its settings go to every port it creates.
-    pub(super) to_create: BTreeMap<(Protocol, ListenerSettings), Vec<(Desired, R)>>,
+    pub(super) to_create: BTreeMap<CreateKind, Vec<(Desired, R)>>,
     /// Their port is held by something else, named.
     pub(super) taken: Vec<(Desired, String, R)>,
 }
@@ -161,7 +165,7 @@ pub(super) fn settings_to_put<'a>(
                 .get(*id)
                 .is_some_and(|live| !desired.settings.held_by(&live.settings))
         })
-        .map(|(desired, id)| (id.to_owned(), desired.settings.clone()))
+        .map(|(desired, id)| (id.to_owned(), (*desired.settings).clone()))
         .collect()
 }
 
@@ -227,7 +231,7 @@ mod tests {
         Desired {
             listener,
             backend: backend.map(|(ip, port)| (ip.into(), port)),
-            settings: ListenerSettings::default(),
+            settings: Arc::default(),
         }
     }
 
@@ -444,7 +448,7 @@ mod tests {
             listener.settings = scheduler("WRR");
         }
         let desired = |name: &str, port: u16, settings: ListenerSettings| Desired {
-            settings,
+            settings: Arc::new(settings),
             ..wants(key(name, None, Protocol::Tcp, port), None)
         };
         let placed = [

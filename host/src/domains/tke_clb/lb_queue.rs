@@ -426,7 +426,7 @@ impl Worker {
             let _ = reply.send(Err(self.port_taken(&desired, by)));
         }
         for ((protocol, settings), mut waiting) in to_create {
-            let kind = (protocol, &settings);
+            let kind = (protocol, &*settings);
             while !waiting.is_empty() {
                 let chunk: Vec<_> = waiting
                     .drain(..waiting.len().min(PORTS_PER_CREATE))

@@ -115,7 +115,7 @@ async fn apply(listener: &DedicatedCLBListener, ctx: &Context) -> Result<Action,
     let desired = Desired {
         listener: key(listener),
         backend: backend.clone(),
-        settings,
+        settings: Arc::new(settings),
     };
     match ctx
         .queues
