@@ -62,6 +62,18 @@ fn all() -> ListenerFilter {
     ListenerFilter::default()
 }
 
+/// `CreateListener` for `ports`, unnamed, with the CLB's default settings.
+async fn create(
+    client: &ClbClient,
+    lb: &str,
+    protocol: Protocol,
+    ports: &[u16],
+) -> Result<knit::providers::tencent::CreatedListeners, Error> {
+    client
+        .create_listeners(lb, protocol, ports, &[], &ListenerSettings::default())
+        .await
+}
+
 #[tokio::test]
 async fn a_bad_signature_is_rejected() {
     let (fake, _) = setup().await;
@@ -169,14 +181,7 @@ async fn a_created_listener_is_listed_once_its_task_succeeds() {
         .unwrap();
     client.wait_task(&task).await.unwrap();
     assert!(fake.listeners(&lb).is_empty());
-    let created = client
-        .create_listeners(
-            &lb,
-            Protocol::Udp,
-            &[601, 602],
-            &[],
-            &ListenerSettings::default(),
-        )
+    let created = create(&client, &lb, Protocol::Udp, &[601, 602])
         .await
         .unwrap();
     client.wait_task(&created.task).await.unwrap();
@@ -196,14 +201,7 @@ async fn a_created_listener_is_listed_once_its_task_succeeds() {
 async fn targets_are_registered_and_deregistered() {
     let (fake, client) = setup().await;
     let lb = fake.add_lb(REGION, &["139.135.64.53"]);
-    let created = client
-        .create_listeners(
-            &lb,
-            Protocol::Tcp,
-            &[501, 502],
-            &[],
-            &ListenerSettings::default(),
-        )
+    let created = create(&client, &lb, Protocol::Tcp, &[501, 502])
         .await
         .unwrap();
     client.wait_task(&created.task).await.unwrap();
@@ -293,30 +291,12 @@ async fn targets_are_registered_and_deregistered() {
 async fn resource_in_operating_is_retried_until_the_task_ends() {
     let (fake, client) = setup().await;
     let lb = fake.add_lb(REGION, &["139.135.64.53"]);
-    let first = client
-        .create_listeners(
-            &lb,
-            Protocol::Tcp,
-            &[501],
-            &[],
-            &ListenerSettings::default(),
-        )
-        .await
-        .unwrap();
+    let first = create(&client, &lb, Protocol::Tcp, &[501]).await.unwrap();
     client.wait_task(&first.task).await.unwrap();
 
     // A second write while the LB is busy with a 300 ms task.
     fake.set_task_delay(Duration::from_millis(300));
-    let second = client
-        .create_listeners(
-            &lb,
-            Protocol::Tcp,
-            &[502],
-            &[],
-            &ListenerSettings::default(),
-        )
-        .await
-        .unwrap();
+    let second = create(&client, &lb, Protocol::Tcp, &[502]).await.unwrap();
     let task = client
         .delete_listener(&lb, &first.listener_ids[0])
         .await
@@ -379,26 +359,10 @@ async fn retries_are_bounded() {
 async fn a_non_retryable_error_surfaces_with_its_code_and_message() {
     let (fake, client) = setup().await;
     let lb = fake.add_lb(REGION, &["139.135.64.53"]);
-    let created = client
-        .create_listeners(
-            &lb,
-            Protocol::Tcp,
-            &[501],
-            &[],
-            &ListenerSettings::default(),
-        )
-        .await
-        .unwrap();
+    let created = create(&client, &lb, Protocol::Tcp, &[501]).await.unwrap();
     client.wait_task(&created.task).await.unwrap();
 
-    let error = client
-        .create_listeners(
-            &lb,
-            Protocol::Tcp,
-            &[501],
-            &[],
-            &ListenerSettings::default(),
-        )
+    let error = create(&client, &lb, Protocol::Tcp, &[501])
         .await
         .unwrap_err();
     let Error::Api {
@@ -422,38 +386,15 @@ async fn a_non_retryable_error_surfaces_with_its_code_and_message() {
     assert_eq!(fake.calls("CreateListener"), 2, "not retried");
 
     // UDP has ports of its own; HTTP shares TCP's.
-    let udp = client
-        .create_listeners(
-            &lb,
-            Protocol::Udp,
-            &[501],
-            &[],
-            &ListenerSettings::default(),
-        )
-        .await
-        .unwrap();
+    let udp = create(&client, &lb, Protocol::Udp, &[501]).await.unwrap();
     client.wait_task(&udp.task).await.unwrap();
-    let error = client
-        .create_listeners(
-            &lb,
-            Protocol::Http,
-            &[501],
-            &[],
-            &ListenerSettings::default(),
-        )
+    let error = create(&client, &lb, Protocol::Http, &[501])
         .await
         .unwrap_err();
     assert_eq!(code(&error), "InvalidParameter.PortCheckFailed");
 
     fake.set_listener_quota(&lb, 3);
-    let error = client
-        .create_listeners(
-            &lb,
-            Protocol::Tcp,
-            &[502, 503],
-            &[],
-            &ListenerSettings::default(),
-        )
+    let error = create(&client, &lb, Protocol::Tcp, &[502, 503])
         .await
         .unwrap_err();
     assert_eq!(code(&error), "LimitExceeded", "{error}");
@@ -466,16 +407,7 @@ async fn a_failed_or_slow_task_is_reported() {
     let lb = fake.add_lb(REGION, &["139.135.64.53"]);
 
     fake.fail_next_tasks("CreateListener", 1);
-    let created = client
-        .create_listeners(
-            &lb,
-            Protocol::Tcp,
-            &[501],
-            &[],
-            &ListenerSettings::default(),
-        )
-        .await
-        .unwrap();
+    let created = create(&client, &lb, Protocol::Tcp, &[501]).await.unwrap();
     let error = client.wait_task(&created.task).await.unwrap_err();
     assert!(matches!(error, Error::TaskFailed { .. }), "{error}");
     assert!(fake.listeners(&lb).is_empty());
@@ -511,16 +443,7 @@ async fn a_failed_or_slow_task_is_reported() {
 async fn a_deleted_lb_is_not_found() {
     let (fake, client) = setup().await;
     let lb = fake.add_lb(REGION, &["139.135.64.53"]);
-    let created = client
-        .create_listeners(
-            &lb,
-            Protocol::Tcp,
-            &[501],
-            &[],
-            &ListenerSettings::default(),
-        )
-        .await
-        .unwrap();
+    let created = create(&client, &lb, Protocol::Tcp, &[501]).await.unwrap();
     // Deleted behind the client's back while its task runs.
     fake.delete_lb(&lb);
     let error = client.wait_task(&created.task).await.unwrap_err();
@@ -529,14 +452,7 @@ async fn a_deleted_lb_is_not_found() {
     let error = client.describe_listeners(&lb, &all()).await.unwrap_err();
     assert!(error.is_not_found(), "{error}");
     assert!(!error.is_retryable());
-    let error = client
-        .create_listeners(
-            &lb,
-            Protocol::Tcp,
-            &[501],
-            &[],
-            &ListenerSettings::default(),
-        )
+    let error = create(&client, &lb, Protocol::Tcp, &[501])
         .await
         .unwrap_err();
     assert!(error.is_not_found(), "{error}");
