@@ -1,7 +1,8 @@
 //! `WARPConnector` and `VirtualNetwork`: a `warp_connector` tunnel run by a
-//! Deployment of the WARP client in connector mode, advertising the connector's networks as Zero
-//! Trust routes in its virtual network. Routes and virtual networks knit
-//! made carry its ownership mark in their comment; nothing else is touched.
+//! Deployment of the WARP client in connector mode, advertising the
+//! connector's networks as Zero Trust routes in its virtual network. Routes
+//! and virtual networks knit made carry its ownership mark in their comment;
+//! nothing else is touched.
 
 use std::sync::Arc;
 
