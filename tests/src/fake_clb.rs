@@ -51,6 +51,9 @@ pub struct FakeClb {
     server: tokio::task::JoinHandle<()>,
 }
 
+/// How many request bodies the fake keeps (`request_bodies`).
+pub const BODIES_KEPT: usize = 2000;
+
 /// A listener as the fake holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FakeListener {
@@ -147,6 +150,34 @@ impl FakeClb {
     }
 
     /// Requests received, refused ones included, by action.
+    /// The last request bodies received (at most `BODIES_KEPT`), oldest
+    /// first, with their action: to check against the official SDK's types.
+    pub fn request_bodies(&self) -> Vec<(String, String)> {
+        self.cloud().bodies.iter().cloned().collect()
+    }
+
+    /// Runs every kept request body through `knit-clb-sdkcheck` (the
+    /// official Go SDK's request types, `tests/sdkcheck`) and panics with
+    /// its report unless each decodes and reads back unchanged; returns the
+    /// report (`checked Action=n ...`).
+    pub fn assert_requests_decode_with_the_sdk(&self) -> String {
+        let input: String = self
+            .request_bodies()
+            .into_iter()
+            .map(|(action, body)| format!("{action}\t{body}\n"))
+            .collect();
+        let output = crate::run_with_input(
+            std::process::Command::new(crate::tool("knit-clb-sdkcheck")),
+            &input,
+        );
+        let said = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "the SDK's types refuse knit's requests:\n{said}"
+        );
+        said
+    }
+
     pub fn calls_by_action(&self) -> BTreeMap<String, u64> {
         self.cloud()
             .calls
@@ -357,6 +388,8 @@ struct Cloud {
     rate_limited: u64,
     clock_skew: i64,
     calls: HashMap<String, u64>,
+    /// The last `BODIES_KEPT` request bodies, with their action.
+    bodies: std::collections::VecDeque<(String, String)>,
     /// Refusals sent, by error code.
     refusals: HashMap<String, u64>,
 }
@@ -439,6 +472,7 @@ impl Cloud {
             rate_limited: 0,
             clock_skew: 0,
             calls: HashMap::new(),
+            bodies: Default::default(),
             refusals: HashMap::new(),
         }
     }
@@ -485,6 +519,11 @@ impl Cloud {
             .unwrap_or_default()
             .to_owned();
         *self.calls.entry(action.clone()).or_default() += 1;
+        if self.bodies.len() == BODIES_KEPT {
+            self.bodies.pop_front();
+        }
+        let text = String::from_utf8_lossy(body).into_owned();
+        self.bodies.push_back((action.clone(), text));
         self.authenticate(headers, body)?;
         if header(headers, "x-tc-version") != Some(VERSION) {
             return refuse("NoSuchVersion", format!("CLB speaks version {VERSION}"));

@@ -155,22 +155,35 @@ pub async fn client_for(kubeconfig: &Path) -> Client {
 /// Runs the test environment's `kubectl` as cluster admin in the
 /// repository root, with `stdin` as its input.
 pub fn kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {
-    use std::io::Write;
-    let mut child = Command::new(tool("kubectl"))
+    let mut command = Command::new(tool("kubectl"));
+    command
         .args(args)
         .env("KUBECONFIG", &env().admin_kubeconfig)
-        .current_dir(repo())
+        .current_dir(repo());
+    run_with_input(command, stdin.unwrap_or_default())
+}
+
+/// Runs `command` with `input` as its standard input, and collects what it
+/// printed.
+pub fn run_with_input(mut command: Command, input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("running kubectl");
-    let mut input = child.stdin.take().expect("kubectl's stdin");
-    input
-        .write_all(stdin.unwrap_or_default().as_bytes())
-        .expect("writing to kubectl");
-    drop(input);
-    child.wait_with_output().expect("waiting for kubectl")
+        .unwrap_or_else(|error| panic!("running {command:?}: {error}"));
+    // Written from a thread: a child that answers while reading could fill
+    // its output pipe and wait on us while we wait on its input.
+    let mut stdin = child.stdin.take().expect("a piped stdin");
+    let input = input.to_owned();
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let output = child.wait_with_output().expect("waiting for the command");
+    writer
+        .join()
+        .expect("the writer thread")
+        .expect("writing the command's input");
+    output
 }
 
 /// A cluster-admin client.

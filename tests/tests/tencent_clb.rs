@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use knit::providers::tencent::{
-    BatchTarget, ClbClient, ClientOptions, Credentials, Error, ListenerFilter, ListenerSettings,
-    Protocol, RetryPolicy, Target, TaskPolling,
+    BatchTarget, ClbClient, ClientOptions, Credentials, Error, HealthCheck, ListenerFilter,
+    ListenerSettings, Protocol, RetryPolicy, Target, TaskPolling,
 };
 use knit_tests::fake_clb::{FakeClb, FakeTarget};
 
@@ -522,5 +522,118 @@ async fn the_secret_key_never_shows() {
 
     for text in shown {
         assert!(!text.contains(SECRET_KEY), "the secret key leaked: {text}");
+    }
+}
+
+/// Every request body knit's CLB client sends, each action at least once and
+/// the listener settings in full, decodes into the official Tencent Cloud Go
+/// SDK's request type and reads back unchanged (`tests/sdkcheck`): the fake
+/// is written by the same hands as the client, the SDK is not.
+#[tokio::test]
+async fn every_request_decodes_into_the_official_sdk_types() {
+    let (fake, client) = setup().await;
+    let lb = fake.add_lb(REGION, &["139.135.64.53"]);
+    let settings = ListenerSettings {
+        health_check: Some(HealthCheck {
+            health_switch: Some(1),
+            time_out: Some(3),
+            interval_time: Some(10),
+            health_num: Some(2),
+            un_health_num: Some(4),
+            http_code: Some(2),
+            http_check_path: Some("/healthz".into()),
+            http_check_domain: Some("game.example.com".into()),
+            http_check_method: Some("GET".into()),
+            check_port: Some(8080),
+            context_type: Some("TEXT".into()),
+            send_context: Some("ping".into()),
+            recv_context: Some("pong".into()),
+            check_type: Some("CUSTOM".into()),
+            http_version: Some("HTTP/1.1".into()),
+            source_ip_type: Some(1),
+            extended_code: Some("200".into()),
+        }),
+        session_expire_time: Some(60),
+        scheduler: Some("LEAST_CONN".into()),
+        session_type: Some("NORMAL".into()),
+        deregister_target_rst: Some(true),
+        max_conn: Some(100),
+        max_cps: Some(10),
+        idle_connect_timeout: Some(60),
+    };
+    client
+        .describe_load_balancers(std::slice::from_ref(&lb))
+        .await
+        .unwrap();
+    let created = client
+        .create_listeners(
+            &lb,
+            Protocol::Tcp,
+            &[501, 502],
+            &["a".into(), "b".into()],
+            &settings,
+        )
+        .await
+        .unwrap();
+    client.wait_task(&created.task).await.unwrap();
+    let (first, second) = (&created.listener_ids[0], &created.listener_ids[1]);
+    let filter = ListenerFilter {
+        listener_ids: vec![first.clone()],
+        protocol: Some(Protocol::Tcp),
+        port: Some(501),
+    };
+    client.describe_listeners(&lb, &filter).await.unwrap();
+    let task = client.modify_listener(&lb, first, &settings).await.unwrap();
+    client.wait_task(&task).await.unwrap();
+    let pod = [Target::ip("10.0.0.7", 9000)];
+    for register in [true, false] {
+        let task = if register {
+            client.register_targets(&lb, first, &pod).await
+        } else {
+            client.deregister_targets(&lb, first, &pod).await
+        };
+        client.wait_task(&task.unwrap()).await.unwrap();
+    }
+    let batch = [BatchTarget {
+        listener_id: second.clone(),
+        target: Target::instance("ins-1", 80),
+    }];
+    for register in [true, false] {
+        let outcome = if register {
+            client.batch_register_targets(&lb, &batch).await
+        } else {
+            client.batch_deregister_targets(&lb, &batch).await
+        };
+        client.wait_task(&outcome.unwrap().task).await.unwrap();
+    }
+    client.describe_targets(&lb, &all()).await.unwrap();
+    let task = client.delete_listener(&lb, first).await.unwrap();
+    client.wait_task(&task).await.unwrap();
+    let task = client
+        .delete_listeners(&lb, std::slice::from_ref(second))
+        .await
+        .unwrap()
+        .unwrap();
+    client.wait_task(&task).await.unwrap();
+
+    let said = fake.assert_requests_decode_with_the_sdk();
+    for action in [
+        "DescribeLoadBalancers",
+        "CreateListener",
+        "DescribeTaskStatus",
+        "DescribeListeners",
+        "ModifyListener",
+        "RegisterTargets",
+        "DeregisterTargets",
+        "BatchRegisterTargets",
+        "BatchDeregisterTargets",
+        "DescribeTargets",
+        "DeleteListener",
+        "DeleteLoadBalancerListeners",
+    ] {
+        assert!(
+            said.contains(&format!("{action}=")),
+            "{action} not checked: {said}"
+        );
     }
 }

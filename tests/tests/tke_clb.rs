@@ -1065,8 +1065,9 @@ async fn deleting_the_service_deletes_every_listener_from_the_clb() {
 
 /// Every CLB action knit called is granted by the example CAM policy
 /// (`examples/tke-clb/iam-policy.json`): the seed's, plus what knit calls
-/// beyond it.
+/// beyond it; and every request it sent decodes with the official SDK.
 fn assert_policy_grants(world: &World) {
+    world.fake.assert_requests_decode_with_the_sdk();
     let policy: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(knit_tests::repo().join("examples/tke-clb/iam-policy.json"))
             .unwrap(),
