@@ -290,14 +290,7 @@ fn simulate_tunnel<K: TunnelObject>(
 
 /// The sources bound to a tunnel in the input.
 fn bind_offline(key: &TunnelKey, manifests: &Manifests) -> Vec<tunnel_sources::Bound> {
-    let tunnels_in = |namespace: &str| {
-        manifests
-            .tunnels
-            .iter()
-            .filter(|t| t.namespace().as_deref() == Some(namespace))
-            .map(|t| t.name_any())
-            .collect()
-    };
+    let tunnels = tunnel_sources::TunnelNames::of(&manifests.tunnels);
     let service = |namespace: &str, name: &str| {
         manifests
             .services
@@ -320,7 +313,7 @@ fn bind_offline(key: &TunnelKey, manifests: &Manifests) -> Vec<tunnel_sources::B
         key,
         manifests.ingresses.iter(),
         manifests.http_routes.iter(),
-        &tunnels_in,
+        &tunnels,
         &backends,
     )
 }

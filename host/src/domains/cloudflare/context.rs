@@ -10,7 +10,6 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Client;
-use kube::ResourceExt;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
@@ -97,15 +96,4 @@ impl Bindings {
         self.record(key, &[]);
         sources
     }
-}
-
-/// The names of the cached `Tunnel`s in `namespace` (how a source's tunnel
-/// resolves; see `sources::resolve_tunnel`).
-pub fn tunnels_in(tunnels: &Store<Tunnel>, namespace: &str) -> Vec<String> {
-    tunnels
-        .state()
-        .iter()
-        .filter(|t| t.namespace().as_deref() == Some(namespace))
-        .map(|t| t.name_any())
-        .collect()
 }

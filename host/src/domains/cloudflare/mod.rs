@@ -68,7 +68,7 @@ use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use account::{Accounts, CloudflareSettings};
 use context::Context;
-use sources::{HttpRoute, SourceKindKey, SourceRef, TunnelKey, TunnelRequest};
+use sources::{HttpRoute, SourceKindKey, SourceRef, TunnelKey, TunnelNames, TunnelRequest};
 use types::{
     ClusterTunnel, DNSRecord, NetworkRoute, Tunnel, TunnelObject, TunnelRefKind, VirtualNetwork,
     WARPConnector,
@@ -359,9 +359,9 @@ struct Waker {
 
 impl Waker {
     fn for_source(&self, reference: SourceRef, request: Option<TunnelRequest>) -> Vec<TunnelKey> {
-        let tunnels_in = |namespace: &str| context::tunnels_in(&self.context.tunnels, namespace);
+        let tunnels = TunnelNames::of(self.context.tunnels.state().iter().map(|t| &**t));
         let mut keys: Vec<TunnelKey> = request
-            .and_then(|r| sources::resolve_tunnel(r, &reference.namespace, &tunnels_in))
+            .and_then(|r| sources::resolve_tunnel(r, &reference.namespace, &tunnels))
             .into_iter()
             .collect();
         let bindings = self.context.bindings.lock().expect("bindings lock");

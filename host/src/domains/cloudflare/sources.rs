@@ -2,7 +2,7 @@
 //! them: which tunnel each binds to, and its hosts, paths and backends with
 //! their readiness. Pure: the controller passes what its caches hold.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{Resource, ResourceExt};
 use serde::Deserialize;
 
+use super::types::Tunnel;
 use knit_tunnel_core::{
     Backend, BackendState, OriginRequest, PathMatch, Route, Scheme, Source, SourceKind,
 };
@@ -74,9 +75,28 @@ pub enum TunnelRequest<'a> {
     OwnNamespace,
 }
 
-/// The names of the `Tunnel`s in a namespace, as the caller's cache or
-/// input holds them.
-pub type TunnelsIn<'a> = &'a dyn Fn(&str) -> Vec<String>;
+/// The names of the `Tunnel`s of each namespace, as the caller's cache or
+/// input holds them: made once per pass, then read for every source.
+#[derive(Clone, Debug, Default)]
+pub struct TunnelNames(BTreeMap<String, BTreeSet<String>>);
+
+impl TunnelNames {
+    pub fn of<'a>(tunnels: impl IntoIterator<Item = &'a Tunnel>) -> TunnelNames {
+        let mut names = TunnelNames::default();
+        for tunnel in tunnels {
+            names
+                .0
+                .entry(tunnel.namespace().unwrap_or_default())
+                .or_default()
+                .insert(tunnel.name_any());
+        }
+        names
+    }
+
+    fn in_namespace(&self, namespace: &str) -> Option<&BTreeSet<String>> {
+        self.0.get(namespace)
+    }
+}
 
 /// Which tunnel a source in `namespace` asking by `request` binds to:
 /// `ns/name` is always that `Tunnel`; a bare name is the `Tunnel` of the
@@ -86,15 +106,16 @@ pub type TunnelsIn<'a> = &'a dyn Fn(&str) -> Vec<String>;
 pub fn resolve_tunnel(
     request: TunnelRequest,
     namespace: &str,
-    tunnels_in: TunnelsIn,
+    tunnels: &TunnelNames,
 ) -> Option<TunnelKey> {
+    let local = tunnels.in_namespace(namespace);
     let annotation = match request {
         TunnelRequest::Named(annotation) => annotation,
         TunnelRequest::OwnNamespace => {
-            let mut names = tunnels_in(namespace);
-            return (names.len() == 1).then(|| TunnelKey::Namespaced {
+            let only = local.filter(|names| names.len() == 1)?.first()?;
+            return Some(TunnelKey::Namespaced {
                 namespace: namespace.into(),
-                name: names.remove(0),
+                name: only.clone(),
             });
         }
     };
@@ -104,7 +125,7 @@ pub fn resolve_tunnel(
             name: name.into(),
         });
     }
-    Some(if tunnels_in(namespace).iter().any(|t| t == annotation) {
+    Some(if local.is_some_and(|names| names.contains(annotation)) {
         TunnelKey::Namespaced {
             namespace: namespace.into(),
             name: annotation.into(),
@@ -417,7 +438,7 @@ pub fn bind<'a>(
     key: &TunnelKey,
     ingresses: impl Iterator<Item = &'a Ingress>,
     routes: impl Iterator<Item = &'a HttpRoute>,
-    tunnels_in: TunnelsIn,
+    tunnels: &TunnelNames,
     backends: &Backends,
 ) -> Vec<Bound> {
     let mut bound = Vec::new();
@@ -426,7 +447,7 @@ pub fn bind<'a>(
         let Some(request) = ingress_tunnel(ingress) else {
             continue;
         };
-        if resolve_tunnel(request, &namespace, tunnels_in).as_ref() != Some(key) {
+        if resolve_tunnel(request, &namespace, tunnels).as_ref() != Some(key) {
             continue;
         }
         let source = ingress_source(ingress, backends);
@@ -447,7 +468,7 @@ pub fn bind<'a>(
         let Some(request) = route_tunnel(route) else {
             continue;
         };
-        if resolve_tunnel(request, &namespace, tunnels_in).as_ref() != Some(key) {
+        if resolve_tunnel(request, &namespace, tunnels).as_ref() != Some(key) {
             continue;
         }
         let source = http_route_source(route, backends);
@@ -672,12 +693,19 @@ mod tests {
     }
 
     /// Namespace `a` has one Tunnel `t`; `b` has none; `c` has two.
-    fn tunnels_in(namespace: &str) -> Vec<String> {
-        match namespace {
-            "a" => vec!["t".into()],
-            "c" => vec!["t".into(), "u".into()],
-            _ => vec![],
-        }
+    fn tunnels() -> TunnelNames {
+        let tunnel = |namespace: &str, name: &str| -> Tunnel {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "networking.cloudflare-operator.io/v1alpha2",
+                "kind": "Tunnel",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"newTunnel": {"name": name},
+                         "cloudflare": {"accountId": "acc", "domain": "example.com"}},
+            }))
+            .unwrap()
+        };
+        let all = [tunnel("a", "t"), tunnel("c", "t"), tunnel("c", "u")];
+        TunnelNames::of(&all)
     }
 
     #[rstest]
@@ -704,7 +732,7 @@ mod tests {
         #[case] namespace: &str,
         #[case] expected: Option<TunnelKey>,
     ) {
-        assert_eq!(resolve_tunnel(request, namespace, &tunnels_in), expected);
+        assert_eq!(resolve_tunnel(request, namespace, &tunnels()), expected);
     }
 
     #[test]

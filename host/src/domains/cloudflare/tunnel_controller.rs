@@ -18,12 +18,12 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
-use super::context::{Context, tunnels_in};
+use super::context::Context;
 use super::dns_sync::{delete_owned_records, owner_marker, sync_dns};
 use super::error::{Error, failure_reason};
 use super::plan;
 use super::source_status::{set_ingress_status, tell_sources};
-use super::sources::{self, Backends, Bound, SourceKindKey, TunnelKey};
+use super::sources::{self, Backends, Bound, SourceKindKey, TunnelKey, TunnelNames};
 use super::tunnel_plan::{self, Observed, Outcome, TunnelPlan, plan_tunnel};
 use super::types::{TunnelObject, TunnelSpec, TunnelState, TunnelStatus};
 use super::workload::{MANAGER, delete_workload, ensure_token_secret};
@@ -392,7 +392,7 @@ fn claimant(ctx: &Context, key: &TunnelKey, id: &str) -> Option<TunnelKey> {
 
 /// Every Ingress and HTTPRoute of the caches that names this tunnel.
 fn bound_sources(key: &TunnelKey, ctx: &Context) -> Vec<Bound> {
-    let tunnels_in = |namespace: &str| tunnels_in(&ctx.tunnels, namespace);
+    let tunnels = TunnelNames::of(ctx.tunnels.state().iter().map(|t| &**t));
     let services = &ctx.services;
     let service =
         |namespace: &str, name: &str| services.get(&ObjectRef::new(name).within(namespace));
@@ -408,7 +408,7 @@ fn bound_sources(key: &TunnelKey, ctx: &Context) -> Vec<Bound> {
         key,
         ingresses.iter().map(|i| &**i),
         routes.iter().map(|r| &**r),
-        &tunnels_in,
+        &tunnels,
         &backends,
     )
 }
