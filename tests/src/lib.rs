@@ -163,6 +163,18 @@ pub fn kubectl(args: &[&str], stdin: Option<&str>) -> std::process::Output {
     run_with_input(command, stdin.unwrap_or_default())
 }
 
+/// Runs `kubectl` as `kubectl()` does, and fails the test with its error
+/// output unless it succeeds.
+pub fn kubectl_ok(args: &[&str]) {
+    let output = kubectl(args, None);
+    assert!(
+        output.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 /// Runs `command` with `input` as its standard input, and collects what it
 /// printed.
 pub fn run_with_input(mut command: Command, input: &str) -> std::process::Output {

@@ -352,24 +352,11 @@ fn ready_condition(
 /// `kubectl apply -f <file>` from the repository root; panics with its
 /// output when it fails.
 fn apply(file: &str) {
-    let output = knit_tests::kubectl(&["apply", "-f", file], None);
-    assert!(
-        output.status.success(),
-        "kubectl apply -f {file}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    knit_tests::kubectl_ok(&["apply", "-f", file]);
 }
 
 fn kubectl_delete(file: &str) {
-    let output = knit_tests::kubectl(
-        &["delete", "--wait=false", "--ignore-not-found", "-f", file],
-        None,
-    );
-    assert!(
-        output.status.success(),
-        "kubectl delete -f {file}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    knit_tests::kubectl_ok(&["delete", "--wait=false", "--ignore-not-found", "-f", file]);
 }
 
 /// Deletes the Cloudflare objects, Ingresses and HTTPRoutes earlier tests

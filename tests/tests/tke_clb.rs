@@ -483,12 +483,7 @@ async fn the_seed_example_reconciles_unchanged() {
         if let Some(namespace) = namespace {
             args.extend(["-n", namespace]);
         }
-        let output = knit_tests::kubectl(&args, None);
-        assert!(
-            output.status.success(),
-            "kubectl apply -f {file}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        knit_tests::kubectl_ok(&args);
     }
 
     // Three pods × two ports from the service, plus the hand-made one.
@@ -549,19 +544,11 @@ async fn the_seed_example_reconciles_unchanged() {
         "{}",
         ready.message
     );
-    let output = knit_tests::kubectl(
-        &[
-            "apply",
-            "-f",
-            "examples/tke-clb/clblistenerconfig-sample.yaml",
-        ],
-        None,
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    knit_tests::kubectl_ok(&[
+        "apply",
+        "-f",
+        "examples/tke-clb/clblistenerconfig-sample.yaml",
+    ]);
     world
         .wait_settings("lb-xxx", 8088, &sample_settings())
         .await;
@@ -579,19 +566,11 @@ async fn the_seed_example_reconciles_unchanged() {
     );
 
     // Clean up the fixed namespace for a rerun against the same server.
-    let output = knit_tests::kubectl(
-        &[
-            "delete",
-            "-f",
-            "examples/tke-clb/clblistenerconfig-sample.yaml",
-        ],
-        None,
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    knit_tests::kubectl_ok(&[
+        "delete",
+        "-f",
+        "examples/tke-clb/clblistenerconfig-sample.yaml",
+    ]);
     Api::<DedicatedCLBService>::namespaced(world.client.clone(), "demo")
         .delete("gameserver", &DeleteParams::default())
         .await
