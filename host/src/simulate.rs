@@ -10,6 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use crate::domains::cloudflare::gateway;
 use crate::domains::cloudflare::sources::{self as tunnel_sources, Backends, TunnelKey};
 use crate::domains::cloudflare::tunnel_plan::{self, Observed, plan_tunnel};
 use crate::domains::cloudflare::types::{
@@ -38,7 +39,10 @@ pub struct Manifests {
     pub tunnels: Vec<Tunnel>,
     pub cluster_tunnels: Vec<ClusterTunnel>,
     pub ingresses: Vec<k8s_openapi::api::networking::v1::Ingress>,
-    pub http_routes: Vec<crate::domains::cloudflare::sources::HttpRoute>,
+    pub http_routes: Vec<gateway::HttpRoute>,
+    pub gateways: Vec<gateway::Gateway>,
+    pub gateway_classes: Vec<gateway::GatewayClass>,
+    pub namespaces: Vec<k8s_openapi::api::core::v1::Namespace>,
     pub services: Vec<k8s_openapi::api::core::v1::Service>,
     pub ignored: Vec<String>,
 }
@@ -97,7 +101,14 @@ impl Manifests {
             ("gateway.networking.k8s.io/v1", "HTTPRoute") => {
                 self.http_routes.push(serde_json::from_value(value)?)
             }
+            ("gateway.networking.k8s.io/v1", "Gateway") => {
+                self.gateways.push(serde_json::from_value(value)?)
+            }
+            ("gateway.networking.k8s.io/v1", "GatewayClass") => {
+                self.gateway_classes.push(serde_json::from_value(value)?)
+            }
             ("v1", "Service") => self.services.push(serde_json::from_value(value)?),
+            ("v1", "Namespace") => self.namespaces.push(serde_json::from_value(value)?),
             _ => self.ignored.push(format!(
                 "{api_version} {kind} {}",
                 value["metadata"]["name"].as_str().unwrap_or("<unnamed>")
@@ -314,6 +325,12 @@ fn bind_offline(key: &TunnelKey, manifests: &Manifests) -> Vec<tunnel_sources::B
         manifests.ingresses.iter(),
         manifests.http_routes.iter(),
         &tunnels,
+        &gateway::Gateways::of(
+            &manifests.gateway_classes,
+            &manifests.gateways,
+            gateway::Labels::of(&manifests.namespaces),
+            &tunnels,
+        ),
         &backends,
     )
 }

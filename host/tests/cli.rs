@@ -263,9 +263,16 @@ fn simulate_maps_the_seed_ingresses_and_http_route_to_tunnel_rules() {
         hosts.extend(rules.iter().filter_map(|r| r["hostname"].as_str()));
     }
     hosts.sort();
+    // shop.example.com through knit's Gateway (gateway-api.yaml), beside
+    // the seed's api.example.com on the same ClusterTunnel.
     assert_eq!(
         hosts,
-        ["api.example.com", "app1.example.com", "app2.example.com"]
+        [
+            "api.example.com",
+            "app1.example.com",
+            "app2.example.com",
+            "shop.example.com"
+        ]
     );
     assert!(output.contains("service: http://api-service.api-namespace.svc.cluster.local:8080"));
     let sources: Vec<&serde_json::Value> = documents
@@ -274,7 +281,7 @@ fn simulate_maps_the_seed_ingresses_and_http_route_to_tunnel_rules() {
         .flatten()
         .filter(|s| s.get("source").is_some())
         .collect();
-    assert_eq!(sources.len(), 3);
+    assert_eq!(sources.len(), 4);
     assert!(sources.iter().all(|s| s["accepted"] == true), "{sources:?}");
 }
 

@@ -27,8 +27,9 @@ async fn every_crd_is_accepted_and_established() {
 #[tokio::test]
 async fn examples_pass_server_side_dry_run() {
     let client = knit_tests::admin_client().await;
-    // The namespaces the examples name: `demo` for the pods, and those of
-    // the Cloudflare seed (its operator namespace and its apps').
+    // The namespaces the examples name: `demo` for the pods, those of the
+    // Cloudflare seed (its operator namespace and its apps'), and the
+    // Gateway API example's.
     for name in [
         "demo",
         "cloudflare-operator-system",
@@ -36,6 +37,8 @@ async fn examples_pass_server_side_dry_run() {
         "app-namespace-2",
         "api-namespace",
         "production",
+        "edge-gateways",
+        "shop",
     ] {
         let namespace: Namespace =
             serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();

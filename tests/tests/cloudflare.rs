@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
 use knit::domains::cloudflare::account::CloudflareSettings;
-use knit::domains::cloudflare::sources::HttpRoute;
+use knit::domains::cloudflare::gateway::{Gateway, GatewayClass, HttpRoute};
 use knit::domains::cloudflare::types::{
     CloudflareCredentials, ClusterTunnel, DNSRecord, DnsRecordState, NetworkRoute, Tunnel,
     TunnelState, VirtualNetwork, WARPConnector,
@@ -371,6 +371,8 @@ async fn clear_leftovers(client: &Client) {
     drop_cluster::<CloudflareCredentials>(client).await;
     drop_namespaced::<Ingress>(client).await;
     drop_namespaced::<HttpRoute>(client).await;
+    drop_namespaced::<Gateway>(client).await;
+    drop_cluster::<GatewayClass>(client).await;
 }
 
 async fn drop_namespaced<K>(client: &Client)
@@ -660,6 +662,280 @@ async fn seed_ingresses_and_http_route_share_cluster_tunnels() {
             .unwrap()
             .is_none()
     );
+}
+
+/// knit's GatewayClass and Gateway (examples/cloudflare/gateway-api.yaml)
+/// serve HTTPRoutes attached through `parentRefs` by the Gateway API's
+/// rules, beside the seed's annotated route on the same ClusterTunnel. A
+/// route its listener does not admit (by namespace label or hostname) is
+/// refused with the Gateway API's reason; one whose parent is another
+/// controller's Gateway or no Gateway at all is not served and gets no
+/// entry of knit's, as the Gateway API has it. A missing backend is
+/// `ResolvedRefs=False` (`BackendNotFound`). Relabelling a namespace admits
+/// its route; deleting the Gateway takes its routes off the tunnel and
+/// knit's entries off the routes.
+#[tokio::test]
+async fn gateway_api_routes_attach_through_knits_gateways() {
+    let world = World::new().await;
+    apply("examples/cloudflare/clustertunnel-gateway.yaml");
+    apply("examples/cloudflare/gateway-api.yaml");
+    ready_service(&world.client, "api-namespace", "api-service", 8080).await;
+    ready_service(&world.client, "shop", "storefront", 8080).await;
+    let outsider = "gateway-outsider";
+    let _ = Api::<Namespace>::all(world.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": outsider}})).unwrap(),
+        )
+        .await;
+    ready_service(&world.client, outsider, "storefront", 8080).await;
+    let route =
+        |namespace: &str, name: &str, host: &str, parent: serde_json::Value, backend: &str| {
+            json!({
+                "apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"parentRefs": [parent], "hostnames": [host],
+                         "rules": [{"backendRefs": [{"name": backend, "port": 8080}]}]},
+            })
+        };
+    let edge = json!({"name": "edge", "namespace": "edge-gateways", "sectionName": "web"});
+    let objects = [
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+               "metadata": {"name": "someone-else"},
+               "spec": {"controllerName": "example.com/someone-else"}}),
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+               "metadata": {"name": "foreign", "namespace": "edge-gateways",
+                            "annotations": {"cf-operator.io/tunnel": "gateway-tunnel"}},
+               "spec": {"gatewayClassName": "someone-else",
+                        "listeners": [{"name": "web", "protocol": "HTTP", "port": 80,
+                                       "allowedRoutes": {"namespaces": {"from": "All"}}}]}}),
+        route(
+            outsider,
+            "backdoor",
+            "backdoor.example.com",
+            edge.clone(),
+            "storefront",
+        ),
+        route(
+            "shop",
+            "off-domain",
+            "shop.example.org",
+            edge.clone(),
+            "storefront",
+        ),
+        route(
+            "shop",
+            "no-backend",
+            "gone.example.com",
+            edge.clone(),
+            "absent",
+        ),
+        route(
+            outsider,
+            "elsewhere",
+            "elsewhere.example.com",
+            json!({"name": "foreign", "namespace": "edge-gateways"}),
+            "storefront",
+        ),
+        route(
+            outsider,
+            "orphan",
+            "orphan.example.com",
+            json!({"name": "nowhere", "namespace": "edge-gateways"}),
+            "storefront",
+        ),
+    ];
+    let documents: Vec<String> = objects.iter().map(|o| o.to_string()).collect();
+    let output = knit_tests::kubectl(&["apply", "-f", "-"], Some(&documents.join("\n---\n")));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let tunnel = world.cluster_tunnel_ready("gateway-tunnel", "True").await;
+    let id = tunnel.status.unwrap().tunnel_id.unwrap();
+    // Served: the seed's annotated route and the one attached through the
+    // Gateway; nothing else reaches cloudflared.
+    world
+        .wait_hosts(&id, &["api.example.com", "shop.example.com"])
+        .await;
+
+    // What each route is told, by knit's entry: (Accepted, ResolvedRefs).
+    let told = |namespace: &str, name: &str| {
+        let routes = Api::<HttpRoute>::namespaced(world.client.clone(), namespace);
+        let name = name.to_owned();
+        async move {
+            let route = routes.get(&name).await.ok()?;
+            let parents = route.status?["parents"].as_array()?.clone();
+            let ours = parents
+                .iter()
+                .find(|p| p["controllerName"] == "knit.dev/cloudflare-tunnel")?;
+            let condition = |type_: &str| {
+                let c = ours["conditions"]
+                    .as_array()?
+                    .iter()
+                    .find(|c| c["type"] == type_)?;
+                Some(format!(
+                    "{}/{}",
+                    c["status"].as_str()?,
+                    c["reason"].as_str()?
+                ))
+            };
+            Some((condition("Accepted")?, condition("ResolvedRefs")?))
+        }
+    };
+    let expect = |namespace: &'static str,
+                  name: &'static str,
+                  accepted: &'static str,
+                  resolved: &'static str| {
+        let told = &told;
+        async move {
+            knit_tests::eventually(
+                &format!("HTTPRoute {namespace}/{name} told {accepted}, {resolved}"),
+                WAIT,
+                || async {
+                    (told(namespace, name).await? == (accepted.to_owned(), resolved.to_owned()))
+                        .then_some(())
+                },
+            )
+            .await
+        }
+    };
+    expect("shop", "storefront", "True/Accepted", "True/ResolvedRefs").await;
+    expect(
+        outsider,
+        "backdoor",
+        "False/NotAllowedByListeners",
+        "True/ResolvedRefs",
+    )
+    .await;
+    expect(
+        "shop",
+        "off-domain",
+        "False/NoMatchingListenerHostname",
+        "True/ResolvedRefs",
+    )
+    .await;
+    expect(
+        "shop",
+        "no-backend",
+        "True/Accepted",
+        "False/BackendNotFound",
+    )
+    .await;
+    expect(
+        "api-namespace",
+        "api-route",
+        "True/Accepted",
+        "True/ResolvedRefs",
+    )
+    .await;
+    // Another controller's Gateway, and one that does not exist: no entry
+    // of knit's (the Gateway API leaves them to their controllers).
+    assert_eq!(told(outsider, "elsewhere").await, None);
+    assert_eq!(told(outsider, "orphan").await, None);
+    assert_eq!(world.rules(&id).len(), 3, "{:?}", world.rules(&id));
+
+    // The Gateway: accepted, programmed, its tunnel's address, and two
+    // routes attached to `web` (a missing backend does not detach one).
+    let gateways = Api::<Gateway>::namespaced(world.client.clone(), "edge-gateways");
+    let address = format!("{id}.cfargotunnel.com");
+    knit_tests::eventually("Gateway edge programmed with two routes", WAIT, || async {
+        let status = gateways.get("edge").await.ok()?.status?;
+        let condition = |type_: &str| {
+            status["conditions"]
+                .as_array()?
+                .iter()
+                .find(|c| c["type"] == type_)
+                .map(|c| c["status"] == "True")
+        };
+        let web = status["listeners"]
+            .as_array()?
+            .iter()
+            .find(|l| l["name"] == "web")?
+            .clone();
+        (condition("Accepted")?
+            && condition("Programmed")?
+            && status["addresses"] == json!([{"type": "Hostname", "value": address}])
+            && web["attachedRoutes"] == 2
+            && web["supportedKinds"]
+                == json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]))
+        .then_some(())
+    })
+    .await;
+    let classes = Api::<GatewayClass>::all(world.client.clone());
+    knit_tests::eventually("GatewayClass cloudflare-tunnel accepted", WAIT, || async {
+        let status = classes.get("cloudflare-tunnel").await.ok()?.status?;
+        (status["conditions"][0]["type"] == "Accepted"
+            && status["conditions"][0]["status"] == "True")
+            .then_some(())
+    })
+    .await;
+    let theirs = classes
+        .get("someone-else")
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default();
+    assert!(
+        theirs["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|c| c["status"] != "True"),
+        "knit accepted another controller's class: {theirs}"
+    );
+    let foreign = gateways
+        .get("foreign")
+        .await
+        .unwrap()
+        .status
+        .unwrap_or_default();
+    assert!(
+        foreign["addresses"].as_array().is_none_or(|a| a.is_empty()),
+        "knit wrote another controller's Gateway: {foreign}"
+    );
+
+    // The outsider's namespace is labelled for the listener: its route
+    // attaches.
+    knit_tests::kubectl_ok(&[
+        "label",
+        "namespace",
+        outsider,
+        "edge.example.com/exposed=true",
+    ]);
+    world
+        .wait_hosts(
+            &id,
+            &[
+                "api.example.com",
+                "shop.example.com",
+                "backdoor.example.com",
+            ],
+        )
+        .await;
+    expect(outsider, "backdoor", "True/Accepted", "True/ResolvedRefs").await;
+
+    // The Gateway goes: its routes leave the tunnel, and knit's entries
+    // leave them; the annotated route stays.
+    gateways
+        .delete("edge", &DeleteParams::default())
+        .await
+        .unwrap();
+    world.wait_hosts(&id, &["api.example.com"]).await;
+    knit_tests::eventually("storefront's entry of knit's gone", WAIT, || async {
+        told("shop", "storefront").await.is_none().then_some(())
+    })
+    .await;
+
+    kubectl_delete("examples/cloudflare/gateway-api.yaml");
+    kubectl_delete("examples/cloudflare/clustertunnel-gateway.yaml");
+    all_gone(
+        &Api::<ClusterTunnel>::all(world.client.clone()),
+        "the ClusterTunnels gone",
+    )
+    .await;
 }
 
 /// A tunnel's `status.state` is written as it happens, so a watch sees each

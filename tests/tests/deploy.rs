@@ -124,8 +124,24 @@ fn the_chart_renders_only_the_rules_of_enabled_domains() {
             .any(|r| r == "secrets" || r == "deployments" || r.starts_with("tunnels")),
         "{without_cloudflare:?}"
     );
-    // A cluster ID given: knit reads no namespace.
-    assert!(!rules(&["cloudflare.clusterId=prod-eu".into()]).contains(&"namespaces".to_owned()));
+    // Namespaces: listed and watched (a Gateway listener may select them by
+    // label); got by name only for kube-system's UID, and not with a
+    // cluster ID given.
+    let namespace_verbs = |values: &[String]| -> Vec<String> {
+        documents(&helm_template(values))
+            .into_iter()
+            .filter(|d| d["kind"] == "ClusterRole")
+            .flat_map(|d| d["rules"].as_array().cloned().unwrap_or_default())
+            .filter(|r| r["resources"] == json!(["namespaces"]))
+            .flat_map(|r| r["verbs"].as_array().cloned().unwrap_or_default())
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(namespace_verbs(&[]), ["list", "watch", "get"]);
+    assert_eq!(
+        namespace_verbs(&["cloudflare.clusterId=prod-eu".into()]),
+        ["list", "watch"]
+    );
     // No wildcard anywhere.
     assert!(!helm_template(&[]).contains("\"*\""));
 }
@@ -469,7 +485,8 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
     }
 
     // And what it may not do: list or watch Secrets anywhere (it reads and
-    // writes them by name only), or read a namespace but kube-system.
+    // writes them by name only), or get a namespace by name but
+    // kube-system.
     let forbidden = |result: Result<_, kube::Error>| matches!(result, Err(kube::Error::Api(e)) if e.code == 403);
     assert!(forbidden(
         Api::<Secret>::namespaced(client.clone(), &namespace)
@@ -479,12 +496,6 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
     ));
     assert!(forbidden(
         Api::<Secret>::all(client.clone())
-            .list(&ListParams::default())
-            .await
-            .map(|_| ())
-    ));
-    assert!(forbidden(
-        Api::<Namespace>::all(client.clone())
             .list(&ListParams::default())
             .await
             .map(|_| ())
@@ -621,6 +632,25 @@ async fn cloudflare_scenario(admin: &Client, namespace: &str, fake: &FakeCloudfl
         "{}",
         String::from_utf8_lossy(&applied.stderr)
     );
+    // knit's GatewayClass, and the Gateway the HTTPRoute names as parent.
+    let class = format!("{namespace}-tunnels");
+    let gateway = json!([
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass",
+         "metadata": {"name": class}, "spec": {"controllerName": "knit.dev/cloudflare-tunnel"}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+         "metadata": {"name": "edge-gateway", "namespace": namespace,
+                      "annotations": {"cf-operator.io/tunnel": "edge"}},
+         "spec": {"gatewayClassName": class,
+                  "listeners": [{"name": "web", "protocol": "HTTP", "port": 80}]}},
+    ]);
+    for object in gateway.as_array().unwrap() {
+        let applied = knit_tests::kubectl(&["apply", "-f", "-"], Some(&object.to_string()));
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+    }
     create(
         &Api::<NetworkRoute>::all(admin.clone()),
         json!({"apiVersion": "networking.cloudflare-operator.io/v1alpha2", "kind": "NetworkRoute",
@@ -717,27 +747,38 @@ async fn cloudflare_scenario(admin: &Client, namespace: &str, fake: &FakeCloudfl
         hostname.ends_with(".cfargotunnel.com").then_some(())
     })
     .await;
-    knit_tests::eventually("the HTTPRoute's parent status", WAIT, || {
-        let got = knit_tests::kubectl(
-            &[
-                "get",
-                "httproute",
-                "api",
-                "-n",
-                namespace,
-                "-o",
-                "jsonpath={.status.parents[*].controllerName}",
-            ],
-            None,
-        );
-        let controllers = String::from_utf8_lossy(&got.stdout).into_owned();
-        std::future::ready(
-            controllers
-                .contains("knit.dev/cloudflare-tunnel")
-                .then_some(()),
-        )
-    })
-    .await;
+    // What kubectl prints of the Gateway API objects, as knit wrote them.
+    let statuses = [
+        (
+            "the HTTPRoute's parent status",
+            vec!["httproute", "api", "-n", namespace],
+            "{.status.parents[*].controllerName}",
+            "knit.dev/cloudflare-tunnel",
+        ),
+        (
+            "the Gateway's status, one route attached",
+            vec!["gateway", "edge-gateway", "-n", namespace],
+            "{.status.listeners[0].attachedRoutes}",
+            "1",
+        ),
+        (
+            "knit's GatewayClass accepted",
+            vec!["gatewayclass", class.as_str()],
+            "{.status.conditions[?(@.type==\"Accepted\")].status}",
+            "True",
+        ),
+    ];
+    for (what, object, path, wanted) in statuses {
+        let jsonpath = format!("jsonpath={path}");
+        let mut args = vec!["get"];
+        args.extend(object);
+        args.extend(["-o", jsonpath.as_str()]);
+        knit_tests::eventually(what, WAIT, || {
+            let got = knit_tests::kubectl(&args, None);
+            std::future::ready((got.stdout == wanted.as_bytes()).then_some(()))
+        })
+        .await;
+    }
     knit_tests::eventually("the records, routes and connector", WAIT, || {
         let names: std::collections::BTreeSet<String> =
             fake.dns_records(zone).into_iter().map(|r| r.name).collect();
@@ -792,6 +833,7 @@ async fn cloudflare_scenario(admin: &Client, namespace: &str, fake: &FakeCloudfl
         ("NetworkRoute", format!("{namespace}-lan")),
         ("NetworkRoute", format!("{namespace}-dc")),
         ("ClusterTunnel", cluster_tunnel),
+        ("GatewayClass", class),
         ("VirtualNetwork", vnet),
         ("Node", node),
     ] {

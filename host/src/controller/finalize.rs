@@ -38,6 +38,11 @@ impl<E: std::error::Error + 'static> std::error::Error for Failed<E> {
 }
 
 impl<E: std::error::Error + 'static> Failed<E> {
+    /// A pass of a controller that holds no finalizer failed.
+    pub fn pass(error: E) -> Self {
+        Failed(Box::new(finalizer::Error::ApplyFailed(error)))
+    }
+
     /// The controller's own error, when the pass (not the finalizer write)
     /// failed.
     pub fn inner(&self) -> Option<&E> {

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Client;
@@ -14,7 +14,8 @@ use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 
 use super::account::Accounts;
-use super::sources::{Bound, HttpRoute, SourceRef, TunnelKey};
+use super::gateway::{Gateway, GatewayClass, Gateways, Labels};
+use super::sources::{Bound, HttpRoute, SourceRef, TunnelKey, TunnelNames};
 use super::types::{ClusterTunnel, Tunnel};
 use crate::runtime::Registry;
 
@@ -26,6 +27,9 @@ pub struct Context {
     pub cluster_tunnels: Store<ClusterTunnel>,
     pub ingresses: Store<Ingress>,
     pub routes: Store<HttpRoute>,
+    pub gateways: Store<Gateway>,
+    pub gateway_classes: Store<GatewayClass>,
+    pub namespaces: Store<Namespace>,
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
     pub recorder: Recorder,
@@ -42,6 +46,23 @@ pub struct Context {
     /// wanted one: it is read again after the resync period, so an edit made
     /// in the dashboard is put back.
     pub config_checked: Mutex<HashMap<TunnelKey, Instant>>,
+}
+
+impl Context {
+    /// The names of the cached `Tunnel`s, by namespace.
+    pub fn tunnel_names(&self) -> TunnelNames {
+        TunnelNames::of(self.tunnels.state().iter().map(|t| &**t))
+    }
+
+    /// The cached Gateways, indexed.
+    pub fn gateways(&self, tunnels: &TunnelNames) -> Gateways {
+        Gateways::of(
+            self.gateway_classes.state().iter().map(|c| &**c),
+            self.gateways.state().iter().map(|g| &**g),
+            Labels::of(self.namespaces.state().iter().map(|n| &**n)),
+            tunnels,
+        )
+    }
 }
 
 /// The DNS names last synced for a tunnel, its ID then, and when.
@@ -67,8 +88,15 @@ impl Bindings {
             .unwrap_or_default()
     }
 
-    /// Notes the sources bound to `key` now (and their Services).
-    pub(super) fn record(&mut self, key: &TunnelKey, bound: &[Bound]) {
+    /// Notes the sources bound to `key` now (and their Services); returns
+    /// those that were bound to it and are not now.
+    pub(super) fn record(&mut self, key: &TunnelKey, bound: &[Bound]) -> Vec<SourceRef> {
+        let left = self
+            .sources
+            .iter()
+            .filter(|(source, k)| *k == key && !bound.iter().any(|b| &b.reference == *source))
+            .map(|(source, _)| source.clone())
+            .collect();
         self.sources.retain(|_, k| k != key);
         for keys in self.services.values_mut() {
             keys.remove(key);
@@ -83,17 +111,6 @@ impl Bindings {
                     .insert(key.clone());
             }
         }
-    }
-
-    /// Forgets the tunnel `key`; returns the sources that were bound to it.
-    pub(super) fn forget(&mut self, key: &TunnelKey) -> Vec<SourceRef> {
-        let sources = self
-            .sources
-            .iter()
-            .filter(|(_, k)| *k == key)
-            .map(|(s, _)| s.clone())
-            .collect();
-        self.record(key, &[]);
-        sources
+        left
     }
 }

@@ -18,6 +18,10 @@
 //! - `workload`: cloudflared's token Secret and the deletion of its
 //!   Deployment and Secret (tunnels and WARP connectors);
 //! - `dns_sync`: a tunnel's owned DNS records, synced and deleted;
+//! - `gateway`: the Gateway API kinds; which HTTPRoutes attach to which of
+//!   knit's Gateways and tunnels, and the status of routes, Gateways and
+//!   GatewayClasses (pure);
+//! - `gateway_controller`: `Gateway` and `GatewayClass` status;
 //! - `source_status`: Ingress and HTTPRoute status and Events;
 //! - `warp_controller`: `WARPConnector` → connector tunnel, cloudflared,
 //!   Zero Trust routes; `VirtualNetwork` → virtual network;
@@ -35,6 +39,8 @@ pub mod dns_controller;
 pub mod dns_record;
 pub mod dns_sync;
 pub mod error;
+pub mod gateway;
+pub mod gateway_controller;
 pub mod objects;
 pub mod plan;
 pub mod route_controller;
@@ -52,9 +58,9 @@ use std::sync::Arc;
 use std::future::Future;
 use std::pin::Pin;
 
+use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
-use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::controller::Controller;
@@ -63,12 +69,13 @@ use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 use watches::{Watch, Watched, Watches};
 
-use crate::controller::Failed;
+use crate::controller::{Failed, refs_where};
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use account::{Accounts, CloudflareSettings};
 use context::Context;
-use sources::{HttpRoute, SourceKindKey, SourceRef, TunnelKey, TunnelNames, TunnelRequest};
+use gateway::{Gateway, GatewayClass, HttpRoute};
+use sources::{SourceKindKey, SourceRef, TunnelKey};
 use types::{
     ClusterTunnel, DNSRecord, NetworkRoute, Tunnel, TunnelObject, TunnelRefKind, VirtualNetwork,
     WARPConnector,
@@ -108,6 +115,7 @@ pub async fn run(
     let network_routes = run_network_routes(&objects, &watches);
     let dns_records = run_dns_records(&objects, &watches);
 
+    let gateway_api = watches.gateway_api_stores();
     let context = Arc::new(Context {
         client: client.clone(),
         registry: registry.clone(),
@@ -115,7 +123,10 @@ pub async fn run(
         tunnels: watches.tunnels.store.clone(),
         cluster_tunnels: watches.cluster_tunnels.store.clone(),
         ingresses: watches.ingresses.store.clone(),
-        routes: watches.route_store(),
+        routes: gateway_api.routes,
+        gateways: gateway_api.gateways,
+        gateway_classes: gateway_api.classes,
+        namespaces: gateway_api.namespaces,
         services: watches.services.store.clone(),
         slices: watches.slices.store.clone(),
         recorder: crate::controller::recorder(client.clone()),
@@ -140,15 +151,16 @@ pub async fn run(
     );
     let cluster = run_controller(
         tunnel_controller(&watches.cluster_tunnels, &watches, wake, Waker::cluster),
-        context,
-        reconciles,
+        context.clone(),
+        reconciles.clone(),
         "ClusterTunnel",
         &registry,
-        shutdown,
+        shutdown.clone(),
     );
+    let gateways = run_gateways(&watches, context, reconciles, shutdown);
 
     tokio::select! {
-        _ = async { tokio::join!(namespaced, cluster, connectors, networks, network_routes, dns_records) } => {}
+        _ = async { tokio::join!(namespaced, cluster, connectors, networks, network_routes, dns_records, gateways) } => {}
         _ = watches.run() => {}
     }
 }
@@ -179,13 +191,107 @@ fn tunnel_controller<K: TunnelObject>(
             let wake = wake.clone();
             move |slice: Arc<EndpointSlice>| of_kind(wake.for_slice(&slice))
         });
-    if let Some(routes) = &watches.routes {
+    if let Some(api) = &watches.gateway_api {
+        let every_route = {
+            let wake = wake.clone();
+            move || of_kind(wake.for_routes(|_| true))
+        };
         controller = controller
-            .watches_shared_stream(routes.applied(), move |route: Arc<HttpRoute>| {
-                of_kind(wake.for_route(&route))
+            .watches_shared_stream(api.routes.applied(), {
+                let wake = wake.clone();
+                move |route: Arc<HttpRoute>| of_kind(wake.for_route(&route))
+            })
+            .watches_shared_stream(api.gateways.touched(), move |gateway: Arc<Gateway>| {
+                let named = (gateway.namespace().unwrap_or_default(), gateway.name_any());
+                of_kind(wake.for_routes(|route| gateway::parent_gateways(route).contains(&named)))
+            })
+            // Rare: a class or a namespace's labels change.
+            .watches_shared_stream(api.classes.touched(), {
+                let every_route = every_route.clone();
+                move |_: Arc<GatewayClass>| every_route()
+            })
+            .watches_shared_stream(api.namespaces.touched(), move |_: Arc<Namespace>| {
+                every_route()
             });
     }
     controller
+}
+
+/// The status of knit's GatewayClasses and Gateways (only with the Gateway
+/// API): a Gateway is woken by its routes, its class, its tunnel, and
+/// namespace labels.
+fn run_gateways(
+    watches: &Watches,
+    context: Arc<Context>,
+    reconciles: Arc<ReconcileMetrics>,
+    shutdown: Shutdown,
+) -> BoxFuture<'static, ()> {
+    let Some(api) = &watches.gateway_api else {
+        return futures::future::ready(()).boxed();
+    };
+    let store = api.gateways.store.clone();
+    let gateways_where = move |named: &dyn Fn(&Gateway) -> bool| refs_where(&store, named);
+    let names_tunnel = {
+        let context = context.clone();
+        move |gateway: &Gateway, key: &TunnelKey| {
+            let tunnels = context.tunnel_names();
+            gateway::gateway_tunnel(gateway, &tunnels).as_ref() == Ok(key)
+        }
+    };
+    let gateways =
+        Controller::for_shared_stream(api.gateways.applied(), api.gateways.store.clone())
+            .watches_shared_stream(api.routes.touched(), {
+                let gateways_where = gateways_where.clone();
+                move |route: Arc<HttpRoute>| {
+                    let parents = gateway::parent_gateways(&route);
+                    gateways_where(&|g| {
+                        parents.contains(&(g.namespace().unwrap_or_default(), g.name_any()))
+                    })
+                }
+            })
+            .watches_shared_stream(api.classes.touched(), {
+                let gateways_where = gateways_where.clone();
+                move |class: Arc<GatewayClass>| {
+                    gateways_where(&|g| g.spec["gatewayClassName"] == class.name_any().as_str())
+                }
+            })
+            .watches_shared_stream(watches.tunnels.touched(), {
+                let (gateways_where, names_tunnel) = (gateways_where.clone(), names_tunnel.clone());
+                move |tunnel: Arc<Tunnel>| {
+                    let key = tunnel.key();
+                    gateways_where(&|g| names_tunnel(g, &key))
+                }
+            })
+            .watches_shared_stream(watches.cluster_tunnels.touched(), {
+                let gateways_where = gateways_where.clone();
+                move |tunnel: Arc<ClusterTunnel>| {
+                    let key = tunnel.key();
+                    gateways_where(&|g| names_tunnel(g, &key))
+                }
+            })
+            .watches_shared_stream(api.namespaces.touched(), move |_: Arc<Namespace>| {
+                gateways_where(&|_| true)
+            });
+    let gateways = crate::controller::run(
+        gateways,
+        "Gateway",
+        gateway_controller::reconcile_gateway,
+        context.clone(),
+        &reconciles,
+        shutdown.clone(),
+    );
+    let classes = crate::controller::run(
+        Controller::for_shared_stream(api.classes.applied(), api.classes.store.clone()),
+        "GatewayClass",
+        gateway_controller::reconcile_class,
+        context,
+        &reconciles,
+        shutdown,
+    );
+    async move {
+        tokio::join!(gateways, classes);
+    }
+    .boxed()
 }
 
 /// `WARPConnector`s, woken when their cloudflared Deployment or their
@@ -246,15 +352,15 @@ impl Objects {
         Fut: Future<Output = Result<kube::runtime::controller::Action, Failed<E>>> + Send + 'static,
         E: crate::controller::Retry + std::error::Error + Send + 'static,
     {
-        controller
-            .graceful_shutdown_on(self.shutdown.clone())
-            .run(
-                self.reconciles.measured(kind, reconcile),
-                crate::controller::error_policy,
-                self.context.clone(),
-            )
-            .for_each(|_| async {})
-            .boxed()
+        crate::controller::run(
+            controller,
+            kind,
+            reconcile,
+            self.context.clone(),
+            &self.reconciles,
+            self.shutdown.clone(),
+        )
+        .boxed()
     }
 }
 
@@ -267,12 +373,9 @@ fn in_network<K>(
 where
     K: kube::Resource<DynamicType = ()> + Clone + 'static,
 {
-    store
-        .state()
-        .iter()
-        .filter(|object| reference(object).is_some_and(|r| r.name == vnet.name_any()))
-        .map(|object| ObjectRef::from_obj(&**object))
-        .collect()
+    refs_where(store, |object| {
+        reference(object).is_some_and(|r| r.name == vnet.name_any())
+    })
 }
 
 /// `NetworkRoute`s, woken when the tunnel object or virtual network they
@@ -281,12 +384,9 @@ fn run_network_routes(objects: &Objects, watches: &Watches) -> BoxFuture<'static
     let (controller, store) = objects.controller::<NetworkRoute>();
     let vnet_store = store.clone();
     let routes_of = move |kind: TunnelRefKind, namespace: Option<String>, name: String| {
-        store
-            .state()
-            .iter()
-            .filter(|r| route_controller::uses_tunnel(r, kind, namespace.as_deref(), &name))
-            .map(|r| ObjectRef::from_obj(&**r))
-            .collect::<Vec<_>>()
+        refs_where(&store, |r| {
+            route_controller::uses_tunnel(r, kind, namespace.as_deref(), &name)
+        })
     };
     let controller = controller
         .watches_shared_stream(watches.tunnels.touched(), {
@@ -314,12 +414,7 @@ fn run_network_routes(objects: &Objects, watches: &Watches) -> BoxFuture<'static
 fn run_dns_records(objects: &Objects, watches: &Watches) -> BoxFuture<'static, ()> {
     let (controller, store) = objects.controller::<DNSRecord>();
     let records_of = move |source: dns_controller::Source| {
-        store
-            .state()
-            .iter()
-            .filter(|r| dns_controller::uses_source(r, &source))
-            .map(|r| ObjectRef::from_obj(&**r))
-            .collect::<Vec<_>>()
+        refs_where(&store, |r| dns_controller::uses_source(r, &source))
     };
     let controller = controller
         .watches_shared_stream(watches.services.applied(), {
@@ -358,15 +453,12 @@ struct Waker {
 }
 
 impl Waker {
-    fn for_source(&self, reference: SourceRef, request: Option<TunnelRequest>) -> Vec<TunnelKey> {
-        let tunnels = TunnelNames::of(self.context.tunnels.state().iter().map(|t| &**t));
-        let mut keys: Vec<TunnelKey> = request
-            .and_then(|r| sources::resolve_tunnel(r, &reference.namespace, &tunnels))
-            .into_iter()
-            .collect();
+    /// The tunnel a source binds to now, and the one it was bound to.
+    fn for_source(&self, reference: &SourceRef, now: Option<TunnelKey>) -> Vec<TunnelKey> {
         let bindings = self.context.bindings.lock().expect("bindings lock");
-        keys.extend(bindings.tunnel_of(&reference));
-        keys
+        now.into_iter()
+            .chain(bindings.tunnel_of(reference))
+            .collect()
     }
 
     fn for_ingress(&self, ingress: &Ingress) -> Vec<TunnelKey> {
@@ -375,16 +467,38 @@ impl Waker {
             namespace: ingress.namespace().unwrap_or_default(),
             name: ingress.name_any(),
         };
-        self.for_source(reference, sources::ingress_tunnel(ingress))
+        let tunnels = self.context.tunnel_names();
+        let now = sources::ingress_tunnel(ingress)
+            .and_then(|r| sources::resolve_tunnel(r, &reference.namespace, &tunnels));
+        self.for_source(&reference, now)
     }
 
     fn for_route(&self, route: &HttpRoute) -> Vec<TunnelKey> {
-        let reference = SourceRef {
-            kind: SourceKindKey::HttpRoute,
-            namespace: route.namespace().unwrap_or_default(),
-            name: route.name_any(),
-        };
-        self.for_source(reference, sources::route_tunnel(route))
+        self.for_routes_in(std::iter::once(route))
+    }
+
+    /// The tunnels of the cached routes `which` selects.
+    fn for_routes(&self, which: impl Fn(&HttpRoute) -> bool) -> Vec<TunnelKey> {
+        let routes = self.context.routes.state();
+        self.for_routes_in(routes.iter().map(|r| &**r).filter(|r| which(r)))
+    }
+
+    fn for_routes_in<'a>(&self, routes: impl Iterator<Item = &'a HttpRoute>) -> Vec<TunnelKey> {
+        let tunnels = self.context.tunnel_names();
+        let gateways = self.context.gateways(&tunnels);
+        let mut keys = Vec::new();
+        for route in routes {
+            let reference = SourceRef {
+                kind: SourceKindKey::HttpRoute,
+                namespace: route.namespace().unwrap_or_default(),
+                name: route.name_any(),
+            };
+            let now = gateway::bind_route(route, &tunnels, &gateways).tunnel;
+            keys.extend(self.for_source(&reference, now));
+        }
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     fn for_service(&self, service: &Service) -> Vec<TunnelKey> {
@@ -436,14 +550,15 @@ async fn run_controller<K: TunnelObject>(
 ) where
     K::DynamicType: Default,
 {
-    controller
-        .reconcile_all_on(crate::controller::plugin_changes(registry.subscribe()))
-        .graceful_shutdown_on(shutdown)
-        .run(
-            reconciles.measured(kind, tunnel_controller::reconcile),
-            crate::controller::error_policy,
-            context,
-        )
-        .for_each(|_| async {})
-        .await;
+    let controller =
+        controller.reconcile_all_on(crate::controller::plugin_changes(registry.subscribe()));
+    crate::controller::run(
+        controller,
+        kind,
+        tunnel_controller::reconcile,
+        context,
+        &reconciles,
+        shutdown,
+    )
+    .await;
 }

@@ -9,6 +9,7 @@ use kube::runtime::reflector::ObjectRef;
 use serde_json::json;
 
 use super::context::Context;
+use super::gateway::{self, RouteVerdict};
 use super::sources::{HttpRoute, SourceKindKey, SourceRef, TunnelKey};
 use super::tunnel_plan::SourceStatus;
 
@@ -102,13 +103,35 @@ pub(super) async fn set_ingress_status(
     .map(|_| ())
 }
 
-/// The controller name in HTTPRoute parent status.
-pub const CONTROLLER_NAME: &str = "knit.dev/cloudflare-tunnel";
+/// Takes back what a source no longer bound to a tunnel was told: an
+/// Ingress's address, an HTTPRoute's parent entries of knit's. (The tunnel
+/// it is bound to now, if any, tells it again.)
+pub(super) async fn untell(ctx: &Context, source: &SourceRef) {
+    let result = match source.kind {
+        SourceKindKey::Ingress => set_ingress_status(ctx, source, json!([])).await,
+        SourceKindKey::HttpRoute => {
+            let status = SourceStatus {
+                reference: source.clone(),
+                uid: None,
+                generation: None,
+                accepted: false,
+                reason: "",
+                message: String::new(),
+                parents: Vec::new(),
+                backend_missing: None,
+            };
+            set_route_status(ctx, &status).await
+        }
+    };
+    if let Err(error) = result {
+        tracing::debug!(%source, %error, "source status");
+    }
+    ctx.told.lock().expect("told lock").remove(source);
+}
 
-/// One `status.parents` entry per parentRef, written under knit's
-/// controller name; entries of other controllers are kept.
+/// knit's `status.parents` entries of an HTTPRoute (`gateway::route_parents`),
+/// written when they changed.
 async fn set_route_status(ctx: &Context, source: &SourceStatus) -> Result<(), kube::Error> {
-    let (accepted, reason, message) = (source.accepted, source.reason, source.message.as_str());
     let reference = &source.reference;
     let Some(route) = ctx
         .routes
@@ -116,70 +139,23 @@ async fn set_route_status(ctx: &Context, source: &SourceStatus) -> Result<(), ku
     else {
         return Ok(());
     };
-    let now = k8s_openapi::jiff::Timestamp::now().to_string();
-    let parent_refs = route.spec["parentRefs"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
     let current = route
         .status
         .as_ref()
         .and_then(|s| s["parents"].as_array())
         .cloned()
         .unwrap_or_default();
-    let resolved = !(reason == "NoReadyEndpoints" || reason == "Invalid");
-    let condition = |type_: &str, ok: bool, reason: &str, previous: Option<&serde_json::Value>| {
-        let status = if ok { "True" } else { "False" };
-        // Keep the transition time when the status did not change.
-        let since = previous
-            .and_then(|p| p["conditions"].as_array())
-            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-            .filter(|c| c["status"] == status)
-            .and_then(|c| c["lastTransitionTime"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| now.clone());
-        json!({
-            "type": type_, "status": status, "reason": reason, "message": message,
-            "observedGeneration": source.generation, "lastTransitionTime": since,
-        })
+    let verdict = RouteVerdict {
+        accepted: source.accepted,
+        reason: source.reason,
+        message: &source.message,
+        backend_missing: source.backend_missing.as_deref(),
+        generation: source.generation,
     };
-    let mut parents: Vec<serde_json::Value> = current
-        .iter()
-        .filter(|p| p["controllerName"] != CONTROLLER_NAME)
-        .cloned()
-        .collect();
-    for parent_ref in &parent_refs {
-        let previous = current
-            .iter()
-            .find(|p| p["controllerName"] == CONTROLLER_NAME && &p["parentRef"] == parent_ref);
-        parents.push(json!({
-            "parentRef": parent_ref,
-            "controllerName": CONTROLLER_NAME,
-            "conditions": [
-                condition("Accepted", accepted, if accepted { "Accepted" } else { reason }, previous),
-                condition("ResolvedRefs", resolved, if resolved { "ResolvedRefs" } else { "BackendNotFound" }, previous),
-            ],
-        }));
-    }
-    let unchanged = parents.len() == current.len()
-        && parents.iter().zip(&current).all(|(a, b)| {
-            a["parentRef"] == b["parentRef"]
-                && a["controllerName"] == b["controllerName"]
-                && a["conditions"]
-                    .as_array()
-                    .zip(b["conditions"].as_array())
-                    .is_some_and(|(x, y)| {
-                        x.len() == y.len()
-                            && x.iter().zip(y).all(|(c, d)| {
-                                c["status"] == d["status"]
-                                    && c["reason"] == d["reason"]
-                                    && c["message"] == d["message"]
-                                    && c["observedGeneration"] == d["observedGeneration"]
-                            })
-                    })
-        });
-    if unchanged {
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let Some(parents) = gateway::route_parents(&current, &source.parents, &verdict, &now) else {
         return Ok(());
-    }
+    };
     Api::<HttpRoute>::namespaced(ctx.client.clone(), &reference.namespace)
         .patch_status(
             &reference.name,

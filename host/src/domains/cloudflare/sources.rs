@@ -7,12 +7,11 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
-use std::borrow::Cow;
-
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 use serde::Deserialize;
 
+use super::gateway::{Gateways, ParentEntry, bind_route};
 use super::types::Tunnel;
 use knit_tunnel_core::{
     Backend, BackendState, OriginRequest, PathMatch, Route, Scheme, Source, SourceKind,
@@ -166,42 +165,7 @@ pub fn route_tunnel(route: &HttpRoute) -> Option<TunnelRequest<'_>> {
         .map(|s| TunnelRequest::Named(s))
 }
 
-/// A Gateway API `HTTPRoute` (`gateway.networking.k8s.io/v1`), its spec and
-/// status kept as JSON: knit reads the few fields cloudflared can serve and
-/// writes its own `status.parents` entries, and does not depend on a
-/// Gateway API crate for that.
-#[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
-pub struct HttpRoute {
-    pub metadata: ObjectMeta,
-    #[serde(default)]
-    pub spec: serde_json::Value,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<serde_json::Value>,
-}
-
-impl Resource for HttpRoute {
-    type DynamicType = ();
-    type Scope = k8s_openapi::NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        "HTTPRoute".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "gateway.networking.k8s.io".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "httproutes".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+pub use super::gateway::HttpRoute;
 
 /// Which object a source is.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -430,15 +394,20 @@ pub struct Bound {
     pub source: Result<Source, String>,
     /// Its backend Services (a change of one wakes the tunnel).
     pub services: Vec<String>,
+    /// An HTTPRoute's `parentRefs` as written, each with the entry knit
+    /// writes for it (`gateway::bind_route`); none for an Ingress.
+    pub parents: Vec<(serde_json::Value, Option<ParentEntry>)>,
 }
 
-/// Every Ingress and HTTPRoute that names the tunnel `key`, in a stable
-/// order, with its backends resolved.
+/// Every Ingress and HTTPRoute bound to the tunnel `key` (by annotation,
+/// or an HTTPRoute through a Gateway), in a stable order, with its
+/// backends resolved.
 pub fn bind<'a>(
     key: &TunnelKey,
     ingresses: impl Iterator<Item = &'a Ingress>,
     routes: impl Iterator<Item = &'a HttpRoute>,
     tunnels: &TunnelNames,
+    gateways: &Gateways,
     backends: &Backends,
 ) -> Vec<Bound> {
     let mut bound = Vec::new();
@@ -461,17 +430,28 @@ pub fn bind<'a>(
             generation: ingress.metadata.generation,
             services: backend_services(&source),
             source,
+            parents: Vec::new(),
         });
     }
     for route in routes {
         let namespace = route.namespace().unwrap_or_default();
-        let Some(request) = route_tunnel(route) else {
-            continue;
-        };
-        if resolve_tunnel(request, &namespace, tunnels).as_ref() != Some(key) {
+        let binding = bind_route(route, tunnels, gateways);
+        if binding.tunnel.as_ref() != Some(key) {
             continue;
         }
-        let source = http_route_source(route, backends);
+        let source = if binding.served {
+            http_route_source(route, &binding.hostnames, backends)
+        } else {
+            // Only told why its Gateways here do not take it.
+            Err(binding
+                .parents
+                .iter()
+                .find_map(|(_, entry)| match entry {
+                    Some(ParentEntry::Refused { message, .. }) => Some(message.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default())
+        };
         bound.push(Bound {
             reference: SourceRef {
                 kind: SourceKindKey::HttpRoute,
@@ -482,6 +462,7 @@ pub fn bind<'a>(
             generation: route.metadata.generation,
             services: backend_services(&source),
             source,
+            parents: binding.parents,
         });
     }
     bound.sort_by(|a, b| a.reference.cmp(&b.reference));
@@ -504,8 +485,6 @@ fn backend_services(source: &Result<Source, String>) -> Vec<String> {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct HttpRouteSpec {
-    #[serde(default)]
-    hostnames: Vec<String>,
     #[serde(default)]
     rules: Vec<HttpRouteRule>,
 }
@@ -558,15 +537,23 @@ struct BackendRef {
     group: Option<String>,
 }
 
-/// An HTTPRoute as a source; an `Err` says why knit cannot serve it.
-pub fn http_route_source(route: &HttpRoute, backends: &Backends) -> Result<Source, String> {
+/// An HTTPRoute as a source for `hostnames` (its own, or those its
+/// Gateway's listeners narrowed them to); an `Err` says why knit cannot
+/// serve it.
+pub fn http_route_source(
+    route: &HttpRoute,
+    hostnames: &[String],
+    backends: &Backends,
+) -> Result<Source, String> {
     let namespace = route.namespace().unwrap_or_default();
     let spec: HttpRouteSpec = match &route.spec {
         serde_json::Value::Null => HttpRouteSpec::default(),
         spec => serde_json::from_value(spec.clone()).map_err(|e| format!("spec: {e}"))?,
     };
-    if spec.hostnames.is_empty() {
-        return Err("an HTTPRoute served by a tunnel needs hostnames".into());
+    if hostnames.is_empty() {
+        return Err(
+            "an HTTPRoute served by a tunnel needs hostnames (its own or its listener's)".into(),
+        );
     }
     let mut routes = Vec::new();
     for (index, rule) in spec.rules.iter().enumerate() {
@@ -626,7 +613,7 @@ pub fn http_route_source(route: &HttpRoute, backends: &Backends) -> Result<Sourc
             }
             paths
         };
-        for host in &spec.hostnames {
+        for host in hostnames {
             for path in &matches {
                 routes.push(Route {
                     host: host.clone(),
@@ -907,19 +894,20 @@ spec:
             spec,
             status: None,
         };
-        let ok = http_route_source(
-            &route(serde_json::json!({
-                "hostnames": ["api.example.com", "www.example.com"],
-                "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
-                           "backendRefs": [{"name": "api-service", "port": 8080}]}]
-            })),
-            &backends,
-        )
-        .unwrap();
+        let hosts = |spec: &serde_json::Value| -> Vec<String> {
+            serde_json::from_value(spec["hostnames"].clone()).unwrap_or_default()
+        };
+        let spec = serde_json::json!({
+            "hostnames": ["api.example.com", "www.example.com"],
+            "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                       "backendRefs": [{"name": "api-service", "port": 8080}]}]
+        });
+        let ok = http_route_source(&route(spec.clone()), &hosts(&spec), &backends).unwrap();
         assert_eq!(ok.routes.len(), 2);
         assert_eq!(ok.routes[0].backend.state, BackendState::NoReadyEndpoints);
-        let refused =
-            |spec: serde_json::Value| http_route_source(&route(spec), &backends).unwrap_err();
+        let refused = |spec: serde_json::Value| {
+            http_route_source(&route(spec.clone()), &hosts(&spec), &backends).unwrap_err()
+        };
         assert!(refused(serde_json::json!({"rules": []})).contains("needs hostnames"));
         assert!(
             refused(

@@ -16,14 +16,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
-use serde_json::json;
 
 use super::context::Context;
 use super::dns_sync::{delete_owned_records, owner_marker, sync_dns};
 use super::error::{Error, failure_reason};
 use super::plan;
-use super::source_status::{set_ingress_status, tell_sources};
-use super::sources::{self, Backends, Bound, SourceKindKey, TunnelKey, TunnelNames};
+use super::source_status::{tell_sources, untell};
+use super::sources::{self, Backends, Bound, TunnelKey};
 use super::tunnel_plan::{self, Observed, Outcome, TunnelPlan, plan_tunnel};
 use super::types::{TunnelObject, TunnelSpec, TunnelState, TunnelStatus};
 use super::workload::{MANAGER, delete_workload, ensure_token_secret};
@@ -157,10 +156,14 @@ async fn serve<K: TunnelObject>(
             &Patch::Apply(&deployment),
         )
         .await?;
-    ctx.bindings
+    let left = ctx
+        .bindings
         .lock()
         .expect("bindings lock")
         .record(&key, &bound);
+    for source in &left {
+        untell(ctx, source).await;
+    }
     act(object, ctx, &client, &key, &tunnel.id, plan, status).await
 }
 
@@ -392,7 +395,8 @@ fn claimant(ctx: &Context, key: &TunnelKey, id: &str) -> Option<TunnelKey> {
 
 /// Every Ingress and HTTPRoute of the caches that names this tunnel.
 fn bound_sources(key: &TunnelKey, ctx: &Context) -> Vec<Bound> {
-    let tunnels = TunnelNames::of(ctx.tunnels.state().iter().map(|t| &**t));
+    let tunnels = ctx.tunnel_names();
+    let gateways = ctx.gateways(&tunnels);
     let services = &ctx.services;
     let service =
         |namespace: &str, name: &str| services.get(&ObjectRef::new(name).within(namespace));
@@ -409,6 +413,7 @@ fn bound_sources(key: &TunnelKey, ctx: &Context) -> Vec<Bound> {
         ingresses.iter().map(|i| &**i),
         routes.iter().map(|r| &**r),
         &tunnels,
+        &gateways,
         &backends,
     )
 }
@@ -452,9 +457,13 @@ async fn cleanup<K: TunnelObject>(object: &K, ctx: &Context) -> Result<Action, E
         tracing::info!(tunnel = %key, %id, "Cloudflare tunnel deleted");
     }
     // The sources no longer reach the edge through it.
-    let bound = ctx.bindings.lock().expect("bindings lock").forget(&key);
-    for source in bound.iter().filter(|s| s.kind == SourceKindKey::Ingress) {
-        let _ = set_ingress_status(ctx, source, json!([])).await;
+    let bound = ctx
+        .bindings
+        .lock()
+        .expect("bindings lock")
+        .record(&key, &[]);
+    for source in &bound {
+        untell(ctx, source).await;
     }
     ctx.dns_synced.lock().expect("dns lock").remove(&key);
     ctx.config_checked.lock().expect("config lock").remove(&key);

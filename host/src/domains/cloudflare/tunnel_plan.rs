@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use super::gateway::{self, ParentEntry};
 use super::plan;
 use super::sources::{Bound, SourceRef, TunnelKey};
 use super::types::{TunnelObject, TunnelState, TunnelStatus};
@@ -51,6 +52,10 @@ pub struct SourceStatus {
     pub accepted: bool,
     pub reason: &'static str,
     pub message: String,
+    /// An HTTPRoute's parents and the entry knit writes for each.
+    pub parents: Vec<(serde_json::Value, Option<ParentEntry>)>,
+    /// Why a backend does not resolve, when one does not.
+    pub backend_missing: Option<String>,
 }
 
 /// What to write for one tunnel.
@@ -164,6 +169,8 @@ pub fn plan_tunnel<K: TunnelObject>(observed: &Observed<K>, registry: &Registry)
                 accepted,
                 reason,
                 message,
+                parents: source.parents.clone(),
+                backend_missing: gateway::missing_backend(source),
             })
         })
         .collect();
@@ -329,6 +336,7 @@ mod tests {
                 }],
             }),
             services: vec!["app".into()],
+            parents: Vec::new(),
         }
     }
 

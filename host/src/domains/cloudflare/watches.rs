@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::runtime::reflector::{self, ReflectHandle, Store};
@@ -25,7 +25,7 @@ use kube::{Api, Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
-use super::sources::HttpRoute;
+use super::gateway::{Gateway, GatewayClass, HttpRoute};
 use super::types::{ClusterTunnel, Tunnel, VirtualNetwork};
 use crate::controller::{CachesReady, mark_listed};
 
@@ -124,8 +124,25 @@ pub struct Watches {
     pub services: Watch<Service>,
     pub slices: Watch<EndpointSlice>,
     /// Only when the Gateway API is installed.
-    pub routes: Option<Watch<HttpRoute>>,
+    pub gateway_api: Option<GatewayApiWatches>,
     pub caches: CachesReady,
+}
+
+/// The Gateway API's kinds, and the Namespaces whose labels a listener's
+/// `allowedRoutes` may select.
+pub struct GatewayApiWatches {
+    pub routes: Watch<HttpRoute>,
+    pub gateways: Watch<Gateway>,
+    pub classes: Watch<GatewayClass>,
+    pub namespaces: Watch<Namespace>,
+}
+
+/// The stores of the Gateway API's watches (empty without the API).
+pub struct GatewayApiStores {
+    pub routes: Store<HttpRoute>,
+    pub gateways: Store<Gateway>,
+    pub classes: Store<GatewayClass>,
+    pub namespaces: Store<Namespace>,
 }
 
 impl Watches {
@@ -137,8 +154,13 @@ impl Watches {
         let ingresses = Watch::new(Api::all(client.clone()), tracked());
         let services = Watch::new(Api::all(client.clone()), tracked());
         let slices = Watch::new(Api::all(client.clone()), tracked());
-        let routes = if gateway_api_installed(client).await {
-            Some(Watch::new(Api::all(client.clone()), tracked()))
+        let gateway_api = if gateway_api_installed(client).await {
+            Some(GatewayApiWatches {
+                routes: Watch::new(Api::all(client.clone()), tracked()),
+                gateways: Watch::new(Api::all(client.clone()), tracked()),
+                classes: Watch::new(Api::all(client.clone()), tracked()),
+                namespaces: Watch::new(Api::all(client.clone()), tracked()),
+            })
         } else {
             tracing::info!("the Gateway API is not installed: HTTPRoutes are not served");
             None
@@ -150,16 +172,26 @@ impl Watches {
             ingresses,
             services,
             slices,
-            routes,
+            gateway_api,
             caches,
         }
     }
 
-    /// The HTTPRoute store: empty without the Gateway API.
-    pub fn route_store(&self) -> Store<HttpRoute> {
-        match &self.routes {
-            Some(routes) => routes.store.clone(),
-            None => reflector::store_shared::<HttpRoute>(1).0,
+    /// The Gateway API's stores: empty without the API.
+    pub fn gateway_api_stores(&self) -> GatewayApiStores {
+        match &self.gateway_api {
+            Some(w) => GatewayApiStores {
+                routes: w.routes.store.clone(),
+                gateways: w.gateways.store.clone(),
+                classes: w.classes.store.clone(),
+                namespaces: w.namespaces.store.clone(),
+            },
+            None => GatewayApiStores {
+                routes: reflector::store_shared(1).0,
+                gateways: reflector::store_shared(1).0,
+                classes: reflector::store_shared(1).0,
+                namespaces: reflector::store_shared(1).0,
+            },
         }
     }
 
@@ -173,7 +205,14 @@ impl Watches {
             self.services.run(),
             self.slices.run(),
         ];
-        runs.extend(self.routes.map(Watch::run));
+        if let Some(w) = self.gateway_api {
+            runs.extend([
+                w.routes.run(),
+                w.gateways.run(),
+                w.classes.run(),
+                w.namespaces.run(),
+            ]);
+        }
         // A watch ends only when its stream does (never, but for shutdown).
         futures::future::select_all(runs).await;
     }
@@ -183,5 +222,9 @@ async fn gateway_api_installed(client: &Client) -> bool {
     client
         .list_api_group_resources("gateway.networking.k8s.io/v1")
         .await
-        .is_ok_and(|list| list.resources.iter().any(|r| r.name == "httproutes"))
+        .is_ok_and(|list| {
+            ["httproutes", "gateways", "gatewayclasses"]
+                .iter()
+                .all(|kind| list.resources.iter().any(|r| r.name == *kind))
+        })
 }

@@ -112,7 +112,7 @@ pub async fn run(
         expectations: Allocations::new(FORGET_AFTER),
         cursors: Cursors::default(),
     });
-    controller
+    let controller = controller
         .watches_stream(pod_changes, |pod: PartialObjectMeta<Pod>| {
             pod.annotations()
                 .get(POOL_ANNOTATION)
@@ -121,15 +121,16 @@ pub async fn run(
         .watches_stream(allocation_changes, |allocation: IPAllocation| {
             Some(ObjectRef::new(&allocation.spec.pool))
         })
-        .reconcile_all_on(plugin_changes)
-        .graceful_shutdown_on(shutdown)
-        .run(
-            reconciles.measured("IPPool", reconcile),
-            crate::controller::error_policy,
-            context,
-        )
-        .for_each(|_| async {})
-        .await;
+        .reconcile_all_on(plugin_changes);
+    crate::controller::run(
+        controller,
+        "IPPool",
+        reconcile,
+        context,
+        &reconciles,
+        shutdown,
+    )
+    .await;
 }
 
 /// A pool holds its finalizer while any of its addresses is in use.

@@ -24,11 +24,11 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Controller;
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 
-use crate::controller::{CachesReady, mark_listed};
+use crate::controller::{CachesReady, mark_listed, refs_where};
 use crate::runtime::Registry;
 use crate::telemetry::ReconcileMetrics;
 use cloud::{TencentCloud, TkeSettings};
@@ -101,35 +101,28 @@ pub async fn run(
             .watches_shared_stream(pod_events.clone(), move |pod: Arc<Pod>| {
                 let namespace = pod.namespace();
                 let name = pod.name_any();
-                listeners_for_pods
-                    .state()
-                    .iter()
-                    .filter(|l| {
-                        l.namespace() == namespace
-                            && l.spec
-                                .backend_pod
-                                .as_ref()
-                                .is_some_and(|b| b.pod_name == name)
-                    })
-                    .map(|l| ObjectRef::from_obj(&**l))
-                    .collect::<Vec<_>>()
+                refs_where(&listeners_for_pods, |l| {
+                    l.namespace() == namespace
+                        && l.spec
+                            .backend_pod
+                            .as_ref()
+                            .is_some_and(|b| b.pod_name == name)
+                })
             })
             .watches_shared_stream(config_events, move |config: Arc<CLBListenerConfig>| {
                 let name = config.name_any();
-                listeners_for_configs
-                    .state()
-                    .iter()
-                    .filter(|l| l.spec.listener_config.as_deref() == Some(name.as_str()))
-                    .map(|l| ObjectRef::from_obj(&**l))
-                    .collect::<Vec<_>>()
-            })
-            .graceful_shutdown_on(shutdown.clone())
-            .run(
-                reconciles.measured("DedicatedCLBListener", listener_controller::reconcile),
-                crate::controller::error_policy,
-                listener_context,
-            )
-            .for_each(|_| async {});
+                refs_where(&listeners_for_configs, |l| {
+                    l.spec.listener_config.as_deref() == Some(name.as_str())
+                })
+            });
+    let listener_controller = crate::controller::run(
+        listener_controller,
+        "DedicatedCLBListener",
+        listener_controller::reconcile,
+        listener_context,
+        &reconciles,
+        shutdown.clone(),
+    );
 
     // Services: their listeners and the pods they select.
     let services = Controller::new(
@@ -151,21 +144,17 @@ pub async fn run(
     let service_controller = services
         .owns_shared_stream(listener_events)
         .watches_shared_stream(pod_events, move |pod: Arc<Pod>| {
-            service_store
-                .state()
-                .iter()
-                .filter(|s| plan::selects(s, &pod))
-                .map(|s| ObjectRef::from_obj(&**s))
-                .collect::<Vec<_>>()
+            refs_where(&service_store, |s| plan::selects(s, &pod))
         })
-        .reconcile_all_on(crate::controller::plugin_changes(registry.subscribe()))
-        .graceful_shutdown_on(shutdown)
-        .run(
-            reconciles.measured("DedicatedCLBService", service_controller::reconcile),
-            crate::controller::error_policy,
-            service_context,
-        )
-        .for_each(|_| async {});
+        .reconcile_all_on(crate::controller::plugin_changes(registry.subscribe()));
+    let service_controller = crate::controller::run(
+        service_controller,
+        "DedicatedCLBService",
+        service_controller::reconcile,
+        service_context,
+        &reconciles,
+        shutdown,
+    );
 
     // The watches run until the controllers stop.
     tokio::select! {
