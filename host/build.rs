@@ -17,11 +17,13 @@ fn main() {
     );
     println!("cargo:rerun-if-changed={}", workspace.join("wit").display());
 
-    // knit-ipam runs once per container start: as a position-dependent
-    // executable it skips ~50,000 start-up relocations, which is what puts
-    // it on par with host-local (see `cargo bench --bench cni`).
+    // The CNI plugins run once per container start: as position-dependent
+    // executables they skip ~50,000 start-up relocations, which is what puts
+    // knit-ipam on par with host-local (see `cargo bench --bench cni`).
     if std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
-        println!("cargo:rustc-link-arg-bin=knit-ipam=-no-pie");
+        for plugin in ["knit-ipam", "headcni", "headcni-ipam"] {
+            println!("cargo:rustc-link-arg-bin={plugin}=-no-pie");
+        }
     }
 
     let plugins = plugin_crates(&workspace.join("plugins"));

@@ -58,6 +58,9 @@ pub enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// HeadCNI's node agent (run by the chart's DaemonSet): installs the
+    /// CNI plugins and conflist, serves the node's HeadCNI metrics.
+    HeadcniAgent(crate::headcni::agent::AgentArgs),
 }
 
 #[derive(clap::Args)]
@@ -169,6 +172,12 @@ pub struct TkeArgs {
     /// changed (what repairs changes made outside knit).
     #[arg(long, env = "KNIT_TKE_RESYNC_SECONDS", default_value_t = 300)]
     pub tke_resync_seconds: u64,
+    /// The cluster's VPC (`vpc-…`): where CLBs knit creates go.
+    #[arg(long, env = "KNIT_TKE_VPC_ID")]
+    pub tke_vpc_id: Option<String>,
+    /// The cluster's ID (`cls-…`): tagged on the CLBs knit creates.
+    #[arg(long, env = "KNIT_TKE_CLUSTER_ID")]
+    pub tke_cluster_id: Option<String>,
 }
 
 impl TkeArgs {
@@ -183,6 +192,8 @@ impl TkeArgs {
             endpoint: self.tke_endpoint.clone(),
             listener_quota: self.tke_listener_quota,
             resync: std::time::Duration::from_secs(self.tke_resync_seconds),
+            vpc_id: self.tke_vpc_id.clone().filter(|v| !v.is_empty()),
+            cluster_id: self.tke_cluster_id.clone().filter(|v| !v.is_empty()),
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod conditions;
 pub mod controller;
 pub mod crds;
 pub mod domains;
+pub mod headcni;
 pub mod leader;
 pub mod plugin_test;
 pub mod providers;

@@ -75,6 +75,9 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::HeadcniAgent(args) => {
+            tokio::runtime::Runtime::new()?.block_on(knit::headcni::agent::run(args))
+        }
     }
 }
 
@@ -105,6 +108,7 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
     let readiness = knit::telemetry::Readiness::default();
     let server = tokio::spawn(knit::telemetry::serve(
         args.metrics_addr,
+        "/metrics",
         Arc::new(prometheus),
         readiness.clone(),
     ));

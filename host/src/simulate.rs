@@ -386,8 +386,9 @@ fn simulate_clb(
         view_max_age: TkeSettings::DEFAULT_RESYNC,
         now: now.clone(),
         seed,
+        placement: Default::default(),
     };
-    let (plan, applied, deleted) = settle_clb(observed, registry);
+    let (plan, applied, deleted, created) = settle_clb(observed, registry);
     if let Some(refusal) = &plan.refusal {
         tracing::warn!(service = %name, reason = refusal.reason, "{}", refusal.message);
     }
@@ -395,23 +396,29 @@ fn simulate_clb(
         tracing::warn!(service = %name, %pod, "{message}");
     }
 
-    let mut out: Vec<(String, Value)> = applied
-        .iter()
-        .map(|listener| {
-            let pod = listener.spec.backend_pod.as_ref();
-            let comment = format!(
-                "apply: listener {}:{}/{:?} for {}",
-                listener.spec.lb_id,
-                listener.spec.lb_port,
-                listener.spec.protocol,
-                pod.map_or("no pod (Available)", |b| b.pod_name.as_str())
-            );
+    let mut out: Vec<(String, Value)> = created
+        .into_iter()
+        .map(|(id, parameters)| {
             (
-                comment,
-                serde_json::to_value(listener).expect("listeners serialize"),
+                format!("create: CLB {id} (CreateLoadBalancer)"),
+                Value::Object(parameters),
             )
         })
         .collect();
+    out.extend(applied.iter().map(|listener| {
+        let pod = listener.spec.backend_pod.as_ref();
+        let comment = format!(
+            "apply: listener {}:{}/{:?} for {}",
+            listener.spec.lb_id,
+            listener.spec.lb_port,
+            listener.spec.protocol,
+            pod.map_or("no pod (Available)", |b| b.pod_name.as_str())
+        );
+        (
+            comment,
+            serde_json::to_value(listener).expect("listeners serialize"),
+        )
+    }));
     for gone in &deleted {
         out.push((
             format!("delete: listener {gone}"),
@@ -434,24 +441,41 @@ fn simulate_clb(
     out
 }
 
-/// Plans passes over a service until nothing changes, binding each pass's
-/// listeners as the listener controller would; returns the last plan, the
-/// listener objects applied (each as last applied) and those deleted.
-fn settle_clb(
-    mut observed: clb_plan::Observed,
-    registry: &Registry,
-) -> (
+/// What `settle_clb` ends with: the last plan, the listener objects applied
+/// (each as last applied), those deleted, and the CLBs created with their
+/// `CreateLoadBalancer` parameters.
+type Settled = (
     clb_plan::ServicePlan,
     Vec<DedicatedCLBListener>,
     Vec<String>,
-) {
+    Vec<(String, serde_json::Map<String, Value>)>,
+);
+
+/// Plans passes over a service until nothing changes, binding each pass's
+/// listeners as the listener controller would, and creating each CLB it
+/// asks for (empty, named `<created CLB n>`).
+fn settle_clb(mut observed: clb_plan::Observed, registry: &Registry) -> Settled {
     let mut applied: Vec<DedicatedCLBListener> = Vec::new();
     let mut deleted: Vec<String> = Vec::new();
+    let mut created = Vec::new();
     // A handful of passes settle any service (the second pass of a fresh
-    // one changes nothing).
+    // one changes nothing; each CLB created takes one more).
     let mut plan = clb_plan::plan_service(&observed, registry);
-    for _ in 0..4 {
-        if plan.apply.is_empty() && plan.delete.is_empty() {
+    for _ in 0..8 {
+        if let Some(parameters) = plan.create_lb.take() {
+            let id = format!("<created CLB {}>", created.len() + 1);
+            let mut service = (*observed.service).clone();
+            let mut status = plan.status.clone();
+            status.created_lb_ids.push(id.clone());
+            service.status = Some(status);
+            observed.service = Arc::new(service);
+            let empty = LbView {
+                found: true,
+                ..LbView::default()
+            };
+            observed.lbs.push((id.clone(), Some(Arc::new(empty))));
+            created.push((id, parameters));
+        } else if plan.apply.is_empty() && plan.delete.is_empty() {
             break;
         }
         for mut listener in std::mem::take(&mut plan.apply) {
@@ -480,7 +504,7 @@ fn settle_clb(
         }
         plan = clb_plan::plan_service(&observed, registry);
     }
-    (plan, applied, deleted)
+    (plan, applied, deleted, created)
 }
 
 /// The YAML stream `simulate` prints.

@@ -300,15 +300,17 @@ impl Readiness {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until the future is dropped.
+/// Serves the metrics at `metrics_path` (`/metrics`), `/healthz` and
+/// `/readyz` until the future is dropped.
 pub async fn serve(
     addr: SocketAddr,
+    metrics_path: &str,
     metrics: Arc<Registry>,
     readiness: Readiness,
 ) -> anyhow::Result<()> {
     let app = Router::new()
         .route(
-            "/metrics",
+            metrics_path,
             get(move || {
                 let metrics = metrics.clone();
                 async move {
@@ -335,7 +337,7 @@ pub async fn serve(
             }),
         );
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    tracing::info!(%addr, "serving {metrics_path}, /healthz, /readyz");
     axum::serve(listener, app).await?;
     Ok(())
 }

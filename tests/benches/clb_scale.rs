@@ -90,6 +90,8 @@ async fn run(task_delay: Duration) -> Outcome {
         endpoint: Some(fake.endpoint().into()),
         listener_quota: 1000,
         resync: TkeSettings::DEFAULT_RESYNC,
+        vpc_id: None,
+        cluster_id: None,
     };
     let knit = Knit::start(knit_tests::env(), move |client, registry| {
         knit::domains::tke_clb::run(

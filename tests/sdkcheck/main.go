@@ -50,6 +50,10 @@ func typed(action string) request {
 		return clb.NewBatchDeregisterTargetsRequest()
 	case "DescribeTaskStatus":
 		return clb.NewDescribeTaskStatusRequest()
+	case "CreateLoadBalancer":
+		return clb.NewCreateLoadBalancerRequest()
+	case "DeleteLoadBalancer":
+		return clb.NewDeleteLoadBalancerRequest()
 	}
 	return nil
 }

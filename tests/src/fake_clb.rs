@@ -115,27 +115,28 @@ impl FakeClb {
     pub fn add_lb(&self, region: &str, vips: &[&str]) -> String {
         let mut cloud = self.cloud();
         let id = cloud.new_id("lb");
-        let lb = Lb {
-            region: region.to_owned(),
-            name: format!("fake-{id}"),
-            vips: vips.iter().map(|vip| vip.to_string()).collect(),
-            listener_quota: DEFAULT_LISTENER_QUOTA,
-            listeners: BTreeMap::new(),
-        };
-        cloud.lbs.insert(id.clone(), lb);
+        let vips = vips.iter().map(|vip| vip.to_string()).collect();
+        cloud
+            .lbs
+            .insert(id.clone(), Lb::new(region, format!("fake-{id}"), vips));
         id
     }
 
     /// Creates an LB with a chosen ID, e.g. the seed example's `lb-xxx`.
     pub fn add_lb_with_id(&self, id: &str, region: &str, vips: &[&str]) {
-        let lb = Lb {
-            region: region.to_owned(),
-            name: format!("fake-{id}"),
-            vips: vips.iter().map(|vip| vip.to_string()).collect(),
-            listener_quota: DEFAULT_LISTENER_QUOTA,
-            listeners: BTreeMap::new(),
-        };
-        self.cloud().lbs.insert(id.to_owned(), lb);
+        let vips = vips.iter().map(|vip| vip.to_string()).collect();
+        self.cloud()
+            .lbs
+            .insert(id.to_owned(), Lb::new(region, format!("fake-{id}"), vips));
+    }
+
+    /// The LBs that exist, with their tags as `(TagKey, TagValue)`.
+    pub fn lb_tags(&self) -> BTreeMap<String, Vec<(String, String)>> {
+        self.cloud()
+            .lbs
+            .iter()
+            .map(|(id, lb)| (id.clone(), lb.tags.clone()))
+            .collect()
     }
 
     /// Every listener of every LB, by LB.
@@ -392,6 +393,9 @@ struct Cloud {
     bodies: std::collections::VecDeque<(String, String)>,
     /// Refusals sent, by error code.
     refusals: HashMap<String, u64>,
+    /// `CreateLoadBalancer`'s `ClientToken`s and the LBs each made: the
+    /// same token again answers the same LBs.
+    client_tokens: HashMap<String, Vec<String>>,
 }
 
 struct Lb {
@@ -400,6 +404,8 @@ struct Lb {
     vips: Vec<String>,
     listener_quota: usize,
     listeners: BTreeMap<String, ListenerState>,
+    /// `(TagKey, TagValue)`, as created.
+    tags: Vec<(String, String)>,
 }
 
 #[derive(Clone)]
@@ -429,6 +435,8 @@ enum TaskStatus {
 
 /// What a task does to its LB when it ends well.
 enum Effect {
+    /// Deletes these LBs (its own among them), listeners and all.
+    DeleteLbs(Vec<String>),
     AddListeners(Vec<ListenerState>),
     ModifyListener(String, Box<ListenerSettings>),
     RemoveListeners(Vec<String>),
@@ -474,6 +482,7 @@ impl Cloud {
             calls: HashMap::new(),
             bodies: Default::default(),
             refusals: HashMap::new(),
+            client_tokens: HashMap::new(),
         }
     }
 
@@ -559,6 +568,8 @@ impl Cloud {
             "BatchRegisterTargets" => self.batch_change_targets(&call, parse(body)?, true),
             "BatchDeregisterTargets" => self.batch_change_targets(&call, parse(body)?, false),
             "DescribeTaskStatus" => self.describe_task_status(parse(body)?),
+            "CreateLoadBalancer" => self.create_load_balancer(&call, parse(body)?),
+            "DeleteLoadBalancer" => self.delete_load_balancers(&call, parse(body)?),
             _ => refuse("InvalidAction", format!("no action {action:?}")),
         }
     }
@@ -646,6 +657,13 @@ impl Cloud {
             let Some(task) = self.tasks.get_mut(&id) else {
                 continue;
             };
+            if let (Effect::DeleteLbs(ids), false) = (&task.effect, task.fails) {
+                for id in ids {
+                    self.lbs.remove(id);
+                }
+                task.status = TaskStatus::Succeeded;
+                continue;
+            }
             task.status = match self.lbs.get_mut(&task.lb) {
                 Some(lb) if !task.fails => {
                     lb.apply(&task.effect);
@@ -714,6 +732,23 @@ impl Cloud {
         if limit > 100 {
             return refuse("InvalidParameterValue.Range", "Limit is at most 100");
         }
+        let filters = request.filters.unwrap_or_default();
+        if filters.len() > 10 {
+            return refuse("InvalidParameterValue.Length", "at most 10 Filters");
+        }
+        let mut tag_filters = Vec::new();
+        for filter in &filters {
+            let Some(key) = filter.name.strip_prefix("tag:") else {
+                return refuse(
+                    "InvalidParameter.FormatError",
+                    format!("the fake knows no filter {:?}", filter.name),
+                );
+            };
+            if filter.values.is_empty() || filter.values.len() > 100 {
+                return refuse("InvalidParameterValue.Length", "Filter.Values: 1 to 100");
+            }
+            tag_filters.push((key, &filter.values));
+        }
         let matching: Vec<(&String, &Lb)> = self
             .lbs
             .iter()
@@ -723,6 +758,9 @@ impl Cloud {
                         .load_balancer_ids
                         .as_ref()
                         .is_none_or(|ids| ids.contains(id))
+                    && tag_filters.iter().all(|(key, values)| {
+                        lb.tags.iter().any(|(k, v)| k == key && values.contains(v))
+                    })
             })
             .collect();
         let page: Vec<Value> = matching
@@ -737,10 +775,73 @@ impl Cloud {
                     "Forward": 1,
                     "LoadBalancerVips": lb.vips,
                     "Status": 1,
+                    "Tags": lb.tags.iter()
+                        .map(|(k, v)| json!({"TagKey": k, "TagValue": v}))
+                        .collect::<Vec<_>>(),
                 })
             })
             .collect();
         Ok(json!({"TotalCount": matching.len(), "LoadBalancerSet": page}))
+    }
+
+    /// Creates `Number` LBs at once (a real creation can be slower: the
+    /// client must not count on the IDs), refusing what the API refuses.
+    fn create_load_balancer(
+        &mut self,
+        call: &Call<'_>,
+        request: CreateLoadBalancer,
+    ) -> Result<Value, Refusal> {
+        request.check()?;
+        if let Some(token) = &request.client_token
+            && let Some(ids) = self.client_tokens.get(token)
+        {
+            return Ok(json!({"LoadBalancerIds": ids, "DealName": format!("deal-{token}")}));
+        }
+        let mut ids = Vec::new();
+        for _ in 0..request.number.unwrap_or(1) {
+            let id = self.new_id("lb");
+            // A public VIP from the TEST-NET-3 block, one per LB.
+            let vip = format!("203.0.113.{}", 1 + self.counter % 250);
+            let mut lb = Lb::new(
+                call.region,
+                request
+                    .load_balancer_name
+                    .clone()
+                    .unwrap_or_else(|| id.clone()),
+                vec![vip],
+            );
+            lb.tags = request
+                .tags
+                .iter()
+                .flatten()
+                .map(|t| (t.tag_key.clone(), t.tag_value.clone()))
+                .collect();
+            self.lbs.insert(id.clone(), lb);
+            ids.push(id);
+        }
+        if let Some(token) = request.client_token {
+            self.client_tokens.insert(token, ids.clone());
+        }
+        Ok(json!({"LoadBalancerIds": ids, "DealName": format!("deal-{}", self.counter)}))
+    }
+
+    fn delete_load_balancers(
+        &mut self,
+        call: &Call<'_>,
+        request: DeleteLoadBalancer,
+    ) -> Result<Value, Refusal> {
+        if request.load_balancer_ids.is_empty() || request.load_balancer_ids.len() > 20 {
+            return refuse(
+                "InvalidParameterValue.Length",
+                "LoadBalancerIds: 1 to 20 IDs",
+            );
+        }
+        for id in &request.load_balancer_ids {
+            self.writable_lb(call, id)?;
+        }
+        let first = request.load_balancer_ids[0].clone();
+        self.start_task(call, &first, Effect::DeleteLbs(request.load_balancer_ids));
+        Ok(json!({}))
     }
 
     fn describe_listeners(
@@ -1020,6 +1121,17 @@ impl Cloud {
 }
 
 impl Lb {
+    fn new(region: &str, name: String, vips: Vec<String>) -> Lb {
+        Lb {
+            region: region.to_owned(),
+            name,
+            vips,
+            listener_quota: DEFAULT_LISTENER_QUOTA,
+            listeners: BTreeMap::new(),
+            tags: Vec::new(),
+        }
+    }
+
     fn listener(&self, id: &str) -> Result<&ListenerState, Refusal> {
         self.listeners.get(id).map_or_else(
             || {
@@ -1044,6 +1156,8 @@ impl Lb {
                     self.listeners.remove(id);
                 }
             }
+            // Done by `settle`: an LB cannot remove itself.
+            Effect::DeleteLbs(_) => {}
             Effect::ModifyListener(id, settings) => {
                 if let Some(listener) = self.listeners.get_mut(id) {
                     settings.merge_into(&mut listener.settings);
@@ -1271,8 +1385,101 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
 #[serde(rename_all = "PascalCase", deny_unknown_fields)]
 struct DescribeLoadBalancers {
     load_balancer_ids: Option<Vec<String>>,
+    filters: Option<Vec<Filter>>,
     offset: Option<usize>,
     limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct Filter {
+    name: String,
+    values: Vec<String>,
+}
+
+/// `CreateLoadBalancer`: the parameters the fake checks; the others the
+/// SDK's request type has are accepted as they are (the SDK check decodes
+/// every body with that type, so a name it lacks still fails a test).
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreateLoadBalancer {
+    load_balancer_type: String,
+    load_balancer_name: Option<String>,
+    vpc_id: Option<String>,
+    subnet_id: Option<String>,
+    number: Option<u64>,
+    vip_isp: Option<String>,
+    tags: Option<Vec<TagInfo>>,
+    client_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct TagInfo {
+    tag_key: String,
+    tag_value: String,
+}
+
+impl CreateLoadBalancer {
+    /// What the API refuses, as its documentation and error codes say.
+    fn check(&self) -> Result<(), Refusal> {
+        let invalid = |message: String| refuse("InvalidParameterValue", message);
+        match self.load_balancer_type.as_str() {
+            "OPEN" => {}
+            "INTERNAL" if self.subnet_id.is_some() => {}
+            "INTERNAL" => return invalid("an INTERNAL CLB needs SubnetId".into()),
+            other => return invalid(format!("LoadBalancerType {other:?}: OPEN or INTERNAL")),
+        }
+        if let Some(isp) = &self.vip_isp
+            && (self.load_balancer_type != "OPEN"
+                || !["CMCC", "CUCC", "CTCC"].contains(&isp.as_str()))
+        {
+            return invalid(format!(
+                "VipIsp {isp:?}: CMCC, CUCC or CTCC, on an OPEN CLB"
+            ));
+        }
+        if self
+            .load_balancer_name
+            .as_ref()
+            .is_some_and(|n| n.chars().count() > 60)
+        {
+            return invalid("LoadBalancerName: at most 60 characters".into());
+        }
+        if self.vpc_id.as_ref().is_some_and(|v| !v.starts_with("vpc-")) {
+            return invalid("VpcId: a vpc-… ID".into());
+        }
+        if !(1..=20).contains(&self.number.unwrap_or(1)) {
+            return invalid("Number: 1 to 20".into());
+        }
+        if self
+            .client_token
+            .as_ref()
+            .is_some_and(|t| t.len() > 64 || !t.is_ascii())
+        {
+            return invalid("ClientToken: at most 64 ASCII characters".into());
+        }
+        for tag in self.tags.iter().flatten() {
+            let reserved = ["qcloud", "tencent", "project"]
+                .iter()
+                .any(|p| tag.tag_key.to_ascii_lowercase().starts_with(p));
+            if tag.tag_key.is_empty() || tag.tag_key.len() > 127 || reserved {
+                return invalid(format!("TagKey {:?}", tag.tag_key));
+            }
+            if tag.tag_value.len() > 255 {
+                return invalid(format!(
+                    "TagValue of {:?}: at most 255 characters",
+                    tag.tag_key
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase", deny_unknown_fields)]
+struct DeleteLoadBalancer {
+    load_balancer_ids: Vec<String>,
 }
 
 /// `DescribeListeners` and `DescribeTargets`.

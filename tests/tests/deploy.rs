@@ -174,6 +174,79 @@ fn the_seeds_values_file_installs_the_tke_domain() {
     );
 }
 
+/// HeadCNI from the seed's own install command: the DaemonSet, the auth
+/// key's Secret, and a configuration the agent accepts as it stands.
+#[test]
+fn the_seeds_helm_command_installs_headcni() {
+    let seeds_command = documents(&helm_template(&[
+        "config.headscale.url=https://headscale.company.com".into(),
+        "config.headscale.authKey=YOUR_AUTH_KEY".into(),
+        "config.ipam.type=headcni-ipam".into(),
+    ]));
+    let find = |kind: &str| {
+        seeds_command
+            .iter()
+            .find(|d| {
+                d["kind"] == kind
+                    && d["metadata"]["name"]
+                        .as_str()
+                        .is_some_and(|n| n.contains("head"))
+            })
+            .unwrap_or_else(|| panic!("no HeadCNI {kind}"))
+    };
+    let conf = find("ConfigMap")["data"]["headcni.conf"].as_str().unwrap();
+    let list = knit::headcni::agent::conflist(conf.as_bytes()).unwrap_or_else(|error| {
+        panic!(
+            "the agent refuses the chart's configuration: {}\n{conf}",
+            error.msg
+        )
+    });
+    let plugin = &list["plugins"][0];
+    assert_eq!(plugin["type"], "headcni");
+    assert_eq!(plugin["headscale_url"], "https://headscale.company.com");
+    assert_eq!(plugin["mtu"], 1420);
+    assert_eq!(plugin["ipam"]["type"], "headcni-ipam");
+    assert_eq!(plugin["ipam"]["allocation_strategy"], "sequential");
+    assert_eq!(find("Secret")["stringData"]["authKey"], "YOUR_AUTH_KEY");
+    assert!(
+        !conf.contains("YOUR_AUTH_KEY"),
+        "the auth key stays out of the CNI configuration"
+    );
+    let pod = &find("DaemonSet")["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    let agent = &pod["containers"][0];
+    assert_eq!(agent["args"][0], "headcni-agent");
+    assert_eq!(
+        agent["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["NET_ADMIN"])
+    );
+    assert_eq!(
+        agent["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    // Without the seed's values, no HeadCNI.
+    assert!(!helm_template(&[]).contains("headcni-agent"));
+
+    // The example values file: the seed's second configuration, to the field.
+    let from_file = documents(&helm_template_from(
+        Some("examples/headcni/values.yaml"),
+        &[],
+    ));
+    let conf = from_file
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["data"]["headcni.conf"].is_string())
+        .expect("HeadCNI's ConfigMap")["data"]["headcni.conf"]
+        .as_str()
+        .unwrap();
+    let rendered: Value = serde_json::from_str(conf).unwrap();
+    let seed: Value = serde_json::from_slice(
+        &std::fs::read(knit_tests::repo().join("examples/headcni/10-headcni-headcni-ipam.conf"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rendered, seed, "the chart renders the seed's configuration");
+}
+
 /// Plugin ConfigMaps are mounted together, read-only, where `--plugins-dir`
 /// points (a ConfigMap volume's `..data` swap is what `host/tests/hot_swap.rs`
 /// reproduces on disk).

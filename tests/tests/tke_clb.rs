@@ -25,6 +25,9 @@ const REGION: &str = "ap-chengdu";
 const SECRET_ID: &str = "AKIDknitE2eKey0001";
 const SECRET_KEY: &str = "knit-e2e-secret-key";
 const WAIT: Duration = Duration::from_secs(90);
+/// The cluster's VPC and ID, as the seed's values.yaml gives them to the chart.
+const VPC: &str = "vpc-knite2e1";
+const CLUSTER: &str = "cls-knite2e1";
 mod support;
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -98,6 +101,8 @@ impl World {
             endpoint: Some(self.fake.endpoint().into()),
             listener_quota: TkeSettings::DEFAULT_LISTENER_QUOTA,
             resync: Duration::from_secs(2),
+            vpc_id: Some(VPC.into()),
+            cluster_id: Some(CLUSTER.into()),
         }
     }
 
@@ -1039,6 +1044,128 @@ async fn deleting_the_service_deletes_every_listener_from_the_clb() {
     .await;
     assert!(world.listeners().await.is_empty());
     assert!(world.clb_state().is_empty(), "{:?}", world.clb_state());
+    assert_policy_grants(&world);
+}
+
+/// CLBs created on demand (the seed's `extensiveParameters`): a service
+/// that lists no CLB gets one from `CreateLoadBalancer` whenever a pod
+/// finds no free port, with its parameters, the cluster's VPC and knit's
+/// tags, each listed in `status.createdLbIds`. A service that lists its
+/// CLBs gets none when they are full, until it gives `extensiveParameters`.
+/// Deleting the services deletes the CLBs knit created, never the listed
+/// one.
+#[tokio::test]
+async fn clbs_are_created_on_demand_and_deleted_with_their_service() {
+    let world = World::new("clb-create").await;
+    let listed = world.fake.add_lb(REGION, &["6.6.7.1"]);
+    let _knit = world.knit();
+    // One port per CLB: each pod of `bought` needs a CLB of its own.
+    let spec = |app: &str, lbs: &[&str], port: u16| {
+        json!({
+            "minPort": port, "maxPort": port, "selector": {"app": app},
+            "ports": [{"protocol": "TCP", "targetPort": 9000, "addressPodAnnotation": "example.com/address"}],
+            "existedLbIds": lbs,
+        })
+    };
+    let mut bought = spec("bought", &[], 7000);
+    bought["extensiveParameters"] = json!(r#"{"VipIsp":"CTCC"}"#);
+    world.create_service("bought", bought).await;
+    world.create_pod("bought-0", "bought", "10.7.0.1").await;
+    world.create_pod("bought-1", "bought", "10.7.0.2").await;
+    let created = knit_tests::eventually("two CLBs created for bought", WAIT, || async {
+        let status = world.service("bought").await?.status?;
+        let ready = status.conditions.first()?.reason == "AllBound";
+        (ready && status.created_lb_ids.len() == 2).then_some(status.created_lb_ids)
+    })
+    .await;
+    let uid = world.service("bought").await.unwrap().uid().unwrap();
+    let tags = world.fake.lb_tags();
+    for id in &created {
+        let tagged: BTreeSet<(String, String)> = tags[id].iter().cloned().collect();
+        let wanted: BTreeSet<(String, String)> = [
+            ("knit.dev/owner", uid.as_str()),
+            ("knit.dev/service", &format!("{}/bought", world.namespace)),
+            ("knit.dev/cluster", CLUSTER),
+        ]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
+        assert_eq!(tagged, wanted, "{id}");
+    }
+    let creates: Vec<serde_json::Value> = world
+        .fake
+        .request_bodies()
+        .into_iter()
+        .filter(|(action, _)| action == "CreateLoadBalancer")
+        .map(|(_, body)| serde_json::from_str(&body).unwrap())
+        .collect();
+    // Two CLBs bought: a pass in the same second may ask again with the
+    // same ClientToken, which the API answers with the CLB it made.
+    let tokens: BTreeSet<&str> = creates
+        .iter()
+        .map(|c| c["ClientToken"].as_str().unwrap())
+        .collect();
+    assert_eq!(tokens.len(), 2, "{creates:?}");
+    for create in &creates {
+        assert_eq!(
+            (
+                &create["VipIsp"],
+                &create["VpcId"],
+                &create["LoadBalancerType"],
+                &create["Number"]
+            ),
+            (&json!("CTCC"), &json!(VPC), &json!("OPEN"), &json!(1)),
+            "{create}"
+        );
+    }
+    // Each pod's address is on a CLB of its own, one knit created.
+    let on: BTreeSet<String> = world
+        .wait_bound(2)
+        .await
+        .iter()
+        .map(|l| l.spec.lb_id.clone())
+        .collect();
+    assert_eq!(on, created.iter().cloned().collect());
+
+    // A service that lists a full CLB and says nothing of buying: its
+    // second pod waits, and nothing is created...
+    world
+        .create_service("listed", spec("listed", &[&listed], 7100))
+        .await;
+    world.create_pod("listed-0", "listed", "10.7.1.1").await;
+    world.create_pod("listed-1", "listed", "10.7.1.2").await;
+    world.wait_service_reason("listed", "NoPortAvailable").await;
+    assert_eq!(world.fake.calls("CreateLoadBalancer"), creates.len() as u64);
+    // ...until it gives extensiveParameters.
+    Api::<DedicatedCLBService>::namespaced(world.client.clone(), &world.namespace)
+        .patch(
+            "listed",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"extensiveParameters": "{}"}})),
+        )
+        .await
+        .unwrap();
+    world.wait_service_reason("listed", "AllBound").await;
+    let listed_status = world.service("listed").await.unwrap().status.unwrap();
+    assert_eq!(listed_status.created_lb_ids.len(), 1);
+    assert_eq!(world.fake.lb_tags().len(), 4);
+
+    // The services go: the three CLBs knit created go with them, the listed
+    // one stays.
+    for name in ["bought", "listed"] {
+        Api::<DedicatedCLBService>::namespaced(world.client.clone(), &world.namespace)
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    knit_tests::eventually("the services gone", WAIT, || async {
+        (world.service("bought").await.is_none() && world.service("listed").await.is_none())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        world.fake.lb_tags().into_keys().collect::<Vec<_>>(),
+        [listed]
+    );
     assert_policy_grants(&world);
 }
 

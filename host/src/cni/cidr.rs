@@ -36,6 +36,26 @@ impl Cidr {
         })
     }
 
+    /// The subnet of `prefix` bits that holds `address`.
+    pub fn containing(address: IpAddr, prefix: u8) -> Cidr {
+        let host_bits = bits_of(&address).saturating_sub(u32::from(prefix));
+        Cidr {
+            network: address_space::to_ip(
+                ip_value(&address) & !host_mask(host_bits),
+                address.is_ipv6(),
+            ),
+            prefix,
+        }
+    }
+
+    /// A prefix that is one address.
+    pub fn host(address: IpAddr) -> Cidr {
+        Cidr {
+            network: address,
+            prefix: bits_of(&address) as u8,
+        }
+    }
+
     pub(super) fn host_bits(&self) -> u32 {
         bits_of(&self.network) - u32::from(self.prefix)
     }

@@ -1,8 +1,9 @@
 //! The network configuration on stdin: host-local's `ipam` fields (`ranges`
 //! or the legacy `subnet`, `rangeStart`, `rangeEnd`, `gateway`, `routes`,
 //! `dataDir`) plus knit's (`strategy`, `pluginsDir`, `cacheDir`, `mode`,
-//! `pool`, `kubeconfig`). The `ipam` section is parsed strictly: an unknown
-//! field or a bad value is an error that names the field.
+//! `pool`, `kubeconfig`), and HeadCNI's `allocation_strategy` when it runs as
+//! `headcni-ipam`. The `ipam` section is parsed strictly: an unknown field or
+//! a bad value is an error that names the field.
 //!
 //! Only parsing and checking live here; the address shapes it produces
 //! (`Cidr`, `Range`, `RangeSet`) and their arithmetic are in `cidr`.
@@ -21,6 +22,11 @@ use crate::domains::ipam::address_space::MAX_OFFSETS_PER_CIDR;
 use crate::domains::ipam::types::{MAX_PLUGIN_NAME, is_plugin_name};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+/// Where `headcni-ipam` keeps its allocations: under HeadCNI's state
+/// directory, which the seed's troubleshooting lists.
+pub const HEADCNI_DATA_DIR: &str = "/var/lib/headcni/networks";
+/// The `ipam.type` under which this plugin speaks HeadCNI's dialect.
+pub const HEADCNI_IPAM: &str = "headcni-ipam";
 pub const DEFAULT_PLUGINS_DIR: &str = "/opt/knit/plugins";
 pub const DEFAULT_CACHE_DIR: &str = "/var/cache/knit";
 pub const DEFAULT_STRATEGY: &str = "ipam-sequential";
@@ -97,7 +103,7 @@ pub struct Route {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawIpam {
     #[serde(rename = "type")]
-    _type: String,
+    kind: String,
     ranges: Option<Vec<Vec<RawRange>>>,
     subnet: Option<Cidr>,
     range_start: Option<IpAddr>,
@@ -107,6 +113,10 @@ struct RawIpam {
     routes: Vec<Route>,
     data_dir: Option<PathBuf>,
     strategy: Option<StrategyConf>,
+    /// HeadCNI's name for the strategy: `sequential`, `random`, `dense-pack`,
+    /// or the name of a custom strategy plugin.
+    #[serde(rename = "allocation_strategy")]
+    allocation_strategy: Option<String>,
     plugins_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     #[serde(default)]
@@ -132,21 +142,29 @@ struct RawRange {
     gateway: Option<IpAddr>,
 }
 
-/// Parses and checks the network configuration.
-pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+/// The network configuration as a JSON object, or a decoding error.
+pub fn json_object(stdin: &[u8]) -> Result<serde_json::Map<String, Value>, CniError> {
     let value: Value = serde_json::from_slice(stdin).map_err(|error| {
         CniError::new(
             Code::Decode,
             format!("decoding the network config: {error}"),
         )
     })?;
-    let Value::Object(object) = value else {
-        return Err(CniError::new(
+    match value {
+        Value::Object(object) => Ok(object),
+        _ => Err(CniError::new(
             Code::Decode,
             "the network config must be a JSON object",
-        ));
-    };
-    let cni_version = version(&object)?;
+        )),
+    }
+}
+
+/// What every network configuration carries: a `cniVersion` this plugin
+/// speaks and a `name` that can be a directory name.
+pub fn network_header(
+    object: &serde_json::Map<String, Value>,
+) -> Result<(CniVersion, String), CniError> {
+    let cni_version = version(object)?;
     let name = match object.get("name") {
         Some(Value::String(name)) if !name.is_empty() => name.clone(),
         Some(Value::String(_)) | None => {
@@ -162,6 +180,13 @@ pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
             quoted(&name)
         )));
     }
+    Ok((cni_version, name))
+}
+
+/// Parses and checks the network configuration.
+pub fn parse(stdin: &[u8]) -> Result<NetConf, CniError> {
+    let object = json_object(stdin)?;
+    let (cni_version, name) = network_header(&object)?;
     let raw: RawIpam = match object.get("ipam") {
         Some(ipam) => serde_path_to_error::deserialize(ipam).map_err(|error| {
             CniError::config(format!("{}: {}", field_path(error.path()), error.inner()))
@@ -268,11 +293,30 @@ fn check_ipam(raw: RawIpam) -> Result<Ipam, CniError> {
                 }
             };
             check_sets_disjoint(&ranges)?;
-            let strategy = raw.strategy.unwrap_or_default();
-            check_plugin_name("ipam.strategy.plugin", &strategy.plugin)?;
+            let strategy = match (raw.strategy, raw.allocation_strategy) {
+                (Some(_), Some(_)) => {
+                    return Err(CniError::config(
+                        "ipam.allocation_strategy: give either strategy or allocation_strategy, not both",
+                    ));
+                }
+                (Some(strategy), None) => {
+                    check_plugin_name("ipam.strategy.plugin", &strategy.plugin)?;
+                    strategy
+                }
+                (None, Some(name)) => StrategyConf {
+                    plugin: strategy_plugin("ipam.allocation_strategy", &name)?,
+                    config: BTreeMap::new(),
+                },
+                (None, None) => StrategyConf::default(),
+            };
+            let default_data_dir = if raw.kind == HEADCNI_IPAM {
+                HEADCNI_DATA_DIR
+            } else {
+                DEFAULT_DATA_DIR
+            };
             Mode::Local {
                 ranges,
-                data_dir: absolute("dataDir", raw.data_dir, DEFAULT_DATA_DIR)?,
+                data_dir: absolute("dataDir", raw.data_dir, default_data_dir)?,
                 strategy,
             }
         }
@@ -282,6 +326,7 @@ fn check_ipam(raw: RawIpam) -> Result<Ipam, CniError> {
                 (legacy.unwrap_or_default(), legacy.is_some()),
                 ("dataDir", raw.data_dir.is_some()),
                 ("strategy", raw.strategy.is_some()),
+                ("allocation_strategy", raw.allocation_strategy.is_some()),
             ];
             if let Some((field, _)) = unused.iter().find(|(_, present)| *present) {
                 return Err(CniError::config(format!(
@@ -336,6 +381,17 @@ pub fn check_plugin_name(field: &str, name: &str) -> Result<(), CniError> {
         "{field}: {} is not a plugin name (1 to {MAX_PLUGIN_NAME} letters, digits, '-', '_', '.', not starting with '.')",
         quoted(name)
     )))
+}
+
+/// The plugin behind HeadCNI's `allocation_strategy`: its three built-in
+/// names are knit's strategies, any other value names a strategy plugin.
+fn strategy_plugin(field: &str, name: &str) -> Result<String, CniError> {
+    let plugin = match name {
+        "sequential" | "random" | "dense-pack" => format!("ipam-{name}"),
+        custom => custom.to_string(),
+    };
+    check_plugin_name(field, &plugin)?;
+    Ok(plugin)
 }
 
 /// A Kubernetes object name (RFC 1123 subdomain).
@@ -478,7 +534,8 @@ fn field_path(path: &serde_path_to_error::Path) -> String {
     format!("ipam{}", suffix(path))
 }
 
-fn suffix(path: &serde_path_to_error::Path) -> String {
+/// `.ranges[0].subnet`: a path as the error names it, after its section.
+pub fn suffix(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     path.iter()
         .map(|segment| match segment {
@@ -542,6 +599,32 @@ mod tests {
         // IPv6 has no broadcast: the last address is usable.
         let v6 = parse_ipam(json!({"type": "k", "ranges": [[{"subnet": "fd00::/120"}]]})).unwrap();
         assert_eq!(ranges(&v6)[0].0[0].end, ip("fd00::ff"));
+    }
+
+    /// The seed's `headcni-ipam` section, verbatim but for the strategy.
+    #[rstest]
+    #[case::sequential("sequential", "ipam-sequential")]
+    #[case::random("random", "ipam-random")]
+    #[case::dense_pack("dense-pack", "ipam-dense-pack")]
+    #[case::custom_plugin_by_name("ipam-mine", "ipam-mine")]
+    fn headcni_ipam_names_its_strategy(#[case] allocation: &str, #[case] plugin: &str) {
+        let conf = parse_ipam(json!({
+            "type": "headcni-ipam",
+            "subnet": "10.244.0.0/24",
+            "gateway": "10.244.0.1",
+            "allocation_strategy": allocation,
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.244.0.1"}],
+        }))
+        .unwrap();
+        let Mode::Local {
+            data_dir, strategy, ..
+        } = &conf.ipam.mode
+        else {
+            unreachable!()
+        };
+        assert_eq!(strategy.plugin, plugin);
+        assert_eq!(data_dir, &PathBuf::from(HEADCNI_DATA_DIR));
+        assert_eq!(conf.ipam.routes.len(), 1);
     }
 
     #[rstest]
@@ -655,6 +738,22 @@ mod tests {
     #[case::empty_cache_dir(
         json!({"type": "k", "subnet": "10.0.0.0/24", "cacheDir": ""}),
         "ipam.cacheDir: \"\" is not an absolute path",
+    )]
+    #[case::allocation_strategy_beside_strategy(
+        json!({"type": "headcni-ipam", "subnet": "10.0.0.0/24", "allocation_strategy": "random", "strategy": {}}),
+        "ipam.allocation_strategy: give either strategy or allocation_strategy, not both",
+    )]
+    #[case::allocation_strategy_that_is_a_path(
+        json!({"type": "headcni-ipam", "subnet": "10.0.0.0/24", "allocation_strategy": "../x"}),
+        "ipam.allocation_strategy: \"../x\" is not a plugin name",
+    )]
+    #[case::allocation_strategy_that_is_not_a_string(
+        json!({"type": "headcni-ipam", "subnet": "10.0.0.0/24", "allocation_strategy": 3}),
+        "ipam.allocation_strategy: invalid type",
+    )]
+    #[case::allocation_strategy_in_cluster_mode(
+        json!({"type": "k", "mode": "cluster", "pool": "p", "kubeconfig": "/k", "allocation_strategy": "random"}),
+        "ipam.allocation_strategy: not used in cluster mode",
     )]
     #[case::pool_that_is_not_an_object_name(
         json!({"type": "k", "mode": "cluster", "pool": "../pods", "kubeconfig": "/k"}),

@@ -19,8 +19,8 @@ pub fn quoted(text: &str) -> String {
     }
 }
 
-/// The spec's error codes, and knit-ipam's own from 100 up where the spec has
-/// none.
+/// The spec's error codes, and knit's own (knit-ipam's and HeadCNI's) from
+/// 100 up where the spec has none.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Code {
     IncompatibleVersion = 1,
@@ -41,6 +41,31 @@ pub enum Code {
     NoAllocation = 103,
     /// The Kubernetes API refused a request (not a transient failure).
     Kubernetes = 104,
+    /// CHECK: the container's network is not what ADD set up.
+    NetworkMismatch = 105,
+}
+
+impl Code {
+    const ALL: [Code; 13] = [
+        Code::IncompatibleVersion,
+        Code::InvalidEnvironment,
+        Code::Io,
+        Code::Decode,
+        Code::InvalidConfig,
+        Code::TryAgainLater,
+        Code::NotAvailable,
+        Code::Exhausted,
+        Code::Strategy,
+        Code::PoolUnavailable,
+        Code::NoAllocation,
+        Code::Kubernetes,
+        Code::NetworkMismatch,
+    ];
+
+    /// The code another plugin printed, if it is one of these.
+    pub fn from_number(number: u64) -> Option<Code> {
+        Code::ALL.into_iter().find(|code| *code as u64 == number)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -112,6 +112,8 @@ pub struct Invocation {
     /// Empty for the commands that concern no container (GC, STATUS, VERSION).
     pub container_id: String,
     pub ifname: String,
+    /// The container's network namespace (a path); DEL may not have one.
+    pub netns: String,
     pub pod: PodArgs,
 }
 
@@ -148,8 +150,31 @@ pub fn parse_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Invocation, Cni
         command,
         container_id,
         ifname,
+        netns: var("CNI_NETNS").unwrap_or_default(),
         pod,
     })
+}
+
+/// The spec version a command first appeared in: CHECK in 0.4.0, GC and
+/// STATUS in 1.1.0. A config of an older version may not ask for it.
+pub fn check_command_version(command: NetworkCommand, config: CniVersion) -> Result<(), CniError> {
+    let needed = match command {
+        NetworkCommand::Add | NetworkCommand::Del => return Ok(()),
+        NetworkCommand::Check => CniVersion::V0_4_0,
+        NetworkCommand::Gc | NetworkCommand::Status => CniVersion::V1_1_0,
+    };
+    if config >= needed {
+        return Ok(());
+    }
+    Err(CniError::new(
+        Code::IncompatibleVersion,
+        format!(
+            "config version {} does not allow {}; it needs {}",
+            config.as_str(),
+            Command::Network(command).as_str(),
+            needed.as_str()
+        ),
+    ))
 }
 
 /// The same rule as libcni: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.

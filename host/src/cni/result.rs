@@ -17,12 +17,39 @@ pub struct IpConfig {
     pub gateway: Option<IpAddr>,
 }
 
-/// The ADD result: `ips`, `routes` (left out when none, as host-local does)
-/// and an empty `dns`. Before 1.0.0 each IP also says its `version`.
+/// One interface of the result: the host's end has no `sandbox`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Interface {
+    pub name: String,
+    pub mac: String,
+    pub sandbox: Option<String>,
+}
+
+/// The ADD result of an IPAM plugin: `ips`, `routes` (left out when none,
+/// as host-local does) and an empty `dns`. Before 1.0.0 each IP also says
+/// its `version`.
 pub fn add_result(version: CniVersion, ips: &[IpConfig], routes: &[Route]) -> Value {
+    interface_result(
+        version,
+        &[],
+        &ips.iter().map(|ip| (ip, None)).collect::<Vec<_>>(),
+        routes,
+        json!({}),
+    )
+}
+
+/// The ADD result of a main plugin: its `interfaces`, and each IP with the
+/// index of the interface it is on.
+pub fn interface_result(
+    version: CniVersion,
+    interfaces: &[Interface],
+    ips: &[(&IpConfig, Option<usize>)],
+    routes: &[Route],
+    dns: Value,
+) -> Value {
     let ips: Vec<Value> = ips
         .iter()
-        .map(|ip| {
+        .map(|(ip, interface)| {
             let mut entry = serde_json::Map::new();
             if version < CniVersion::V1_0_0 {
                 let family = if ip.address.is_ipv4() { "4" } else { "6" };
@@ -35,14 +62,31 @@ pub fn add_result(version: CniVersion, ips: &[IpConfig], routes: &[Route]) -> Va
             if let Some(gateway) = ip.gateway {
                 entry.insert("gateway".into(), gateway.to_string().into());
             }
+            if let Some(interface) = interface {
+                entry.insert("interface".into(), (*interface).into());
+            }
             Value::Object(entry)
         })
         .collect();
-    let mut result = json!({ "cniVersion": version.as_str(), "ips": ips });
+    let mut result = json!({ "cniVersion": version.as_str() });
+    if !interfaces.is_empty() {
+        let interfaces: Vec<Value> = interfaces
+            .iter()
+            .map(|interface| {
+                let mut entry = json!({ "name": interface.name, "mac": interface.mac });
+                if let Some(sandbox) = &interface.sandbox {
+                    entry["sandbox"] = sandbox.clone().into();
+                }
+                entry
+            })
+            .collect();
+        result["interfaces"] = interfaces.into();
+    }
+    result["ips"] = ips.into();
     if !routes.is_empty() {
         result["routes"] = json!(routes);
     }
-    result["dns"] = json!({});
+    result["dns"] = dns;
     result
 }
 

@@ -27,6 +27,11 @@ pub struct TkeSettings {
     /// How often objects are checked against the CLBs when nothing changed:
     /// what puts back a listener or target changed outside knit.
     pub resync: Duration,
+    /// The cluster's VPC: where CLBs knit creates are placed, unless a
+    /// service's `extensiveParameters` names another.
+    pub vpc_id: Option<String>,
+    /// The cluster's ID: a tag on the CLBs knit creates.
+    pub cluster_id: Option<String>,
 }
 
 impl TkeSettings {

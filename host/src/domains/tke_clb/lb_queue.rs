@@ -87,7 +87,7 @@ impl QueueError {
         }
     }
 
-    fn cloud(error: tencent::Error) -> QueueError {
+    pub fn cloud(error: tencent::Error) -> QueueError {
         QueueError::Cloud {
             retryable: error.is_retryable(),
             message: error.to_string(),

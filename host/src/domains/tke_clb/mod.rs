@@ -9,10 +9,14 @@
 //! - `lb_queue`: per-CLB serialized, batched CLB writes;
 //! - `clb_diff`: the pure part of a queue round (what to create, delete,
 //!   adopt and (de)register, and which ports are someone else's);
+//! - `created_lbs`: the CLBs knit creates when a service has none free:
+//!   when, `CreateLoadBalancer`'s parameters, the tags that mark them
+//!   (pure);
 //! - `cloud`: settings, credentials and clients.
 
 mod clb_diff;
 pub mod cloud;
+pub mod created_lbs;
 pub mod lb_queue;
 pub mod listener_controller;
 pub mod plan;

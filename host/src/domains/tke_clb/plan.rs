@@ -14,6 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use knit_clb_core as clb;
 use kube::{Resource, ResourceExt};
 
+use super::created_lbs::{self, ClusterPlacement};
 use super::lb_queue::LbView;
 use super::types::{
     BackendPod, DedicatedCLBListener, DedicatedCLBListenerSpec, DedicatedCLBService,
@@ -55,6 +56,8 @@ pub struct Observed {
     pub now: Time,
     /// For a random spread; see `seed_for`.
     pub seed: u64,
+    /// Where a CLB knit creates goes, and the cluster it is tagged with.
+    pub placement: ClusterPlacement,
 }
 
 /// What to write for one service.
@@ -72,15 +75,19 @@ pub struct ServicePlan {
     /// Why the allocator made no decision, when it did not (the status
     /// says so too; nothing else is written).
     pub refusal: Option<Refusal>,
+    /// `CreateLoadBalancer`'s parameters, when the service needs a CLB
+    /// (`created_lbs`); its ID goes into `status.createdLbIds`.
+    pub create_lb: Option<serde_json::Map<String, serde_json::Value>>,
     pub status: DedicatedCLBServiceStatus,
     pub requeue: Duration,
 }
 
-/// The service's CLBs, each once, in the order it names them (the
-/// allocator fills the first first).
+/// The service's CLBs, each once: those it lists, in its order (the
+/// allocator fills the first first), then those knit created for it.
 pub fn lb_ids(service: &DedicatedCLBService) -> Vec<&String> {
     let mut seen = BTreeSet::new();
-    let ids = service.spec.existed_lb_ids.iter();
+    let created = service.status.iter().flat_map(|s| &s.created_lb_ids);
+    let ids = service.spec.existed_lb_ids.iter().chain(created);
     ids.filter(|id| seen.insert(*id)).collect()
 }
 
@@ -99,6 +106,21 @@ pub fn plan_service(observed: &Observed, registry: &Registry) -> ServicePlan {
     let (own, refused) = own_listeners(service, &observed.listeners);
     let (lbs, lb_statuses, missing) = load_balancers(observed, &own);
 
+    let new_lb = match created_lbs::parameters(service, &observed.placement, now.0.as_second()) {
+        Ok(parameters) => parameters,
+        Err(why) => return refused_plan(observed, Refusal::new("InvalidSpec", why)),
+    };
+    // A CLB knit created that is gone (deleted outside knit) is dropped: a
+    // new one is made when needed. One the service lists stays missing.
+    let created_before = service.status.iter().flat_map(|s| &s.created_lb_ids);
+    let created: Vec<String> = created_before
+        .filter(|id| !missing.contains(id))
+        .cloned()
+        .collect();
+    let missing: Vec<String> = missing
+        .into_iter()
+        .filter(|id| service.spec.existed_lb_ids.contains(id))
+        .collect();
     let chosen = match decision::choose(registry, service) {
         Ok(chosen) => chosen,
         Err(refusal) => return refused_plan(observed, refusal),
@@ -133,10 +155,14 @@ pub fn plan_service(observed: &Observed, registry: &Registry) -> ServicePlan {
         changed,
     );
     let decided_by = chosen.status();
+    let free = free_ports(service, &lbs, &own);
+    let create_lb = created_lbs::wanted(service, decision.messages.len(), free, missing.len())
+        .then_some(new_lb);
     let status = DedicatedCLBServiceStatus {
         load_balancers: lb_statuses,
+        created_lb_ids: created,
         allocated: own.len() as u64,
-        free: free_ports(service, &lbs, &own),
+        free,
         observed_generation: service.metadata.generation,
         conditions: vec![ready_condition(service, ready, reason, &message, now)],
         decided_by: decided_by.clone(),
@@ -155,6 +181,10 @@ pub fn plan_service(observed: &Observed, registry: &Registry) -> ServicePlan {
     if !missing.is_empty() || !decision.messages.is_empty() {
         requeue = requeue.min(observed.view_max_age);
     }
+    if create_lb.is_some() {
+        // The new CLB's pods are placed on the next pass.
+        requeue = requeue.min(Duration::from_secs(1));
+    }
 
     ServicePlan {
         apply: intents(service, &own, &decision, now)
@@ -170,6 +200,7 @@ pub fn plan_service(observed: &Observed, registry: &Registry) -> ServicePlan {
         pod_addresses: pod_addresses(service, &pods, &own),
         waiting: decision.messages,
         refusal: None,
+        create_lb,
         status,
         requeue,
     }
@@ -760,6 +791,7 @@ mod tests {
                     address_pod_annotation: Some("example.com/address".into()),
                 }],
                 existed_lb_ids: vec!["lb-a".into()],
+                extensive_parameters: None,
             },
         );
         service.metadata.namespace = Some("demo".into());

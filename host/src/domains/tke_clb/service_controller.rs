@@ -19,6 +19,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
+use super::created_lbs::{self, ClusterPlacement};
 use super::lb_queue::{LbQueues, QueueError};
 use super::plan::{self, Observed, SERVICE_FINALIZER, SERVICE_LABEL, ServicePlan, plan_service};
 use super::types::{DedicatedCLBListener, DedicatedCLBService, DedicatedCLBServiceStatus};
@@ -52,6 +53,8 @@ pub enum Error {
     ListenersRemain(usize),
     #[error("planning task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("deleting the CLBs knit created: {0}")]
+    Cloud(#[from] QueueError),
 }
 
 impl crate::controller::Retry for Error {
@@ -150,6 +153,10 @@ async fn observe(
         resync: settings.resync,
         view_max_age: settings.view_max_age(),
         now: Time(k8s_openapi::jiff::Timestamp::now()),
+        placement: ClusterPlacement {
+            vpc_id: settings.vpc_id.clone(),
+            cluster_id: settings.cluster_id.clone(),
+        },
     })
 }
 
@@ -157,9 +164,46 @@ async fn observe(
 /// Events of pods left waiting, and the status.
 async fn act(
     service: &DedicatedCLBService,
-    plan: ServicePlan,
+    mut plan: ServicePlan,
     ctx: &Context,
 ) -> Result<Action, Error> {
+    if let Some(parameters) = plan.create_lb.take() {
+        match create_lb(service, &plan.status.created_lb_ids, &parameters, ctx).await {
+            // The API answered a ClientToken it has seen (another pass in
+            // the same second) with a CLB already recorded: nothing new.
+            // The next pass has a new token.
+            Ok(ids) if ids.iter().all(|id| plan.status.created_lb_ids.contains(id)) => {
+                plan.requeue = plan.requeue.min(Duration::from_secs(1));
+            }
+            Ok(ids) => {
+                let ids: Vec<String> = ids
+                    .into_iter()
+                    .filter(|id| !plan.status.created_lb_ids.contains(id))
+                    .collect();
+                let note = format!("created CLB(s) {} for this service's pods", ids.join(", "));
+                let reference = service.object_ref(&());
+                crate::controller::publish_event(
+                    &ctx.recorder,
+                    &reference,
+                    EventType::Normal,
+                    "LoadBalancerCreated",
+                    &note,
+                    "Reconcile",
+                )
+                .await;
+                plan.status.created_lb_ids.extend(ids);
+            }
+            Err(error) => {
+                let now = Time(k8s_openapi::jiff::Timestamp::now());
+                let (reason, message) = ("CreateLoadBalancerFailed", error.to_string());
+                tell_failure(service, ctx, reason, &message).await;
+                plan.status.conditions = vec![plan::ready_condition(
+                    service, false, reason, &message, &now,
+                )];
+                plan.requeue = plan.requeue.min(Duration::from_secs(30));
+            }
+        }
+    }
     if let Some(refusal) = &plan.refusal {
         tell_failure(service, ctx, refusal.reason, &refusal.message).await;
         write_status(service, ctx, plan.status).await?;
@@ -202,6 +246,74 @@ async fn act(
     Ok(Action::requeue(plan.requeue))
 }
 
+/// A CLB for the service: one knit created for it before but did not
+/// record (found by its owner tag: a pass that failed after the create),
+/// else a new one. Returns the IDs to record; none when a delayed creation
+/// has not said its ID yet (the next pass finds it by its tag).
+async fn create_lb(
+    service: &DedicatedCLBService,
+    recorded: &[String],
+    parameters: &serde_json::Map<String, serde_json::Value>,
+    ctx: &Context,
+) -> Result<Vec<String>, QueueError> {
+    let cloud = ctx.queues.cloud();
+    let region = cloud.region(service.spec.lb_region.as_deref())?;
+    let client = cloud.client(&region).await?;
+    let uid = service.uid().unwrap_or_default();
+    let tagged = client
+        .describe_tagged_load_balancers(created_lbs::OWNER_TAG, &uid)
+        .await
+        .map_err(QueueError::cloud)?;
+    let unrecorded: Vec<String> = tagged
+        .into_iter()
+        .map(|lb| lb.load_balancer_id)
+        .filter(|id| !recorded.contains(id))
+        .collect();
+    if !unrecorded.is_empty() {
+        return Ok(unrecorded);
+    }
+    let created = client
+        .create_load_balancer(parameters)
+        .await
+        .map_err(QueueError::cloud)?;
+    tracing::info!(service = %ObjectRef::from_obj(service), ids = ?created, "CLB created");
+    Ok(created)
+}
+
+/// Deletes the CLBs knit created for the service: those tagged with its
+/// UID (never one it lists in `existedLbIds`, never one without the tag).
+async fn delete_created_lbs(service: &DedicatedCLBService, ctx: &Context) -> Result<(), Error> {
+    let cloud = ctx.queues.cloud();
+    let region = cloud
+        .region(service.spec.lb_region.as_deref())
+        .map_err(QueueError::from)?;
+    let client = cloud.client(&region).await.map_err(QueueError::from)?;
+    let uid = service.uid().unwrap_or_default();
+    let ours: Vec<String> = client
+        .describe_tagged_load_balancers(created_lbs::OWNER_TAG, &uid)
+        .await
+        .map_err(QueueError::cloud)?
+        .into_iter()
+        .filter(|lb| {
+            lb.tags
+                .iter()
+                .any(|t| t.tag_key == created_lbs::OWNER_TAG && t.tag_value == uid)
+        })
+        .map(|lb| lb.load_balancer_id)
+        .filter(|id| !service.spec.existed_lb_ids.contains(id))
+        .collect();
+    // The API takes 20 per call.
+    for batch in ours.chunks(20) {
+        let task = client
+            .delete_load_balancers(batch)
+            .await
+            .map_err(QueueError::cloud)?;
+        client.wait_task(&task).await.map_err(QueueError::cloud)?;
+        tracing::info!(service = %ObjectRef::from_obj(service), ids = ?batch, "CLBs knit created deleted");
+    }
+    Ok(())
+}
+
 fn ignore_not_found<T>(result: Result<T, kube::Error>) -> Result<(), kube::Error> {
     match result {
         Ok(_) => Ok(()),
@@ -226,6 +338,8 @@ async fn cleanup(service: &DedicatedCLBService, ctx: &Context) -> Result<Action,
         .collect();
     let remaining: Vec<&Arc<DedicatedCLBListener>> = plan::owned_by(service, &found).collect();
     if remaining.is_empty() {
+        // Its listeners are gone from the CLBs: the CLBs knit made go too.
+        delete_created_lbs(service, ctx).await?;
         return Ok(Action::await_change());
     }
     for listener in &remaining {

@@ -71,6 +71,16 @@ pub struct DedicatedCLBServiceSpec {
         inner(length(min = 1, max = 64), regex(pattern = r"^lb-[a-z0-9]+$"))
     )]
     pub existed_lb_ids: Vec<String>,
+    /// For the CLBs knit creates when a pod finds no free port: a JSON
+    /// object of `CreateLoadBalancer` parameters, by the API's names (e.g.
+    /// `{"VipIsp":"CTCC"}`). With no `existedLbIds`, knit creates CLBs as
+    /// pods need them; with some, only when this is set and all are full.
+    /// knit sets one CLB, `LoadBalancerType: OPEN` and the cluster's VPC
+    /// unless given, and adds its own tags; it deletes only the CLBs it
+    /// created, with the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
+    pub extensive_parameters: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
@@ -93,6 +103,10 @@ pub struct DedicatedCLBServiceStatus {
     /// The CLBs in use, with the ports each has handed out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub load_balancers: Vec<LoadBalancerStatus>,
+    /// The CLBs knit created for this service (tagged as its own): used
+    /// after `existedLbIds`, and deleted with the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created_lb_ids: Vec<String>,
     /// Listener ports handed out, over all CLBs.
     #[serde(default)]
     pub allocated: u64,

@@ -34,6 +34,16 @@ pub struct LoadBalancer {
     /// The addresses clients connect to.
     #[serde(default, deserialize_with = "null_as_default")]
     pub load_balancer_vips: Vec<String>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub tags: Vec<Tag>,
+}
+
+/// A tag of a CLB (`TagInfo`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Tag {
+    pub tag_key: String,
+    pub tag_value: String,
 }
 
 /// A listener: one protocol and port of an LB.
@@ -239,8 +249,31 @@ pub struct ListenerFilter {
 struct DescribeLoadBalancersRequest<'a> {
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     load_balancer_ids: &'a [String],
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    filters: &'a [Filter],
     offset: u32,
     limit: u32,
+}
+
+/// A `DescribeLoadBalancers` filter, e.g. `tag:<key>` with its values.
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct Filter {
+    name: String,
+    values: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreateLoadBalancerResponse {
+    #[serde(default, deserialize_with = "null_as_default")]
+    load_balancer_ids: Vec<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct DeleteLoadBalancerRequest<'a> {
+    load_balancer_ids: &'a [String],
 }
 
 #[derive(Deserialize)]
@@ -371,6 +404,27 @@ impl ClbClient {
         &self,
         ids: &[String],
     ) -> Result<Vec<LoadBalancer>, Error> {
+        self.load_balancers_where(ids, &[]).await
+    }
+
+    /// The LBs of this region tagged `key` = `value`.
+    pub async fn describe_tagged_load_balancers(
+        &self,
+        key: &str,
+        value: &str,
+    ) -> Result<Vec<LoadBalancer>, Error> {
+        let tagged = Filter {
+            name: format!("tag:{key}"),
+            values: vec![value.to_owned()],
+        };
+        self.load_balancers_where(&[], &[tagged]).await
+    }
+
+    async fn load_balancers_where(
+        &self,
+        ids: &[String],
+        filters: &[Filter],
+    ) -> Result<Vec<LoadBalancer>, Error> {
         let mut found = Vec::new();
         loop {
             let page: DescribeLoadBalancersResponse = self
@@ -378,6 +432,7 @@ impl ClbClient {
                     "DescribeLoadBalancers",
                     &DescribeLoadBalancersRequest {
                         load_balancer_ids: ids,
+                        filters,
                         offset: found.len() as u32,
                         limit: PAGE,
                     },
@@ -389,6 +444,29 @@ impl ClbClient {
                 return Ok(found);
             }
         }
+    }
+
+    /// Creates CLBs from `parameters` (`CreateLoadBalancer`'s, by the API's
+    /// names). Returns their IDs when the API gives them at once; a creation
+    /// that is delayed answers none, and is found later by its tags.
+    pub async fn create_load_balancer(
+        &self,
+        parameters: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Vec<String>, Error> {
+        let answer: CreateLoadBalancerResponse =
+            self.call("CreateLoadBalancer", parameters).await?;
+        Ok(answer.load_balancer_ids)
+    }
+
+    /// Deletes CLBs (20 at most per call), their listeners with them.
+    pub async fn delete_load_balancers(&self, ids: &[String]) -> Result<TaskId, Error> {
+        self.start_task(
+            "DeleteLoadBalancer",
+            &DeleteLoadBalancerRequest {
+                load_balancer_ids: ids,
+            },
+        )
+        .await
     }
 
     /// A `Describe*` action on the listeners of an LB that match `filter`.
