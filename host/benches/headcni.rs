@@ -2,7 +2,7 @@
 //! cycles per second of a whole pod network, through real veths in network
 //! namespaces this bench makes:
 //!
-//! - `headcni` with `headcni-ipam` (the seed's custom IPAM),
+//! - `headcni` with `headcni-ipam` (the seed's custom IPAM, run in process),
 //! - `headcni` with the reference `host-local`,
 //! - the reference `ptp` with `host-local` (containernetworking-plugins),
 //!

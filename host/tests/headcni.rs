@@ -101,8 +101,10 @@ impl Netns {
         command
     }
 
+    /// One reply within 5 s (ping resends each second: a new IPv6 link
+    /// may take a moment to finish its own address's DAD).
     fn pings(&self, address: &str) -> bool {
-        run(&mut self.exec("ping", &["-c", "1", "-W", "2", address]))
+        run(&mut self.exec("ping", &["-c", "1", "-w", "5", address]))
             .status
             .success()
     }
@@ -502,6 +504,52 @@ fn reference_plugins_chain_after_headcni() {
         !nat.contains("18080"),
         "portmap's rules are gone after DEL: {nat}"
     );
+    assert!(node.host_veths().is_empty());
+}
+
+#[test]
+fn dual_stack_pods_reach_each_other_over_both_families() {
+    let _serial = serial();
+    let mut conf: Value = serde_json::from_slice(&example(SEED_HEADCNI_IPAM)).unwrap();
+    conf["enable_ipv6"] = json!(true);
+    conf["pod_cidr"] = json!("10.244.0.0/24,fd00:10:244::/64");
+    conf["ipam"] = json!({
+        "type": "headcni-ipam",
+        "ranges": [[{"subnet": "10.244.0.0/24"}], [{"subnet": "fd00:10:244::/64"}]],
+        "allocation_strategy": "sequential",
+    });
+    let node = Node::new(&[("10-dual.conf", serde_json::to_vec(&conf).unwrap())]);
+    let (a, b) = (Netns::new("hcp"), Netns::new("hcp"));
+    let result_a = node.add(SEED_NETWORK, &a);
+    let result_b = node.add(SEED_NETWORK, &b);
+    let addresses = |result: &Value| -> Vec<String> {
+        result["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|ip| bare(ip["address"].as_str().unwrap()).to_string())
+            .collect()
+    };
+    let (a_addresses, b_addresses) = (addresses(&result_a), addresses(&result_b));
+    assert_eq!(a_addresses.len(), 2, "{result_a}");
+    let kernel_a = ip(&["-n", &a.name, "addr", "show", "dev", "eth0"]);
+    for address in &a_addresses {
+        assert!(
+            kernel_a.contains(address.as_str()),
+            "{address} on eth0: {kernel_a}"
+        );
+    }
+    for address in &b_addresses {
+        assert!(a.pings(address), "pod to pod over {address}");
+    }
+    assert!(
+        a.pings("fd00:10:244::1"),
+        "pod to its IPv6 gateway on the node"
+    );
+    assert!(node.netns.pings(&a_addresses[1]), "node to pod over IPv6");
+    for pod in [&a, &b] {
+        node.del(SEED_NETWORK, &pod.path());
+    }
     assert!(node.host_veths().is_empty());
 }
 

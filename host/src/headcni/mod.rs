@@ -63,8 +63,7 @@ fn run_network(
 ) -> Result<Option<Value>, CniError> {
     let conf = config::parse(stdin)?;
     protocol::check_command_version(command, conf.cni_version)?;
-    let cni_path = env("CNI_PATH").unwrap_or_default();
-    let ipam = Ipam::new(&conf.ipam_type, &cni_path, stdin, conf.cni_version);
+    let ipam = Ipam::new(&conf.ipam_type, env, stdin, conf.cni_version);
     match command {
         NetworkCommand::Add => add(&conf, invocation, &ipam).map(Some),
         NetworkCommand::Del => del(&conf, invocation, &ipam).map(|()| None),
