@@ -90,12 +90,12 @@ pub struct Attachment {
 }
 
 /// A route added to the result as configured.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Route {
     #[serde(deserialize_with = "ip_prefix")]
     pub dst: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gw: Option<IpAddr>,
 }
 

@@ -172,21 +172,19 @@ impl Chosen {
 // Which plugin made an object's last decision, as every status shows it
 // (flattened into the status). Not a doc comment: schemars would give the
 // status that includes it this description.
+#[serde_with::skip_serializing_none]
 #[derive(
     Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PluginStatus {
     /// The plugin that made the last decision: `name@version`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
     /// That plugin's digest, `sha256:<hex>` of its bytes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_digest: Option<String>,
     /// Where that version came from: `built-in`, `file <path>` (the plugins
     /// directory, which overrides a built-in of the same name) or `Plugin
     /// <name>`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin_source: Option<String>,
 }
 

@@ -68,12 +68,11 @@ impl Offsets {
 }
 
 /// What the plugin should answer: offsets, or an error's text.
+#[serde_with::skip_serializing_none]
 #[derive(Deserialize, Serialize, PartialEq, Debug)]
 #[serde(deny_unknown_fields)]
 struct Expected {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     offsets: Option<Vec<u64>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 

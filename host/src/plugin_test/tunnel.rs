@@ -163,25 +163,21 @@ impl Default for StateSpec {
 }
 
 /// What the plugin should answer: the mapping, or an error's text.
+#[serde_with::skip_serializing_none]
 #[derive(Deserialize, Serialize, PartialEq, Debug, Default)]
 #[serde(deny_unknown_fields)]
 struct Expected {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     rules: Option<Vec<RuleSpec>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     dns: Option<Vec<String>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     sources: Option<Vec<StatusSpec>>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Deserialize, Serialize, PartialEq, Debug)]
 #[serde(deny_unknown_fields)]
 struct RuleSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     hostname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     path: Option<String>,
     service: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

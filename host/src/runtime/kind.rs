@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 /// namespace. It is compiled, checked and swapped in while knit runs; a
 /// version that fails to load is reported here and the previous one keeps
 /// serving.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
     group = "knit.dev",
@@ -30,10 +31,8 @@ use serde::{Deserialize, Serialize};
 pub struct PluginSpec {
     /// The world the component must implement; a component of another world is
     /// refused. When omitted, the world is read from the component.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub world: Option<PluginWorld>,
     pub source: PluginSourceSpec,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<PluginLimits>,
     /// Passed to every call, before the configuration of the policy that
     /// selected the plugin.
@@ -76,15 +75,14 @@ pub struct ConfigMapKey {
     pub key: String,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginLimits {
     /// Longest a single call may run, instantiation included; default 250.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 60000))]
     pub deadline_milliseconds: Option<u32>,
     /// Largest linear memory an instance may grow to; default 64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 512))]
     pub memory_mebibytes: Option<u32>,
 }
@@ -105,22 +103,17 @@ impl PluginLimits {
     }
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PluginStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<PluginState>,
     /// Version and digest of the build that serves now (which, after a failed
     /// update, is the previous one).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loaded_at: Option<Time>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

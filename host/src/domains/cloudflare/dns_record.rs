@@ -367,14 +367,22 @@ mod tests {
     }
 
     fn record(id: &str, kind: &str, content: &str, comment: &str) -> DnsRecord {
+        let NewDnsRecord {
+            name,
+            r#type,
+            content,
+            proxied,
+            ttl,
+            comment,
+        } = want(kind, content, comment);
         DnsRecord {
             id: id.into(),
-            name: "www.example.com".into(),
-            r#type: kind.into(),
-            content: content.into(),
-            proxied: false,
-            ttl: 1,
-            comment: Some(comment.into()),
+            name,
+            r#type,
+            content,
+            proxied,
+            ttl,
+            comment,
         }
     }
 

@@ -43,12 +43,12 @@ pub const GROUP: &str = "gateway.networking.k8s.io";
 macro_rules! gateway_api_kind {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $plural:literal, $scope:ty) => {
         $(#[$doc])*
+        #[serde_with::skip_serializing_none]
         #[derive(Clone, Debug, Default, Deserialize, serde::Serialize)]
         pub struct $name {
             pub metadata: ObjectMeta,
             #[serde(default)]
             pub spec: Value,
-            #[serde(default, skip_serializing_if = "Option::is_none")]
             pub status: Option<Value>,
         }
 

@@ -139,45 +139,34 @@ fn default_deploy_patch() -> String {
 
 /// cloudflared's settings for reaching an origin, by its names. Durations
 /// are whole seconds, minutes or hours (`30s`, `2m`, `1h`), at most a day.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct OriginRequestSpec {
     /// Accept any certificate from an HTTPS origin.
-    #[serde(
-        rename = "noTLSVerify",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "noTLSVerify")]
     pub no_tls_verify: Option<bool>,
     /// The name expected on the origin's certificate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub origin_server_name: Option<String>,
     /// A CA bundle file in cloudflared's filesystem (mount it with
     /// `deployPatch`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub ca_pool: Option<String>,
     /// The Host header sent to the origin.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub http_host_header: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,5}[smh]$"))]
     #[x_kube(validation = Rule::new("duration(self) <= duration('24h')").message("at most a day"))]
     pub connect_timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,5}[smh]$"))]
     #[x_kube(validation = Rule::new("duration(self) <= duration('24h')").message("at most a day"))]
     pub tls_timeout: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[0-9]{1,5}[smh]$"))]
     #[x_kube(validation = Rule::new("duration(self) <= duration('24h')").message("at most a day"))]
     pub keep_alive_timeout: Option<String>,
     /// Try HTTP/2 to the origin.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http2_origin: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disable_chunked_encoding: Option<bool>,
 }
 
@@ -218,20 +207,20 @@ pub struct NewTunnel {
     pub name: String,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.id) || has(self.name)")
     .message("existingTunnel needs its id or its name"))]
 pub struct ExistingTunnel {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub name: Option<String>,
 }
 
 /// The Cloudflare account and the credentials to reach it.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.secret) && has(self.credentialsRef))")
@@ -240,17 +229,14 @@ pub struct CloudflareDetails {
     #[schemars(length(min = 1, max = 64))]
     pub account_id: String,
     /// The DNS zone the tunnel's hosts live in.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub domain: Option<String>,
     /// A Secret with `CLOUDFLARE_API_TOKEN`: in the object's namespace, or
     /// knit's for cluster-scoped kinds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub secret: Option<String>,
     /// A `CloudflareCredentials` object. Without `secret` or
     /// `credentialsRef`, the one marked `isDefault` is used.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_ref: Option<CredentialsRef>,
 }
 
@@ -290,37 +276,28 @@ pub enum TunnelState {
     Deleting,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TunnelStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<TunnelState>,
     /// The version Cloudflare gave the configuration knit last put.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_version: Option<u64>,
     /// A digest of that configuration: an unchanged plan is not put again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_digest: Option<String>,
     /// cloudflared ingress rules published, the fallback excluded.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub routes: Option<u32>,
     /// Route sources (Ingresses, HTTPRoutes) bound to this tunnel, and how
     /// many of them are refused (conflict, namespace, invalid).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sources: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refused_sources: Option<u32>,
     /// The mapper that made the last decision (`plugin`, `pluginDigest`,
     /// `pluginSource`).
     #[serde(flatten)]
     pub decided_by: crate::controller::PluginStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -329,6 +306,7 @@ pub struct TunnelStatus {
 /// A WARP connector: a `warp_connector` tunnel advertising private networks
 /// to WARP clients and other sites, and the Deployment of the WARP client
 /// (in connector mode) running it.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "networking.cloudflare-operator.io",
@@ -355,28 +333,23 @@ pub struct WARPConnectorSpec {
     /// the default, the seed's cloudflared image, cannot (cloudflared serves
     /// `cfd_tunnel` tunnels only), and `ImageCanServe=False` says so. Build
     /// one from Cloudflare's `cloudflare-warp` package.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 512))]
     pub image: Option<String>,
     /// The `VirtualNetwork` the routes are advertised in; the account's
     /// default network when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_network_ref: Option<VirtualNetworkRef>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     #[x_kube(validation = Rule::new("self.all(r, self.exists_one(s, s.network == r.network))")
         .message("each network may be advertised once"))]
     pub routes: Vec<WARPConnectorRoute>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
     /// The connector pods' affinity, e.g. spread over nodes or zones.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub service_account_name: Option<String>,
     pub cloudflare: CloudflareDetails,
@@ -393,6 +366,7 @@ pub struct VirtualNetworkRef {
     pub name: String,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WARPConnectorRoute {
@@ -400,27 +374,20 @@ pub struct WARPConnectorRoute {
     #[schemars(length(min = 1, max = 64))]
     #[x_kube(validation = Rule::new("isCIDR(self)").message("network must be a CIDR such as 10.0.0.0/8"))]
     pub network: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 100))]
     pub comment: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WARPConnectorStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connector_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_network_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<TunnelState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -428,6 +395,7 @@ pub struct WARPConnectorStatus {
 
 /// A Zero Trust virtual network: routes in different virtual networks may
 /// overlap.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "networking.cloudflare-operator.io",
@@ -445,10 +413,8 @@ pub struct WARPConnectorStatus {
 #[serde(rename_all = "camelCase")]
 pub struct VirtualNetworkSpec {
     /// The network's name in Cloudflare; the object's name when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 255))]
     pub comment: Option<String>,
     #[serde(default)]
@@ -456,16 +422,13 @@ pub struct VirtualNetworkSpec {
     pub cloudflare: CloudflareDetails,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualNetworkStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_network_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<TunnelState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -473,6 +436,7 @@ pub struct VirtualNetworkStatus {
 
 /// API credentials shared by name (`cloudflare.credentialsRef`): an account
 /// and the Secret holding its token.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "networking.cloudflare-operator.io",
@@ -494,7 +458,6 @@ pub struct CloudflareCredentialsSpec {
     pub account_id: String,
     pub secret_ref: SecretKeyRef,
     /// The zone used when an object names none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub default_domain: Option<String>,
     /// Used by objects that give neither `secret` nor `credentialsRef`.
@@ -502,25 +465,24 @@ pub struct CloudflareCredentialsSpec {
     pub is_default: bool,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// knit's namespace when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,
     /// `CLOUDFLARE_API_TOKEN` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub key: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CloudflareCredentialsStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -528,6 +490,7 @@ pub struct CloudflareCredentialsStatus {
 
 /// A private network (CIDR) routed to WARP clients through a `Tunnel` or a
 /// `ClusterTunnel`, in a virtual network.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "networking.cloudflare-operator.io",
@@ -555,10 +518,8 @@ pub struct NetworkRouteSpec {
     pub tunnel_ref: TunnelRef,
     /// The `VirtualNetwork` the route is in; the account's default network
     /// when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_network_ref: Option<VirtualNetworkRef>,
     /// Shown in Cloudflare after knit's ownership mark.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 78))]
     pub comment: Option<String>,
     /// The account (the tunnel's) and the credentials; a Secret named here is
@@ -566,6 +527,7 @@ pub struct NetworkRouteSpec {
     pub cloudflare: CloudflareDetails,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.kind == 'ClusterTunnel' ? !has(self.__namespace__) : has(self.__namespace__)")
@@ -575,7 +537,6 @@ pub struct TunnelRef {
     pub kind: TunnelRefKind,
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     pub namespace: Option<String>,
 }
@@ -587,25 +548,18 @@ pub enum TunnelRefKind {
     ClusterTunnel,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct NetworkRouteStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tunnel_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_network_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub account_id: Option<String>,
     /// The route's ID in Cloudflare.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<TunnelState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -613,6 +567,7 @@ pub struct NetworkRouteStatus {
 
 /// DNS records in a Cloudflare zone: static content, or the addresses of a
 /// Service, Ingress or Node in the cluster, kept up to date.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "networking.cloudflare-operator.io",
@@ -655,14 +610,11 @@ pub struct DNSRecordSpec {
     pub name: String,
     /// Required with `content`; with `sourceRef`, detected from the addresses
     /// (an IPv4 address gives A, IPv6 AAAA, a host name CNAME) unless set.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r#type: Option<DnsRecordType>,
     /// Static content: an address, a host name or text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub content: Option<String>,
     /// The object whose addresses become the record's content.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ref: Option<DnsSourceRef>,
     /// Which of the source's addresses are published.
     #[serde(default)]
@@ -679,7 +631,6 @@ pub struct DNSRecordSpec {
     #[serde(default)]
     pub proxied: bool,
     /// Shown in Cloudflare after knit's ownership mark.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 78))]
     pub comment: Option<String>,
     pub cloudflare: CloudflareDetails,
@@ -711,16 +662,14 @@ impl DnsRecordType {
 }
 
 /// Exactly one source, in the DNSRecord's namespace (Nodes are cluster-wide).
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.service), has(self.ingress), has(self.node)].filter(x, x).size() == 1")
     .message("set exactly one of service, ingress and node"))]
 pub struct DnsSourceRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<ServiceDnsSource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<NamedSource>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<NodeDnsSource>,
 }
 
@@ -800,29 +749,23 @@ pub enum DnsRecordState {
     Error,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DNSRecordStatus {
     /// The fully qualified name published.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fqdn: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone_id: Option<String>,
     /// The first of `managedRecordIds`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record_id: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub managed_record_ids: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_type: Option<String>,
     /// The first of `resolvedAddresses`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved_content: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolved_addresses: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<DnsRecordState>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -16,6 +16,7 @@ pub const POOL_FINALIZER: &str = "knit.dev/ippool-protection";
 
 /// A pool of addresses (IPv4 or IPv6, one or more CIDRs) handed out by a
 /// strategy plugin.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "knit.dev",
@@ -54,7 +55,6 @@ pub struct IPPoolSpec {
     ).message("the CIDRs of a pool must not overlap or repeat: an address would count twice"))]
     pub cidrs: Vec<String>,
     /// Never handed out; must lie inside the pool.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     #[x_kube(validation = Rule::new("isIP(self)").message("gateway must be an IP address"))]
     pub gateway: Option<String>,
@@ -68,7 +68,6 @@ pub struct IPPoolSpec {
     #[serde(default)]
     pub strategy: Strategy,
     /// Seconds a released address rests before it is handed out again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 86400))]
     pub reuse_cooldown_seconds: Option<u32>,
 }
@@ -117,6 +116,7 @@ impl Default for Strategy {
     }
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct IPPoolStatus {
@@ -137,12 +137,10 @@ pub struct IPPoolStatus {
     pub decided_by: crate::controller::PluginStatus,
     /// The address handed out last: where a sequential strategy goes on
     /// from (host-local's `last_reserved_ip`). Written by every allocator.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_allocated: Option<String>,
     /// Released addresses resting out their `reuseCooldownSeconds`.
     #[serde(default)]
     pub cooling: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -150,6 +148,7 @@ pub struct IPPoolStatus {
 
 /// One address handed out. Its name is derived from pool and address, so the
 /// API server's name uniqueness forbids handing one address out twice.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[kube(
     group = "knit.dev",
@@ -174,7 +173,6 @@ pub struct IPAllocationSpec {
     pub owner: AllocationOwner,
     /// Set when the owner let go and the pool has a reuse cooldown: the
     /// address rests, still held, until `releasedAt + reuseCooldownSeconds`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<Time>,
     /// The strategy that chose the address (`plugin`, `pluginDigest`,
     /// `pluginSource`); none for an address taken back from the pod that
@@ -214,18 +212,14 @@ impl IPAllocation {
 
 /// Who holds the address: a pod (namespace, name, UID) or a container
 /// (ID and interface) when allocated by the CNI plugin.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AllocationOwner {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_namespace: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
 }
 

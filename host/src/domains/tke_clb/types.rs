@@ -24,6 +24,7 @@ pub enum Protocol {
 
 /// Every pod matched by `selector` gets, for each of `ports`, a listener of
 /// its own on one of the service's CLBs, at a port in `minPort..=maxPort`.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "networking.cloud.tencent.com",
@@ -45,7 +46,6 @@ pub enum Protocol {
     .message("minPort must not be greater than maxPort").field_path(".minPort"))]
 pub struct DedicatedCLBServiceSpec {
     /// The CLBs' region; the controller's region when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub lb_region: Option<String>,
     /// The lowest listener port handed out.
@@ -78,11 +78,11 @@ pub struct DedicatedCLBServiceSpec {
     /// knit sets one CLB, `LoadBalancerType: OPEN` and the cluster's VPC
     /// unless given, and adds its own tags; it deletes only the CLBs it
     /// created, with the service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 4096))]
     pub extensive_parameters: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ServicePort {
@@ -92,11 +92,11 @@ pub struct ServicePort {
     #[schemars(range(min = 1, max = 65535))]
     pub target_port: u16,
     /// The pod annotation the public `IP:port` is written into.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub address_pod_annotation: Option<String>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DedicatedCLBServiceStatus {
@@ -117,7 +117,6 @@ pub struct DedicatedCLBServiceStatus {
     /// `pluginSource`).
     #[serde(flatten)]
     pub decided_by: crate::controller::PluginStatus,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -137,6 +136,7 @@ pub struct LoadBalancerStatus {
 /// (tke-extend-network-controller's kind, with the fields that apply to
 /// layer-4 listeners): they are created with them, and put back when the
 /// CLB's differ or this object changes.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "networking.cloud.tencent.com",
@@ -150,96 +150,72 @@ pub struct LoadBalancerStatus {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct CLBListenerConfigSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthcheck: Option<CLBHealthcheck>,
     /// Session persistence, seconds: 0 (off) or 30-3600.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self == 0 || (self >= 30 && self <= 3600)")
         .message("sessionExpireTime is 0 (off) or 30-3600 seconds"))]
     pub session_expire_time: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^(WRR|LEAST_CONN)$"))]
     pub scheduler: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^(NORMAL|QUIC_CID)$"))]
     pub session_type: Option<String>,
     /// Reset connections to a backend when it is deregistered.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deregister_target_rst: Option<bool>,
     /// Connections at most; -1 for no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1))]
     pub max_conn: Option<i64>,
     /// New connections a second at most; -1 for no limit.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = -1))]
     pub max_cps: Option<i64>,
     /// Seconds an idle connection is kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 900))]
     pub idle_connect_timeout: Option<i64>,
 }
 
 /// The listeners' health check, by tke-extend's names.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct CLBHealthcheck {
     /// 1 (on) or 0 (off).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1))]
     pub health_switch: Option<i64>,
     /// Seconds, 2-60.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2, max = 60))]
     pub time_out: Option<i64>,
     /// Seconds between checks, 2-300.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2, max = 300))]
     pub interval_time: Option<i64>,
     /// Successes before healthy, 2-10.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2, max = 10))]
     pub health_num: Option<i64>,
     /// Failures before unhealthy, 2-10.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 2, max = 10))]
     pub un_health_num: Option<i64>,
     /// The HTTP codes that pass, a bit mask of 1xx-5xx (1-31).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 31))]
     pub http_code: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 200))]
     pub http_check_path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub http_check_domain: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^(HEAD|GET)$"))]
     pub http_check_method: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub check_port: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^(HEX|TEXT)$"))]
     pub context_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 500))]
     pub send_context: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 500))]
     pub recv_context: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^(TCP|HTTP|CUSTOM|PING|GRPC)$"))]
     pub check_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^HTTP/1\\.[01]$"))]
     pub http_version: Option<String>,
     /// 0 (the VIP) or 1 (the 100.64.0.0/10 range).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1))]
     pub source_ip_type: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub extended_code: Option<String>,
 }
@@ -270,6 +246,7 @@ impl CLBListenerConfigSpec {
 }
 
 /// One CLB listener, optionally bound to one pod's port.
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Clone, Debug, Deserialize, Serialize, KubeSchema, PartialEq)]
 #[kube(
     group = "networking.cloud.tencent.com",
@@ -299,7 +276,6 @@ pub struct DedicatedCLBListenerSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("lbId is immutable"))]
     pub lb_id: String,
     /// The CLB's region; the controller's region when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 64))]
     pub lb_region: Option<String>,
     /// The listener's port.
@@ -310,12 +286,10 @@ pub struct DedicatedCLBListenerSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("protocol is immutable"))]
     pub protocol: Protocol,
     /// The listener configuration to create it with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub listener_config: Option<String>,
     /// The pod (in this namespace) and port to forward to; unset, the
     /// listener waits, `Available`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_pod: Option<BackendPod>,
     /// The allocator whose decision this listener applies (`plugin`,
     /// `pluginDigest`, `pluginSource`); set by the service controller.
@@ -344,17 +318,14 @@ pub enum ListenerState {
     Deleting,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DedicatedCLBListenerStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listener_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<ListenerState>,
     /// The public `IP:port`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -139,13 +139,7 @@ impl CloudflareClient {
         account_id: &str,
         tunnel_id: &str,
     ) -> Result<Option<TunnelConfiguration>, Error> {
-        let segments = [
-            "accounts",
-            account_id,
-            "cfd_tunnel",
-            tunnel_id,
-            "configurations",
-        ];
+        let segments = configuration_path(account_id, tunnel_id);
         let stored: StoredConfiguration = match self.call(Call::new(Method::GET, &segments)).await {
             Ok(answer) => answer.result,
             Err(error) if error.is_not_found() => return Ok(None),
@@ -165,13 +159,7 @@ impl CloudflareClient {
         tunnel_id: &str,
         config: &TunnelConfig,
     ) -> Result<TunnelConfiguration, Error> {
-        let segments = [
-            "accounts",
-            account_id,
-            "cfd_tunnel",
-            tunnel_id,
-            "configurations",
-        ];
+        let segments = configuration_path(account_id, tunnel_id);
         let call = Call::new(Method::PUT, &segments).json(&ConfigurationBody { config })?;
         let path = call.path();
         let stored: StoredConfiguration = self.call(call).await?.result;
@@ -221,4 +209,15 @@ impl CloudflareClient {
         let segments = ["accounts", account_id, kind.segment(), tunnel_id];
         self.delete(&segments).await
     }
+}
+
+/// Where a tunnel's configuration lives.
+fn configuration_path<'a>(account_id: &'a str, tunnel_id: &'a str) -> [&'a str; 5] {
+    [
+        "accounts",
+        account_id,
+        "cfd_tunnel",
+        tunnel_id,
+        "configurations",
+    ]
 }

@@ -63,21 +63,15 @@ pub struct WarpRouting {
 }
 
 /// One cloudflared ingress rule.
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IngressRule {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     /// A regular expression on the request path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// `http://host:port`, `https://...`, `tcp://...`, `http_status:404`, ...
     pub service: String,
-    #[serde(
-        rename = "originRequest",
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "empty_as_none"
-    )]
+    #[serde(rename = "originRequest", default, deserialize_with = "empty_as_none")]
     pub origin_request: Option<serde_json::Value>,
 }
 

@@ -63,24 +63,17 @@ pub struct Listener {
 /// The settings of a layer-4 listener that `CreateListener` and
 /// `ModifyListener` take and `DescribeListeners` reports, by the API's
 /// names; `None` is the API's default (on create) or unchanged (on modify).
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct ListenerSettings {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_check: Option<HealthCheck>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_expire_time: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduler: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deregister_target_rst: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_conn: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_cps: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_connect_timeout: Option<i64>,
 }
 
@@ -105,42 +98,26 @@ fn contains(outer: &serde_json::Value, inner: &serde_json::Value) -> bool {
 }
 
 /// A listener's health check, by the API's names (`HealthCheck`).
+#[serde_with::skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct HealthCheck {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_switch: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_out: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval_time: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_num: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub un_health_num: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_code: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_check_path: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_check_domain: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_check_method: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_port: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub send_context: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recv_context: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ip_type: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extended_code: Option<String>,
 }
 
