@@ -13,8 +13,12 @@ use clap::{Parser, Subcommand};
 use crate::bench_fixtures::{
     CLB_BENCH_SHAPE, TUNNEL_BENCH_SHAPE, bench_request, clb_bench_request, tunnel_bench_request,
 };
+use crate::domains::cloudflare::account::{BudgetLabels, CloudflareSettings};
+use crate::providers::budget::BudgetSettings;
 use crate::registry_setup::load_file;
 use crate::runtime::{Registry, RuntimeMetrics, World};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Kept at its old path for callers on branches not yet moved to
 /// `registry_setup` (the IPAM plan's tests).
@@ -129,6 +133,14 @@ pub struct CloudflareArgs {
     /// changed (what repairs changes made outside knit).
     #[arg(long, env = "KNIT_CLOUDFLARE_RESYNC_SECONDS", default_value_t = 600)]
     pub cloudflare_resync_seconds: u64,
+    /// Requests each Cloudflare credential may make per 5 minutes; past it,
+    /// calls wait. Cloudflare's limit is 1,200 per user: lower this when
+    /// other tools share the user's budget.
+    #[arg(long, env = "KNIT_CLOUDFLARE_API_BUDGET", default_value_t = CloudflareSettings::API_BUDGET.limit, value_parser = clap::value_parser!(u32).range(1..))]
+    pub cloudflare_api_budget: u32,
+    /// DNS changes per batch call: 200 on the Free plan, 3,500 on paid ones.
+    #[arg(long, env = "KNIT_CLOUDFLARE_DNS_BATCH_SIZE", default_value_t = CloudflareSettings::DNS_BATCH_SIZE, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=3500))]
+    pub cloudflare_dns_batch_size: usize,
 }
 
 impl CloudflareArgs {
@@ -136,13 +148,20 @@ impl CloudflareArgs {
         &self,
         namespace: &str,
         cluster_id: String,
-    ) -> crate::domains::cloudflare::account::CloudflareSettings {
-        crate::domains::cloudflare::account::CloudflareSettings {
+        budget_left: Family<BudgetLabels, Gauge>,
+    ) -> CloudflareSettings {
+        CloudflareSettings {
             endpoint: self.cloudflare_endpoint.clone(),
             cluster_id,
             namespace: namespace.to_owned(),
             cloudflared_image: self.cloudflared_image.clone(),
             resync: std::time::Duration::from_secs(self.cloudflare_resync_seconds),
+            api_budget: BudgetSettings {
+                limit: self.cloudflare_api_budget,
+                ..CloudflareSettings::API_BUDGET
+            },
+            dns_batch_size: self.cloudflare_dns_batch_size,
+            budget_left,
         }
     }
 }

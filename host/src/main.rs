@@ -105,6 +105,12 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
     ipam_metrics.register(&mut prometheus);
     let reconciles = Arc::new(knit::telemetry::ReconcileMetrics::default());
     reconciles.register(&mut prometheus);
+    let cloudflare_budget_left = prometheus_client::metrics::family::Family::default();
+    prometheus.register(
+        "knit_cloudflare_api_budget_left",
+        "Requests each Cloudflare credential may still make in the current window",
+        cloudflare_budget_left.clone(),
+    );
     let readiness = knit::telemetry::Readiness::default();
     let server = tokio::spawn(knit::telemetry::serve(
         args.metrics_addr,
@@ -161,7 +167,9 @@ async fn run(args: RunArgs, metrics: Arc<RuntimeMetrics>) -> anyhow::Result<()> 
         ipam_metrics,
         reconciles,
         tke: args.tke.settings(&args.namespace),
-        cloudflare: args.cloudflare.settings(&args.namespace, cluster_id),
+        cloudflare: args
+            .cloudflare
+            .settings(&args.namespace, cluster_id, cloudflare_budget_left),
     };
     let mut controllers = tokio::spawn(run_controllers(
         client,

@@ -27,14 +27,20 @@
 //! - DNS: types A, AAAA, CNAME and TXT; names fully qualified inside the
 //!   zone; a CNAME shares its name with no other record (81053 creating
 //!   the CNAME, 81054 creating the other record); identical records are
-//!   refused (81058); a missing record is 404, code 81044.
+//!   refused (81058); a missing record is 404, code 81044. A batch
+//!   (`dns_records/batch`) runs deletes, patches, puts, then posts, each
+//!   checked as its single call is, and keeps all or none of them; more
+//!   operations than the batch limit (`set_batch_limit`, 200 as on the
+//!   Free plan) are refused whole.
 //! - Virtual networks: names unique per account; each account starts with
 //!   a default network (`default`), which cannot be deleted; a network that
 //!   routes use cannot be deleted. Routes: the network must be a CIDR with
 //!   no host bits; the same network twice in one virtual network is 409.
 //! - Faults: `fail_next` (an error for the next calls of a route),
 //!   `rate_limit_next` (429 with `Retry-After`, code 971) and
-//!   `set_latency`. Calls are recorded (`calls`, `count`), refused ones
+//!   `set_latency`. `set_rate_budget` is Cloudflare's own limit: past
+//!   `limit` requests of a token in a window, 429 (code 971) with
+//!   `Retry-After` until the oldest leaves it. Calls are recorded (`calls`, `count`), refused ones
 //!   included.
 //!
 //! The error codes are in `codes`, each marked as one the real API uses
@@ -99,6 +105,8 @@ pub mod codes {
     pub const IDENTICAL_RECORD: i64 = 81058;
     /// No such DNS record (believed real).
     pub const RECORD_NOT_FOUND: i64 = 81044;
+    /// A batch over the plan's limit (the fake's number).
+    pub const BATCH_TOO_LARGE: i64 = 81060;
 }
 
 /// Endpoints' own page size caps and defaults.
@@ -310,7 +318,18 @@ impl FakeCloudflare {
         });
     }
 
-    /// Requests refused by `rate_limit_next` so far.
+    /// Cloudflare's rate limit: at most `limit` requests per token in any
+    /// `window`; past it, 429 with `Retry-After`.
+    pub fn set_rate_budget(&self, limit: usize, window: Duration) {
+        self.cloud().rate_budget = Some((limit, window));
+    }
+
+    /// Operations one DNS batch may hold (the plan's: 200 Free, 3,500 paid).
+    pub fn set_batch_limit(&self, limit: usize) {
+        self.cloud().batch_limit = limit;
+    }
+
+    /// Requests refused by `rate_limit_next` or the rate budget so far.
     pub fn rate_limited(&self) -> usize {
         self.cloud().rate_limited
     }
@@ -555,6 +574,10 @@ struct Cloud {
     faults: Vec<Fault>,
     rate_limit: Option<RateLimit>,
     rate_limited: usize,
+    /// `(limit, window)` per token, and when each token's requests came.
+    rate_budget: Option<(usize, Duration)>,
+    sent: HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+    batch_limit: usize,
     latency: Duration,
     calls: Vec<CallRecord>,
 }
@@ -685,6 +708,9 @@ enum Endpoint {
         zone: String,
         id: String,
     },
+    DnsBatch {
+        zone: String,
+    },
     Tunnels {
         kind: Kind,
         account: String,
@@ -735,6 +761,7 @@ impl Endpoint {
         Some(match s.as_slice() {
             ["zones"] => Endpoint::Zones,
             ["zones", _, "dns_records"] => Endpoint::DnsRecords { zone: owned(1) },
+            ["zones", _, "dns_records", "batch"] => Endpoint::DnsBatch { zone: owned(1) },
             ["zones", _, "dns_records", _] => Endpoint::DnsRecord {
                 zone: owned(1),
                 id: owned(3),
@@ -781,6 +808,7 @@ impl Endpoint {
             Endpoint::Zones => "zones",
             Endpoint::DnsRecords { .. } => "dns_records",
             Endpoint::DnsRecord { .. } => "dns_records/{id}",
+            Endpoint::DnsBatch { .. } => "dns_records/batch",
             Endpoint::Tunnels { kind, .. } => match kind {
                 Kind::Cloudflared => "cfd_tunnel",
                 Kind::WarpConnector => "warp_connector",
@@ -805,7 +833,10 @@ impl Endpoint {
     /// The account in the path, if the path has one.
     fn account(&self) -> Option<&str> {
         match self {
-            Endpoint::Zones | Endpoint::DnsRecords { .. } | Endpoint::DnsRecord { .. } => None,
+            Endpoint::Zones
+            | Endpoint::DnsRecords { .. }
+            | Endpoint::DnsRecord { .. }
+            | Endpoint::DnsBatch { .. } => None,
             Endpoint::Tunnels { account, .. }
             | Endpoint::Tunnel { account, .. }
             | Endpoint::TunnelToken { account, .. }
@@ -820,7 +851,9 @@ impl Endpoint {
 
     fn zone(&self) -> Option<&str> {
         match self {
-            Endpoint::DnsRecords { zone } | Endpoint::DnsRecord { zone, .. } => Some(zone),
+            Endpoint::DnsRecords { zone }
+            | Endpoint::DnsRecord { zone, .. }
+            | Endpoint::DnsBatch { zone } => Some(zone),
             _ => None,
         }
     }
@@ -975,6 +1008,9 @@ impl Cloud {
             faults: Vec::new(),
             rate_limit: None,
             rate_limited: 0,
+            rate_budget: None,
+            sent: HashMap::new(),
+            batch_limit: 200,
             latency: Duration::ZERO,
             calls: Vec::new(),
         }
@@ -1063,6 +1099,7 @@ impl Cloud {
                 "Please wait and consider throttling your request speed",
             );
         }
+        self.spend_budget(headers)?;
         let route = endpoint.route();
         let record = CallRecord {
             method: method.to_owned(),
@@ -1085,6 +1122,43 @@ impl Cloud {
             body: result,
             retry_after: None,
         })
+    }
+
+    /// Counts the request against its token's budget, or refuses it with
+    /// the wait until the budget admits one more.
+    fn spend_budget(&mut self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let Some((limit, window)) = self.rate_budget else {
+            return Ok(());
+        };
+        let token = headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let now = std::time::Instant::now();
+        let sent = self.sent.entry(token).or_default();
+        while sent
+            .front()
+            .is_some_and(|at| now.duration_since(*at) >= window)
+        {
+            sent.pop_front();
+        }
+        if sent.len() < limit {
+            sent.push_back(now);
+            return Ok(());
+        }
+        let wait = window.saturating_sub(now.duration_since(sent[0]));
+        self.rate_limited += 1;
+        // Spent (`left: 0`): only carries this refusal's `Retry-After`.
+        self.rate_limit = Some(RateLimit {
+            left: 0,
+            retry_after: wait.as_secs_f64().ceil() as u64,
+        });
+        refuse(
+            429,
+            codes::RATE_LIMITED,
+            "Please wait and consider throttling your request speed",
+        )
     }
 
     /// The account the bearer token belongs to.
@@ -1181,6 +1255,10 @@ impl Cloud {
             ("POST", Endpoint::DnsRecords { zone }) => {
                 no_query()?;
                 self.write_record(zone, None, body)
+            }
+            ("POST", Endpoint::DnsBatch { zone }) => {
+                no_query()?;
+                self.batch_records(zone, body)
             }
             ("PUT", Endpoint::DnsRecord { zone, id }) => {
                 no_query()?;
@@ -1539,6 +1617,77 @@ impl Cloud {
         };
         zone.records.insert(id, record.clone());
         Ok(envelope(record_json(zone_id, zone, &record)))
+    }
+
+    /// All of the batch or none: each operation is served as its single
+    /// call would be, in Cloudflare's order, on the zone as the previous
+    /// ones left it; the first refusal puts the zone back as it was.
+    fn batch_records(&mut self, zone_id: &str, body: &[u8]) -> Result<Value, Refusal> {
+        let batch: BatchBody = parse(body)?;
+        let operations =
+            batch.deletes.len() + batch.patches.len() + batch.puts.len() + batch.posts.len();
+        if operations > self.batch_limit {
+            return refuse(
+                400,
+                codes::BATCH_TOO_LARGE,
+                format!(
+                    "A batch may hold at most {} operations on this plan; got {operations}",
+                    self.batch_limit
+                ),
+            );
+        }
+        let before = self.zones[zone_id].records.clone();
+        let result = self.run_batch(zone_id, batch);
+        if result.is_err() {
+            self.zones
+                .get_mut(zone_id)
+                .expect("authorized above")
+                .records = before;
+        }
+        result
+    }
+
+    fn run_batch(&mut self, zone_id: &str, batch: BatchBody) -> Result<Value, Refusal> {
+        let result = |reply: Value| reply["result"].clone();
+        let mut deletes = Vec::new();
+        for delete in batch.deletes {
+            let zone = &self.zones[zone_id];
+            let Some(record) = zone.records.get(&delete.id) else {
+                return refuse(404, codes::RECORD_NOT_FOUND, "Record does not exist.");
+            };
+            deletes.push(record_json(zone_id, zone, record));
+            self.delete_record(zone_id, &delete.id)?;
+        }
+        let mut patches = Vec::new();
+        for patch in batch.patches {
+            let (id, fields) = split_id(patch)?;
+            let Some(old) = self.zones[zone_id].records.get(&id) else {
+                return refuse(404, codes::RECORD_NOT_FOUND, "Record does not exist.");
+            };
+            let mut merged = json!({
+                "name": old.name, "type": old.r#type, "content": old.content,
+                "proxied": old.proxied, "ttl": old.ttl, "comment": old.comment,
+            });
+            for (key, value) in fields {
+                merged[key] = value;
+            }
+            let body = serde_json::to_vec(&merged).expect("JSON");
+            patches.push(result(self.write_record(zone_id, Some(&id), &body)?));
+        }
+        let mut puts = Vec::new();
+        for put in batch.puts {
+            let (id, fields) = split_id(put)?;
+            let body = serde_json::to_vec(&fields).expect("JSON");
+            puts.push(result(self.write_record(zone_id, Some(&id), &body)?));
+        }
+        let mut posts = Vec::new();
+        for post in batch.posts {
+            let body = serde_json::to_vec(&post).expect("JSON");
+            posts.push(result(self.write_record(zone_id, None, &body)?));
+        }
+        Ok(envelope(json!({
+            "deletes": deletes, "patches": patches, "puts": puts, "posts": posts,
+        })))
     }
 
     fn delete_record(&mut self, zone_id: &str, id: &str) -> Result<Value, Refusal> {
@@ -1955,6 +2104,37 @@ struct RuleBody {
         skip_serializing_if = "Option::is_none"
     )]
     origin_request: Option<OriginRequestBody>,
+}
+
+/// A DNS batch: record bodies as the single calls take them; patches and
+/// puts carry the record's `id` too.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    #[serde(default)]
+    deletes: Vec<BatchDelete>,
+    #[serde(default)]
+    patches: Vec<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    puts: Vec<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    posts: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchDelete {
+    id: String,
+}
+
+/// A batch patch or put: its record `id` and the record's fields.
+fn split_id(
+    mut fields: serde_json::Map<String, Value>,
+) -> Result<(String, serde_json::Map<String, Value>), Refusal> {
+    match fields.remove("id") {
+        Some(Value::String(id)) => Ok((id, fields)),
+        _ => invalid("a batch patch or put needs the record's id"),
+    }
 }
 
 #[derive(Deserialize)]

@@ -219,6 +219,9 @@ fn start_cloudflare(env: &'static knit_tests::TestEnv, endpoint: &str, cluster_i
         namespace: KNIT_NAMESPACE.into(),
         cloudflared_image: "cloudflare/cloudflared:2025.1.0".into(),
         resync: Duration::from_secs(5),
+        api_budget: CloudflareSettings::API_BUDGET,
+        dns_batch_size: CloudflareSettings::DNS_BATCH_SIZE,
+        budget_left: Default::default(),
     };
     Knit::start(env, move |client, registry| {
         knit::domains::cloudflare::run(

@@ -2,12 +2,15 @@
 //! their configuration, DNS with pagination, virtual networks and routes,
 //! WARP connectors, retries, and that the API token never shows.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
+use knit::providers::budget::{ApiBudget, BudgetSettings};
 use knit::providers::cloudflare::{
-    ApiToken, CloudflareClient, DnsFilter, Error, IngressRule, NewDnsRecord, NewRoute,
-    NewVirtualNetwork, RetryPolicy, RouteFilter, TunnelConfig, TunnelKind, WarpRouting,
+    ApiToken, CloudflareClient, DnsBatch, DnsFilter, Error, IngressRule, NewDnsRecord, NewRoute,
+    NewVirtualNetwork, RecordId, RecordPut, RetryPolicy, RouteFilter, TunnelConfig, TunnelKind,
+    WarpRouting,
 };
 use knit_tests::fake_cloudflare::{FakeCloudflare, codes};
 
@@ -792,6 +795,144 @@ async fn warp_connectors_have_their_own_path_and_token() {
         None
     );
     assert!(fake.warp_connectors()[0].deleted);
+}
+
+/// A batch's changes as Cloudflare makes them: deletes, puts, then posts,
+/// all or none; what the plan's limit exceeds is refused whole.
+#[tokio::test]
+async fn a_dns_batch_is_all_or_nothing_and_bounded() {
+    let (fake, client, zone_id) = setup().await;
+    let target = "t1.cfargotunnel.com";
+    let old = client
+        .create_dns_record(&zone_id, &cname("old.example.com", target, Some("knit")))
+        .await
+        .unwrap();
+    let kept = client
+        .create_dns_record(&zone_id, &cname("kept.example.com", target, Some("knit")))
+        .await
+        .unwrap();
+    fake.add_dns_record(&zone_id, "taken.example.com", "A", "192.0.2.1", None);
+    let names = |fake: &FakeCloudflare| {
+        let mut names: Vec<String> = fake
+            .dns_records(&zone_id)
+            .into_iter()
+            .map(|r| format!("{} {}", r.name, r.content))
+            .collect();
+        names.sort();
+        names
+    };
+    let before = names(&fake);
+
+    // The last post is refused (an A record holds the name): nothing lands.
+    let refused = DnsBatch {
+        deletes: vec![RecordId { id: old.id.clone() }],
+        puts: vec![RecordPut {
+            id: kept.id.clone(),
+            record: cname("kept.example.com", "t2.cfargotunnel.com", Some("knit")),
+        }],
+        posts: vec![
+            cname("new.example.com", target, Some("knit")),
+            cname("taken.example.com", target, Some("knit")),
+        ],
+    };
+    let error = client
+        .batch_dns_records(&zone_id, &refused)
+        .await
+        .unwrap_err();
+    assert!(
+        error.is_refusal() && error.has_code(codes::HOST_TAKEN),
+        "{error:?}"
+    );
+    assert_eq!(names(&fake), before, "a refused batch changes nothing");
+
+    // Without it, one call makes the three changes; a delete frees a name
+    // for a post of the same batch.
+    let batch = DnsBatch {
+        posts: vec![
+            cname("new.example.com", target, Some("knit")),
+            cname("old.example.com", "t2.cfargotunnel.com", Some("knit")),
+        ],
+        ..refused.clone()
+    };
+    fake.reset_calls();
+    let done = client.batch_dns_records(&zone_id, &batch).await.unwrap();
+    assert_eq!(fake.calls().len(), 1);
+    assert_eq!((done.puts.len(), done.posts.len()), (1, 2));
+    assert_eq!(
+        names(&fake),
+        [
+            "kept.example.com t2.cfargotunnel.com",
+            "new.example.com t1.cfargotunnel.com",
+            "old.example.com t2.cfargotunnel.com",
+            "taken.example.com 192.0.2.1",
+        ]
+    );
+
+    // Over the plan's limit: refused whole, with the limit in the message.
+    fake.set_batch_limit(2);
+    let three = DnsBatch {
+        posts: (0..3)
+            .map(|i| cname(&format!("n{i}.example.com"), target, None))
+            .collect(),
+        ..DnsBatch::default()
+    };
+    let error = client
+        .batch_dns_records(&zone_id, &three)
+        .await
+        .unwrap_err();
+    assert!(error.has_code(codes::BATCH_TOO_LARGE), "{error:?}");
+    assert!(error.to_string().contains("at most 2"), "{error}");
+    assert_eq!(fake.dns_records(&zone_id).len(), 4);
+}
+
+/// Past the account's budget the fake answers 429 as Cloudflare does; a
+/// client sharing a budget of the same size waits instead and is never
+/// refused.
+#[tokio::test]
+async fn a_client_with_a_budget_waits_instead_of_being_rate_limited() {
+    let (fake, client, _) = setup().await;
+    let window = Duration::from_millis(1500);
+    fake.set_rate_budget(3, window);
+    let settings = BudgetSettings { limit: 3, window };
+    let budget = Arc::new(ApiBudget::new(settings, Default::default()));
+    let budgeted = client.clone().with_budget(budget.clone());
+    let started = Instant::now();
+    let mut calls = Vec::new();
+    for _ in 0..5 {
+        let client = budgeted.clone();
+        calls.push(tokio::spawn(
+            async move { client.zone_id(ACCOUNT, ZONE).await },
+        ));
+    }
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert!(started.elapsed() >= window, "two of five waited a window");
+    assert_eq!(fake.rate_limited(), 0);
+    assert_eq!(fake.count("GET", "zones"), 5);
+
+    // The same five without the budget: some are refused with 429.
+    let unbudgeted = client.with_retry(RetryPolicy {
+        attempts: 1,
+        ..fast()
+    });
+    let mut refused = 0;
+    for _ in 0..5 {
+        if let Err(error) = unbudgeted.zone_id(ACCOUNT, ZONE).await {
+            assert!(
+                matches!(
+                    error,
+                    Error::RateLimited {
+                        retry_after: Some(_),
+                        ..
+                    }
+                ),
+                "{error:?}"
+            );
+            refused += 1;
+        }
+    }
+    assert!(refused >= 2, "{refused} refused");
 }
 
 #[tokio::test]

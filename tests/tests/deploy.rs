@@ -407,7 +407,8 @@ async fn knit_runs_every_domain_as_the_charts_service_account() {
     tokio::spawn(knit::domains::cloudflare::run(
         client.clone(),
         registry.clone(),
-        run.cloudflare.settings(NAMESPACE, cluster_id),
+        run.cloudflare
+            .settings(NAMESPACE, cluster_id, Default::default()),
         reconciles.clone(),
         std::future::pending(),
     ));

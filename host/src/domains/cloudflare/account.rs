@@ -1,14 +1,19 @@
 //! Settings, credentials and clients: which API token an object's
 //! `cloudflare` block leads to, read from its Secret on every pass (a
-//! rotated token is picked up at once), and one client per token.
+//! rotated token is picked up at once), and one client per token, with
+//! that token's request budget.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 
 use super::types::{CloudflareCredentials, CloudflareDetails};
+use crate::providers::budget::{ApiBudget, BudgetSettings};
 use crate::providers::cloudflare::{ApiToken, CloudflareClient, TOKEN_KEY, TokenError};
 
 /// How knit reaches Cloudflare and runs cloudflared.
@@ -26,6 +31,29 @@ pub struct CloudflareSettings {
     /// How often a tunnel whose plan did not change is checked against
     /// Cloudflare anyway (DNS records and configuration edited out of band).
     pub resync: std::time::Duration,
+    /// Requests each credential may make per window (Cloudflare's: 1,200
+    /// per 5 minutes), shared by every controller using it.
+    pub api_budget: BudgetSettings,
+    /// DNS changes per batch call (Cloudflare's Free plan takes 200).
+    pub dns_batch_size: usize,
+    /// What is left of each credential's budget, by its Secret.
+    pub budget_left: Family<BudgetLabels, Gauge>,
+}
+
+impl CloudflareSettings {
+    /// Cloudflare's documented global limit: 1,200 requests per 5 minutes.
+    pub const API_BUDGET: BudgetSettings = BudgetSettings {
+        limit: 1200,
+        window: std::time::Duration::from_secs(300),
+    };
+    /// The batch limit of Cloudflare's Free plan (3,500 on paid plans).
+    pub const DNS_BATCH_SIZE: usize = 200;
+}
+
+/// A credential in the budget metric: its Secret, never the token.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    pub secret: String,
 }
 
 /// Why no client could be made; shown in the object's `Ready` condition.
@@ -177,8 +205,17 @@ impl Accounts {
         if let Some(client) = clients.get(&digest) {
             return Ok(client.clone());
         }
+        let left = self
+            .settings
+            .budget_left
+            .get_or_create(&BudgetLabels {
+                secret: format!("{secret_namespace}/{secret_name}"),
+            })
+            .clone();
+        let budget = Arc::new(ApiBudget::new(self.settings.api_budget, left));
         let client = CloudflareClient::new(&self.settings.endpoint, token)
-            .map_err(|e| CredentialsError::Client(e.to_string()))?;
+            .map_err(|e| CredentialsError::Client(e.to_string()))?
+            .with_budget(budget);
         clients.insert(digest, client.clone());
         Ok(client)
     }

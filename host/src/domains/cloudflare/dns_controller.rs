@@ -122,7 +122,13 @@ async fn serve(
     let marker = ctx.marker(&owner(record));
     // Moved to another zone: the old zone's records go first.
     if let Some(old) = status.zone_id.clone().filter(|old| *old != zone_id) {
-        delete_owned_records(&client, &old, &marker).await?;
+        delete_owned_records(
+            &client,
+            &old,
+            &marker,
+            ctx.accounts.settings().dns_batch_size,
+        )
+        .await?;
         status.managed_record_ids.clear();
     }
     let fqdn = dns_record::fqdn(&spec.name, domain);
@@ -290,7 +296,8 @@ async fn cleanup(record: &DNSRecord, ctx: &Context) -> Result<Action, Error> {
         .accounts
         .client_for_cleanup(&record.spec.cloudflare, Some(&namespace))
         .await?;
-    delete_owned_records(&client, &zone_id, &ctx.marker(&owner(record))).await?;
+    let batch_size = ctx.accounts.settings().dns_batch_size;
+    delete_owned_records(&client, &zone_id, &ctx.marker(&owner(record)), batch_size).await?;
     Ok(Action::await_change())
 }
 

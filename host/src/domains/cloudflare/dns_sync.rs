@@ -32,17 +32,52 @@ pub(super) async fn sync_dns(
     let marker = owner_marker(ctx, key);
     let owned = owned_records(client, &zone, &marker).await?;
     let changes = plan::dns_changes(wanted, &plan::cname_target(tunnel_id), &marker, &owned);
-    for record in &changes.delete {
-        client.delete_dns_record(&zone, &record.id).await?;
-        tracing::info!(tunnel = %key, name = %record.name, "DNS record deleted");
+    let batch_size = ctx.accounts.settings().dns_batch_size;
+    let mut blocked = Vec::new();
+    for batch in changes.batches(batch_size) {
+        blocked.extend(apply(client, &zone, key, &batch).await?);
     }
-    for (id, record) in &changes.update {
-        client.update_dns_record(&zone, id, record).await?;
+    if blocked.is_empty() {
+        ctx.dns_synced.lock().expect("dns lock").insert(
+            key.clone(),
+            (wanted.to_vec(), tunnel_id.to_owned(), Instant::now()),
+        );
+    }
+    Ok(blocked)
+}
+
+/// Makes `batch`'s changes in one call. Where Cloudflare refuses the batch
+/// (one refused change fails them all: a host a foreign record holds, a
+/// record gone meanwhile), they are made one by one, so the rest still
+/// lands; returns the hosts a foreign record holds.
+async fn apply(
+    client: &CloudflareClient,
+    zone: &str,
+    owner: &impl std::fmt::Display,
+    batch: &api::DnsBatch,
+) -> Result<Vec<String>, Error> {
+    let error = match client.batch_dns_records(zone, batch).await {
+        Ok(_) => {
+            tracing::info!(
+                %owner, deleted = batch.deletes.len(), overwritten = batch.puts.len(),
+                created = batch.posts.len(), "DNS records changed"
+            );
+            return Ok(Vec::new());
+        }
+        Err(error) if error.is_refusal() => error,
+        Err(error) => return Err(error.into()),
+    };
+    tracing::info!(%owner, %error, "DNS batch refused: its changes go one by one");
+    for record in &batch.deletes {
+        client.delete_dns_record(zone, &record.id).await?;
+    }
+    for put in &batch.puts {
+        client.update_dns_record(zone, &put.id, &put.record).await?;
     }
     let mut blocked = Vec::new();
-    for record in &changes.create {
-        match client.create_dns_record(&zone, record).await {
-            Ok(_) => tracing::info!(tunnel = %key, name = %record.name, "DNS record created"),
+    for record in &batch.posts {
+        match client.create_dns_record(zone, record).await {
+            Ok(_) => tracing::info!(%owner, name = %record.name, "DNS record created"),
             Err(e)
                 if e.has_code(api::codes::DNS_HOST_TAKEN)
                     || e.has_code(api::codes::DNS_CNAME_TAKEN) =>
@@ -51,12 +86,6 @@ pub(super) async fn sync_dns(
             }
             Err(e) => return Err(e.into()),
         }
-    }
-    if blocked.is_empty() {
-        ctx.dns_synced.lock().expect("dns lock").insert(
-            key.clone(),
-            (wanted.to_vec(), tunnel_id.to_owned(), Instant::now()),
-        );
     }
     Ok(blocked)
 }
@@ -83,14 +112,19 @@ pub(super) async fn owned_records(
         .collect())
 }
 
-/// Deletes the zone's records `marker` owns.
+/// Deletes the zone's records `marker` owns, `batch_size` to a call.
 pub(super) async fn delete_owned_records(
     client: &CloudflareClient,
     zone: &str,
     marker: &OwnerMarker,
+    batch_size: usize,
 ) -> Result<(), Error> {
-    for record in owned_records(client, zone, marker).await? {
-        client.delete_dns_record(zone, &record.id).await?;
+    let changes = plan::DnsChanges {
+        delete: owned_records(client, zone, marker).await?,
+        ..Default::default()
+    };
+    for batch in changes.batches(batch_size) {
+        apply(client, zone, &marker.prefix, &batch).await?;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@ use knit_tunnel_core::{Mapping, OriginRequest, Verdict};
 use super::sources::{Bound, SourceRef, TunnelKey};
 use super::types::TunnelSpec;
 use crate::providers::cloudflare::{
-    DnsRecord, IngressRule, NewDnsRecord, TunnelConfig, WarpRouting,
+    DnsBatch, DnsRecord, IngressRule, NewDnsRecord, RecordId, RecordPut, TunnelConfig, WarpRouting,
 };
 
 /// The key in the token Secret that cloudflared reads as `TUNNEL_TOKEN`.
@@ -147,6 +147,33 @@ pub struct DnsChanges {
 impl DnsChanges {
     pub fn is_empty(&self) -> bool {
         self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+    }
+
+    /// The changes as batch calls of at most `size` operations each, in
+    /// Cloudflare's order (deletes, then overwrites, then creates) across
+    /// the batches too, so a name freed by a delete is free for its create.
+    pub fn batches(&self, size: usize) -> Vec<DnsBatch> {
+        let size = size.max(1);
+        // The batch with room for one more, opened when the last is full.
+        fn open(batches: &mut Vec<DnsBatch>, size: usize) -> &mut DnsBatch {
+            if batches.last().is_none_or(|batch| batch.len() >= size) {
+                batches.push(DnsBatch::default());
+            }
+            batches.last_mut().expect("pushed above")
+        }
+        let mut batches = Vec::new();
+        for record in &self.delete {
+            let id = record.id.clone();
+            open(&mut batches, size).deletes.push(RecordId { id });
+        }
+        for (id, record) in &self.update {
+            let (id, record) = (id.clone(), record.clone());
+            open(&mut batches, size).puts.push(RecordPut { id, record });
+        }
+        for record in &self.create {
+            open(&mut batches, size).posts.push(record.clone());
+        }
+        batches
     }
 }
 
@@ -481,6 +508,64 @@ mod tests {
         let long = OwnerMarker::new("c", &format!("Tunnel ns/{}", "n".repeat(200)));
         assert!(long.comment.len() <= COMMENT_LIMIT);
         assert!(long.owns(Some(&long.comment)));
+    }
+
+    /// Changes of `deletes`, `updates` and `creates` records cut into
+    /// batches of `size`: each batch as (deletes, puts, posts).
+    #[rstest::rstest]
+    #[case::none(0, 0, 0, 200, vec![])]
+    #[case::one_batch_in_order(2, 1, 3, 200, vec![(2, 1, 3)])]
+    #[case::a_thousand_creates_on_the_free_plan(0, 0, 1000, 200, vec![(0, 0, 200); 5])]
+    #[case::kinds_share_a_batch_at_the_cut(3, 2, 2, 4, vec![(3, 1, 0), (0, 1, 2)])]
+    #[case::size_zero_is_one(1, 0, 1, 0, vec![(1, 0, 0), (0, 0, 1)])]
+    fn dns_changes_are_cut_into_ordered_batches(
+        #[case] deletes: usize,
+        #[case] updates: usize,
+        #[case] creates: usize,
+        #[case] size: usize,
+        #[case] expected: Vec<(usize, usize, usize)>,
+    ) {
+        let marker = OwnerMarker::new("c", "Tunnel a/t");
+        let record = |i: usize| {
+            owned(
+                &format!("r{i}"),
+                &format!("h{i}.example.com"),
+                "t",
+                &marker.comment,
+            )
+        };
+        let new = |i: usize| NewDnsRecord {
+            name: format!("n{i}.example.com"),
+            r#type: "CNAME".into(),
+            content: "t".into(),
+            proxied: true,
+            ttl: 1,
+            comment: None,
+        };
+        let changes = DnsChanges {
+            delete: (0..deletes).map(record).collect(),
+            update: (0..updates).map(|i| (format!("u{i}"), new(i))).collect(),
+            create: (0..creates).map(new).collect(),
+        };
+        let batches = changes.batches(size);
+        let shapes: Vec<_> = batches
+            .iter()
+            .map(|b| (b.deletes.len(), b.puts.len(), b.posts.len()))
+            .collect();
+        assert_eq!(shapes, expected);
+        // Nothing lost or repeated, and in order.
+        let ids: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.deletes.iter().map(|d| d.id.as_str()))
+            .collect();
+        let want: Vec<&str> = changes.delete.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, want);
+        let names: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.posts.iter().map(|p| p.name.as_str()))
+            .collect();
+        let want: Vec<&str> = changes.create.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, want);
     }
 
     #[test]

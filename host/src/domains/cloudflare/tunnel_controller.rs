@@ -443,7 +443,8 @@ async fn cleanup<K: TunnelObject>(object: &K, ctx: &Context) -> Result<Action, E
     if let Some(domain) = &spec.cloudflare.domain {
         let zone = ctx.accounts.zone_id(&client, account, domain).await?;
         let marker = owner_marker(ctx, &key);
-        delete_owned_records(&client, &zone, &marker).await?;
+        let batch_size = ctx.accounts.settings().dns_batch_size;
+        delete_owned_records(&client, &zone, &marker, batch_size).await?;
     }
     let namespace = plan::workload_namespace(&key, &ctx.accounts.settings().namespace);
     let name = plan::workload_name(&key);

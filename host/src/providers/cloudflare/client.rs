@@ -1,11 +1,13 @@
 //! The transport every endpoint group goes through: construction and
 //! authentication, one `Call` (method, path, query, JSON body), the v4
 //! envelope decoded into a result or an `Error`, retries within the
-//! `RetryPolicy`, and pagination by `result_info`. The endpoints themselves
-//! are `impl CloudflareClient` blocks in `tunnels`, `dns` and `networks`;
-//! they build a `Call` and never see HTTP.
+//! `RetryPolicy`, every exchange admitted by the credential's `ApiBudget`,
+//! and pagination by `result_info`. The endpoints themselves are
+//! `impl CloudflareClient` blocks in `tunnels`, `dns` and `networks`; they
+//! build a `Call` and never see HTTP.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER, USER_AGENT};
@@ -14,6 +16,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiMessage, ApiToken, Error};
+use crate::providers::budget::ApiBudget;
 pub use crate::providers::retry::RetryPolicy;
 
 /// The public API; tests point the client at a fake over plain HTTP.
@@ -47,6 +50,9 @@ pub struct CloudflareClient {
     /// `Bearer <token>`, marked sensitive so that no `Debug` shows it.
     authorization: HeaderValue,
     retry: RetryPolicy,
+    /// The credential's request budget, shared by every client of the
+    /// token; every HTTP exchange (retries included) takes from it.
+    budget: Option<Arc<ApiBudget>>,
 }
 
 impl fmt::Debug for CloudflareClient {
@@ -55,6 +61,7 @@ impl fmt::Debug for CloudflareClient {
             .field("base", &self.base.as_str())
             .field("token", &"***")
             .field("retry", &self.retry)
+            .field("budget_left", &self.budget.as_ref().map(|b| b.left()))
             .finish()
     }
 }
@@ -196,11 +203,18 @@ impl CloudflareClient {
             base,
             authorization,
             retry: DEFAULT_RETRY,
+            budget: None,
         })
     }
 
     pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Every request waits for `budget` to admit it.
+    pub fn with_budget(mut self, budget: Arc<ApiBudget>) -> Self {
+        self.budget = Some(budget);
         self
     }
 
@@ -331,6 +345,9 @@ impl CloudflareClient {
             request = request
                 .header(CONTENT_TYPE, "application/json")
                 .body(body.clone());
+        }
+        if let Some(budget) = &self.budget {
+            budget.take().await;
         }
         let response = request.send().await.map_err(transport)?;
         let status = response.status();

@@ -165,6 +165,16 @@ impl Error {
         matches!(self, Error::NotFound { .. })
     }
 
+    /// The API answered and refused what was asked (a 4xx other than
+    /// authentication and rate limiting): asking differently may work.
+    pub fn is_refusal(&self) -> bool {
+        match self {
+            Error::Api { status, .. } => (400..500).contains(status),
+            Error::NotFound { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Worth sending the same request again after a pause: a server error,
     /// or a request that never reached the server. A timed-out request may
     /// have been carried out, so it is resent only when `idempotent`.

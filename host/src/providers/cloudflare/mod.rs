@@ -5,7 +5,8 @@
 //!   bumps a version); WARP connector tunnels (`warp_connector`), the same
 //!   shape under another path.
 //! - DNS records, listed with `name`, `type` and `comment.startswith`
-//!   filters (the comment carries knit's ownership marker).
+//!   filters (the comment carries knit's ownership marker), and changed in
+//!   atomic batches (`dns_records/batch`) or one by one.
 //! - Zero Trust virtual networks and private network routes (teamnet).
 //! - Zones, to turn a domain into a zone ID.
 //!
@@ -37,6 +38,7 @@ pub use error::{ApiMessage, Error, codes};
 pub use token::{ApiToken, TOKEN_KEY, TokenError, TunnelToken};
 pub use tunnels::TunnelKind;
 pub use types::{
-    DnsFilter, DnsRecord, IngressRule, NewDnsRecord, NewRoute, NewVirtualNetwork, Route,
-    RouteFilter, Tunnel, TunnelConfig, TunnelConfiguration, VirtualNetwork, WarpRouting,
+    DnsBatch, DnsBatchResult, DnsFilter, DnsRecord, IngressRule, NewDnsRecord, NewRoute,
+    NewVirtualNetwork, RecordId, RecordPut, Route, RouteFilter, Tunnel, TunnelConfig,
+    TunnelConfiguration, VirtualNetwork, WarpRouting,
 };

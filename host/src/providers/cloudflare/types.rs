@@ -132,6 +132,52 @@ pub struct NewDnsRecord {
     pub comment: Option<String>,
 }
 
+/// DNS changes made in one atomic call (`POST /zones/{id}/dns_records/batch`):
+/// all of them or none. Cloudflare runs deletes, then puts, then posts,
+/// whatever order the body lists them in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DnsBatch {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deletes: Vec<RecordId>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub puts: Vec<RecordPut>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub posts: Vec<NewDnsRecord>,
+}
+
+impl DnsBatch {
+    /// Operations in the batch: what a plan's batch size limits.
+    pub fn len(&self) -> usize {
+        self.deletes.len() + self.puts.len() + self.posts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RecordId {
+    pub id: String,
+}
+
+/// An overwrite (PUT) of record `id` inside a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RecordPut {
+    pub id: String,
+    #[serde(flatten)]
+    pub record: NewDnsRecord,
+}
+
+/// What a batch did: the records it wrote, in the order of the batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct DnsBatchResult {
+    #[serde(default)]
+    pub puts: Vec<DnsRecord>,
+    #[serde(default)]
+    pub posts: Vec<DnsRecord>,
+}
+
 /// Which DNS records to list; `None` fields do not filter.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DnsFilter {
